@@ -1,0 +1,269 @@
+"""Long-video inference as generators: window mode (the authors' batch method) and stream mode.
+
+Memory is bounded by one window whatever the video length: frames are pulled lazily, encoder features
+are kept only for the frames the next window reuses, and each depth map is yielded once it is final.
+
+Speed beyond the reference: the DINOv2 encoder is per frame, so the features of the 10 frames a
+window shares with the previous one (8 overlap frames, 2 keyframes) are reused instead of recomputed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vda import stitch
+from vda.model import PATCH, VideoDepthAnything
+from vda.preprocess import network_shape, preprocess
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+MODES = ("window", "stream")
+STREAM_CACHE = 2 * stitch.STRIDE - stitch.ALIGN  # 42 cached frames: frame 0, then a sliding 41-frame reach
+
+
+class FrameError(ValueError):
+    """A frame that cannot be processed; the message names the frame and the fix."""
+
+
+def check_frame(index: int, frame, size: tuple[int, int] | None) -> np.ndarray:
+    if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+        got = f"shape {getattr(frame, 'shape', None)} dtype {getattr(frame, 'dtype', type(frame).__name__)}"
+        raise FrameError(f"frame {index}: expected an HxWx3 uint8 RGB array, got {got}; convert frames to RGB uint8")
+    if size is not None and frame.shape[:2] != size:
+        raise FrameError(
+            f"frame {index} is {frame.shape[1]}x{frame.shape[0]} but frame 0 is {size[1]}x{size[0]}; "
+            "all frames of a video must have one size (resize them first)"
+        )
+    return frame
+
+
+class FrameFeed:
+    """Lazily pulls (index, frame) pairs, in increasing index order, and hands out frames by index.
+
+    Only frames asked for but not yet consumed are held. `total` is the frame count when the caller
+    knows it (a planned chunk); otherwise it is learnt when the source runs dry.
+    """
+
+    def __init__(self, pairs: Iterable[tuple[int, np.ndarray]], total: int | None = None):
+        self._pairs = iter(pairs)
+        self._held: dict[int, np.ndarray] = {}
+        self._last = -1
+        self.size: tuple[int, int] | None = None
+        self.total = total
+        self._exhausted = False
+
+    def _pull_until(self, index: int) -> None:
+        while self._last < index and not self._exhausted:
+            try:
+                i, frame = next(self._pairs)
+            except StopIteration:
+                self._exhausted = True
+                if self.total is None:
+                    self.total = self._last + 1
+                elif self._last + 1 < self.total and index < self.total:
+                    raise FrameError(f"the video ended before frame {index} of {self.total}; it may be truncated")
+                return
+            if i <= self._last:
+                raise FrameError(f"frames out of order: {i} after {self._last}")
+            self._held[i] = check_frame(i, frame, self.size)
+            self.size = self.size or frame.shape[:2]
+            self._last = i
+
+    def frame_count_hint(self, upto: int) -> int:
+        """The frame count if known, else a lower bound after making frames up to `upto` available."""
+        self._pull_until(upto)
+        return self.total if self.total is not None else self._last + 1
+
+    def first(self) -> np.ndarray:
+        self._pull_until(0)
+        if 0 not in self._held:
+            raise FrameError("no frames: the video (or iterable) is empty")
+        return self._held[0]
+
+    def take(self, index: int) -> np.ndarray:
+        """The frame at `index` (consumed: asking again is an error)."""
+        self._pull_until(index)
+        if index not in self._held:
+            raise FrameError(f"frame {index} is not available from the source")
+        return self._held.pop(index)
+
+    def indexed(self) -> Iterator[tuple[int, np.ndarray]]:
+        """All frames in order (for stream mode)."""
+        i = 0
+        while True:
+            self._pull_until(i)
+            if i not in self._held:
+                return
+            yield i, self._held.pop(i)
+            i += 1
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how the model runs; shared by the single pass, the chunk worker and the benchmarks."""
+
+    device: torch.device
+    precision: str = "fp32"
+    micro_batch: int | None = None  # frames per encoder / head-tail batch; None = whole window
+
+    @classmethod
+    def create(cls, device="cpu", precision="fp32", micro_batch=None) -> Runtime:
+        device = torch.device(device)
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if device.type == "cpu" and precision == "fp16":
+            raise ValueError("fp16 needs a CUDA device; use --precision fp32 (or bf16) on CPU")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device} requested but CUDA is not available here; use --device cpu")
+        return cls(device, precision, micro_batch)
+
+    def autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=PRECISIONS[self.precision])
+
+    def to_device(self, frames: list[np.ndarray]) -> torch.Tensor:
+        batch = torch.from_numpy(np.stack(frames))
+        if self.device.type == "cuda":
+            batch = batch.pin_memory()
+        return batch.to(self.device, non_blocking=True)
+
+
+def upsample(depth: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """[k, h, w] -> [k, H, W], bilinear with aligned corners as the authors do."""
+    return F.interpolate(depth.float()[:, None], size=size, mode="bilinear", align_corners=True)[:, 0]
+
+
+class WindowRunner:
+    """Computes raw window depths [32, h, w] (network resolution, float32) in window order.
+
+    Keeps encoder features per source frame and evicts those the next window does not read.
+    """
+
+    def __init__(self, model: VideoDepthAnything, runtime: Runtime, shape: tuple[int, int]):
+        self.model, self.rt, self.shape = model, runtime, shape
+        self.grid = (shape[0] // PATCH, shape[1] // PATCH)
+        self._features: dict[int, list[torch.Tensor]] = {}
+
+    @torch.inference_mode()
+    def run(self, w: int, feed: FrameFeed, n_frames: int) -> torch.Tensor:
+        inputs = stitch.window_inputs(w, n_frames)
+        new = sorted(set(inputs) - self._features.keys())
+        with self.rt.autocast():
+            if new:
+                x = preprocess(self.rt.to_device([feed.take(i) for i in new]), self.shape)
+                feats = self.model.encode(x, self.rt.micro_batch)
+                for k, i in enumerate(new):
+                    self._features[i] = [level[k] for level in feats]
+            window = [torch.stack([self._features[i][lv] for i in inputs]) for lv in range(4)]
+            depth, _ = self.model.decode(window, self.grid, stitch.WINDOW, micro_batch=self.rt.micro_batch)
+        keep = set(stitch.window_inputs(w + 1, max(n_frames, (w + 1) * stitch.STRIDE + stitch.WINDOW)))
+        keep |= {min(i, n_frames - 1) for i in keep}
+        self._features = {i: f for i, f in self._features.items() if i in keep}
+        return depth.float()  # [32, h, w]
+
+
+class WindowAligner:
+    """Turns raw windows, in order, into final full-resolution frames (the authors' stitching)."""
+
+    def __init__(self, size: tuple[int, int], metric: bool):
+        self.size = size
+        self.chain = stitch.AlignmentChain(metric=metric)
+        self._windows: dict[int, tuple[torch.Tensor, np.float32, np.float32]] = {}
+
+    def _raw(self, w: int, indices: list[int]) -> list[np.ndarray]:
+        return list(upsample(self._windows[w][0][indices], self.size).cpu().numpy())
+
+    def aligned(self, w: int, i: int) -> np.ndarray:
+        depth, scale, shift = self._windows[w]
+        return stitch.apply_scale_shift(upsample(depth[i : i + 1], self.size)[0].cpu().numpy(), scale, shift)
+
+    def add(self, w: int, depth: torch.Tensor) -> None:
+        self._windows[w] = (depth, np.float32(1), np.float32(0))
+        first, second, key = self._raw(w, [0, 1, stitch.KEYFRAME])
+        self._windows[w] = (depth, *self.chain.step(first, second, key))
+        self._windows.pop(w - 2, None)
+
+    def frames(self, w: int, n_frames: int) -> Iterator[np.ndarray]:
+        for f in stitch.window_outputs(w, n_frames):
+            src = stitch.frame_source(f, n_frames)
+            newer = self.aligned(src.w, src.i)
+            if src.weight == 1.0:
+                yield newer
+            else:
+                yield stitch.blend(self.aligned(src.w - 1, src.i + stitch.STRIDE), newer, src.weight)
+
+
+class StreamCache:
+    """The authors' streaming context: frame 0 plus a sliding reach of 41 frames, per temporal layer.
+
+    At start the list is filled with copies of frame 0's entry, as if a window of it had been seen.
+    """
+
+    def __init__(self):
+        self.entries: list[list[torch.Tensor]] = []
+
+    def context(self) -> list[torch.Tensor] | None:
+        if not self.entries:
+            return None
+        picked = self.entries[: stitch.ALIGN] + self.entries[-(stitch.WINDOW - 1 - stitch.ALIGN) :]  # 31 frames
+        return [torch.cat([e[k] for e in picked], dim=1) for k in range(len(picked[0]))]
+
+    def push(self, fresh: list[torch.Tensor]) -> None:
+        self.entries = self.entries + [fresh] if self.entries else [fresh] * stitch.WINDOW
+        if len(self.entries) > STREAM_CACHE:
+            del self.entries[1]
+
+
+@torch.inference_mode()
+def stream_depths(
+    model: VideoDepthAnything, runtime: Runtime, pairs: Iterable[tuple[int, np.ndarray]], shape: tuple[int, int]
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """(index, depth [h, w]) per frame, in network resolution, carrying the cache through `pairs`."""
+    cache = StreamCache()
+    grid = (shape[0] // PATCH, shape[1] // PATCH)
+    for i, frame in pairs:
+        with runtime.autocast():
+            feats = model.encode(preprocess(runtime.to_device([frame]), shape))
+            depth, fresh = model.decode(feats, grid, 1, cache=cache.context())
+        cache.push(fresh)
+        yield i, depth[0].float()
+
+
+def infer_video(
+    model: VideoDepthAnything,
+    frames: Iterable[np.ndarray],
+    *,
+    input_size: int = 518,
+    mode: str = "window",
+    precision: str = "fp32",
+    device="cpu",
+    micro_batch: int | None = None,
+) -> Iterator[np.ndarray]:
+    """Yield one float32 HxW depth map per input frame, in order, at the frame's resolution."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    runtime = Runtime.create(device, precision, micro_batch)
+    model_device = next(model.parameters()).device
+    if model_device != runtime.device and not (model_device.type == runtime.device.type == "cuda"):
+        raise ValueError(f"model is on {model_device} but device={runtime.device}; load it with device={device!r}")
+    feed = FrameFeed(enumerate(frames))
+    size = feed.first().shape[:2]
+    shape = network_shape(*size, input_size)
+    if mode == "stream":
+        for _, depth in stream_depths(model, runtime, feed.indexed(), shape):
+            yield upsample(depth[None], size)[0].cpu().numpy()
+        return
+    runner = WindowRunner(model, runtime, shape)
+    aligner = WindowAligner(size, model.config.metric)
+    w = 0
+    while w == 0 or w * stitch.STRIDE < feed.frame_count_hint(w * stitch.STRIDE):
+        n = feed.frame_count_hint(w * stitch.STRIDE + stitch.WINDOW - 1)
+        aligner.add(w, runner.run(w, feed, n))
+        yield from aligner.frames(w, n)
+        w += 1
