@@ -168,35 +168,42 @@ class WindowRunner:
         return depth.float()  # [32, h, w]
 
 
-class WindowAligner:
-    """Turns raw windows, in order, into final full-resolution frames (the authors' stitching)."""
+CHAIN_OUTPUTS = [0, 1, stitch.KEYFRAME]  # the outputs of a window the alignment chain reads
 
-    def __init__(self, size: tuple[int, int], metric: bool):
+
+def chain_step(chain: stitch.AlignmentChain, picked: torch.Tensor, size: tuple[int, int]) -> tuple[np.float32, np.float32]:
+    """Scale and shift of the next window from its outputs CHAIN_OUTPUTS ([3, h, w], network resolution)."""
+    first, second, key = upsample(picked, size).cpu().numpy()
+    return chain.step(first, second, key)
+
+
+class WindowAligner:
+    """Turns raw windows and their scale/shift into final full-resolution frames (the authors' stitching).
+
+    Holds the last two windows only, at network resolution.
+    """
+
+    def __init__(self, size: tuple[int, int]):
         self.size = size
-        self.chain = stitch.AlignmentChain(metric=metric)
         self._windows: dict[int, tuple[torch.Tensor, np.float32, np.float32]] = {}
 
-    def _raw(self, w: int, indices: list[int]) -> list[np.ndarray]:
-        return list(upsample(self._windows[w][0][indices], self.size).cpu().numpy())
+    def add(self, w: int, depth: torch.Tensor, scale: np.float32, shift: np.float32) -> None:
+        self._windows[w] = (depth, scale, shift)
+        self._windows.pop(w - 2, None)
 
     def aligned(self, w: int, i: int) -> np.ndarray:
         depth, scale, shift = self._windows[w]
         return stitch.apply_scale_shift(upsample(depth[i : i + 1], self.size)[0].cpu().numpy(), scale, shift)
 
-    def add(self, w: int, depth: torch.Tensor) -> None:
-        self._windows[w] = (depth, np.float32(1), np.float32(0))
-        first, second, key = self._raw(w, [0, 1, stitch.KEYFRAME])
-        self._windows[w] = (depth, *self.chain.step(first, second, key))
-        self._windows.pop(w - 2, None)
-
-    def frames(self, w: int, n_frames: int) -> Iterator[np.ndarray]:
+    def frames(self, w: int, n_frames: int) -> Iterator[tuple[int, np.ndarray]]:
+        """(frame index, depth) for the frames window w makes final."""
         for f in stitch.window_outputs(w, n_frames):
             src = stitch.frame_source(f, n_frames)
             newer = self.aligned(src.w, src.i)
             if src.weight == 1.0:
-                yield newer
+                yield f, newer
             else:
-                yield stitch.blend(self.aligned(src.w - 1, src.i + stitch.STRIDE), newer, src.weight)
+                yield f, stitch.blend(self.aligned(src.w - 1, src.i + stitch.STRIDE), newer, src.weight)
 
 
 class StreamCache:
@@ -260,10 +267,11 @@ def infer_video(
             yield upsample(depth[None], size)[0].cpu().numpy()
         return
     runner = WindowRunner(model, runtime, shape)
-    aligner = WindowAligner(size, model.config.metric)
+    chain, aligner = stitch.AlignmentChain(metric=model.config.metric), WindowAligner(size)
     w = 0
     while w == 0 or w * stitch.STRIDE < feed.frame_count_hint(w * stitch.STRIDE):
         n = feed.frame_count_hint(w * stitch.STRIDE + stitch.WINDOW - 1)
-        aligner.add(w, runner.run(w, feed, n))
-        yield from aligner.frames(w, n)
+        depth = runner.run(w, feed, n)
+        aligner.add(w, depth, *chain_step(chain, depth[CHAIN_OUTPUTS], size))
+        yield from (d for _, d in aligner.frames(w, n))
         w += 1

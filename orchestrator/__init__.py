@@ -1,0 +1,1 @@
+"""Host side: planning, backends (local, docker), scheduling, progress and the `vda` CLI."""

@@ -1,0 +1,217 @@
+"""The `vda` command: plan, run-chunk, merge and the one-shot depth.
+
+Every expected failure ends in one line `vda: error: <problem>; <fix>` and a non-zero exit;
+`--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+
+EXIT_ERROR, EXIT_INTERRUPTED = 2, 130
+
+
+def _model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", help="path of a .pth file (default: the published one for --encoder/--metric)")
+    p.add_argument("--encoder", "--model-size", dest="encoder", choices=["vits", "vitb", "vitl"],
+                   help="encoder (default: inferred from --checkpoint, else vits)")
+    p.add_argument("--metric", action="store_true", help="use the metric-depth checkpoint")
+    p.add_argument("--input-size", type=int, default=518, help="network input size (multiple of 14)")
+    p.add_argument("--max-res", type=int, default=1280, help="downscale frames whose long side exceeds this; 0 keeps")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="default: fp16 on GPUs, fp32 on CPU")
+    p.add_argument("--mode", choices=["window", "stream"], default="window")
+
+
+def _device_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--devices", help="comma-separated devices, e.g. cpu,cpu or cuda:0,cuda:1")
+    g.add_argument("--gpus", type=int, help="use the first N visible GPUs")
+    g.add_argument("--gpu-ids", type=int, nargs="+", help="use these GPU ids")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="vda", description="Video Depth Anything over long videos on many devices.")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("plan", help="probe the input and split the work into chunks (RUN_DIR/plan.json)")
+    p.add_argument("video", help="video file or folder of images (sorted by name)")
+    p.add_argument("-o", "--run-dir", required=True)
+    _device_flags(p)
+    _model_flags(p)
+    p.add_argument("--overwrite", action="store_true", help="replace a different run in RUN_DIR")
+
+    p = sub.add_parser("run-chunk", help="compute one chunk of a plan (what each container runs)")
+    p.add_argument("run_dir")
+    p.add_argument("--chunk", type=int, required=True)
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: the plan's)")
+    p.add_argument("--checkpoint", help="checkpoint path (default: resolved from the plan through models/)")
+    p.add_argument("--input", help="where the planned input is now (e.g. inside a container); verified by hash")
+    p.add_argument("--micro-batch", type=int, help="frames per encoder batch, to bound GPU memory")
+
+    p = sub.add_parser("merge", help="replay alignment and blending over the chunks; write one file per frame")
+    p.add_argument("run_dir")
+    p.add_argument("-o", "--out", required=True)
+    p.add_argument("--format", choices=["png16", "png8", "npy", "npz", "exr"], default="png16")
+    p.add_argument("--create-video", action="store_true", help="also write a colourised depth video")
+    p.add_argument("--workers", type=int, help="merge processes (default: all CPU cores)")
+
+    p = sub.add_parser("depth", help="plan, run every chunk in parallel, merge: the one-shot command")
+    p.add_argument("video")
+    p.add_argument("-o", "--out", required=True)
+    p.add_argument("--run-dir", help="working folder (default: OUT/_run)")
+    p.add_argument("--backend", choices=["local", "docker"], default="local")
+    _device_flags(p)
+    _model_flags(p)
+    p.add_argument("--format", choices=["png16", "png8", "npy", "npz", "exr"], default="png16")
+    p.add_argument("--create-video", action="store_true")
+    p.add_argument("--retries", type=int, default=2, help="retries per failed chunk")
+    p.add_argument("--overwrite", action="store_true", help="replace a different run in the output folder")
+    p.add_argument("--image", default=None, help="docker backend: image (default vda:latest for GPUs, vda:cpu)")
+    p.add_argument("--merge-workers", type=int)
+    return ap
+
+
+def _visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def _devices(args, backend: str = "local") -> list[str]:
+    from orchestrator.planning import parse_devices
+
+    needs_gpu = args.gpus is not None or args.gpu_ids is not None or "cuda" in (args.devices or "")
+    visible = None
+    if needs_gpu:
+        if backend == "docker":
+            from orchestrator.docker_backend import visible_gpus
+
+            visible = visible_gpus()
+        else:
+            visible = _visible_gpus()
+    return parse_devices(args.devices, args.gpus, args.gpu_ids, visible)
+
+
+def cmd_plan(args) -> int:
+    from orchestrator.planning import create_plan
+
+    plan, resumed = create_plan(args.video, args.run_dir, _devices(args), checkpoint=args.checkpoint,
+                                encoder=args.encoder, metric=args.metric, input_size=args.input_size,
+                                max_res=args.max_res, precision=args.precision, mode=args.mode,
+                                overwrite=args.overwrite)
+    word = "kept existing" if resumed else "wrote"
+    print(f"{word} {Path(args.run_dir) / 'plan.json'}: {plan.frame_count} frames, {len(plan.chunks)} chunk(s)")
+    return 0
+
+
+def cmd_run_chunk(args) -> int:
+    import torch
+
+    from vda.worker import run_chunk
+
+    if os.environ.get("VDA_THREADS"):
+        torch.set_num_threads(int(os.environ["VDA_THREADS"]))
+    run_chunk(args.run_dir, args.chunk, device=args.device, checkpoint=args.checkpoint, input_path=args.input,
+              micro_batch=args.micro_batch)
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from vda.merge import merge
+
+    merge(args.run_dir, args.out, args.format, create_video=args.create_video, workers=args.workers)
+    return 0
+
+
+def cmd_depth(args) -> int:
+    from orchestrator.planning import create_plan
+    from orchestrator.scheduler import Progress, run_chunks
+    from vda.merge import merge
+
+    out = Path(args.out)
+    run_dir = Path(args.run_dir) if args.run_dir else out / "_run"
+    _check_writable(out)
+    devices = _devices(args, args.backend)
+    plan, resumed = create_plan(args.video, run_dir, devices, checkpoint=args.checkpoint, encoder=args.encoder,
+                                metric=args.metric, input_size=args.input_size, max_res=args.max_res,
+                                precision=args.precision, mode=args.mode, overwrite=args.overwrite)
+    print(f"vda: {'resuming' if resumed else 'planned'} {plan.frame_count} frames in {len(plan.chunks)} chunk(s) "
+          f"on {', '.join(devices)} ({args.backend}); run folder {run_dir}", file=sys.stderr)
+    if args.backend == "docker":
+        from orchestrator.docker_backend import DockerBackend
+
+        backend = DockerBackend(plan, run_dir, image=args.image, checkpoint=args.checkpoint)
+    else:
+        from orchestrator.local import LocalBackend
+
+        backend = LocalBackend(checkpoint=args.checkpoint)
+    try:
+        run_chunks(plan, run_dir, backend, devices, retries=args.retries, progress=Progress(plan))
+        if args.backend == "docker":
+            backend.merge(out, args.format, args.create_video)
+        else:
+            merge(run_dir, out, args.format, create_video=args.create_video, workers=args.merge_workers)
+    finally:
+        if hasattr(backend, "close"):
+            backend.close()
+    return 0
+
+
+def _check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".vda_write_test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise OSError(f"output folder {out} is not writable ({err.strerror}); choose another -o") from None
+
+
+COMMANDS = {"plan": cmd_plan, "run-chunk": cmd_run_chunk, "merge": cmd_merge, "depth": cmd_depth}
+
+
+def _on_sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("\nvda: interrupted; every worker was stopped. Run the same command again to resume.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as err:
+        if args.debug or not _expected(err):
+            raise
+        print(f"vda: error: {str(err).strip()}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _expected(err: Exception) -> bool:
+    from models import WeightsError
+    from orchestrator.scheduler import RunFailed
+    from vda.inference import FrameError
+    from vda.model import CheckpointError
+    from vda.plan import PlanError
+    from vda.video import VideoError
+
+    known = (WeightsError, RunFailed, FrameError, CheckpointError, PlanError, VideoError, OSError, ValueError)
+    extra = ()
+    try:
+        from orchestrator.docker_backend import DockerError
+
+        extra = (DockerError,)
+    except ImportError:
+        pass
+    return isinstance(err, known + extra)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""Runs a plan's chunks on a pool of devices through a backend, with retries and one progress bar.
+
+Backend-agnostic: a backend starts a chunk on a device and returns a handle (poll / stop). The same
+loop drives local processes and Docker containers. Results go to RUN_DIR/processing_results.json.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from vda.plan import Plan
+from vda.worker import PROGRESS_PREFIX, units_of
+from vda.writers import write_json
+
+RESULTS_NAME = "processing_results.json"
+
+
+class RunFailed(Exception):
+    """A chunk failed after all its retries; the message names it and its log."""
+
+
+class Handle(Protocol):
+    def poll(self) -> int | None: ...
+
+    def stop(self) -> None: ...
+
+
+class Backend(Protocol):
+    def start(self, plan: Plan, run_dir: Path, chunk: int, device: str, log_path: Path, on_line) -> Handle: ...
+
+
+@dataclass
+class ChunkResult:
+    chunk: int
+    status: str = "pending"  # pending, running, done, failed
+    device: str | None = None
+    devices_tried: list[str] = field(default_factory=list)
+    attempts: int = 0
+    seconds: float = 0.0
+    frames: int = 0
+    exit_codes: list[int] = field(default_factory=list)
+    log: str = ""
+
+
+class Progress:
+    """Aggregates the workers' @progress lines into one bar (units done over all chunks)."""
+
+    def __init__(self, plan: Plan, stream=sys.stderr):
+        self.total = {c.index: len(units_of(plan, c.index)) for c in plan.chunks}
+        self.done = dict.fromkeys(self.total, 0)
+        self.stream, self.lock, self.started, self._last = stream, threading.Lock(), time.time(), 0.0
+
+    def line(self, chunk: int, text: str) -> None:
+        if not text.startswith(PROGRESS_PREFIX):
+            return
+        try:
+            event = json.loads(text[len(PROGRESS_PREFIX) :])
+        except json.JSONDecodeError:
+            return
+        with self.lock:
+            self.done[chunk] = int(event.get("done", self.done[chunk]))
+            self.render()
+
+    def render(self, final: bool = False) -> None:
+        now = time.time()
+        if not final and now - self._last < 0.5:
+            return
+        self._last = now
+        done, total = sum(self.done.values()), sum(self.total.values())
+        width = 30
+        fill = width * done // max(total, 1)
+        text = f"[{'#' * fill}{'.' * (width - fill)}] {done}/{total} units, {now - self.started:.0f}s"
+        tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        print(("\r" if tty else "") + text, end="" if tty and not final else "\n", file=self.stream, flush=True)
+
+
+def run_chunks(plan: Plan, run_dir: Path, backend: Backend, devices: list[str], *, retries: int = 2,
+               progress: Progress | None = None, poll_interval: float = 0.2) -> dict[int, ChunkResult]:
+    """Run every chunk once successfully, at most one chunk per device at a time.
+
+    A failed chunk is retried up to `retries` times, on a device it has not tried yet when one is free.
+    On any exception (also Ctrl-C) every running chunk is stopped before it propagates.
+    """
+    run_dir = Path(run_dir)
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    progress = progress or Progress(plan)
+    results = {c.index: ChunkResult(c.index, log=f"logs/chunk_{c.index}.log") for c in plan.chunks}
+    queue = [c.index for c in plan.chunks]
+    free = list(dict.fromkeys(devices))
+    running: dict[int, tuple[Handle, str, float]] = {}
+    try:
+        while queue or running:
+            for k in list(queue):
+                if not free:
+                    break
+                res = results[k]
+                device = next((d for d in free if d not in res.devices_tried), free[0])
+                free.remove(device)
+                queue.remove(k)
+                res.status, res.device, res.attempts = "running", device, res.attempts + 1
+                res.devices_tried.append(device)
+                handle = backend.start(plan, run_dir, k, device, run_dir / res.log, lambda t, k=k: progress.line(k, t))
+                running[k] = (handle, device, time.time())
+            _save(run_dir, results)
+            time.sleep(poll_interval)
+            for k, (handle, device, started) in list(running.items()):
+                code = handle.poll()
+                if code is None:
+                    continue
+                del running[k]
+                free.append(device)
+                res = results[k]
+                res.seconds += round(time.time() - started, 3)
+                res.exit_codes.append(code)
+                if code == 0:
+                    res.status = "done"
+                    res.frames = plan.chunks[k].produces[1] - plan.chunks[k].produces[0]
+                elif res.attempts <= retries:
+                    res.status = "pending"
+                    queue.insert(0, k)
+                    print(f"\nvda: chunk {k} failed on {device} (exit {code}); retrying "
+                          f"({res.attempts}/{retries}), log: {run_dir / res.log}", file=sys.stderr)
+                else:
+                    res.status = "failed"
+                    raise RunFailed(f"chunk {k} failed {res.attempts} time(s) (last exit {code}); see "
+                                    f"{run_dir / res.log}; fix the cause and run the same command again to resume")
+        progress.render(final=True)
+        return results
+    finally:
+        for handle, _, _ in running.values():
+            handle.stop()
+        for k in running:
+            results[k].status = "stopped"
+        _save(run_dir, results)
+
+
+def _save(run_dir: Path, results: dict[int, ChunkResult]) -> None:
+    write_json(run_dir / RESULTS_NAME, {"chunks": [asdict(r) for r in results.values()]})

@@ -1,0 +1,260 @@
+"""Video and image-folder input: exact probing, frame-accurate seeking, a threaded decoder.
+
+Frame counts come from decoding, never from container metadata, and fps is an exact Fraction.
+Seeking jumps to the last keyframe at or before the wanted frame (positions recorded while probing),
+so a chunk worker decodes only its own range instead of the video from the start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+HEAD_BYTES = 1 << 20  # content hash covers the first MiB: cheap, and catches a replaced file
+DEFAULT_IMAGE_FPS = Fraction(30)
+
+
+class VideoError(Exception):
+    """Unusable input; the message names the problem and the fix."""
+
+
+@dataclass
+class VideoInfo:
+    path: str
+    kind: str  # "video" or "images"
+    size_bytes: int
+    head_sha256: str
+    frame_count: int
+    fps: str  # exact fraction "num/den"
+    width: int  # of the decoded frames, before any --max-res
+    height: int
+    keyframes: list[tuple[int, int]] = field(default_factory=list)  # (frame index, pts) of keyframes
+
+    @property
+    def fps_fraction(self) -> Fraction:
+        return Fraction(self.fps)
+
+
+def head_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    if path.is_dir():
+        for f in image_files(path):
+            h.update(f.name.encode())
+            h.update(str(f.stat().st_size).encode())
+    else:
+        with open(path, "rb") as fh:
+            h.update(fh.read(HEAD_BYTES))
+    return h.hexdigest()
+
+
+def image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+
+
+def _read_image(path: Path) -> np.ndarray:
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise VideoError(f"cannot read image {path}; remove it or replace it with a valid image")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def _open(path: Path):
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError) as err:
+        raise VideoError(f"{path} is not a readable video ({err.__class__.__name__}); pass an mp4/mkv/mov file") from err
+    if not container.streams.video:
+        container.close()
+        raise VideoError(f"{path} has no video stream; pass a video file or a folder of images")
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    return container, stream
+
+
+def _fps(stream) -> Fraction:
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    if not rate:
+        raise VideoError("the video declares no frame rate; re-mux it (ffmpeg -r) or use a folder of images")
+    return Fraction(rate.numerator, rate.denominator)
+
+
+def probe(path: str | Path) -> VideoInfo:
+    """Identity, exact frame count (by decoding), fps and size of a video file or image folder."""
+    path = Path(path)
+    if not path.exists():
+        raise VideoError(f"input not found: {path}; check the path")
+    if path.is_dir():
+        files = image_files(path)
+        if not files:
+            raise VideoError(f"{path} holds no images ({', '.join(sorted(IMAGE_EXTS))}); add frames or pass a video")
+        first = _read_image(files[0])
+        for f in files[1:]:
+            header = cv2.imread(str(f), cv2.IMREAD_REDUCED_GRAYSCALE_8)
+            if header is None:
+                raise VideoError(f"cannot read image {f}; remove it or replace it with a valid image")
+        h, w = first.shape[:2]
+        return VideoInfo(str(path), "images", sum(f.stat().st_size for f in files), head_hash(path), len(files),
+                         str(DEFAULT_IMAGE_FPS), w, h)
+    container, stream = _open(path)
+    count, keyframes, size = 0, [], None
+    try:
+        fps = _fps(stream)
+        for frame in container.decode(stream):
+            if frame.key_frame and frame.pts is not None:
+                keyframes.append((count, int(frame.pts)))
+            size = size or (frame.width, frame.height)
+            count += 1
+    except av.error.FFmpegError as err:
+        raise VideoError(f"{path}: decoding failed at frame {count} ({err}); the file is truncated or corrupt") from err
+    finally:
+        container.close()
+    if count == 0:
+        raise VideoError(f"{path} has zero decodable frames; pass a non-empty video")
+    return VideoInfo(str(path), "video", path.stat().st_size, head_hash(path), count, str(fps), size[0], size[1],
+                     keyframes)
+
+
+def fit_max_res(width: int, height: int, max_res: int) -> tuple[int, int]:
+    """(w, h) after the authors' --max-res rule (0 or less keeps the size)."""
+    if max_res > 0 and max(width, height) > max_res:
+        scale = max_res / max(width, height)
+        return round(width * scale), round(height * scale)
+    return width, height
+
+
+def spans(indices: Iterable[int]) -> list[tuple[int, int]]:
+    """Indices -> sorted [start, stop) runs."""
+    out: list[list[int]] = []
+    for i in sorted(set(indices)):
+        if out and out[-1][1] == i:
+            out[-1][1] += 1
+        else:
+            out.append([i, i + 1])
+    return [(a, b) for a, b in out]
+
+
+def read_frames(info: VideoInfo, indices: Iterable[int], size: tuple[int, int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """(index, RGB uint8 frame) for the given indices, in increasing order, resized to `size` (w, h) if given."""
+    runs = spans(indices)
+    resize = None if size is None or size == (info.width, info.height) else size
+
+    def finish(frame: np.ndarray) -> np.ndarray:
+        return frame if resize is None else cv2.resize(frame, resize)
+
+    if info.kind == "images":
+        files = image_files(Path(info.path))
+        for a, b in runs:
+            for i in range(a, b):
+                img = _read_image(files[i])
+                if (img.shape[1], img.shape[0]) != (info.width, info.height):
+                    raise VideoError(
+                        f"image {files[i].name} is {img.shape[1]}x{img.shape[0]}, the first is "
+                        f"{info.width}x{info.height}; all images of a sequence must have one size"
+                    )
+                yield i, finish(img)
+        return
+    reader = _SeekingReader(info)
+    try:
+        for a, b in runs:
+            yield from ((i, finish(f)) for i, f in reader.span(a, b))
+    finally:
+        reader.close()
+
+
+class _SeekingReader:
+    """Decodes spans in increasing order, seeking forward to a keyframe only when that skips frames."""
+
+    def __init__(self, info: VideoInfo):
+        self.info = info
+        self.container, self.stream = _open(Path(info.path))
+        self.frames = None  # the running decode iterator
+        self.next_index = 0  # index of the frame self.frames yields next
+
+    def close(self) -> None:
+        self.container.close()
+
+    def _seek(self, key: tuple[int, int]) -> None:
+        self.container.seek(key[1], stream=self.stream, backward=True, any_frame=False)
+        self.frames = self.container.decode(self.stream)
+        for frame in self.frames:
+            if frame.pts is None or frame.pts < key[1]:
+                continue
+            if frame.pts != key[1]:
+                raise VideoError(f"{self.info.path}: seeking missed keyframe {key[0]}; re-mux the video")
+            self.next_index = key[0]
+            self._pending = frame
+            return
+        raise VideoError(f"{self.info.path}: the video ended at keyframe {key[0]}; it is truncated")
+
+    def span(self, start: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
+        key = max((k for k in self.info.keyframes if k[0] <= start), default=None)
+        self._pending = None
+        if self.frames is None or (key is not None and self.next_index < key[0]) or self.next_index > start:
+            if key is not None and key[0] > 0:
+                self._seek(key)
+            else:
+                self.container.seek(0, stream=self.stream)
+                self.frames, self.next_index = self.container.decode(self.stream), 0
+        try:
+            while self.next_index < stop:
+                frame = self._pending if self._pending is not None else next(self.frames, None)
+                self._pending = None
+                if frame is None:
+                    raise VideoError(f"{self.info.path}: the video ended at frame {self.next_index}, before frame "
+                                     f"{stop - 1}; it is truncated")
+                if self.next_index >= start:
+                    yield self.next_index, frame.to_ndarray(format="rgb24")
+                self.next_index += 1
+        except av.error.FFmpegError as err:
+            raise VideoError(f"{self.info.path}: decoding failed at frame {self.next_index} ({err}); "
+                             "the file is truncated or corrupt") from err
+
+
+_END = object()
+
+
+def threaded(items: Iterator, maxsize: int = 8) -> Iterator:
+    """Run `items` in a background thread feeding a bounded queue; its exceptions re-raise here.
+
+    Decoding then overlaps with model compute. Closing the consumer early stops the producer.
+    """
+    q: queue.Queue = queue.Queue(maxsize=maxsize)
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put((None, item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((None, _END))
+        except BaseException as err:  # handed to the consumer, which re-raises it
+            q.put((err, None))
+
+    thread = threading.Thread(target=produce, name="vda-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            err, item = q.get()
+            if err is not None:
+                raise err
+            if item is _END:
+                return
+            yield item
+    finally:
+        stop.set()

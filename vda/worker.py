@@ -1,0 +1,160 @@
+"""The chunk worker: `vda run-chunk RUN_DIR --chunk K --device cuda:0|cpu`.
+
+It computes the raw depth of its units (windows, or frame segments in stream mode) at network
+resolution and stores each as `RUN_DIR/chunks/K/<unit>.npy` (temporary name, then rename) followed by
+a `.done` marker. A rerun skips finished units. Progress goes to stdout as JSON lines starting with
+`@progress`, which the orchestrator aggregates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vda import stitch
+from vda.inference import FrameFeed, Runtime, WindowRunner, stream_depths
+from vda.model import load_model
+from vda.plan import Plan, PlanError, stream_chunk_frames, window_chunk_frames
+from vda.video import VideoError, head_hash, read_frames, threaded
+from vda.writers import write_atomic, write_json
+
+PROGRESS_PREFIX = "@progress "
+SEGMENT = 32  # frames per stored unit in stream mode
+FAIL_ENV = "VDA_FAIL_AT_UNIT"  # fault injection: "K:U" fails chunk K before unit U ("U" alone: any chunk)
+
+
+class InjectedFault(RuntimeError):
+    pass
+
+
+def unit_name(mode: str, unit: int) -> str:
+    return f"{'win' if mode == 'window' else 'seg'}_{unit:06d}"
+
+
+def unit_path(run_dir: Path, chunk_index: int, mode: str, unit: int) -> Path:
+    return Path(run_dir) / "chunks" / str(int(chunk_index)) / f"{unit_name(mode, unit)}.npy"
+
+
+def is_done(path: Path) -> bool:
+    return path.with_suffix(".done").is_file() and path.is_file()
+
+
+def units_of(plan: Plan, chunk_index: int) -> list[int]:
+    a, b = plan.chunks[chunk_index].units
+    return list(range(a, b)) if plan.settings.mode == "window" else list(range(a, b, SEGMENT))
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_input(plan: Plan, input_path: str | None) -> None:
+    """Refuse to mix results: the input must be the one that was planned."""
+    path = Path(input_path or plan.input.path)
+    if not path.exists():
+        raise VideoError(f"input {path} not found; it was planned as {plan.input.path}")
+    size = path.stat().st_size if path.is_file() else None
+    if (size is not None and size != plan.input.size_bytes) or head_hash(path) != plan.input.head_sha256:
+        raise PlanError(f"input {path} changed since it was planned; plan again into a new run folder")
+    plan.input.path = str(path)
+
+
+def verify_checkpoint(plan: Plan, checkpoint: Path) -> None:
+    if file_sha256(checkpoint) != plan.settings.checkpoint_sha256:
+        raise PlanError(f"checkpoint {checkpoint} differs from the one planned; plan again into a new run folder")
+
+
+def progress(**fields) -> None:
+    print(PROGRESS_PREFIX + json.dumps(fields), flush=True)
+
+
+def _maybe_fail(chunk_index: int, unit: int) -> None:
+    spec = os.environ.get(FAIL_ENV, "")
+    if not spec:
+        return
+    k, _, u = spec.rpartition(":")
+    if int(u) == unit and (not k or int(k) == chunk_index):
+        raise InjectedFault(f"injected fault ({FAIL_ENV}={spec}) at chunk {chunk_index}, unit {unit}")
+
+
+def _store(path: Path, depth: torch.Tensor, precision: str, started: float, unit: int) -> None:
+    # fp16/bf16 runs produce half-precision maps; float16 stores them without loss at half the disk.
+    array = depth.cpu().numpy().astype(np.float32 if precision == "fp32" else np.float16)
+    buf = io.BytesIO()
+    np.save(buf, array)
+    write_atomic(path, buf.getvalue())
+    write_json(path.with_suffix(".done"), {"unit": unit, "seconds": round(time.time() - started, 3),
+                                           "shape": list(array.shape), "dtype": str(array.dtype)})
+
+
+def run_chunk(run_dir: str | Path, chunk_index: int, *, device: str | None = None, checkpoint: str | None = None,
+              input_path: str | None = None, micro_batch: int | None = None) -> int:
+    """Compute chunk `chunk_index` of the plan in run_dir; returns the number of units computed now."""
+    from models import resolve
+
+    run_dir = Path(run_dir)
+    plan = Plan.load(run_dir)
+    if not 0 <= chunk_index < len(plan.chunks):
+        raise PlanError(f"chunk {chunk_index} does not exist; the plan has chunks 0..{len(plan.chunks) - 1}")
+    chunk, s = plan.chunks[chunk_index], plan.settings
+    verify_input(plan, input_path)
+    units = units_of(plan, chunk_index)
+    todo = [u for u in units if not is_done(unit_path(run_dir, chunk_index, s.mode, u))]
+    progress(chunk=chunk_index, done=len(units) - len(todo), total=len(units), event="start")
+    if not todo:
+        return 0
+    ckpt = resolve(s.encoder, s.metric, checkpoint or os.environ.get("VDA_CHECKPOINT") or None)
+    verify_checkpoint(plan, ckpt)
+    runtime = Runtime.create(device or chunk.device, s.precision, micro_batch)
+    model = load_model(ckpt, encoder=s.encoder, metric=s.metric, device=runtime.device)
+    (run_dir / chunk.dir).mkdir(parents=True, exist_ok=True)
+    shape, size = (s.net_height, s.net_width), (s.frame_width, s.frame_height)
+    n = plan.frame_count
+    # Finished units form a prefix (units run in order), so resuming restarts at the first unfinished one.
+    first = todo[0]
+    if s.mode == "window":
+        decode, _ = window_chunk_frames((first, chunk.units[1]), n)
+    else:
+        decode = stream_chunk_frames((first, chunk.units[1]), plan.extra.get("stream_warmup", 0))
+    frames = threaded(read_frames(plan.input, (i for a, b in decode for i in range(a, b)), size))
+    done = len(units) - len(todo)
+    if s.mode == "window":
+        feed, runner = FrameFeed(frames, total=n), WindowRunner(model, runtime, shape)
+        for w in range(first, chunk.units[1]):
+            started = time.time()
+            _maybe_fail(chunk_index, w)
+            _store(unit_path(run_dir, chunk_index, s.mode, w), runner.run(w, feed, n), s.precision, started, w)
+            done += 1
+            frames_done = stitch.window_outputs(w, n)
+            progress(chunk=chunk_index, done=done, total=len(units), frames=len(frames_done), event="unit")
+    else:
+        segment, seg_start, started = [], first, time.time()
+        for i, depth in stream_depths(model, runtime, frames, shape):
+            if i < first:
+                continue
+            segment.append(depth)
+            if len(segment) == SEGMENT or i == chunk.units[1] - 1:
+                _maybe_fail(chunk_index, seg_start)
+                _store(unit_path(run_dir, chunk_index, s.mode, seg_start), torch.stack(segment), s.precision,
+                       started, seg_start)
+                done += 1
+                progress(chunk=chunk_index, done=done, total=len(units), frames=len(segment), event="unit")
+                segment, seg_start, started = [], i + 1, time.time()
+    return len(todo)
+
+
+def main_error(err: BaseException) -> int:
+    print(f"vda: error: {err}", file=sys.stderr)
+    return 2
