@@ -73,8 +73,10 @@ def resolve(encoder: str, metric: bool, checkpoint: str | Path | None = None, *,
 
 
 def _from_hub(ck: Checkpoint, local: Path, download: bool) -> Path:
-    advice = (f"checkpoint {ck.filename} not found; download it from {ck.url} and place it at {local}, "
-              "or pass --checkpoint PATH")
+    advice = (
+        f"checkpoint {ck.filename} not found; download it from {ck.url} and place it at {local}, "
+        "or pass --checkpoint PATH"
+    )
     try:
         from huggingface_hub import hf_hub_download
     except ImportError:

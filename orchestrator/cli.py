@@ -17,8 +17,13 @@ EXIT_ERROR, EXIT_INTERRUPTED = 2, 130
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="path of a .pth file (default: the published one for --encoder/--metric)")
-    p.add_argument("--encoder", "--model-size", dest="encoder", choices=["vits", "vitb", "vitl"],
-                   help="encoder (default: inferred from --checkpoint, else vits)")
+    p.add_argument(
+        "--encoder",
+        "--model-size",
+        dest="encoder",
+        choices=["vits", "vitb", "vitl"],
+        help="encoder (default: inferred from --checkpoint, else vits)",
+    )
     p.add_argument("--metric", action="store_true", help="use the metric-depth checkpoint")
     p.add_argument("--input-size", type=int, default=518, help="network input size (multiple of 14)")
     p.add_argument("--max-res", type=int, default=1280, help="downscale frames whose long side exceeds this; 0 keeps")
@@ -100,10 +105,19 @@ def _devices(args, backend: str = "local") -> list[str]:
 def cmd_plan(args) -> int:
     from orchestrator.planning import create_plan
 
-    plan, resumed = create_plan(args.video, args.run_dir, _devices(args), checkpoint=args.checkpoint,
-                                encoder=args.encoder, metric=args.metric, input_size=args.input_size,
-                                max_res=args.max_res, precision=args.precision, mode=args.mode,
-                                overwrite=args.overwrite)
+    plan, resumed = create_plan(
+        args.video,
+        args.run_dir,
+        _devices(args),
+        checkpoint=args.checkpoint,
+        encoder=args.encoder,
+        metric=args.metric,
+        input_size=args.input_size,
+        max_res=args.max_res,
+        precision=args.precision,
+        mode=args.mode,
+        overwrite=args.overwrite,
+    )
     word = "kept existing" if resumed else "wrote"
     print(f"{word} {Path(args.run_dir) / 'plan.json'}: {plan.frame_count} frames, {len(plan.chunks)} chunk(s)")
     return 0
@@ -116,8 +130,14 @@ def cmd_run_chunk(args) -> int:
 
     if os.environ.get("VDA_THREADS"):
         torch.set_num_threads(int(os.environ["VDA_THREADS"]))
-    run_chunk(args.run_dir, args.chunk, device=args.device, checkpoint=args.checkpoint, input_path=args.input,
-              micro_batch=args.micro_batch)
+    run_chunk(
+        args.run_dir,
+        args.chunk,
+        device=args.device,
+        checkpoint=args.checkpoint,
+        input_path=args.input,
+        micro_batch=args.micro_batch,
+    )
     return 0
 
 
@@ -137,11 +157,24 @@ def cmd_depth(args) -> int:
     run_dir = Path(args.run_dir) if args.run_dir else out / "_run"
     _check_writable(out)
     devices = _devices(args, args.backend)
-    plan, resumed = create_plan(args.video, run_dir, devices, checkpoint=args.checkpoint, encoder=args.encoder,
-                                metric=args.metric, input_size=args.input_size, max_res=args.max_res,
-                                precision=args.precision, mode=args.mode, overwrite=args.overwrite)
-    print(f"vda: {'resuming' if resumed else 'planned'} {plan.frame_count} frames in {len(plan.chunks)} chunk(s) "
-          f"on {', '.join(devices)} ({args.backend}); run folder {run_dir}", file=sys.stderr)
+    plan, resumed = create_plan(
+        args.video,
+        run_dir,
+        devices,
+        checkpoint=args.checkpoint,
+        encoder=args.encoder,
+        metric=args.metric,
+        input_size=args.input_size,
+        max_res=args.max_res,
+        precision=args.precision,
+        mode=args.mode,
+        overwrite=args.overwrite,
+    )
+    print(
+        f"vda: {'resuming' if resumed else 'planned'} {plan.frame_count} frames in {len(plan.chunks)} chunk(s) "
+        f"on {', '.join(devices)} ({args.backend}); run folder {run_dir}",
+        file=sys.stderr,
+    )
     if args.backend == "docker":
         from orchestrator.docker_backend import DockerBackend
 

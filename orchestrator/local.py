@@ -55,8 +55,19 @@ class LocalBackend:
         self.checkpoint, self.threads, self.extra_env = checkpoint, threads_per_worker, dict(extra_env or {})
 
     def start(self, plan: Plan, run_dir: Path, chunk: int, device: str, log_path: Path, on_line) -> LocalHandle:
-        cmd = [sys.executable, "-m", "orchestrator.cli", "run-chunk", str(run_dir), "--chunk", str(chunk),
-               "--device", device, "--input", plan.input.path]
+        cmd = [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "run-chunk",
+            str(run_dir),
+            "--chunk",
+            str(chunk),
+            "--device",
+            device,
+            "--input",
+            plan.input.path,
+        ]
         if self.checkpoint:
             cmd += ["--checkpoint", str(self.checkpoint)]
         env = {**os.environ, **self.extra_env, "PYTHONUNBUFFERED": "1"}
@@ -66,8 +77,9 @@ class LocalBackend:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "a") as log:
             log.write(f"$ {' '.join(cmd)}\n")
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
+        )
         pump = threading.Thread(target=_pump, args=(proc.stdout, log_path, on_line), daemon=True)
         pump.start()
         return LocalHandle(proc, pump)

@@ -19,8 +19,12 @@ from vda.video import VideoInfo, fit_max_res, probe
 from vda.worker import file_sha256
 
 
-def parse_devices(devices: str | None = None, gpus: int | None = None, gpu_ids: list[int] | None = None,
-                  visible_gpus: int | None = None) -> list[str]:
+def parse_devices(
+    devices: str | None = None,
+    gpus: int | None = None,
+    gpu_ids: list[int] | None = None,
+    visible_gpus: int | None = None,
+) -> list[str]:
     """--devices cpu,cuda:1 | --gpus N | --gpu-ids 0 2 -> ['cpu', 'cuda:1', ...], checked against visible GPUs."""
     if sum(x is not None for x in (devices, gpus, gpu_ids)) != 1:
         raise PlanError("give exactly one of --devices, --gpus or --gpu-ids")
@@ -40,25 +44,58 @@ def parse_devices(devices: str | None = None, gpus: int | None = None, gpu_ids: 
             raise PlanError(f"invalid device {d!r}; use cpu, cuda or cuda:N")
     wanted = sorted({int(d.partition(":")[2] or 0) for d in out if d.startswith("cuda")})
     if wanted and visible_gpus is not None and wanted[-1] >= visible_gpus:
-        raise PlanError(f"GPU {wanted[-1]} requested but {visible_gpus} GPU(s) are visible; "
-                        f"use ids 0..{visible_gpus - 1} (see nvidia-smi) or fewer --gpus")
+        raise PlanError(
+            f"GPU {wanted[-1]} requested but {visible_gpus} GPU(s) are visible; "
+            f"use ids 0..{visible_gpus - 1} (see nvidia-smi) or fewer --gpus"
+        )
     return out
 
 
-def build_settings(info: VideoInfo, checkpoint: Path, encoder: str, metric: bool, input_size: int, max_res: int,
-                   precision: str, mode: str) -> Settings:
+def build_settings(
+    info: VideoInfo,
+    checkpoint: Path,
+    encoder: str,
+    metric: bool,
+    input_size: int,
+    max_res: int,
+    precision: str,
+    mode: str,
+) -> Settings:
     if input_size < 14 or input_size % 14:
         raise PlanError(f"--input-size must be a positive multiple of 14, got {input_size}")
     width, height = fit_max_res(info.width, info.height, max_res)
     net_h, net_w = network_shape(height, width, input_size)
-    return Settings(encoder, metric, checkpoint.name, file_sha256(checkpoint), input_size, max_res, precision, mode,
-                    width, height, net_h, net_w)
+    return Settings(
+        encoder,
+        metric,
+        checkpoint.name,
+        file_sha256(checkpoint),
+        input_size,
+        max_res,
+        precision,
+        mode,
+        width,
+        height,
+        net_h,
+        net_w,
+    )
 
 
-def create_plan(input_path: str | Path, run_dir: str | Path, devices: list[str], *, checkpoint: str | None = None,
-                encoder: str | None = None, metric: bool = False, input_size: int = 518, max_res: int = 1280,
-                precision: str | None = None, mode: str = "window", overwrite: bool = False,
-                stream_warmup: int = STREAM_WARMUP) -> tuple[Plan, bool]:
+def create_plan(
+    input_path: str | Path,
+    run_dir: str | Path,
+    devices: list[str],
+    *,
+    checkpoint: str | None = None,
+    encoder: str | None = None,
+    metric: bool = False,
+    input_size: int = 518,
+    max_res: int = 1280,
+    precision: str | None = None,
+    mode: str = "window",
+    overwrite: bool = False,
+    stream_warmup: int = STREAM_WARMUP,
+) -> tuple[Plan, bool]:
     """Write (or reuse) RUN_DIR/plan.json. Returns the plan and whether an existing one was resumed."""
     run_dir = Path(run_dir)
     info = probe(input_path)
@@ -83,8 +120,10 @@ def create_plan(input_path: str | Path, run_dir: str | Path, devices: list[str],
             old.save(run_dir)
             return old, True
         if not overwrite:
-            raise PlanError(f"{run_dir} holds a different run ({_difference(old, plan)}); "
-                            "use another output folder or pass --overwrite")
+            raise PlanError(
+                f"{run_dir} holds a different run ({_difference(old, plan)}); "
+                "use another output folder or pass --overwrite"
+            )
         shutil.rmtree(run_dir / "chunks", ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     plan.save(run_dir)
@@ -94,8 +133,12 @@ def create_plan(input_path: str | Path, run_dir: str | Path, devices: list[str],
 def _identity(plan: Plan) -> dict:
     info = asdict(plan.input)
     info.pop("path")
-    return {"input": info, "settings": asdict(plan.settings), "units": [c.units for c in plan.chunks],
-            "extra": plan.extra}
+    return {
+        "input": info,
+        "settings": asdict(plan.settings),
+        "units": [c.units for c in plan.chunks],
+        "extra": plan.extra,
+    }
 
 
 def _same_work(a: Plan, b: Plan) -> bool:

@@ -80,8 +80,16 @@ class Progress:
         print(("\r" if tty else "") + text, end="" if tty and not final else "\n", file=self.stream, flush=True)
 
 
-def run_chunks(plan: Plan, run_dir: Path, backend: Backend, devices: list[str], *, retries: int = 2,
-               progress: Progress | None = None, poll_interval: float = 0.2) -> dict[int, ChunkResult]:
+def run_chunks(
+    plan: Plan,
+    run_dir: Path,
+    backend: Backend,
+    devices: list[str],
+    *,
+    retries: int = 2,
+    progress: Progress | None = None,
+    poll_interval: float = 0.2,
+) -> dict[int, ChunkResult]:
     """Run every chunk once successfully, at most one chunk per device at a time.
 
     A failed chunk is retried up to `retries` times, on a device it has not tried yet when one is free.
@@ -124,12 +132,17 @@ def run_chunks(plan: Plan, run_dir: Path, backend: Backend, devices: list[str], 
                 elif res.attempts <= retries:
                     res.status = "pending"
                     queue.insert(0, k)
-                    print(f"\nvda: chunk {k} failed on {device} (exit {code}); retrying "
-                          f"({res.attempts}/{retries}), log: {run_dir / res.log}", file=sys.stderr)
+                    print(
+                        f"\nvda: chunk {k} failed on {device} (exit {code}); retrying "
+                        f"({res.attempts}/{retries}), log: {run_dir / res.log}",
+                        file=sys.stderr,
+                    )
                 else:
                     res.status = "failed"
-                    raise RunFailed(f"chunk {k} failed {res.attempts} time(s) (last exit {code}); see "
-                                    f"{run_dir / res.log}; fix the cause and run the same command again to resume")
+                    raise RunFailed(
+                        f"chunk {k} failed {res.attempts} time(s) (last exit {code}); see "
+                        f"{run_dir / res.log}; fix the cause and run the same command again to resume"
+                    )
         progress.render(final=True)
         return results
     finally:

@@ -66,7 +66,9 @@ class FrameFeed:
                 if self.total is None:
                     self.total = self._last + 1
                 elif self._last + 1 < self.total and index < self.total:
-                    raise FrameError(f"the video ended before frame {index} of {self.total}; it may be truncated")
+                    raise FrameError(
+                        f"the video ended before frame {index} of {self.total}; it may be truncated"
+                    ) from None
                 return
             if i <= self._last:
                 raise FrameError(f"frames out of order: {i} after {self._last}")
@@ -171,7 +173,9 @@ class WindowRunner:
 CHAIN_OUTPUTS = [0, 1, stitch.KEYFRAME]  # the outputs of a window the alignment chain reads
 
 
-def chain_step(chain: stitch.AlignmentChain, picked: torch.Tensor, size: tuple[int, int]) -> tuple[np.float32, np.float32]:
+def chain_step(
+    chain: stitch.AlignmentChain, picked: torch.Tensor, size: tuple[int, int]
+) -> tuple[np.float32, np.float32]:
     """Scale and shift of the next window from its outputs CHAIN_OUTPUTS ([3, h, w], network resolution)."""
     first, second, key = upsample(picked, size).cpu().numpy()
     return chain.step(first, second, key)

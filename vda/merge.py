@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from vda import stitch
-from vda.inference import CHAIN_OUTPUTS, WindowAligner, upsample
+from vda.inference import CHAIN_OUTPUTS, WindowAligner, chain_step, upsample
 from vda.plan import Plan, PlanError
 from vda.worker import SEGMENT, is_done, unit_path, units_of
 from vda.writers import FORMATS, LEVELS, DepthMeta, colorize, encode, frame_name, write_atomic
@@ -53,7 +53,11 @@ def _load(job: Job, unit: int, rows=None) -> torch.Tensor:
 def missing_units(plan: Plan, run_dir: Path) -> dict[int, list[int]]:
     out = {}
     for chunk in plan.chunks:
-        todo = [u for u in units_of(plan, chunk.index) if not is_done(unit_path(run_dir, chunk.index, plan.settings.mode, u))]
+        todo = [
+            u
+            for u in units_of(plan, chunk.index)
+            if not is_done(unit_path(run_dir, chunk.index, plan.settings.mode, u))
+        ]
         if todo:
             out[chunk.index] = todo
     return out
@@ -80,12 +84,11 @@ def replay_chain(job: Job, metric: bool) -> tuple[dict, float, float]:
     used = _contributing(job.n_frames)
     params, lo, hi = {}, np.inf, -np.inf
     for w in range(stitch.num_windows(job.n_frames)):
-        from vda.inference import chain_step
-
         scale, shift = chain_step(chain, _load(job, w, CHAIN_OUTPUTS), job.size)
         params[w] = (float(scale), float(shift))
-        aligned = stitch.apply_scale_shift(_load(job, w, sorted(used[w])).numpy(), scale, shift)
-        lo, hi = min(lo, float(aligned.min())), max(hi, float(aligned.max()))
+        if w in used:  # the last window of a short tail can feed no output frame
+            aligned = stitch.apply_scale_shift(_load(job, w, sorted(used[w])).numpy(), scale, shift)
+            lo, hi = min(lo, float(aligned.min())), max(hi, float(aligned.max()))
     return params, lo, hi
 
 
@@ -121,8 +124,15 @@ def render_unit(job: Job, unit: int) -> list[np.ndarray] | None:
     return frames if job.video else None
 
 
-def merge(run_dir: str | Path, out_dir: str | Path, fmt: str = "png16", *, create_video: bool = False,
-          workers: int | None = None, log=print) -> DepthMeta:
+def merge(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    fmt: str = "png16",
+    *,
+    create_video: bool = False,
+    workers: int | None = None,
+    log=print,
+) -> DepthMeta:
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -131,19 +141,36 @@ def merge(run_dir: str | Path, out_dir: str | Path, fmt: str = "png16", *, creat
     missing = missing_units(plan, run_dir)
     if missing:
         listing = "; ".join(f"chunk {k}: {len(v)} unit(s) from {v[0]}" for k, v in missing.items())
-        raise PlanError(f"cannot merge, unfinished chunks ({listing}); run them again with `vda run-chunk` or `vda depth`")
+        raise PlanError(
+            f"cannot merge, unfinished chunks ({listing}); run them again with `vda run-chunk` or `vda depth`"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / MERGED_MARKER).unlink(missing_ok=True)
     owners = {u: c.index for c in plan.chunks for u in units_of(plan, c.index)}
-    job = Job(str(run_dir), str(out_dir), fmt, s.mode, plan.frame_count, (s.frame_height, s.frame_width), 0.0, 1.0,
-              owners, {}, create_video)
+    job = Job(
+        str(run_dir),
+        str(out_dir),
+        fmt,
+        s.mode,
+        plan.frame_count,
+        (s.frame_height, s.frame_width),
+        0.0,
+        1.0,
+        owners,
+        {},
+        create_video,
+    )
     if s.mode == "window":
         params, lo, hi = replay_chain(job, s.metric)
     else:
         params, (lo, hi) = {}, _segment_range(job)
     job = Job(**{**job.__dict__, "params": params, "lo": lo, "hi": hi})
     units = sorted(owners)
-    encoder = _VideoSink(out_dir / "depth_vis.mp4", plan.input.fps_fraction, s.frame_width, s.frame_height) if create_video else None
+    encoder = (
+        _VideoSink(out_dir / "depth_vis.mp4", plan.input.fps_fraction, s.frame_width, s.frame_height)
+        if create_video
+        else None
+    )
     workers = max(1, min(workers or os.cpu_count() or 1, len(units)))
     try:
         for frames in _map_ordered(job, units, workers):
@@ -152,10 +179,25 @@ def merge(run_dir: str | Path, out_dir: str | Path, fmt: str = "png16", *, creat
     finally:
         if encoder:
             encoder.close()
-    meta = DepthMeta(fmt, plan.frame_count, plan.input.fps, s.frame_width, s.frame_height, s.encoder, s.metric,
-                     {"lo": lo, "hi": hi, "levels": LEVELS[fmt]} if fmt in LEVELS else {},
-                     {"input_size": s.input_size, "max_res": s.max_res, "precision": s.precision, "mode": s.mode,
-                      "checkpoint": s.checkpoint, "input": Path(plan.input.path).name, "run_id": plan.run_id})
+    meta = DepthMeta(
+        fmt,
+        plan.frame_count,
+        plan.input.fps,
+        s.frame_width,
+        s.frame_height,
+        s.encoder,
+        s.metric,
+        {"lo": lo, "hi": hi, "levels": LEVELS[fmt]} if fmt in LEVELS else {},
+        {
+            "input_size": s.input_size,
+            "max_res": s.max_res,
+            "precision": s.precision,
+            "mode": s.mode,
+            "checkpoint": s.checkpoint,
+            "input": Path(plan.input.path).name,
+            "run_id": plan.run_id,
+        },
+    )
     meta.save(out_dir)
     write_atomic(out_dir / MERGED_MARKER, plan.run_id.encode())
     log(f"merged {plan.frame_count} frames into {out_dir} ({fmt})")

@@ -205,9 +205,7 @@ class TemporalAttention(nn.Module):
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # [N, L, C] -> [N, heads, L, C/heads]
 
-    def forward(
-        self, x: torch.Tensor, frames: int, cache: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, frames: int, cache: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         BT, S, C = x.shape
         B = BT // frames
         x = x.reshape(B, frames, S, C).transpose(1, 2).reshape(B * S, frames, C)  # [(B S), T, C]
@@ -365,7 +363,9 @@ class TemporalDPTHead(nn.Module):
         p3, h3 = mm[3](p3, frames, c(3))
         # The full-resolution tail is per frame; micro-batches bound its memory on long windows.
         step = micro_batch or p3.shape[0]
-        out = [self._tail(p3[i : i + step], r2[i : i + step], r1[i : i + step], gh, gw) for i in range(0, len(p3), step)]
+        out = [
+            self._tail(p3[i : i + step], r2[i : i + step], r1[i : i + step], gh, gw) for i in range(0, len(p3), step)
+        ]
         return torch.cat(out), h0 + h1 + h2 + h3
 
     def _tail(self, p3, r2, r1, gh, gw):
@@ -441,7 +441,9 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict[str, torch.
     if missing or unexpected or misshaped:
         lines = [f"{len(missing)} missing, {len(unexpected)} unexpected, {len(misshaped)} misshaped tensors"]
         for label, items in (("missing", missing), ("unexpected", unexpected), ("misshaped", misshaped)):
-            lines += [f"  {label}: {item}" for item in items[:20]] + ([f"  ... {len(items) - 20} more"] * (len(items) > 20))
+            lines += [f"  {label}: {item}" for item in items[:20]] + (
+                [f"  ... {len(items) - 20} more"] * (len(items) > 20)
+            )
         raise CheckpointError("checkpoint layout does not match the model:\n" + "\n".join(lines))
     return state_dict
 

@@ -84,7 +84,9 @@ class Plan:
         except json.JSONDecodeError as err:
             raise PlanError(f"{path} is not valid JSON ({err}); delete the run folder and plan again") from err
         if data.get("schema_version") != SCHEMA_VERSION:
-            raise PlanError(f"{path} has schema {data.get('schema_version')}, this vda reads {SCHEMA_VERSION}; plan again")
+            raise PlanError(
+                f"{path} has schema {data.get('schema_version')}, this vda reads {SCHEMA_VERSION}; plan again"
+            )
         info = data["input"]
         info["keyframes"] = [tuple(k) for k in info.get("keyframes", [])]
         chunks = [
@@ -94,8 +96,14 @@ class Plan:
         for c in chunks:
             if not isinstance(c.index, int) or c.index < 0:
                 raise PlanError(f"{path}: bad chunk index {c.index!r}")
-        return cls(VideoInfo(**info), Settings(**data["settings"]), chunks, data["run_id"], data["schema_version"],
-                   data.get("extra", {}))
+        return cls(
+            VideoInfo(**info),
+            Settings(**data["settings"]),
+            chunks,
+            data["run_id"],
+            data["schema_version"],
+            data.get("extra", {}),
+        )
 
 
 def split_even(total: int, parts: int) -> list[tuple[int, int]]:

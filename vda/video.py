@@ -72,7 +72,9 @@ def _open(path: Path):
     try:
         container = av.open(str(path))
     except (av.error.FFmpegError, OSError) as err:
-        raise VideoError(f"{path} is not a readable video ({err.__class__.__name__}); pass an mp4/mkv/mov file") from err
+        raise VideoError(
+            f"{path} is not a readable video ({err.__class__.__name__}); pass an mp4/mkv/mov file"
+        ) from err
     if not container.streams.video:
         container.close()
         raise VideoError(f"{path} has no video stream; pass a video file or a folder of images")
@@ -103,8 +105,16 @@ def probe(path: str | Path) -> VideoInfo:
             if header is None:
                 raise VideoError(f"cannot read image {f}; remove it or replace it with a valid image")
         h, w = first.shape[:2]
-        return VideoInfo(str(path), "images", sum(f.stat().st_size for f in files), head_hash(path), len(files),
-                         str(DEFAULT_IMAGE_FPS), w, h)
+        return VideoInfo(
+            str(path),
+            "images",
+            sum(f.stat().st_size for f in files),
+            head_hash(path),
+            len(files),
+            str(DEFAULT_IMAGE_FPS),
+            w,
+            h,
+        )
     container, stream = _open(path)
     count, keyframes, size = 0, [], None
     try:
@@ -120,8 +130,9 @@ def probe(path: str | Path) -> VideoInfo:
         container.close()
     if count == 0:
         raise VideoError(f"{path} has zero decodable frames; pass a non-empty video")
-    return VideoInfo(str(path), "video", path.stat().st_size, head_hash(path), count, str(fps), size[0], size[1],
-                     keyframes)
+    return VideoInfo(
+        str(path), "video", path.stat().st_size, head_hash(path), count, str(fps), size[0], size[1], keyframes
+    )
 
 
 def fit_max_res(width: int, height: int, max_res: int) -> tuple[int, int]:
@@ -143,7 +154,9 @@ def spans(indices: Iterable[int]) -> list[tuple[int, int]]:
     return [(a, b) for a, b in out]
 
 
-def read_frames(info: VideoInfo, indices: Iterable[int], size: tuple[int, int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
+def read_frames(
+    info: VideoInfo, indices: Iterable[int], size: tuple[int, int] | None = None
+) -> Iterator[tuple[int, np.ndarray]]:
     """(index, RGB uint8 frame) for the given indices, in increasing order, resized to `size` (w, h) if given."""
     runs = spans(indices)
     resize = None if size is None or size == (info.width, info.height) else size
@@ -210,14 +223,18 @@ class _SeekingReader:
                 frame = self._pending if self._pending is not None else next(self.frames, None)
                 self._pending = None
                 if frame is None:
-                    raise VideoError(f"{self.info.path}: the video ended at frame {self.next_index}, before frame "
-                                     f"{stop - 1}; it is truncated")
+                    raise VideoError(
+                        f"{self.info.path}: the video ended at frame {self.next_index}, before frame "
+                        f"{stop - 1}; it is truncated"
+                    )
                 if self.next_index >= start:
                     yield self.next_index, frame.to_ndarray(format="rgb24")
                 self.next_index += 1
         except av.error.FFmpegError as err:
-            raise VideoError(f"{self.info.path}: decoding failed at frame {self.next_index} ({err}); "
-                             "the file is truncated or corrupt") from err
+            raise VideoError(
+                f"{self.info.path}: decoding failed at frame {self.next_index} ({err}); "
+                "the file is truncated or corrupt"
+            ) from err
 
 
 _END = object()

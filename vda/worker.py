@@ -95,12 +95,26 @@ def _store(path: Path, depth: torch.Tensor, precision: str, started: float, unit
     buf = io.BytesIO()
     np.save(buf, array)
     write_atomic(path, buf.getvalue())
-    write_json(path.with_suffix(".done"), {"unit": unit, "seconds": round(time.time() - started, 3),
-                                           "shape": list(array.shape), "dtype": str(array.dtype)})
+    write_json(
+        path.with_suffix(".done"),
+        {
+            "unit": unit,
+            "seconds": round(time.time() - started, 3),
+            "shape": list(array.shape),
+            "dtype": str(array.dtype),
+        },
+    )
 
 
-def run_chunk(run_dir: str | Path, chunk_index: int, *, device: str | None = None, checkpoint: str | None = None,
-              input_path: str | None = None, micro_batch: int | None = None) -> int:
+def run_chunk(
+    run_dir: str | Path,
+    chunk_index: int,
+    *,
+    device: str | None = None,
+    checkpoint: str | None = None,
+    input_path: str | None = None,
+    micro_batch: int | None = None,
+) -> int:
     """Compute chunk `chunk_index` of the plan in run_dir; returns the number of units computed now."""
     from models import resolve
 
@@ -147,8 +161,13 @@ def run_chunk(run_dir: str | Path, chunk_index: int, *, device: str | None = Non
             segment.append(depth)
             if len(segment) == SEGMENT or i == chunk.units[1] - 1:
                 _maybe_fail(chunk_index, seg_start)
-                _store(unit_path(run_dir, chunk_index, s.mode, seg_start), torch.stack(segment), s.precision,
-                       started, seg_start)
+                _store(
+                    unit_path(run_dir, chunk_index, s.mode, seg_start),
+                    torch.stack(segment),
+                    s.precision,
+                    started,
+                    seg_start,
+                )
                 done += 1
                 progress(chunk=chunk_index, done=done, total=len(units), frames=len(segment), event="unit")
                 segment, seg_start, started = [], i + 1, time.time()

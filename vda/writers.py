@@ -57,7 +57,9 @@ def dequantize(stored: np.ndarray, lo: float, hi: float, levels: int) -> np.ndar
 def encode(depth: np.ndarray, fmt: str, lo: float = 0.0, hi: float = 1.0) -> bytes:
     """One depth map as the bytes of a file in `fmt`."""
     if fmt in LEVELS:
-        ok, buf = cv2.imencode(".png", quantize(depth, lo, hi, LEVELS[fmt]), [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION])
+        ok, buf = cv2.imencode(
+            ".png", quantize(depth, lo, hi, LEVELS[fmt]), [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION]
+        )
     elif fmt == "exr":
         ok, buf = cv2.imencode(".exr", depth.astype(np.float32), [cv2.IMWRITE_EXR_TYPE, cv2.IMWRITE_EXR_TYPE_FLOAT])
     elif fmt in ("npy", "npz"):

@@ -1,0 +1,229 @@
+"""The container side, against a real Docker engine.
+
+Skipped when no engine is reachable, unless VDA_REQUIRE_DOCKER=1 (CI): then a missing engine
+is a failure (after one try of docker/engine.sh, which installs and starts one as root).
+
+The CPU image is (re)built with `make -f docker/docker.mk image-cpu` (offline: debootstrap base,
+wheelhouse, --network none); with everything cached that takes a few seconds, and it keeps the
+image in step with the code. VDA_TEST_IMAGE_BUILD=missing only builds when the image is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.docker
+
+REPO = Path(__file__).resolve().parents[1]
+CPU_IMAGE = os.environ.get("VDA_CPU_IMAGE", "vda:cpu")
+REQUIRE = os.environ.get("VDA_REQUIRE_DOCKER") == "1"
+BUILD_POLICY = os.environ.get("VDA_TEST_IMAGE_BUILD", "always")  # always | missing
+COMPOSE_VARS = ("VDA_IMAGE", "INPUT_DIR", "RUN_DIR", "OUT_DIR", "GPU_ID", "CHUNK", "FORMAT", "UID", "GID")
+NVIDIA_ERROR = 'could not select device driver "nvidia"'
+
+
+def _run(args, *, timeout=120, env=None, cwd=REPO):
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
+
+
+def _unavailable(reason: str):
+    hint = "run `make engine` (docker/engine.sh; as root it installs docker.io and starts dockerd)"
+    if REQUIRE:
+        pytest.fail(f"VDA_REQUIRE_DOCKER=1 but {reason}; {hint}", pytrace=False)
+    pytest.skip(f"{reason}; {hint}")
+
+
+def _engine_problem() -> str | None:
+    if shutil.which("docker") is None:
+        return "no docker CLI on PATH"
+    try:
+        r = _run(["docker", "info", "--format", "{{.ServerVersion}}"], timeout=30)
+    except subprocess.TimeoutExpired:
+        return "`docker info` timed out"
+    if r.returncode != 0 or not r.stdout.strip():
+        last = (r.stderr.strip().splitlines() or ["?"])[-1]
+        return f"no Docker engine reachable ({last})"
+    return None
+
+
+@pytest.fixture(scope="session")
+def engine() -> None:
+    problem = _engine_problem()
+    if problem and REQUIRE:
+        # CI: bring one up (idempotent; refuses politely when not root).
+        _run(["bash", "docker/engine.sh"], timeout=600)
+        problem = _engine_problem()
+    if problem:
+        _unavailable(problem)
+
+
+@pytest.fixture(scope="session")
+def compose(engine) -> None:
+    r = _run(["docker", "compose", "version"], timeout=30)
+    if r.returncode != 0:
+        _unavailable("`docker compose` (Compose v2 plugin) is missing")
+
+
+@pytest.fixture(scope="session")
+def cpu_image(engine) -> str:
+    exists = _run(["docker", "image", "inspect", CPU_IMAGE], timeout=30).returncode == 0
+    if BUILD_POLICY == "always" or not exists:
+        r = _run(
+            ["make", "-f", "docker/docker.mk", "image-cpu", f"PY={sys.executable}", f"VDA_CPU_IMAGE={CPU_IMAGE}"],
+            timeout=1500,
+        )
+        if r.returncode != 0:
+            tail = "\n".join((r.stdout + r.stderr).splitlines()[-40:])
+            pytest.fail(f"`make image-cpu` failed (rc {r.returncode}):\n{tail}", pytrace=False)
+    return CPU_IMAGE
+
+
+def _in_image(image: str, *cmd: str, timeout=120):
+    return _run(["docker", "run", "--rm", "--network", "none", image, *cmd], timeout=timeout)
+
+
+# ------------------------------------------------------------------------------ (a) the image
+
+
+def test_image_config(cpu_image):
+    r = _run(["docker", "image", "inspect", "--format", "{{json .Config}}", cpu_image])
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads(r.stdout)
+    assert cfg["Entrypoint"] == ["tini", "--"]
+    assert cfg["Cmd"] == ["vda", "--help"]
+    assert cfg["WorkingDir"] == "/work"
+    assert "PYTHONUNBUFFERED=1" in cfg["Env"]
+    assert cfg["User"] and not cfg["User"].startswith(("0", "root"))
+
+
+def test_image_runs_as_non_root(cpu_image):
+    r = _in_image(cpu_image, "id", "-u")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() != "0"
+    assert r.stdout.strip() == "1000"
+
+
+def test_image_cpu_torch(cpu_image):
+    code = "import torch, json; print(json.dumps([torch.__version__, torch.cuda.is_available(), torch.version.cuda]))"
+    r = _in_image(cpu_image, "python", "-c", code)
+    assert r.returncode == 0, r.stderr
+    version, cuda_available, cuda_build = json.loads(r.stdout.strip().splitlines()[-1])
+    assert version == "2.13.0+cpu"
+    assert cuda_available is False
+    assert cuda_build is None
+
+
+def test_image_imports(cpu_image):
+    r = _in_image(cpu_image, "python", "-c", "import torch, numpy, av, cv2, docker, vda, orchestrator")
+    assert r.returncode == 0, r.stderr
+
+
+# ------------------------------------------------------------------------------ (b) compose.yaml
+
+
+def _compose_env(**overrides) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in COMPOSE_VARS and not k.startswith("COMPOSE_")}
+    env.update(overrides)
+    return env
+
+
+def _compose_config(env) -> dict:
+    r = _run(["docker", "compose", "-f", str(REPO / "compose.yaml"), "config", "--format", "json"], env=env)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def _mount(service: dict, target: str) -> dict:
+    (m,) = [v for v in service["volumes"] if v["target"] == target]
+    return m
+
+
+@pytest.mark.parametrize("with_vars", [False, True], ids=["defaults", "env-set"])
+def test_compose_config(compose, tmp_path, with_vars):
+    if with_vars:
+        env = _compose_env(
+            VDA_IMAGE="vda:test",
+            INPUT_DIR=str(tmp_path / "in"),
+            RUN_DIR=str(tmp_path / "run"),
+            OUT_DIR=str(tmp_path / "out"),
+            GPU_ID="3",
+            CHUNK="7",
+            FORMAT="npz",
+            UID="1234",
+            GID="4321",
+        )
+        expect = {
+            "image": "vda:test",
+            "gpu": "3",
+            "chunk": "7",
+            "format": "npz",
+            "user": "1234:4321",
+            "input": str(tmp_path / "in"),
+        }
+    else:
+        env = _compose_env()
+        expect = {
+            "image": "vda:latest",
+            "gpu": "0",
+            "chunk": "0",
+            "format": "png16",
+            "user": "1000:1000",
+            "input": str(REPO / "input"),
+        }
+    cfg = _compose_config(env)
+    worker, merge = cfg["services"]["worker"], cfg["services"]["merge"]
+
+    (dev,) = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert dev["driver"] == "nvidia"
+    assert dev["capabilities"] == ["gpu"]
+    assert dev["device_ids"] == [expect["gpu"]]
+    assert "deploy" not in merge  # merging needs no GPU
+
+    assert worker["command"] == ["vda", "run-chunk", "/run", "--chunk", expect["chunk"], "--device", "cuda:0"]
+    assert merge["command"] == ["vda", "merge", "/run", "-o", "/out", "--format", expect["format"]]
+    for svc in (worker, merge):
+        assert svc["image"] == expect["image"]
+        assert svc["network_mode"] == "none"
+        assert svc["user"] == expect["user"]
+        inp = _mount(svc, "/input")
+        assert inp["read_only"] is True
+        assert inp["source"] == expect["input"]
+        assert _mount(svc, "/models")["read_only"] is True
+        assert not _mount(svc, "/run").get("read_only", False)
+        assert not _mount(svc, "/out").get("read_only", False)
+
+
+# ------------------------------------------------------------------------------ (c) no NVIDIA runtime
+
+
+def test_worker_without_nvidia_runtime_fails(compose, cpu_image, tmp_path):
+    r = _run(["docker", "info", "--format", "{{json .Runtimes}}"], timeout=30)
+    if "nvidia" in r.stdout:
+        pytest.skip("this engine has the NVIDIA runtime: the worker would really start here")
+    for d in ("in", "run", "out"):
+        (tmp_path / d).mkdir()
+    env = _compose_env(
+        VDA_IMAGE=cpu_image,
+        INPUT_DIR=str(tmp_path / "in"),
+        RUN_DIR=str(tmp_path / "run"),
+        OUT_DIR=str(tmp_path / "out"),
+        UID=str(os.getuid()),
+        GID=str(os.getgid()),
+    )
+    project = f"vdatest{uuid.uuid4().hex[:8]}"
+    base = ["docker", "compose", "-f", str(REPO / "compose.yaml"), "-p", project]
+    try:
+        r = _run([*base, "run", "--rm", "--pull", "never", "worker"], env=env, timeout=300)
+    finally:
+        _run([*base, "down", "--remove-orphans"], env=env, timeout=120)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out
+    assert NVIDIA_ERROR in out, out

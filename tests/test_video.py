@@ -1,0 +1,102 @@
+"""Video IO on real files with a real decoder (PyAV/FFmpeg)."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from conftest import VIDEOS, synthetic_frames, write_images, write_video
+
+from vda.video import VideoError, fit_max_res, probe, read_frames, threaded
+
+
+@pytest.mark.parametrize(
+    ("name", "count", "fps", "size"),
+    [
+        ("davis_rollercoaster.mp4", 70, Fraction(24), (960, 540)),
+        ("Tokyo-Walk_rgb.mp4", 195, Fraction(15), (1280, 720)),
+    ],
+)
+def test_probe_real_videos(name, count, fps, size):
+    info = probe(VIDEOS / name)
+    assert (info.frame_count, info.fps_fraction, (info.width, info.height)) == (count, fps, size)
+    assert info.kind == "video" and len(info.head_sha256) == 64
+
+
+def test_seeking_equals_sequential_decoding(tmp_path):
+    frames = synthetic_frames(45, 64, 48)
+    info = probe(write_video(tmp_path / "v.mp4", frames))
+    assert info.frame_count == 45 and len(info.keyframes) > 2
+    everything = dict(read_frames(info, range(45)))
+    wanted = [0, 12, 13, *range(24, 40)]
+    got = dict(threaded(read_frames(info, wanted)))
+    assert sorted(got) == wanted
+    for i in wanted:
+        assert np.array_equal(got[i], everything[i])
+
+
+def test_fps_is_an_exact_fraction(tmp_path):
+    info = probe(write_video(tmp_path / "ntsc.mp4", synthetic_frames(3), fps=Fraction(30000, 1001)))
+    assert info.fps_fraction == Fraction(30000, 1001)
+
+
+def test_image_folder_sorted_by_name(tmp_path):
+    frames = synthetic_frames(5)
+    folder = write_images(tmp_path / "imgs", frames)
+    info = probe(folder)
+    assert (info.kind, info.frame_count, info.width, info.height) == ("images", 5, 64, 48)
+    got = [f for _, f in read_frames(info, range(5))]
+    assert all(np.array_equal(a, b) for a, b in zip(got, frames))  # PNG is lossless
+
+
+def test_resize_to_max_res(tmp_path):
+    assert fit_max_res(1920, 1080, 1280) == (1280, 720)
+    assert fit_max_res(640, 360, 1280) == (640, 360)
+    assert fit_max_res(1920, 1080, 0) == (1920, 1080)
+    info = probe(write_images(tmp_path / "i", synthetic_frames(2)))
+    assert next(read_frames(info, [0], (32, 24)))[1].shape == (24, 32, 3)
+
+
+def test_bad_inputs(tmp_path):
+    with pytest.raises(VideoError, match="input not found"):
+        probe(tmp_path / "missing.mp4")
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video at all")
+    with pytest.raises(VideoError, match="not a readable video"):
+        probe(text)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(VideoError, match="holds no images"):
+        probe(tmp_path / "empty")
+    bad = write_images(tmp_path / "bad", synthetic_frames(3))
+    (bad / "img_00001.png").write_bytes(b"garbage")
+    with pytest.raises(VideoError, match="cannot read image .*img_00001.png"):
+        probe(bad)
+
+
+def test_mixed_sizes_in_folder(tmp_path):
+    folder = write_images(tmp_path / "mixed", synthetic_frames(2, 64, 48) + synthetic_frames(1, 32, 24))
+    info = probe(folder)
+    with pytest.raises(VideoError, match="img_00002.png is 32x24, the first is 64x48"):
+        list(read_frames(info, range(3)))
+
+
+def test_truncated_video_names_the_frame(tmp_path):
+    path = write_video(tmp_path / "full.mp4", synthetic_frames(40, 64, 48))
+    data = path.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(VideoError, match="frame|truncated|readable"):
+        info = probe(cut)
+        list(read_frames(info, range(40)))
+
+
+def test_decoder_errors_surface_in_the_consumer():
+    def broken():
+        yield 1
+        raise RuntimeError("decoder exploded")
+
+    it = threaded(broken())
+    assert next(it) == 1
+    with pytest.raises(RuntimeError, match="decoder exploded"):
+        next(it)
