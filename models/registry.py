@@ -53,8 +53,14 @@ def find(encoder: str, metric: bool) -> Checkpoint:
     raise WeightsError(f"no published checkpoint for encoder {encoder!r}; choose vits, vitb or vitl")
 
 
+def models_dirs() -> list[Path]:
+    """Folders searched for checkpoint files: $VDA_MODELS_DIR (colon-separated), else this folder."""
+    env = os.environ.get("VDA_MODELS_DIR")
+    return [Path(p) for p in env.split(os.pathsep) if p] if env else [MODELS_DIR]
+
+
 def models_dir() -> Path:
-    return Path(os.environ.get("VDA_MODELS_DIR", MODELS_DIR))
+    return models_dirs()[0]
 
 
 def resolve(encoder: str, metric: bool, checkpoint: str | Path | None = None, *, download: bool = True) -> Path:
@@ -65,9 +71,9 @@ def resolve(encoder: str, metric: bool, checkpoint: str | Path | None = None, *,
             raise WeightsError(f"checkpoint not found: {path}; check --checkpoint")
         return path
     ck = find(encoder, metric)
-    local = models_dir() / ck.filename
-    if not local.is_file():
-        local = _from_hub(ck, local, download)
+    local = next((d / ck.filename for d in models_dirs() if (d / ck.filename).is_file()), None)
+    if local is None:
+        local = _from_hub(ck, models_dir() / ck.filename, download)
     print(f"vda: using {ck.filename} ({ck.repo_id}), licence {ck.license}", file=sys.stderr)
     return local
 

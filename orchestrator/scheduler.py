@@ -100,7 +100,7 @@ def run_chunks(
     progress = progress or Progress(plan)
     results = {c.index: ChunkResult(c.index, log=f"logs/chunk_{c.index}.log") for c in plan.chunks}
     queue = [c.index for c in plan.chunks]
-    free = list(dict.fromkeys(devices))
+    free = list(devices)  # one slot per entry: "cpu,cpu" runs two CPU workers side by side
     running: dict[int, tuple[Handle, str, float]] = {}
     try:
         while queue or running:

@@ -59,8 +59,10 @@ def engine() -> None:
     problem = _engine_problem()
     if problem and REQUIRE:
         # CI: bring one up (idempotent; refuses politely when not root).
-        _run(["bash", "docker/engine.sh"], timeout=600)
+        r = _run(["bash", "docker/engine.sh"], timeout=600)
         problem = _engine_problem()
+        if problem:
+            problem += "; docker/engine.sh said: " + " | ".join((r.stdout + r.stderr).strip().splitlines()[-5:])
     if problem:
         _unavailable(problem)
 

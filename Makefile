@@ -1,0 +1,73 @@
+# vda: Video Depth Anything over long videos on many GPUs.  `make` lists the targets.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+VENV       ?= .venv
+PY         ?= $(VENV)/bin/python
+VDA        ?= $(VENV)/bin/vda
+PYTHON     ?= python3
+# torch for the host venv. Here torch==2.13.0 resolves to the CPU build; elsewhere, on a machine
+# without an NVIDIA GPU, add TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu".
+TORCH_SPEC ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+
+# make depth VIDEO=path/to/video.mp4 GPUS=5 [MODEL=vits FORMAT=png16 OUT=out/<video>]
+VIDEO      ?=
+GPUS       ?=
+DEVICES    ?=
+MODEL      ?= vits
+FORMAT     ?= png16
+OUT        ?= out/$(basename $(notdir $(VIDEO)))
+BACKEND    ?= docker
+DEPTH_ARGS ?=
+
+include docker/docker.mk
+
+.PHONY: help setup test lint depth smoke bench clean
+
+help: ## show this help
+	@echo "usage: make <target> [VAR=value ...]"
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sort | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.stamp: pyproject.toml requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)" $(TORCH_PIP_ARGS)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	@$(PY) -c 'import shutil, torch; gpu = shutil.which("nvidia-smi"); cuda = torch.version.cuda; \
+	print(f"torch {torch.__version__}", "(CUDA build)" if cuda else "(CPU build)"); \
+	cuda and not gpu and print("warning: CUDA torch on a machine without nvidia-smi; see TORCH_PIP_ARGS in the Makefile")'
+	touch $@
+
+setup: $(VENV)/.stamp ## build .venv from nothing (torch $(TORCH_SPEC), deps, vda in editable mode)
+
+lint: setup ## ruff lint and format check
+	$(VENV)/bin/ruff check vda orchestrator models tests bench
+	$(VENV)/bin/ruff format --check vda orchestrator models tests bench
+
+test: setup ## run all tests; builds the CPU image first (CI requires Docker, elsewhere Docker tests skip without it)
+	@if [ "$$CI" = "true" ]; then \
+	    $(MAKE) --no-print-directory image-cpu || exit 1; \
+	elif bash docker/engine.sh >/dev/null 2>&1; then \
+	    $(MAKE) --no-print-directory image-cpu || exit 1; \
+	else echo "no Docker engine: Docker tests will be skipped"; fi
+	VDA_REQUIRE_DOCKER=$${VDA_REQUIRE_DOCKER:-$$([ "$$CI" = "true" ] && echo 1)} $(PY) -m pytest
+
+depth: setup ## depth for VIDEO on GPUS GPUs, one container each: make depth VIDEO=x.mp4 GPUS=5 [MODEL= FORMAT= OUT=]
+	@test -n "$(VIDEO)" || { echo "make depth: set VIDEO=path/to/video.mp4"; exit 2; }
+	@test -n "$(GPUS)$(DEVICES)" || { echo "make depth: set GPUS=N (or DEVICES=cpu,cpu for CPU containers)"; exit 2; }
+	@if [ "$(BACKEND)" = docker ]; then \
+	    img=$$([ -n "$(GPUS)" ] && echo $(VDA_IMAGE) || echo $(VDA_CPU_IMAGE)); \
+	    docker image inspect $$img >/dev/null 2>&1 || $(MAKE) --no-print-directory $$([ -n "$(GPUS)" ] && echo image || echo image-cpu); \
+	fi
+	$(VDA) depth "$(VIDEO)" -o "$(OUT)" --backend $(BACKEND) --encoder $(MODEL) --format $(FORMAT) \
+	    $(if $(GPUS),--gpus $(GPUS),--devices $(DEVICES)) $(DEPTH_ARGS)
+
+smoke: setup image-cpu ## end to end in two CPU containers on a real video with a synthetic checkpoint
+	$(PY) -m pytest -q tests/test_docker_backend.py
+
+bench: setup ## print throughput and memory figures (bench/README.md)
+	$(PY) bench/bench_infer.py --encoder vits --input-size 518 --frames 64
+
+clean: ## remove caches and local outputs (keeps .venv and images)
+	rm -rf .pytest_cache .ruff_cache out runs
