@@ -104,8 +104,16 @@ def _pump(container, log_path: Path, on_line) -> None:
 
 
 class DockerBackend:
-    def __init__(self, plan: Plan, run_dir: Path, *, image: str | None = None, checkpoint: str | None = None,
-                 client=None, extra_env: dict | None = None):
+    def __init__(
+        self,
+        plan: Plan,
+        run_dir: Path,
+        *,
+        image: str | None = None,
+        checkpoint: str | None = None,
+        client=None,
+        extra_env: dict | None = None,
+    ):
         self.plan, self.run_dir = plan, Path(run_dir).resolve()
         self.client = client or connect()
         gpu = any(c.device.startswith("cuda") for c in plan.chunks)
@@ -154,12 +162,20 @@ class DockerBackend:
 
         requests = []
         if device.startswith("cuda"):
-            requests = [DeviceRequest(driver="nvidia", device_ids=[device.partition(":")[2] or "0"], capabilities=[["gpu"]])]
+            requests = [
+                DeviceRequest(driver="nvidia", device_ids=[device.partition(":")[2] or "0"], capabilities=[["gpu"]])
+            ]
         try:
             return self.client.containers.run(
-                self.image, command, detach=True, network_mode="none", user=f"{os.getuid()}:{os.getgid()}",
-                environment=self._env(device), device_requests=requests,
-                labels={LABEL_RUN: self.plan.run_id, **labels}, **self._mounts(extra_mounts),
+                self.image,
+                command,
+                detach=True,
+                network_mode="none",
+                user=f"{os.getuid()}:{os.getgid()}",
+                environment=self._env(device),
+                device_requests=requests,
+                labels={LABEL_RUN: self.plan.run_id, **labels},
+                **self._mounts(extra_mounts),
             )
         except Exception as err:
             self.close()
@@ -168,8 +184,17 @@ class DockerBackend:
     # -- backend interface -----------------------------------------------------------------------
     def start(self, plan: Plan, run_dir: Path, chunk: int, device: str, log_path: Path, on_line) -> DockerHandle:
         inner = "cuda:0" if device.startswith("cuda") else "cpu"  # the container sees only its own GPU
-        command = ["vda", "run-chunk", RUN_MOUNT, "--chunk", str(chunk), "--device", inner,
-                   "--input", f"{INPUT_MOUNT}/{Path(plan.input.path).name}"]
+        command = [
+            "vda",
+            "run-chunk",
+            RUN_MOUNT,
+            "--chunk",
+            str(chunk),
+            "--device",
+            inner,
+            "--input",
+            f"{INPUT_MOUNT}/{Path(plan.input.path).name}",
+        ]
         container = self._run(command, device, {LABEL_CHUNK: str(chunk), LABEL_ROLE: "worker"})
         with open(log_path, "a") as log:
             log.write(f"$ docker run {self.image} {' '.join(command)}  # {container.short_id} on {device}\n")

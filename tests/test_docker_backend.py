@@ -57,15 +57,46 @@ def test_make_depth_in_two_cpu_containers_equals_local(client, tmp_path, checkpo
     docker_out, local_out = tmp_path / "docker", tmp_path / "local"
     args = " ".join(["--checkpoint", str(checkpoint), *SMALL])
     proc = subprocess.run(
-        ["make", "--no-print-directory", "depth", f"VIDEO={VIDEO}", "DEVICES=cpu,cpu", f"OUT={docker_out}",
-         "FORMAT=npy", f"DEPTH_ARGS={args}", f"VDA_CPU_IMAGE={IMAGE}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
+        [
+            "make",
+            "--no-print-directory",
+            "depth",
+            f"VIDEO={VIDEO}",
+            "DEVICES=cpu,cpu",
+            f"OUT={docker_out}",
+            "FORMAT=npy",
+            f"DEPTH_ARGS={args}",
+            f"VDA_CPU_IMAGE={IMAGE}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     local = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "depth", str(VIDEO), "-o", str(local_out), "--backend", "local",
-         "--devices", "cpu,cpu", "--checkpoint", str(checkpoint), "--format", "npy", *SMALL],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "depth",
+            str(VIDEO),
+            "-o",
+            str(local_out),
+            "--backend",
+            "local",
+            "--devices",
+            "cpu,cpu",
+            "--checkpoint",
+            str(checkpoint),
+            "--format",
+            "npy",
+            *SMALL,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert local.returncode == 0, local.stderr[-2000:]
     a, b = _read_all(docker_out), _read_all(local_out)
@@ -103,9 +134,28 @@ def test_missing_image_is_explained(client, tmp_path, checkpoint):
 def test_sigterm_removes_every_container(client, tmp_path, checkpoint):
     out = tmp_path / "out"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "depth", str(VIDEO), "-o", str(out), "--backend", "docker",
-         "--devices", "cpu,cpu", "--image", IMAGE, "--checkpoint", str(checkpoint), *SMALL],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "depth",
+            str(VIDEO),
+            "-o",
+            str(out),
+            "--backend",
+            "docker",
+            "--devices",
+            "cpu,cpu",
+            "--image",
+            IMAGE,
+            "--checkpoint",
+            str(checkpoint),
+            *SMALL,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     deadline = time.time() + 120
     while time.time() < deadline and len(_containers(client)) < 2:
