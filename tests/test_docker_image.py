@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 CPU_IMAGE = os.environ.get("VDA_CPU_IMAGE", "vda:cpu")
 REQUIRE = os.environ.get("VDA_REQUIRE_DOCKER") == "1"
 BUILD_POLICY = os.environ.get("VDA_TEST_IMAGE_BUILD", "always")  # always | missing
-COMPOSE_VARS = ("VDA_IMAGE", "INPUT_DIR", "RUN_DIR", "OUT_DIR", "GPU_ID", "CHUNK", "FORMAT", "UID", "GID")
+COMPOSE_VARS = ("VDA_IMAGE", "INPUT_DIR", "INPUT_NAME", "RUN_DIR", "OUT_DIR", "GPU_ID", "CHUNK", "FORMAT", "UID", "GID")
 NVIDIA_ERROR = 'could not select device driver "nvidia"'
 
 
@@ -154,6 +154,7 @@ def test_compose_config(compose, tmp_path, with_vars):
         env = _compose_env(
             VDA_IMAGE="vda:test",
             INPUT_DIR=str(tmp_path / "in"),
+            INPUT_NAME="clip.mp4",
             RUN_DIR=str(tmp_path / "run"),
             OUT_DIR=str(tmp_path / "out"),
             GPU_ID="3",
@@ -169,6 +170,7 @@ def test_compose_config(compose, tmp_path, with_vars):
             "format": "npz",
             "user": "1234:4321",
             "input": str(tmp_path / "in"),
+            "name": "clip.mp4",
         }
     else:
         env = _compose_env()
@@ -179,6 +181,7 @@ def test_compose_config(compose, tmp_path, with_vars):
             "format": "png16",
             "user": "1000:1000",
             "input": str(REPO / "input"),
+            "name": "",
         }
     cfg = _compose_config(env)
     worker, merge = cfg["services"]["worker"], cfg["services"]["merge"]
@@ -189,8 +192,9 @@ def test_compose_config(compose, tmp_path, with_vars):
     assert dev["device_ids"] == [expect["gpu"]]
     assert "deploy" not in merge  # merging needs no GPU
 
-    assert worker["command"] == ["vda", "run-chunk", "/run", "--chunk", expect["chunk"], "--device", "cuda:0"]
-    assert merge["command"] == ["vda", "merge", "/run", "-o", "/out", "--format", expect["format"]]
+    assert worker["command"] == ["vda", "run-chunk", "/work/run", "--chunk", expect["chunk"], "--device", "cuda:0",
+                                 "--input", f"/input/{expect['name']}"]
+    assert merge["command"] == ["vda", "merge", "/work/run", "-o", "/work/out", "--format", expect["format"]]
     for svc in (worker, merge):
         assert svc["image"] == expect["image"]
         assert svc["network_mode"] == "none"
@@ -199,8 +203,8 @@ def test_compose_config(compose, tmp_path, with_vars):
         assert inp["read_only"] is True
         assert inp["source"] == expect["input"]
         assert _mount(svc, "/models")["read_only"] is True
-        assert not _mount(svc, "/run").get("read_only", False)
-        assert not _mount(svc, "/out").get("read_only", False)
+        assert not _mount(svc, "/work/run").get("read_only", False)
+        assert not _mount(svc, "/work/out").get("read_only", False)
 
 
 # ------------------------------------------------------------------------------ (c) no NVIDIA runtime
