@@ -14,8 +14,8 @@ the published model's accuracy.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import contextlib
+import importlib.util
 import io
 import tempfile
 import time
