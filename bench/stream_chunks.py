@@ -72,15 +72,27 @@ def main() -> None:
         model = load_model(ckpt)
         sinfo = probe(frames_dir)
         t = time.time()
-        single = np.stack(list(infer_video(model, (f for _, f in read_frames(sinfo, range(n))),
-                                           input_size=args.input_size, mode="stream")))
+        single = np.stack(
+            list(
+                infer_video(
+                    model, (f for _, f in read_frames(sinfo, range(n))), input_size=args.input_size, mode="stream"
+                )
+            )
+        )
         print(f"single stream pass: {n} frames at {size[0]}x{size[1]}, {time.time() - t:.1f}s")
         scale = np.abs(single).max()
         print("warmup  max_rel_err  mean_rel_err  seam_max_rel_err")
         for warm in args.warmups:
             run = tmp / f"run{warm}"
-            plan, _ = create_plan(frames_dir, run, ["cpu"] * args.chunks, checkpoint=str(ckpt),
-                                  input_size=args.input_size, mode="stream", stream_warmup=warm)
+            plan, _ = create_plan(
+                frames_dir,
+                run,
+                ["cpu"] * args.chunks,
+                checkpoint=str(ckpt),
+                input_size=args.input_size,
+                mode="stream",
+                stream_warmup=warm,
+            )
             with contextlib.redirect_stdout(io.StringIO()):  # the workers' @progress lines
                 for c in plan.chunks:
                     run_chunk(run, c.index, checkpoint=str(ckpt))
