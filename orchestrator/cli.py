@@ -12,6 +12,8 @@ import signal
 import sys
 from pathlib import Path
 
+from orchestrator import tools_cli
+
 EXIT_ERROR, EXIT_INTERRUPTED = 2, 130
 
 
@@ -78,6 +80,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a different run in the output folder")
     p.add_argument("--image", default=None, help="docker backend: image (default vda:latest for GPUs, vda:cpu)")
     p.add_argument("--merge-workers", type=int)
+    tools_cli.add_parsers(sub)
     return ap
 
 
@@ -205,7 +208,7 @@ def _check_writable(out: Path) -> None:
         raise OSError(f"output folder {out} is not writable ({err.strerror}); choose another -o") from None
 
 
-COMMANDS = {"plan": cmd_plan, "run-chunk": cmd_run_chunk, "merge": cmd_merge, "depth": cmd_depth}
+COMMANDS = {"plan": cmd_plan, "run-chunk": cmd_run_chunk, "merge": cmd_merge, "depth": cmd_depth, **tools_cli.COMMANDS}
 
 
 def _on_sigterm(signum, frame):
