@@ -66,6 +66,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["png16", "png8", "npy", "npz", "exr"], default="png16")
     p.add_argument("--create-video", action="store_true", help="also write a colourised depth video")
     p.add_argument("--workers", type=int, help="merge processes (default: all CPU cores)")
+    p.add_argument("--overwrite", action="store_true", help="replace another run's output in OUT")
 
     p = sub.add_parser("depth", help="plan, run every chunk in parallel, merge: the one-shot command")
     p.add_argument("video")
@@ -147,7 +148,14 @@ def cmd_run_chunk(args) -> int:
 def cmd_merge(args) -> int:
     from vda.merge import merge
 
-    merge(args.run_dir, args.out, args.format, create_video=args.create_video, workers=args.workers)
+    merge(
+        args.run_dir,
+        args.out,
+        args.format,
+        create_video=args.create_video,
+        workers=args.workers,
+        overwrite=args.overwrite,
+    )
     return 0
 
 
@@ -189,9 +197,16 @@ def cmd_depth(args) -> int:
     try:
         run_chunks(plan, run_dir, backend, devices, retries=args.retries, progress=Progress(plan))
         if args.backend == "docker":
-            backend.merge(out, args.format, args.create_video)
+            backend.merge(out, args.format, args.create_video, args.overwrite)
         else:
-            merge(run_dir, out, args.format, create_video=args.create_video, workers=args.merge_workers)
+            merge(
+                run_dir,
+                out,
+                args.format,
+                create_video=args.create_video,
+                workers=args.merge_workers,
+                overwrite=args.overwrite,
+            )
     finally:
         if hasattr(backend, "close"):
             backend.close()
@@ -237,8 +252,19 @@ def _expected(err: Exception) -> bool:
     from vda.model import CheckpointError
     from vda.plan import PlanError
     from vda.video import VideoError
+    from vda.worker import InjectedFault
 
-    known = (WeightsError, RunFailed, FrameError, CheckpointError, PlanError, VideoError, OSError, ValueError)
+    known = (
+        WeightsError,
+        RunFailed,
+        FrameError,
+        CheckpointError,
+        PlanError,
+        VideoError,
+        OSError,
+        ValueError,
+        InjectedFault,
+    )
     extra = ()
     try:
         from orchestrator.docker_backend import DockerError

@@ -202,10 +202,11 @@ class DockerBackend:
         pump.start()
         return DockerHandle(container, pump)
 
-    def merge(self, out: Path, fmt: str, create_video: bool) -> None:
+    def merge(self, out: Path, fmt: str, create_video: bool, overwrite: bool = False) -> None:
         out = Path(out).resolve()
         out.mkdir(parents=True, exist_ok=True)
-        command = ["vda", "merge", RUN_MOUNT, "-o", OUT_MOUNT, "--format", fmt] + (["--create-video"] * create_video)
+        command = ["vda", "merge", RUN_MOUNT, "-o", OUT_MOUNT, "--format", fmt]
+        command += ["--create-video"] * create_video + ["--overwrite"] * overwrite
         log_path = self.run_dir / "logs" / "merge.log"
         container = self._run(command, "cpu", {LABEL_ROLE: "merge"}, {OUT_MOUNT: out})
         try:

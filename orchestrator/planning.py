@@ -11,8 +11,10 @@ import uuid
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
+
 from models import find, resolve
-from vda.model import CONFIGS, infer_encoder, read_state_dict
+from vda.model import CONFIGS, VideoDepthAnything, checkpoint_filter_fn, infer_encoder, read_state_dict
 from vda.plan import PLAN_NAME, STREAM_WARMUP, Plan, PlanError, Settings, make_chunks
 from vda.preprocess import network_shape
 from vda.video import VideoInfo, fit_max_res, probe
@@ -107,6 +109,7 @@ def create_plan(
         raise PlanError(f"unknown encoder {encoder!r}; choose one of {', '.join(CONFIGS)}")
     find(encoder, metric)
     ckpt = resolve(encoder, metric, checkpoint)
+    check_layout(read_state_dict(ckpt), encoder)  # fail here, on the host, not in every worker
     precision = precision or ("fp16" if any(d.startswith("cuda") for d in devices) else "fp32")
     settings = build_settings(info, ckpt, encoder, metric, input_size, max_res, precision, mode)
     chunks = make_chunks(info.frame_count, devices, mode, stream_warmup)
@@ -128,6 +131,13 @@ def create_plan(
     run_dir.mkdir(parents=True, exist_ok=True)
     plan.save(run_dir)
     return plan, False
+
+
+def check_layout(state: dict, encoder: str) -> None:
+    """Strict key and shape check of a checkpoint against the model, built on the meta device (no memory)."""
+    with torch.device("meta"):
+        model = VideoDepthAnything(CONFIGS[encoder])
+    checkpoint_filter_fn(state, model)
 
 
 def _identity(plan: Plan) -> dict:

@@ -192,8 +192,17 @@ def test_compose_config(compose, tmp_path, with_vars):
     assert dev["device_ids"] == [expect["gpu"]]
     assert "deploy" not in merge  # merging needs no GPU
 
-    assert worker["command"] == ["vda", "run-chunk", "/work/run", "--chunk", expect["chunk"], "--device", "cuda:0",
-                                 "--input", f"/input/{expect['name']}"]
+    assert worker["command"] == [
+        "vda",
+        "run-chunk",
+        "/work/run",
+        "--chunk",
+        expect["chunk"],
+        "--device",
+        "cuda:0",
+        "--input",
+        f"/input/{expect['name']}",
+    ]
     assert merge["command"] == ["vda", "merge", "/work/run", "-o", "/work/out", "--format", expect["format"]]
     for svc in (worker, merge):
         assert svc["image"] == expect["image"]

@@ -23,6 +23,9 @@ from vda.preprocess import network_shape, preprocess
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 MODES = ("window", "stream")
+# Frames per batch through the encoder and the full-resolution part of the head. The window is still 32
+# frames for the temporal layers; only memory changes (the head's last layers hold 32 full-size maps).
+DEFAULT_MICRO_BATCH = 4
 STREAM_CACHE = 2 * stitch.STRIDE - stitch.ALIGN  # 42 cached frames: frame 0, then a sliding 41-frame reach
 
 
@@ -111,10 +114,11 @@ class Runtime:
 
     device: torch.device
     precision: str = "fp32"
-    micro_batch: int | None = None  # frames per encoder / head-tail batch; None = whole window
+    micro_batch: int | None = DEFAULT_MICRO_BATCH  # frames per encoder / head-tail batch; None = whole window
 
     @classmethod
     def create(cls, device="cpu", precision="fp32", micro_batch=None) -> Runtime:
+        micro_batch = micro_batch or DEFAULT_MICRO_BATCH
         device = torch.device(device)
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")

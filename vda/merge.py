@@ -22,7 +22,7 @@ from vda import stitch
 from vda.inference import CHAIN_OUTPUTS, WindowAligner, chain_step, upsample
 from vda.plan import Plan, PlanError
 from vda.worker import SEGMENT, is_done, unit_path, units_of
-from vda.writers import FORMATS, LEVELS, DepthMeta, colorize, encode, frame_name, write_atomic
+from vda.writers import FORMATS, LEVELS, META_NAME, DepthMeta, colorize, encode, frame_name, write_atomic
 
 MERGED_MARKER = ".merged"
 
@@ -131,6 +131,7 @@ def merge(
     *,
     create_video: bool = False,
     workers: int | None = None,
+    overwrite: bool = False,
     log=print,
 ) -> DepthMeta:
     run_dir, out_dir = Path(run_dir), Path(out_dir)
@@ -144,6 +145,7 @@ def merge(
         raise PlanError(
             f"cannot merge, unfinished chunks ({listing}); run them again with `vda run-chunk` or `vda depth`"
         )
+    _refuse_foreign_output(out_dir, plan, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / MERGED_MARKER).unlink(missing_ok=True)
     owners = {u: c.index for c in plan.chunks for u in units_of(plan, c.index)}
@@ -202,6 +204,21 @@ def merge(
     write_atomic(out_dir / MERGED_MARKER, plan.run_id.encode())
     log(f"merged {plan.frame_count} frames into {out_dir} ({fmt})")
     return meta
+
+
+def _refuse_foreign_output(out_dir: Path, plan: Plan, overwrite: bool) -> None:
+    """Never mix frames of two runs in one folder: another run's output is replaced only with --overwrite."""
+    if overwrite or not (out_dir / META_NAME).is_file():
+        return
+    try:
+        other = DepthMeta.load(out_dir).settings.get("run_id")
+    except (ValueError, TypeError, KeyError):
+        other = "unknown"
+    if other != plan.run_id:
+        raise PlanError(
+            f"{out_dir} already holds the output of another run ({other}); "
+            "choose another output folder or pass --overwrite"
+        )
 
 
 def _map_ordered(job: Job, units: list[int], workers: int):

@@ -73,7 +73,8 @@ def _open(path: Path):
         container = av.open(str(path))
     except (av.error.FFmpegError, OSError) as err:
         raise VideoError(
-            f"{path} is not a readable video ({err.__class__.__name__}); pass an mp4/mkv/mov file"
+            f"{path} cannot be opened as a video ({err.__class__.__name__}): it is not a video, or it is truncated "
+            "or corrupt; pass a complete mp4/mkv/mov file or a folder of images"
         ) from err
     if not container.streams.video:
         container.close()
@@ -100,10 +101,17 @@ def probe(path: str | Path) -> VideoInfo:
         if not files:
             raise VideoError(f"{path} holds no images ({', '.join(sorted(IMAGE_EXTS))}); add frames or pass a video")
         first = _read_image(files[0])
+        small = cv2.imread(str(files[0]), cv2.IMREAD_REDUCED_GRAYSCALE_8).shape
         for f in files[1:]:
-            header = cv2.imread(str(f), cv2.IMREAD_REDUCED_GRAYSCALE_8)
-            if header is None:
+            reduced = cv2.imread(str(f), cv2.IMREAD_REDUCED_GRAYSCALE_8)  # decodes at 1/8 size: cheap
+            if reduced is None:
                 raise VideoError(f"cannot read image {f}; remove it or replace it with a valid image")
+            if reduced.shape != small:
+                size = _read_image(f).shape
+                raise VideoError(
+                    f"image {f.name} is {size[1]}x{size[0]}, the first is {first.shape[1]}x{first.shape[0]}; "
+                    "all images of a sequence must have one size"
+                )
         h, w = first.shape[:2]
         return VideoInfo(
             str(path),

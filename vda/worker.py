@@ -12,7 +12,7 @@ import hashlib
 import io
 import json
 import os
-import sys
+import signal
 import time
 from pathlib import Path
 
@@ -28,7 +28,10 @@ from vda.writers import write_atomic, write_json
 
 PROGRESS_PREFIX = "@progress "
 SEGMENT = 32  # frames per stored unit in stream mode
-FAIL_ENV = "VDA_FAIL_AT_UNIT"  # fault injection: "K:U" fails chunk K before unit U ("U" alone: any chunk)
+# Fault injection, to rehearse failures: VDA_FAIL_AT_UNIT="K:U" fails chunk K before unit U ("U" alone: any
+# chunk); VDA_FAIL_TIMES=N fails only the first N times (counted in RUN_DIR/faults/); VDA_FAIL_MODE=raise
+# (an exception, exit 2), exit (exit 3) or kill (SIGKILL, as the OOM killer does).
+FAIL_ENV, FAIL_TIMES_ENV, FAIL_MODE_ENV = "VDA_FAIL_AT_UNIT", "VDA_FAIL_TIMES", "VDA_FAIL_MODE"
 
 
 class InjectedFault(RuntimeError):
@@ -80,13 +83,26 @@ def progress(**fields) -> None:
     print(PROGRESS_PREFIX + json.dumps(fields), flush=True)
 
 
-def _maybe_fail(chunk_index: int, unit: int) -> None:
+def _maybe_fail(run_dir: Path, chunk_index: int, unit: int) -> None:
     spec = os.environ.get(FAIL_ENV, "")
     if not spec:
         return
     k, _, u = spec.rpartition(":")
-    if int(u) == unit and (not k or int(k) == chunk_index):
-        raise InjectedFault(f"injected fault ({FAIL_ENV}={spec}) at chunk {chunk_index}, unit {unit}")
+    if int(u) != unit or (k and int(k) != chunk_index):
+        return
+    counter = run_dir / "faults" / f"chunk{chunk_index}_unit{unit}"
+    counter.parent.mkdir(exist_ok=True)
+    fired = int(counter.read_text() or 0) if counter.exists() else 0
+    if FAIL_TIMES_ENV in os.environ and fired >= int(os.environ[FAIL_TIMES_ENV]):
+        return
+    counter.write_text(str(fired + 1))
+    mode = os.environ.get(FAIL_MODE_ENV, "raise")
+    print(f"injecting fault ({FAIL_ENV}={spec}, {mode}) at chunk {chunk_index}, unit {unit}", flush=True)
+    if mode == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if mode == "exit":
+        os._exit(3)
+    raise InjectedFault(f"injected fault ({FAIL_ENV}={spec}) at chunk {chunk_index}, unit {unit}")
 
 
 def _store(path: Path, depth: torch.Tensor, precision: str, started: float, unit: int) -> None:
@@ -148,7 +164,7 @@ def run_chunk(
         feed, runner = FrameFeed(frames, total=n), WindowRunner(model, runtime, shape)
         for w in range(first, chunk.units[1]):
             started = time.time()
-            _maybe_fail(chunk_index, w)
+            _maybe_fail(run_dir, chunk_index, w)
             _store(unit_path(run_dir, chunk_index, s.mode, w), runner.run(w, feed, n), s.precision, started, w)
             done += 1
             frames_done = stitch.window_outputs(w, n)
@@ -160,7 +176,7 @@ def run_chunk(
                 continue
             segment.append(depth)
             if len(segment) == SEGMENT or i == chunk.units[1] - 1:
-                _maybe_fail(chunk_index, seg_start)
+                _maybe_fail(run_dir, chunk_index, seg_start)
                 _store(
                     unit_path(run_dir, chunk_index, s.mode, seg_start),
                     torch.stack(segment),
@@ -172,8 +188,3 @@ def run_chunk(
                 progress(chunk=chunk_index, done=done, total=len(units), frames=len(segment), event="unit")
                 segment, seg_start, started = [], i + 1, time.time()
     return len(todo)
-
-
-def main_error(err: BaseException) -> int:
-    print(f"vda: error: {err}", file=sys.stderr)
-    return 2

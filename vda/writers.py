@@ -7,6 +7,7 @@ folder, then renamed. png16/png8 store the depth quantised to a per-video range 
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -25,14 +26,23 @@ META_NAME = "depth_meta.json"
 META_SCHEMA = 1
 
 
+class DiskFullError(OSError):
+    """No space left while writing; nothing partial is left under a final name."""
+
+
 def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a hidden temporary name in the same folder, then rename: readers never see a partial file."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(
+                err.errno, f"disk full while writing {path}; free space and run the same command again to resume"
+            ) from None
         raise
 
 

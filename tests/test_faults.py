@@ -1,0 +1,367 @@
+"""Faults and bad input (issue 5): each test injects the fault for real.
+
+Workers are real processes killed with real signals; the disk-full test mounts a real tmpfs (root only).
+The only stand-in is the device-choice test, whose fake backend pretends to have GPUs (none exist here).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, VIDEOS, synthetic_frames, write_images, write_video
+
+from orchestrator.planning import create_plan
+from orchestrator.scheduler import RunFailed, run_chunks
+from vda.merge import merge
+from vda.plan import Plan, PlanError
+from vda.worker import run_chunk, unit_path
+from vda.writers import DepthMeta, read_depth
+
+SMALL = ["--input-size", "56"]
+
+
+def vda(*args, env=None, timeout=600):
+    """The real CLI in a subprocess: exit code, stdout, stderr."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *map(str, args)],
+        cwd=ROOT,
+        text=True,
+        capture_output=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def outputs(out: Path) -> np.ndarray:
+    meta = DepthMeta.load(out)
+    return np.stack([read_depth(out, i, meta) for i in range(meta.frame_count)])
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory) -> Path:
+    return write_video(tmp_path_factory.mktemp("v") / "clip.mp4", synthetic_frames(90, 64, 48))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, video, checkpoint) -> np.ndarray:
+    """An uninterrupted run, to compare interrupted ones against."""
+    out = tmp_path_factory.mktemp("ref") / "out"
+    code, _, err = vda(
+        "depth", video, "-o", out, "--devices", "cpu,cpu", "--checkpoint", checkpoint, "--format", "npy", *SMALL
+    )
+    assert code == 0, err
+    return outputs(out)
+
+
+def test_sigkilled_worker_resumes_and_matches(tmp_path, video, checkpoint, reference):
+    run = tmp_path / "run"
+    create_plan(video, run, ["cpu"], checkpoint=str(checkpoint), input_size=56)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "run-chunk", run, "--chunk", "0", "--checkpoint", checkpoint],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    marker = unit_path(run, 0, "window", 1).with_suffix(".done")
+    deadline = time.time() + 300
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = sorted(p.name for p in (run / "chunks" / "0").glob("*.done"))
+    assert 2 <= len(done) < 5, done  # killed mid-chunk
+    for npy in (run / "chunks" / "0").glob("win_*.npy"):
+        np.load(npy)  # every file under a final name is complete
+    mtimes = {
+        p.name: p.stat().st_mtime_ns
+        for p in (run / "chunks" / "0").glob("win_*.npy")
+        if p.with_suffix(".done").exists()
+    }
+    assert run_chunk(run, 0, checkpoint=str(checkpoint)) == 5 - len(done)  # only unfinished windows
+    assert all((run / "chunks" / "0" / name).stat().st_mtime_ns == t for name, t in mtimes.items())
+    merge(run, tmp_path / "out", "npy", workers=1)
+    assert np.array_equal(outputs(tmp_path / "out"), reference)
+
+
+def test_injected_failure_is_retried_and_recorded(tmp_path, video, checkpoint, reference):
+    out = tmp_path / "out"
+    env = {"VDA_FAIL_AT_UNIT": "1:3", "VDA_FAIL_TIMES": "1", "VDA_FAIL_MODE": "kill"}  # like an OOM kill, once
+    code, _, err = vda(
+        "depth",
+        video,
+        "-o",
+        out,
+        "--devices",
+        "cpu,cpu",
+        "--checkpoint",
+        checkpoint,
+        "--format",
+        "npy",
+        *SMALL,
+        env=env,
+    )
+    assert code == 0, err
+    assert "chunk 1 failed on cpu (exit -9); retrying" in err
+    results = json.loads((out / "_run" / "processing_results.json").read_text())["chunks"]
+    assert [r["status"] for r in results] == ["done", "done"]
+    assert results[1]["attempts"] == 2 and results[1]["exit_codes"] == [-9, 0]
+    assert results[0]["frames"] + results[1]["frames"] == 90
+    assert "injecting fault" in (out / "_run" / "logs" / "chunk_1.log").read_text()
+    assert np.array_equal(outputs(out), reference)
+
+
+def test_failure_after_retries_names_the_log_and_resumes(tmp_path, video, checkpoint, reference):
+    out = tmp_path / "out"
+    args = [
+        "depth",
+        video,
+        "-o",
+        out,
+        "--devices",
+        "cpu",
+        "--checkpoint",
+        checkpoint,
+        "--format",
+        "npy",
+        *SMALL,
+        "--retries",
+        "1",
+    ]
+    code, _, err = vda(*args, env={"VDA_FAIL_AT_UNIT": "2"})
+    assert code == 2
+    assert err.strip().splitlines()[-1].startswith("vda: error: chunk 0 failed 2 time(s)")
+    assert "chunk_0.log" in err and "Traceback" not in err
+    assert not (out / "depth_meta.json").exists()
+    code, _, err = vda(*args)  # fixed: the same command resumes
+    assert code == 0, err
+    assert "resuming" in err
+    assert np.array_equal(outputs(out), reference)
+
+
+class _FakeGpuBackend:
+    """Stand-in for GPU workers (no GPU exists here): chunk 0 fails on its first device."""
+
+    def __init__(self):
+        self.starts = []
+
+    def start(self, plan, run_dir, chunk, device, log_path, on_line):
+        self.starts.append((chunk, device))
+        code = 1 if (chunk == 0 and len([s for s in self.starts if s[0] == 0]) == 1) else 0
+
+        class H:
+            def poll(self):
+                return code
+
+            def stop(self):
+                pass
+
+        return H()
+
+
+def test_failed_chunk_moves_to_another_device(tmp_path, video, checkpoint):
+    plan, _ = create_plan(video, tmp_path / "run", ["cpu", "cpu", "cpu"], checkpoint=str(checkpoint))
+    backend = _FakeGpuBackend()
+    results = run_chunks(
+        plan, tmp_path / "run", backend, ["cuda:0", "cuda:1", "cuda:2", "cuda:3"], retries=1, poll_interval=0
+    )
+    first, retry = [d for c, d in backend.starts if c == 0]
+    assert first != retry and results[0].devices_tried == [first, retry]
+    with pytest.raises(RunFailed, match="chunk 0 failed 1 time"):
+        run_chunks(plan, tmp_path / "run2", _FakeGpuBackend(), ["cuda:0"], retries=0, poll_interval=0)
+
+
+def test_sigterm_stops_local_workers_and_resumes(tmp_path, video, checkpoint, reference):
+    out = tmp_path / "out"
+    args = [
+        sys.executable,
+        "-m",
+        "orchestrator.cli",
+        "depth",
+        video,
+        "-o",
+        out,
+        "--devices",
+        "cpu,cpu",
+        "--checkpoint",
+        checkpoint,
+        "--format",
+        "npy",
+        *SMALL,
+    ]
+    proc = subprocess.Popen(list(map(str, args)), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    logs = out / "_run" / "logs"
+    deadline = time.time() + 120
+    while time.time() < deadline and "@progress" not in "".join(p.read_text() for p in logs.glob("*.log")):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    text, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, text
+    assert "interrupted" in text
+    left = subprocess.run(["pgrep", "-f", f"run-chunk {out / '_run'}"], capture_output=True, text=True).stdout
+    assert left == ""  # no orphaned worker
+    results = json.loads((out / "_run" / "processing_results.json").read_text())["chunks"]
+    assert {r["status"] for r in results} <= {"stopped", "done"}
+    code, _, err = vda(*args[3:])
+    assert code == 0, err
+    assert np.array_equal(outputs(out), reference)
+
+
+def test_changes_between_plan_and_run_are_refused(tmp_path, checkpoint, synth):
+    src = write_video(tmp_path / "v.mp4", synthetic_frames(30, 64, 48))
+    run = tmp_path / "run"
+    create_plan(src, run, ["cpu"], checkpoint=str(checkpoint), input_size=56)
+    other = tmp_path / "other.pth"
+    torch.save(synth.synth_state_dict("vits", 1), other)
+    with pytest.raises(PlanError, match="checkpoint .* differs from the one planned"):
+        run_chunk(run, 0, checkpoint=str(other))
+    write_video(src, synthetic_frames(30, 64, 48, seed=5))  # the video is replaced in place
+    with pytest.raises(PlanError, match="changed since it was planned"):
+        run_chunk(run, 0, checkpoint=str(checkpoint))
+    with pytest.raises(PlanError, match="holds a different run \\(a different input video\\)"):
+        create_plan(src, run, ["cpu"], checkpoint=str(checkpoint), input_size=56)
+    create_plan(src, tmp_path / "run2", ["cpu"], checkpoint=str(checkpoint), input_size=56)
+    with pytest.raises(PlanError, match="holds a different run \\(different input_size, net_height, net_width\\)"):
+        create_plan(src, tmp_path / "run2", ["cpu"], checkpoint=str(checkpoint), input_size=112)
+
+
+def test_output_folder_of_another_run_is_refused(tmp_path, checkpoint):
+    a = write_images(tmp_path / "a", synthetic_frames(3, 64, 48))
+    b = write_images(tmp_path / "b", synthetic_frames(4, 64, 48, seed=9))
+    out = tmp_path / "out"
+    common = ["-o", out, "--devices", "cpu", "--checkpoint", checkpoint, "--format", "npy", *SMALL]
+    assert vda("depth", a, *common)[0] == 0
+    before = {p.name: p.read_bytes() for p in out.glob("depth_*")}
+    code, _, err = vda("depth", b, *common)
+    assert code == 2 and "holds a different run" in err and "--overwrite" in err
+    assert {p.name: p.read_bytes() for p in out.glob("depth_*")} == before  # untouched
+    code, _, err = vda("depth", b, *common, "--overwrite")
+    assert code == 0, err
+    assert DepthMeta.load(out).frame_count == 4
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="mounting a tmpfs needs root")
+def test_disk_full_is_clean_and_resumable(tmp_path, checkpoint):
+    src = write_images(tmp_path / "imgs", synthetic_frames(40, 64, 48))
+    run = tmp_path / "run"
+    create_plan(src, run, ["cpu"], checkpoint=str(checkpoint), input_size=56)
+    run_chunk(run, 0, checkpoint=str(checkpoint))
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
+    try:
+        (small / "filler").write_bytes(b"\0" * 800_000)
+        with pytest.raises(OSError, match="disk full while writing .*; free space and run the same command"):
+            merge(run, small / "out", "npy", workers=1)  # 40 frames x 12 kB do not fit beside the filler
+        names = [p.name for p in (small / "out").iterdir()]
+        assert not [n for n in names if n.startswith(".")]  # no temporary left behind
+        for name in names:
+            assert np.load(small / "out" / name).shape == (48, 64)  # every final name is complete
+        assert "depth_meta.json" not in names
+        (small / "filler").unlink()
+        merge(run, small / "out", "npy", workers=1)  # space freed: the same command completes
+        assert len(list((small / "out").glob("depth_*.npy"))) == 40
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda d: d / "missing.mp4", "input not found"),
+        (lambda d: (d / "text.mp4").write_text("hello") and d / "text.mp4", "cannot be opened as a video"),
+        (lambda d: (d / "empty").mkdir() or d / "empty", "holds no images"),
+        (lambda d: write_images(d / "mixed", synthetic_frames(2) + synthetic_frames(1, 32, 24)), "must have one size"),
+        (
+            lambda d: (
+                write_images(d / "bad", synthetic_frames(2)) and (d / "bad" / "z.png").write_bytes(b"x") and d / "bad"
+            ),
+            "cannot read image",
+        ),
+    ],
+    ids=["missing", "not-a-video", "zero-frames", "mixed-sizes", "unreadable-image"],
+)
+def test_bad_inputs_one_line_errors(tmp_path, checkpoint, make, message):
+    src = make(tmp_path)
+    code, out, err = vda("depth", src, "-o", tmp_path / "out", "--devices", "cpu", "--checkpoint", checkpoint)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vda: error: ") and message in lines[0], err
+
+
+def test_corrupt_video_names_the_frame(tmp_path, checkpoint):
+    src = write_video(tmp_path / "v.mp4", synthetic_frames(60, 64, 48))
+    data = bytearray(src.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 2000] = bytes(2000)
+    src.write_bytes(bytes(data))
+    code, _, err = vda("plan", src, "-o", tmp_path / "run", "--devices", "cpu", "--checkpoint", checkpoint)
+    assert code == 2 and "decoding failed at frame" in err and "truncated or corrupt" in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--devices", "gpu0"], "invalid device 'gpu0'"),
+        (["--gpu-ids", "1", "1"], "distinct"),
+        (["--gpus", "0"], "at least 1"),
+        (["--gpus", "3"], "GPU 2 requested but 0 GPU(s) are visible"),
+    ],
+)
+def test_bad_devices(tmp_path, checkpoint, flags, message):
+    code, _, err = vda(
+        "depth", VIDEOS / "davis_rollercoaster.mp4", "-o", tmp_path / "o", *flags, "--checkpoint", checkpoint
+    )
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_bad_checkpoints(tmp_path, vits_state):
+    src = VIDEOS / "davis_rollercoaster.mp4"
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"not a checkpoint")
+    wrong = tmp_path / "wrong.pth"
+    torch.save({k: v for k, v in vits_state.items() if "motion" not in k}, wrong)
+    cases = [
+        (tmp_path / "none.pth", "checkpoint not found"),
+        (corrupt, "cannot read checkpoint"),
+        (wrong, "does not match the model"),
+    ]
+    for path, message in cases:
+        code, _, err = vda("plan", src, "-o", tmp_path / "run", "--devices", "cpu", "--checkpoint", path)
+        assert code == 2 and message in err and "Traceback" not in err, err
+        assert not (tmp_path / "run" / "plan.json").exists()
+
+
+def test_unwritable_output(tmp_path, checkpoint):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, _, err = vda(
+        "depth",
+        VIDEOS / "davis_rollercoaster.mp4",
+        "-o",
+        blocker / "out",
+        "--devices",
+        "cpu",
+        "--checkpoint",
+        checkpoint,
+    )
+    assert code == 2 and "is not writable" in err and "choose another -o" in err
+
+
+def test_plan_paths_cannot_escape_run_dir(tmp_path, checkpoint, video):
+    run = tmp_path / "run"
+    create_plan(video, run, ["cpu"], checkpoint=str(checkpoint))
+    data = json.loads((run / "plan.json").read_text())
+    data["chunks"][0]["index"] = "../../etc"
+    (run / "plan.json").write_text(json.dumps(data))
+    with pytest.raises(PlanError, match="bad chunk index"):
+        Plan.load(run)
