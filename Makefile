@@ -66,8 +66,10 @@ depth: setup ## depth for VIDEO on GPUS GPUs, one container each: make depth VID
 smoke: setup image-cpu ## end to end in two CPU containers on a real video with a synthetic checkpoint
 	$(PY) -m pytest -q tests/test_docker_backend.py
 
-bench: setup ## print throughput and memory figures (bench/README.md)
-	$(PY) bench/bench_infer.py --encoder vits --input-size 518 --frames 64
+bench: setup ## print throughput and memory figures; RECORD=1 appends them to bench/RESULTS.md
+	cd bench && ../$(PY) bench_stages.py $(if $(RECORD),--record)
+	cd bench && ../$(PY) bench_memory.py $(if $(RECORD),--record)
+	cd bench && ../$(PY) bench_infer.py --encoder vits --input-size 518 --frames 32
 
 clean: ## remove caches and local outputs (keeps .venv and images)
 	rm -rf .pytest_cache .ruff_cache out runs

@@ -168,7 +168,7 @@ def merge(
         params, (lo, hi) = {}, _segment_range(job)
     job = Job(**{**job.__dict__, "params": params, "lo": lo, "hi": hi})
     units = sorted(owners)
-    encoder = (
+    sink = (
         _VideoSink(out_dir / "depth_vis.mp4", plan.input.fps_fraction, s.frame_width, s.frame_height)
         if create_video
         else None
@@ -176,11 +176,14 @@ def merge(
     workers = max(1, min(workers or os.cpu_count() or 1, len(units)))
     try:
         for frames in _map_ordered(job, units, workers):
-            if encoder:
-                encoder.write(frames)
-    finally:
-        if encoder:
-            encoder.close()
+            if sink:
+                sink.write(frames)
+    except BaseException:
+        if sink:
+            sink.abort()
+        raise
+    if sink:
+        sink.close()
     meta = DepthMeta(
         fmt,
         plan.frame_count,
@@ -266,6 +269,11 @@ class _VideoSink:
             self.container.mux(packet)
         self.container.close()
         os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        """Drop the partial video: only a complete one ever gets the final name."""
+        self.container.close()
+        self.tmp.unlink(missing_ok=True)
 
 
 __all__ = ["merge", "replay_chain", "render_unit", "missing_units", "SEGMENT"]

@@ -1,0 +1,134 @@
+"""Peak memory of `vda depth` against video length, and windows computed across chunks.
+
+    python bench/bench_memory.py [--lengths 200 2000] [--devices cpu,cpu] [--record]
+
+Runs the real CLI (local backend) on synthetic x264 videos of each length and reports the largest peak
+RSS of any process of the run (orchestrator, each worker, the merge), read from the kernel's
+accounting of waited-for children. Memory must not grow with the length: the ratio of the longest to
+the shortest should stay at or below 1.2. It also checks that the windows stored across all chunks
+equal the windows of one single pass (ratio exactly 1.0). Frames are small and the input size low so
+that 2,000 frames finish in minutes on a CPU; what is measured is growth with length, not the level.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+from bench_infer import synthetic_state
+
+from vda import stitch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_video(path: Path, n: int, width: int, height: int) -> Path:
+    rng = np.random.RandomState(0)
+    base = rng.randint(0, 255, (height, width, 3), dtype=np.uint8)
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=Fraction(30))
+        s.width, s.height, s.pix_fmt = width, height, "yuv420p"
+        for i in range(n):
+            for p in s.encode(av.VideoFrame.from_ndarray(np.roll(base, 3 * i, axis=1), format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+def peak_of_run(cmd: list[str]) -> tuple[float, float]:
+    """(largest peak RSS in MB among the processes of cmd, seconds). Run in a fresh child to isolate it."""
+    probe = (
+        "import resource, subprocess, sys, time; t = time.time(); "
+        "subprocess.run(sys.argv[1:], check=True, capture_output=True); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, time.time() - t)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe, *cmd], check=True, capture_output=True, text=True).stdout
+    rss, seconds = map(float, out.split())
+    return rss, seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--lengths", type=int, nargs="+", default=[200, 2000])
+    ap.add_argument("--devices", default="cpu,cpu")
+    ap.add_argument("--size", default="640x360")
+    ap.add_argument("--input-size", type=int, default=56)
+    ap.add_argument("--format", default="png16")
+    ap.add_argument("--record", action="store_true")
+    args = ap.parse_args()
+    width, height = map(int, args.size.split("x"))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        ckpt = tmp / "video_depth_anything_vits.pth"
+        torch.save(synthetic_state("vits"), ckpt)
+        for n in args.lengths:
+            video = make_video(tmp / f"v{n}.mp4", n, width, height)
+            out = tmp / f"out{n}"
+            cmd = [
+                sys.executable,
+                "-m",
+                "orchestrator.cli",
+                "depth",
+                str(video),
+                "-o",
+                str(out),
+                "--devices",
+                args.devices,
+                "--checkpoint",
+                str(ckpt),
+                "--input-size",
+                str(args.input_size),
+                "--max-res",
+                "0",
+                "--format",
+                args.format,
+            ]
+            rss, seconds = peak_of_run(cmd)
+            stored = len(list((out / "_run" / "chunks").glob("*/win_*.npy")))
+            written = len(list(out.glob("depth_[0-9]*")))
+            ratio = stored / stitch.num_windows(n)
+            rows.append((n, rss, seconds, stored, ratio, written))
+            print(
+                f"{n:5d} frames: peak RSS {rss:7.0f} MB, {seconds:6.1f} s, {stored} windows stored "
+                f"(single pass {stitch.num_windows(n)}, ratio {ratio:.3f}), {written} frames written",
+                flush=True,
+            )
+    growth = rows[-1][1] / rows[0][1]
+    print(f"peak RSS {rows[-1][0]} / {rows[0][0]} frames: {growth:.3f} (goal <= 1.2)")
+    if args.record:
+        lines = [
+            f"\n## bench_memory.py, {datetime.date.today()}, commit {_commit()}\n",
+            f"`vda depth` local backend, devices {args.devices}, {width}x{height} x264, input size "
+            f"{args.input_size}, {args.format}.\n",
+            "| frames | peak RSS (MB) | seconds | windows stored | / single pass | frames written |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
+        lines += [f"| {n} | {r:.0f} | {s:.1f} | {w} | {q:.3f} | {f} |" for n, r, s, w, q, f in rows]
+        lines.append(f"\nPeak RSS ratio {rows[-1][0]} / {rows[0][0]} frames: **{growth:.3f}** (goal <= 1.2).")
+        with open(ROOT / "bench" / "RESULTS.md", "a") as fh:
+            fh.write("\n".join(lines) + "\n")
+
+
+def _commit() -> str:
+    return subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+
+
+if __name__ == "__main__":
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    t0 = time.time()
+    main()
+    print(f"({time.time() - t0:.0f} s)")

@@ -1,0 +1,283 @@
+"""Throughput of every stage at 1920x1080, in frames/s, on the machine and device present.
+
+    python bench/bench_stages.py [--frames 66] [--encoders vits] [--precisions fp32] [--record]
+
+Stages: decode (PyAV, x264 1080p), preprocess (resize to 518 + normalise), model (per encoder and
+precision), merge (alignment chain + blending to 1080p), writing each format (one core, and all cores),
+PNG compression levels, the colourised video, and end to end (`vda depth`, local backend). It also prints
+how many cores the merge needs to keep up with N GPUs running vits at the authors' published speed
+(7.5 ms per frame in fp16 on an A100). `--record` appends the table to bench/RESULTS.md with the date,
+machine and commit. Weights are the synthetic ones (speed does not depend on their values).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import datetime
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+from bench_infer import synthetic_state
+
+from vda import stitch
+from vda.inference import WindowAligner, chain_step
+from vda.model import load_model
+from vda.preprocess import network_shape, preprocess
+from vda.video import probe, read_frames, threaded
+from vda.writers import FORMATS, colorize, encode
+
+ROOT = Path(__file__).resolve().parents[1]
+PUBLISHED_VITS_MS = 7.5  # authors' README: vits, fp16, A100, 1x32x518x518, per frame
+W, H = 1920, 1080
+ROWS: list[tuple[str, str, str]] = []
+
+
+def row(stage: str, fps: float, note: str = "") -> None:
+    ROWS.append((stage, f"{fps:.1f}", note))
+    print(f"{stage:<34} {fps:9.1f} frames/s  {note}", flush=True)
+
+
+def timed(fn, n: int) -> float:
+    t = time.perf_counter()
+    fn()
+    return n / (time.perf_counter() - t)
+
+
+def make_video(path: Path, n: int) -> Path:
+    rng = np.random.RandomState(0)
+    base = rng.randint(0, 255, (H // 8, W // 8, 3), dtype=np.uint8).repeat(8, 0).repeat(8, 1)
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=Fraction(30))
+        s.width, s.height, s.pix_fmt = W, H, "yuv420p"
+        for i in range(n):
+            for p in s.encode(av.VideoFrame.from_ndarray(np.roll(base, 9 * i, axis=1), format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+def bench_decode(video: Path) -> list[np.ndarray]:
+    info = probe(video)
+    frames = []
+    row(
+        "decode (PyAV, rgb24)",
+        timed(lambda: frames.extend(f for _, f in read_frames(info, range(info.frame_count))), info.frame_count),
+    )
+    row(
+        "decode, threaded queue",
+        timed(lambda: sum(1 for _ in threaded(read_frames(info, range(info.frame_count)))), info.frame_count),
+    )
+    return frames
+
+
+def bench_preprocess(frames: list[np.ndarray], device: torch.device) -> None:
+    shape = network_shape(H, W, 518)
+    batch = torch.from_numpy(np.stack(frames[:8]))
+
+    def run():
+        for _ in range(4):
+            preprocess(batch.to(device), shape)
+
+    run()
+    row(f"preprocess to {shape[1]}x{shape[0]} ({device.type})", timed(run, 32))
+
+
+def bench_model(encoders, precisions, device: torch.device, frames: int) -> float:
+    vits_fps = 0.0
+    shape = network_shape(H, W, 518)
+    for enc in encoders:
+        model = load_model(synthetic_state(enc), encoder=enc, device=device)
+        x = torch.randn(1, 32, 3, *shape, device=device)
+        for prec in precisions:
+            if device.type == "cpu" and prec == "fp16":
+                continue
+            dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(prec)
+
+            def run(model=model, x=x, dtype=dtype):
+                with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                    feats = model.encode(x[0, :frames], 4)
+                    model.decode(
+                        [torch.cat([f] * (32 // frames + 1))[:32] for f in feats],
+                        (shape[0] // 14, shape[1] // 14),
+                        32,
+                        micro_batch=4,
+                    )
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+
+            fps = timed(run, frames)
+            row(f"model {enc} {prec} ({device.type})", fps, f"encoder on {frames} frames + one 32-frame head pass")
+            vits_fps = fps if enc == "vits" else vits_fps
+    return vits_fps
+
+
+def bench_merge(windows: int = 3) -> float:
+    """Chain + blending to 1080p on one core, from raw windows at network resolution."""
+    torch.set_num_threads(1)
+    shape = network_shape(H, W, 518)
+    rng = np.random.RandomState(0)
+    raw = [torch.from_numpy(rng.rand(32, *shape).astype(np.float32) + 0.5) for _ in range(windows)]
+    n = windows * stitch.STRIDE + 10
+    chain, aligner, count = stitch.AlignmentChain(), WindowAligner((H, W)), 0
+
+    def run():
+        nonlocal count
+        for w, d in enumerate(raw):
+            aligner.add(w, d, *chain_step(chain, d[[0, 1, stitch.KEYFRAME]], (H, W)))
+            count += sum(1 for _ in aligner.frames(w, n))
+
+    t = time.perf_counter()
+    run()
+    fps = count / (time.perf_counter() - t)
+    torch.set_num_threads(os.cpu_count() or 1)
+    row("merge: chain + blend (1 core)", fps, f"{count} frames at {W}x{H}")
+    return fps
+
+
+def _encode_many(fmt: str, depth: np.ndarray, n: int) -> int:
+    for _ in range(n):
+        encode(depth, fmt, 0.0, 10.0)
+    return n
+
+
+def bench_writers() -> dict[str, float]:
+    rng = np.random.RandomState(1)
+    yy, xx = np.mgrid[0:H, 0:W]
+    depth = (np.sin(xx / 90) + np.cos(yy / 70) + 2.5 + 0.01 * rng.rand(H, W)).astype(np.float32)
+    per_core = {}
+    n = 6
+    for fmt in FORMATS:
+        per_core[fmt] = timed(lambda fmt=fmt: _encode_many(fmt, depth, n), n)
+        size = len(encode(depth, fmt, 0.0, 10.0)) / 1e6
+        row(f"write {fmt} (1 core)", per_core[fmt], f"{size:.2f} MB per frame")
+    cores = os.cpu_count() or 1
+    with cf.ProcessPoolExecutor(cores) as pool:
+        list(pool.map(_encode_many, ["png16"] * cores, [depth] * cores, [1] * cores))  # warm the workers
+        n = 4 * cores
+        fps = timed(lambda: list(pool.map(_encode_many, ["png16"] * cores, [depth] * cores, [4] * cores)), n)
+    row(f"write png16 ({cores} processes)", fps)
+    import cv2
+
+    q = np.clip(depth / 10 * 65535, 0, 65535).astype(np.uint16)
+    for level in (0, 1, 3, 6, 9):
+        t = time.perf_counter()
+        for _ in range(3):
+            ok, buf = cv2.imencode(".png", q, [cv2.IMWRITE_PNG_COMPRESSION, level])
+        row(f"png16 compression level {level}", 3 / (time.perf_counter() - t), f"{len(buf) / 1e6:.2f} MB")
+    return per_core
+
+
+def bench_video(n: int = 20) -> None:
+    rng = np.random.RandomState(2)
+    depth = rng.rand(H, W).astype(np.float32)
+    with tempfile.TemporaryDirectory() as tmp, av.open(f"{tmp}/v.mp4", "w") as c:
+        s = c.add_stream("libx264", rate=30)
+        s.width, s.height, s.pix_fmt = W, H, "yuv420p"
+
+        def run():
+            for _ in range(n):
+                for p in s.encode(av.VideoFrame.from_ndarray(colorize(depth, 0, 1), format="rgb24")):
+                    c.mux(p)
+            for p in s.encode():
+                c.mux(p)
+
+        row("colourised video (inferno, x264)", timed(run, n))
+
+
+def bench_end_to_end(video: Path, frames: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Path(tmp) / "video_depth_anything_vits.pth"
+        torch.save(synthetic_state("vits"), ckpt)
+        cmd = [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "depth",
+            str(video),
+            "-o",
+            f"{tmp}/out",
+            "--devices",
+            "cpu",
+            "--checkpoint",
+            str(ckpt),
+            "--max-res",
+            "0",
+            "--format",
+            "png16",
+        ]
+        t = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True)
+        row("end to end: vda depth vits, png16", frames / (time.perf_counter() - t), "local backend, 1 CPU worker")
+
+
+def record(args) -> None:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    lines = [
+        f"\n## bench_stages.py, {datetime.date.today()}, commit {commit.strip()}\n",
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {device}, "
+        f"torch {torch.__version__}. Input {W}x{H}.\n",
+        "| stage | frames/s | note |",
+        "|---|---:|---|",
+    ]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in ROWS]
+    with open(ROOT / "bench" / "RESULTS.md", "a") as fh:
+        fh.write("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=int, default=66, help="length of the synthetic 1080p clip")
+    ap.add_argument("--encoders", nargs="+", default=["vits"])
+    ap.add_argument("--precisions", nargs="+", default=None)
+    ap.add_argument("--model-frames", type=int, default=8, help="frames through the encoder per timing")
+    ap.add_argument("--gpus", type=int, nargs="+", default=[1, 2, 4, 5, 8])
+    ap.add_argument("--skip-end-to-end", action="store_true")
+    ap.add_argument("--record", action="store_true", help="append the table to bench/RESULTS.md")
+    args = ap.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    precisions = args.precisions or (["fp16", "bf16"] if device.type == "cuda" else ["fp32"])
+    print(f"{os.cpu_count()} cores, device {device}, torch {torch.__version__}")
+    with tempfile.TemporaryDirectory() as tmp:
+        video = make_video(Path(tmp) / "clip.mp4", args.frames)
+        frames = bench_decode(video)
+        bench_preprocess(frames, device)
+        del frames
+        bench_model(args.encoders, precisions, device, args.model_frames)
+        merge_fps = bench_merge()
+        writers = bench_writers()
+        bench_video()
+        if not args.skip_end_to_end:
+            bench_end_to_end(video, args.frames)
+    per_core = 1 / (1 / merge_fps + 1 / writers["png16"])
+    gpu_fps = 1000 / PUBLISHED_VITS_MS
+    print(
+        f"\nmerge + png16 per core: {per_core:.1f} frames/s; one GPU at the published vits speed: {gpu_fps:.0f} "
+        "frames/s"
+    )
+    for n in args.gpus:
+        print(f"  {n} GPU(s): the merge needs {n * gpu_fps / per_core:.0f} cores to keep up")
+    ROWS.append(
+        (
+            "merge + png16 per core",
+            f"{per_core:.1f}",
+            "; ".join(f"{n} GPU(s) need {n * gpu_fps / per_core:.0f} cores" for n in args.gpus),
+        )
+    )
+    if args.record:
+        record(args)
+
+
+if __name__ == "__main__":
+    main()
