@@ -160,7 +160,15 @@ def test_sigterm_removes_every_container(client, tmp_path, checkpoint):
     deadline = time.time() + 120
     while time.time() < deadline and len(_containers(client)) < 2:
         time.sleep(0.5)
-    assert len(_containers(client)) >= 2, "workers did not start"
+    running = _containers(client)
+    assert len(running) >= 2, "workers did not start"
+    for c in running:  # unprivileged, no network, input read-only, labelled with run and chunk
+        attrs = c.attrs
+        assert attrs["Config"]["User"] == f"{os.getuid()}:{os.getgid()}"
+        assert attrs["HostConfig"]["NetworkMode"] == "none" and not attrs["HostConfig"]["Privileged"]
+        (inp,) = [m for m in attrs["Mounts"] if m["Destination"].startswith("/input/")]
+        assert inp["RW"] is False
+        assert {"vda.run", "vda.chunk"} <= attrs["Config"]["Labels"].keys()
     proc.send_signal(signal.SIGTERM)
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, output
