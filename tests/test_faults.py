@@ -30,6 +30,11 @@ from vda.writers import DepthMeta, read_depth
 SMALL = ["--input-size", "56"]
 
 
+# Every run here uses one thread per worker, so interrupted and uninterrupted runs are compared bit for bit
+# (another thread count changes the float summation order, hence the last bits).
+ONE_THREAD = {"VDA_THREADS": "1"}
+
+
 def vda(*args, env=None, timeout=600):
     """The real CLI in a subprocess: exit code, stdout, stderr."""
     proc = subprocess.run(
@@ -38,7 +43,7 @@ def vda(*args, env=None, timeout=600):
         text=True,
         capture_output=True,
         timeout=timeout,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, **ONE_THREAD, **(env or {})},
     )
     return proc.returncode, proc.stdout, proc.stderr
 
@@ -72,6 +77,7 @@ def test_sigkilled_worker_resumes_and_matches(tmp_path, video, checkpoint, refer
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env={**os.environ, **ONE_THREAD},
     )
     marker = unit_path(run, 0, "window", 1).with_suffix(".done")
     deadline = time.time() + 300
@@ -88,7 +94,12 @@ def test_sigkilled_worker_resumes_and_matches(tmp_path, video, checkpoint, refer
         for p in (run / "chunks" / "0").glob("win_*.npy")
         if p.with_suffix(".done").exists()
     }
-    assert run_chunk(run, 0, checkpoint=str(checkpoint)) == 5 - len(done)  # only unfinished windows
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert run_chunk(run, 0, checkpoint=str(checkpoint)) == 5 - len(done)  # only unfinished windows
+    finally:
+        torch.set_num_threads(threads)
     assert all((run / "chunks" / "0" / name).stat().st_mtime_ns == t for name, t in mtimes.items())
     merge(run, tmp_path / "out", "npy", workers=1)
     assert np.array_equal(outputs(tmp_path / "out"), reference)
@@ -199,7 +210,14 @@ def test_sigterm_stops_local_workers_and_resumes(tmp_path, video, checkpoint, re
         "npy",
         *SMALL,
     ]
-    proc = subprocess.Popen(list(map(str, args)), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        list(map(str, args)),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **ONE_THREAD},
+    )
     logs = out / "_run" / "logs"
     deadline = time.time() + 120
     while time.time() < deadline and "@progress" not in "".join(p.read_text() for p in logs.glob("*.log")):

@@ -106,7 +106,6 @@ def _write(job: Job, f: int, depth: np.ndarray) -> None:
 
 def render_unit(job: Job, unit: int) -> list[np.ndarray] | None:
     """Write the frames `unit` makes final; return them colourised when a video is wanted."""
-    torch.set_num_threads(1)
     frames = []
     if job.mode == "window":
         aligner = WindowAligner(job.size)
@@ -224,13 +223,17 @@ def _refuse_foreign_output(out_dir: Path, plan: Plan, overwrite: bool) -> None:
         )
 
 
+def _one_thread() -> None:
+    torch.set_num_threads(1)  # one process per core: threads inside would only oversubscribe
+
+
 def _map_ordered(job: Job, units: list[int], workers: int):
     """render_unit over units, results in order, at most 2 * workers in flight (bounded memory)."""
     if workers == 1:
         for u in units:
             yield render_unit(job, u)
         return
-    with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+    with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_one_thread) as pool:
         pending: dict[int, cf.Future] = {}
         nxt = 0
         for u in units:

@@ -21,7 +21,9 @@ import numpy as np  # noqa: E402
 
 FORMATS = {"png16": ".png", "png8": ".png", "npy": ".npy", "npz": ".npz", "exr": ".exr"}
 LEVELS = {"png16": 65535, "png8": 255}
-PNG_COMPRESSION = 1  # bench_stages.py, 1080p png16: level 1 10.7 fps/core, 2.75 MB; level 3 6.9 fps, 2.71 MB; 6: 2.9 fps
+PNG_COMPRESSION = (
+    1  # bench_stages.py, 1080p png16: level 1 10.7 fps/core, 2.75 MB; level 3 6.9 fps, 2.71 MB; 6: 2.9 fps
+)
 META_NAME = "depth_meta.json"
 META_SCHEMA = 1
 
