@@ -37,6 +37,23 @@ def synthetic_state(encoder: str) -> dict:
     return mod.synth_state_dict(encoder, 0)
 
 
+def synthetic_video(path: Path, n: int, width: int, height: int, block: int = 1, shift: int = 3) -> Path:
+    """An x264 clip of random blocks sliding sideways: real decoding work, deterministic content."""
+    import av
+
+    rng = np.random.RandomState(0)
+    base = rng.randint(0, 255, (height // block, width // block, 3), dtype=np.uint8).repeat(block, 0).repeat(block, 1)
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=30)
+        s.width, s.height, s.pix_fmt = width, height, "yuv420p"
+        for i in range(n):
+            for p in s.encode(av.VideoFrame.from_ndarray(np.roll(base, shift * i, axis=1), format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
 def frames_source(args):
     if args.video:
         from vda.video import probe, read_frames

@@ -19,31 +19,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from fractions import Fraction
 from pathlib import Path
 
-import av
-import numpy as np
 import torch
-from bench_infer import synthetic_state
+from bench_infer import synthetic_state, synthetic_video
 
 from vda import stitch
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def make_video(path: Path, n: int, width: int, height: int) -> Path:
-    rng = np.random.RandomState(0)
-    base = rng.randint(0, 255, (height, width, 3), dtype=np.uint8)
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=Fraction(30))
-        s.width, s.height, s.pix_fmt = width, height, "yuv420p"
-        for i in range(n):
-            for p in s.encode(av.VideoFrame.from_ndarray(np.roll(base, 3 * i, axis=1), format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return path
 
 
 def peak_of_run(cmd: list[str]) -> tuple[float, float]:
@@ -74,7 +57,7 @@ def main() -> None:
         ckpt = tmp / "video_depth_anything_vits.pth"
         torch.save(synthetic_state("vits"), ckpt)
         for n in args.lengths:
-            video = make_video(tmp / f"v{n}.mp4", n, width, height)
+            video = synthetic_video(tmp / f"v{n}.mp4", n, width, height)
             out = tmp / f"out{n}"
             cmd = [
                 sys.executable,

@@ -21,13 +21,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
 import torch
-from bench_infer import synthetic_state
+from bench_infer import synthetic_state, synthetic_video
 
 from vda import stitch
 from vda.inference import WindowAligner, chain_step
@@ -51,20 +50,6 @@ def timed(fn, n: int) -> float:
     t = time.perf_counter()
     fn()
     return n / (time.perf_counter() - t)
-
-
-def make_video(path: Path, n: int) -> Path:
-    rng = np.random.RandomState(0)
-    base = rng.randint(0, 255, (H // 8, W // 8, 3), dtype=np.uint8).repeat(8, 0).repeat(8, 1)
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=Fraction(30))
-        s.width, s.height, s.pix_fmt = W, H, "yuv420p"
-        for i in range(n):
-            for p in s.encode(av.VideoFrame.from_ndarray(np.roll(base, 9 * i, axis=1), format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return path
 
 
 def bench_decode(video: Path) -> list[np.ndarray]:
@@ -250,7 +235,7 @@ def main() -> None:
     precisions = args.precisions or (["fp16", "bf16"] if device.type == "cuda" else ["fp32"])
     print(f"{os.cpu_count()} cores, device {device}, torch {torch.__version__}")
     with tempfile.TemporaryDirectory() as tmp:
-        video = make_video(Path(tmp) / "clip.mp4", args.frames)
+        video = synthetic_video(Path(tmp) / "clip.mp4", args.frames, W, H, block=8, shift=9)
         frames = bench_decode(video)
         bench_preprocess(frames, device)
         del frames

@@ -106,13 +106,14 @@ def _devices(args, backend: str = "local") -> list[str]:
     return parse_devices(args.devices, args.gpus, args.gpu_ids, visible)
 
 
-def cmd_plan(args) -> int:
+def _plan(args, run_dir, devices: list[str]):
+    """create_plan from the model and device flags that `plan` and `depth` share."""
     from orchestrator.planning import create_plan
 
-    plan, resumed = create_plan(
+    return create_plan(
         args.video,
-        args.run_dir,
-        _devices(args),
+        run_dir,
+        devices,
         checkpoint=args.checkpoint,
         encoder=args.encoder,
         metric=args.metric,
@@ -122,6 +123,10 @@ def cmd_plan(args) -> int:
         mode=args.mode,
         overwrite=args.overwrite,
     )
+
+
+def cmd_plan(args) -> int:
+    plan, resumed = _plan(args, args.run_dir, _devices(args))
     word = "kept existing" if resumed else "wrote"
     print(f"{word} {Path(args.run_dir) / 'plan.json'}: {plan.frame_count} frames, {len(plan.chunks)} chunk(s)")
     return 0
@@ -160,7 +165,6 @@ def cmd_merge(args) -> int:
 
 
 def cmd_depth(args) -> int:
-    from orchestrator.planning import create_plan
     from orchestrator.scheduler import Progress, run_chunks
     from vda.merge import merge
 
@@ -168,19 +172,7 @@ def cmd_depth(args) -> int:
     run_dir = Path(args.run_dir) if args.run_dir else out / "_run"
     _check_writable(out)
     devices = _devices(args, args.backend)
-    plan, resumed = create_plan(
-        args.video,
-        run_dir,
-        devices,
-        checkpoint=args.checkpoint,
-        encoder=args.encoder,
-        metric=args.metric,
-        input_size=args.input_size,
-        max_res=args.max_res,
-        precision=args.precision,
-        mode=args.mode,
-        overwrite=args.overwrite,
-    )
+    plan, resumed = _plan(args, run_dir, devices)
     print(
         f"vda: {'resuming' if resumed else 'planned'} {plan.frame_count} frames in {len(plan.chunks)} chunk(s) "
         f"on {', '.join(devices)} ({args.backend}); run folder {run_dir}",
