@@ -54,7 +54,7 @@ def test_five_devices_on_a_longer_video(tmp_path, checkpoint, model):
     plan, out = pipeline(src, tmp_path / "run", tmp_path / "out", checkpoint, ["cpu"] * 5, input_size=56)
     sizes = [c.units[1] - c.units[0] for c in plan.chunks]
     assert len(plan.chunks) == 5 and max(sizes) - min(sizes) <= 1
-    assert np.array_equal(out, single_pass(model, src, 56))  # same code, same numbers
+    assert rel_err(out, single_pass(model, src, 56)) <= TOL  # same code; batch sizes may move the last bits
 
 
 def test_windows_computed_once_across_chunks(tmp_path, checkpoint):
@@ -73,7 +73,7 @@ def test_frame_counts_in_equal_out(tmp_path, checkpoint, model, n, kind):
     plan, out = pipeline(src, tmp_path / "run", tmp_path / "out", checkpoint, ["cpu", "cpu"], input_size=28)
     assert plan.frame_count == n and out.shape == (n, 24, 32)
     assert sorted(p.name for p in (tmp_path / "out").glob("depth_*.npy")) == [f"depth_{i:06d}.npy" for i in range(n)]
-    assert np.array_equal(out, single_pass(model, src, 28))
+    assert rel_err(out, single_pass(model, src, 28)) <= TOL
 
 
 def test_separate_processes_and_float_formats(tmp_path, checkpoint, parity, fixture_frames_dir):
