@@ -59,6 +59,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="checkpoint path (default: resolved from the plan through models/)")
     p.add_argument("--input", help="where the planned input is now (e.g. inside a container); verified by hash")
     p.add_argument("--micro-batch", type=int, help="frames per encoder batch, to bound GPU memory")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the encoder (faster after the first window; needs a C compiler)",
+    )
 
     p = sub.add_parser("merge", help="replay alignment and blending over the chunks; write one file per frame")
     p.add_argument("run_dir")
@@ -81,6 +86,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a different run in the output folder")
     p.add_argument("--image", default=None, help="docker backend: image (default vda:latest for GPUs, vda:cpu)")
     p.add_argument("--merge-workers", type=int)
+    p.add_argument(
+        "--compile", action="store_true", help="workers torch.compile the encoder (needs a C compiler where they run)"
+    )
     tools_cli.add_parsers(sub)
     return ap
 
@@ -146,6 +154,7 @@ def cmd_run_chunk(args) -> int:
         checkpoint=args.checkpoint,
         input_path=args.input,
         micro_batch=args.micro_batch,
+        compile=args.compile or os.environ.get("VDA_COMPILE") == "1",
     )
     return 0
 
@@ -173,6 +182,8 @@ def cmd_depth(args) -> int:
     _check_writable(out)
     devices = _devices(args, args.backend)
     plan, resumed = _plan(args, run_dir, devices)
+    if args.compile:
+        os.environ["VDA_COMPILE"] = "1"  # read by every worker, local or in a container
     print(
         f"vda: {'resuming' if resumed else 'planned'} {plan.frame_count} frames in {len(plan.chunks)} chunk(s) "
         f"on {', '.join(devices)} ({args.backend}); run folder {run_dir}",

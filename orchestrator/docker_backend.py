@@ -120,7 +120,7 @@ class DockerBackend:
         self.image = image or ("vda:latest" if gpu else "vda:cpu")
         self.checkpoint = Path(checkpoint).resolve() if checkpoint else None
         self.extra_env = dict(extra_env or {})
-        for key in ("VDA_FAIL_AT_UNIT",):  # fault injection passes through to the workers
+        for key in ("VDA_FAIL_AT_UNIT", "VDA_FAIL_TIMES", "VDA_FAIL_MODE", "VDA_COMPILE"):  # pass through
             if key in os.environ:
                 self.extra_env.setdefault(key, os.environ[key])
         import docker

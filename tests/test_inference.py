@@ -80,3 +80,11 @@ def test_preprocess_size_rules():
     assert effective_input_size(1080, 2560, 518) == round(int(518 * 1.777 / (2560 / 1080)) / 14) * 14
     h, w = network_shape(1080, 2560, 518)
     assert h % 14 == 0 and w % 14 == 0 and h < 518
+
+
+def test_compiled_encoder_gives_the_same_depth(model):
+    """--compile (torch.compile of the per-frame encoder) is an optimisation only."""
+    frames = synthetic_frames(30, 42, 28)
+    eager = np.stack(list(infer_video(model, frames, input_size=28)))
+    compiled = np.stack(list(infer_video(model, frames, input_size=28, compile=True)))
+    assert rel_err(compiled, eager) <= TOL

@@ -115,9 +115,10 @@ class Runtime:
     device: torch.device
     precision: str = "fp32"
     micro_batch: int | None = DEFAULT_MICRO_BATCH  # frames per encoder / head-tail batch; None = whole window
+    compile: bool = False  # torch.compile the encoder (most of the compute); pays a compile on the first window
 
     @classmethod
-    def create(cls, device="cpu", precision="fp32", micro_batch=None) -> Runtime:
+    def create(cls, device="cpu", precision="fp32", micro_batch=None, compile=False) -> Runtime:
         micro_batch = micro_batch or DEFAULT_MICRO_BATCH
         device = torch.device(device)
         if precision not in PRECISIONS:
@@ -126,7 +127,11 @@ class Runtime:
             raise ValueError("fp16 needs a CUDA device; use --precision fp32 (or bf16) on CPU")
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {device} requested but CUDA is not available here; use --device cpu")
-        return cls(device, precision, micro_batch)
+        return cls(device, precision, micro_batch, compile)
+
+    def encoder(self, model: VideoDepthAnything):
+        """model.encode, compiled when asked; frames are independent, so compiling changes no result."""
+        return torch.compile(model.encode) if self.compile else model.encode
 
     def autocast(self):
         if self.precision == "fp32":
@@ -155,6 +160,7 @@ class WindowRunner:
         self.model, self.rt, self.shape = model, runtime, shape
         self.grid = (shape[0] // PATCH, shape[1] // PATCH)
         self._features: dict[int, list[torch.Tensor]] = {}
+        self._encode = runtime.encoder(model)
 
     @torch.inference_mode()
     def run(self, w: int, feed: FrameFeed, n_frames: int) -> torch.Tensor:
@@ -163,7 +169,7 @@ class WindowRunner:
         with self.rt.autocast():
             if new:
                 x = preprocess(self.rt.to_device([feed.take(i) for i in new]), self.shape)
-                feats = self.model.encode(x, self.rt.micro_batch)
+                feats = self._encode(x, self.rt.micro_batch)
                 for k, i in enumerate(new):
                     self._features[i] = [level[k] for level in feats]
             window = [torch.stack([self._features[i][lv] for i in inputs]) for lv in range(4)]
@@ -242,9 +248,10 @@ def stream_depths(
     """(index, depth [h, w]) per frame, in network resolution, carrying the cache through `pairs`."""
     cache = StreamCache()
     grid = (shape[0] // PATCH, shape[1] // PATCH)
+    encode = runtime.encoder(model)
     for i, frame in pairs:
         with runtime.autocast():
-            feats = model.encode(preprocess(runtime.to_device([frame]), shape))
+            feats = encode(preprocess(runtime.to_device([frame]), shape))
             depth, fresh = model.decode(feats, grid, 1, cache=cache.context())
         cache.push(fresh)
         yield i, depth[0].float()
@@ -259,11 +266,12 @@ def infer_video(
     precision: str = "fp32",
     device="cpu",
     micro_batch: int | None = None,
+    compile: bool = False,
 ) -> Iterator[np.ndarray]:
     """Yield one float32 HxW depth map per input frame, in order, at the frame's resolution."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-    runtime = Runtime.create(device, precision, micro_batch)
+    runtime = Runtime.create(device, precision, micro_batch, compile)
     model_device = next(model.parameters()).device
     if model_device != runtime.device and not (model_device.type == runtime.device.type == "cuda"):
         raise ValueError(f"model is on {model_device} but device={runtime.device}; load it with device={device!r}")

@@ -130,6 +130,7 @@ def run_chunk(
     checkpoint: str | None = None,
     input_path: str | None = None,
     micro_batch: int | None = None,
+    compile: bool = False,
 ) -> int:
     """Compute chunk `chunk_index` of the plan in run_dir; returns the number of units computed now."""
     from models import resolve
@@ -147,7 +148,7 @@ def run_chunk(
         return 0
     ckpt = resolve(s.encoder, s.metric, checkpoint or os.environ.get("VDA_CHECKPOINT") or None)
     verify_checkpoint(plan, ckpt)
-    runtime = Runtime.create(device or chunk.device, s.precision, micro_batch)
+    runtime = Runtime.create(device or chunk.device, s.precision, micro_batch, compile)
     model = load_model(ckpt, encoder=s.encoder, metric=s.metric, device=runtime.device)
     (run_dir / chunk.dir).mkdir(parents=True, exist_ok=True)
     shape, size = (s.net_height, s.net_width), (s.frame_width, s.frame_height)
