@@ -114,12 +114,12 @@ class Runtime:
 
     device: torch.device
     precision: str = "fp32"
-    micro_batch: int | None = DEFAULT_MICRO_BATCH  # frames per encoder / head-tail batch; None = whole window
+    micro_batch: int | None = DEFAULT_MICRO_BATCH  # frames per encoder / head-tail batch (None: the whole window)
     compile: bool = False  # torch.compile the encoder (most of the compute); pays a compile on the first window
 
     @classmethod
     def create(cls, device="cpu", precision="fp32", micro_batch=None, compile=False) -> Runtime:
-        micro_batch = micro_batch or DEFAULT_MICRO_BATCH
+        micro_batch = micro_batch or DEFAULT_MICRO_BATCH  # the CLI and infer_video default to 4, not to None
         device = torch.device(device)
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
