@@ -48,6 +48,11 @@ def vda(*args, env=None, timeout=600):
     return proc.returncode, proc.stdout, proc.stderr
 
 
+def depth_args(video, out, checkpoint, devices="cpu,cpu") -> list:
+    """`vda depth` arguments shared by the runs that are compared with `reference`."""
+    return ["depth", video, "-o", out, "--devices", devices, "--checkpoint", checkpoint, "--format", "npy", *SMALL]
+
+
 def outputs(out: Path) -> np.ndarray:
     meta = DepthMeta.load(out)
     return np.stack([read_depth(out, i, meta) for i in range(meta.frame_count)])
@@ -62,9 +67,7 @@ def video(tmp_path_factory) -> Path:
 def reference(tmp_path_factory, video, checkpoint) -> np.ndarray:
     """An uninterrupted run, to compare interrupted ones against."""
     out = tmp_path_factory.mktemp("ref") / "out"
-    code, _, err = vda(
-        "depth", video, "-o", out, "--devices", "cpu,cpu", "--checkpoint", checkpoint, "--format", "npy", *SMALL
-    )
+    code, _, err = vda(*depth_args(video, out, checkpoint))
     assert code == 0, err
     return outputs(out)
 
@@ -108,20 +111,7 @@ def test_sigkilled_worker_resumes_and_matches(tmp_path, video, checkpoint, refer
 def test_injected_failure_is_retried_and_recorded(tmp_path, video, checkpoint, reference):
     out = tmp_path / "out"
     env = {"VDA_FAIL_AT_UNIT": "1:3", "VDA_FAIL_TIMES": "1", "VDA_FAIL_MODE": "kill"}  # like an OOM kill, once
-    code, _, err = vda(
-        "depth",
-        video,
-        "-o",
-        out,
-        "--devices",
-        "cpu,cpu",
-        "--checkpoint",
-        checkpoint,
-        "--format",
-        "npy",
-        *SMALL,
-        env=env,
-    )
+    code, _, err = vda(*depth_args(video, out, checkpoint), env=env)
     assert code == 0, err
     assert "chunk 1 failed on cpu (exit -9); retrying" in err
     results = json.loads((out / "_run" / "processing_results.json").read_text())["chunks"]
@@ -134,21 +124,7 @@ def test_injected_failure_is_retried_and_recorded(tmp_path, video, checkpoint, r
 
 def test_failure_after_retries_names_the_log_and_resumes(tmp_path, video, checkpoint, reference):
     out = tmp_path / "out"
-    args = [
-        "depth",
-        video,
-        "-o",
-        out,
-        "--devices",
-        "cpu",
-        "--checkpoint",
-        checkpoint,
-        "--format",
-        "npy",
-        *SMALL,
-        "--retries",
-        "1",
-    ]
+    args = [*depth_args(video, out, checkpoint, devices="cpu"), "--retries", "1"]
     code, _, err = vda(*args, env={"VDA_FAIL_AT_UNIT": "2"})
     assert code == 2
     assert err.strip().splitlines()[-1].startswith("vda: error: chunk 0 failed 2 time(s)")
@@ -194,22 +170,7 @@ def test_failed_chunk_moves_to_another_device(tmp_path, video, checkpoint):
 
 def test_sigterm_stops_local_workers_and_resumes(tmp_path, video, checkpoint, reference):
     out = tmp_path / "out"
-    args = [
-        sys.executable,
-        "-m",
-        "orchestrator.cli",
-        "depth",
-        video,
-        "-o",
-        out,
-        "--devices",
-        "cpu,cpu",
-        "--checkpoint",
-        checkpoint,
-        "--format",
-        "npy",
-        *SMALL,
-    ]
+    args = [sys.executable, "-m", "orchestrator.cli", *depth_args(video, out, checkpoint)]
     proc = subprocess.Popen(
         list(map(str, args)),
         cwd=ROOT,
