@@ -21,7 +21,7 @@ import torch
 from vda import stitch
 from vda.inference import CHAIN_OUTPUTS, WindowAligner, chain_step, upsample
 from vda.plan import Plan, PlanError
-from vda.worker import SEGMENT, is_done, unit_path, units_of
+from vda.worker import SEGMENT, unfinished_units, unit_path, units_of
 from vda.writers import FORMATS, LEVELS, META_NAME, DepthMeta, colorize, encode, frame_name, write_atomic
 
 MERGED_MARKER = ".merged"
@@ -51,16 +51,8 @@ def _load(job: Job, unit: int, rows=None) -> torch.Tensor:
 
 
 def missing_units(plan: Plan, run_dir: Path) -> dict[int, list[int]]:
-    out = {}
-    for chunk in plan.chunks:
-        todo = [
-            u
-            for u in units_of(plan, chunk.index)
-            if not is_done(unit_path(run_dir, chunk.index, plan.settings.mode, u))
-        ]
-        if todo:
-            out[chunk.index] = todo
-    return out
+    todo = {chunk.index: unfinished_units(plan, run_dir, chunk.index) for chunk in plan.chunks}
+    return {k: units for k, units in todo.items() if units}
 
 
 def _contributing(n_frames: int) -> dict[int, set[int]]:

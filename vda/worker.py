@@ -55,6 +55,12 @@ def units_of(plan: Plan, chunk_index: int) -> list[int]:
     return list(range(a, b)) if plan.settings.mode == "window" else list(range(a, b, SEGMENT))
 
 
+def unfinished_units(plan: Plan, run_dir: Path, chunk_index: int) -> list[int]:
+    """Units of a chunk without a finished file and marker, in order."""
+    mode = plan.settings.mode
+    return [u for u in units_of(plan, chunk_index) if not is_done(unit_path(run_dir, chunk_index, mode, u))]
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -142,7 +148,7 @@ def run_chunk(
     chunk, s = plan.chunks[chunk_index], plan.settings
     verify_input(plan, input_path)
     units = units_of(plan, chunk_index)
-    todo = [u for u in units if not is_done(unit_path(run_dir, chunk_index, s.mode, u))]
+    todo = unfinished_units(plan, run_dir, chunk_index)
     progress(chunk=chunk_index, done=len(units) - len(todo), total=len(units), event="start")
     if not todo:
         return 0
