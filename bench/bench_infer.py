@@ -37,6 +37,31 @@ def synthetic_state(encoder: str) -> dict:
     return mod.synth_state_dict(encoder, 0)
 
 
+def synthetic_checkpoint(folder: Path, encoder: str = "vits") -> Path:
+    """The synthetic weights saved under the published file name, for runs through the CLI."""
+    path = Path(folder) / f"video_depth_anything_{encoder}.pth"
+    torch.save(synthetic_state(encoder), path)
+    return path
+
+
+def depth_cmd(video, out, checkpoint, devices: str, *extra: str) -> list[str]:
+    """`vda depth` with the local backend, as the benchmarks run it."""
+    return [
+        sys.executable,
+        "-m",
+        "orchestrator.cli",
+        "depth",
+        str(video),
+        "-o",
+        str(out),
+        "--devices",
+        devices,
+        "--checkpoint",
+        str(checkpoint),
+        *extra,
+    ]
+
+
 def synthetic_video(path: Path, n: int, width: int, height: int, block: int = 1, shift: int = 3) -> Path:
     """An x264 clip of random blocks sliding sideways: real decoding work, deterministic content."""
     import av

@@ -21,8 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-from bench_infer import synthetic_state, synthetic_video
+from bench_infer import depth_cmd, synthetic_checkpoint, synthetic_video
 
 from vda import stitch
 
@@ -54,30 +53,22 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        ckpt = tmp / "video_depth_anything_vits.pth"
-        torch.save(synthetic_state("vits"), ckpt)
+        ckpt = synthetic_checkpoint(tmp)
         for n in args.lengths:
             video = synthetic_video(tmp / f"v{n}.mp4", n, width, height)
             out = tmp / f"out{n}"
-            cmd = [
-                sys.executable,
-                "-m",
-                "orchestrator.cli",
-                "depth",
-                str(video),
-                "-o",
-                str(out),
-                "--devices",
+            cmd = depth_cmd(
+                video,
+                out,
+                ckpt,
                 args.devices,
-                "--checkpoint",
-                str(ckpt),
                 "--input-size",
                 str(args.input_size),
                 "--max-res",
                 "0",
                 "--format",
                 args.format,
-            ]
+            )
             rss, seconds = peak_of_run(cmd)
             stored = len(list((out / "_run" / "chunks").glob("*/win_*.npy")))
             written = len(list(out.glob("depth_[0-9]*")))

@@ -18,7 +18,6 @@ import datetime
 import os
 import platform
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 import av
 import numpy as np
 import torch
-from bench_infer import synthetic_state, synthetic_video
+from bench_infer import depth_cmd, synthetic_checkpoint, synthetic_state, synthetic_video
 
 from vda import stitch
 from vda.inference import WindowAligner, chain_step
@@ -182,25 +181,7 @@ def bench_video(n: int = 20) -> None:
 
 def bench_end_to_end(video: Path, frames: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = Path(tmp) / "video_depth_anything_vits.pth"
-        torch.save(synthetic_state("vits"), ckpt)
-        cmd = [
-            sys.executable,
-            "-m",
-            "orchestrator.cli",
-            "depth",
-            str(video),
-            "-o",
-            f"{tmp}/out",
-            "--devices",
-            "cpu",
-            "--checkpoint",
-            str(ckpt),
-            "--max-res",
-            "0",
-            "--format",
-            "png16",
-        ]
+        cmd = depth_cmd(video, f"{tmp}/out", synthetic_checkpoint(tmp), "cpu", "--max-res", "0", "--format", "png16")
         t = time.perf_counter()
         subprocess.run(cmd, check=True, capture_output=True)
         row("end to end: vda depth vits, png16", frames / (time.perf_counter() - t), "local backend, 1 CPU worker")

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import io
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
+from bench_infer import synthetic_checkpoint
 
 from orchestrator.planning import create_plan
 from vda.inference import infer_video
@@ -33,16 +32,6 @@ from vda.worker import run_chunk
 from vda.writers import read_depth
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def synthetic_checkpoint(folder: Path) -> Path:
-    parity = ROOT.parent / "shared" / "fixtures" / "vda_parity" / "synth_weights.py"
-    spec = importlib.util.spec_from_file_location("synth_weights", parity)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    path = folder / "video_depth_anything_vits.pth"
-    torch.save(mod.synth_state_dict("vits", 0), path)
-    return path
 
 
 def main() -> None:

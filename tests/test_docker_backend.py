@@ -48,6 +48,27 @@ def _containers(client, run_id=None):
     return client.containers.list(all=True, filters={"label": label})
 
 
+def _depth_cmd(out, backend: str, checkpoint, *extra: str) -> list[str]:
+    """`vda depth` on VIDEO in two CPU workers with the synthetic checkpoint."""
+    return [
+        sys.executable,
+        "-m",
+        "orchestrator.cli",
+        "depth",
+        str(VIDEO),
+        "-o",
+        str(out),
+        "--backend",
+        backend,
+        "--devices",
+        "cpu,cpu",
+        "--checkpoint",
+        str(checkpoint),
+        *SMALL,
+        *extra,
+    ]
+
+
 def _read_all(out):
     meta = DepthMeta.load(out)
     return np.stack([read_depth(out, i, meta) for i in range(meta.frame_count)])
@@ -75,24 +96,7 @@ def test_make_depth_in_two_cpu_containers_equals_local(client, tmp_path, checkpo
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     local = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "orchestrator.cli",
-            "depth",
-            str(VIDEO),
-            "-o",
-            str(local_out),
-            "--backend",
-            "local",
-            "--devices",
-            "cpu,cpu",
-            "--checkpoint",
-            str(checkpoint),
-            "--format",
-            "npy",
-            *SMALL,
-        ],
+        _depth_cmd(local_out, "local", checkpoint, "--format", "npy"),
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -134,24 +138,7 @@ def test_missing_image_is_explained(client, tmp_path, checkpoint):
 def test_sigterm_removes_every_container(client, tmp_path, checkpoint):
     out = tmp_path / "out"
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "orchestrator.cli",
-            "depth",
-            str(VIDEO),
-            "-o",
-            str(out),
-            "--backend",
-            "docker",
-            "--devices",
-            "cpu,cpu",
-            "--image",
-            IMAGE,
-            "--checkpoint",
-            str(checkpoint),
-            *SMALL,
-        ],
+        _depth_cmd(out, "docker", checkpoint, "--image", IMAGE),
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
