@@ -30,9 +30,10 @@ from bench_infer import depth_cmd, synthetic_checkpoint, synthetic_state, synthe
 from vda import stitch
 from vda.inference import WindowAligner, chain_step
 from vda.model import load_model
+from vda.pngenc import DEFLATE, encode_gray
 from vda.preprocess import network_shape, preprocess
 from vda.video import probe, read_frames, threaded
-from vda.writers import FORMATS, colorize, encode
+from vda.writers import FORMATS, colorize, encode, quantize
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED_VITS_MS = 7.5  # authors' README: vits, fp16, A100, 1x32x518x518, per frame
@@ -129,6 +130,28 @@ def bench_merge(windows: int = 3) -> float:
     return fps
 
 
+def bench_store(windows: int = 4) -> None:
+    """The worker's store of one window (network resolution) to the run folder, which overlaps the next window."""
+    from vda.worker import UnitStore, _store, _to_host
+
+    shape = network_shape(H, W, 518)
+    depth = torch.rand(stitch.WINDOW, *shape)
+    with tempfile.TemporaryDirectory() as tmp:
+        for precision in ("fp32", "fp16"):
+            t = time.perf_counter()
+            with UnitStore() as store:
+                for w in range(windows):
+                    host, event = _to_host(depth, precision)
+                    store.submit(lambda w=w, host=host, event=event: _store(Path(tmp) / f"{w}.npy", host, event, 0, w))
+            ms = (time.perf_counter() - t) / windows * 1000
+            mb = Path(tmp, "0.npy").stat().st_size / 1e6
+            row(
+                f"worker store, {precision} window",
+                1000 / ms * stitch.STRIDE,
+                f"{ms:.0f} ms per window of {mb:.0f} MB, in a background thread",
+            )
+
+
 def _encode_many(fmt: str, depth: np.ndarray, n: int) -> int:
     for _ in range(n):
         encode(depth, fmt, 0.0, 10.0)
@@ -151,14 +174,19 @@ def bench_writers() -> dict[str, float]:
         n = 4 * cores
         fps = timed(lambda: list(pool.map(_encode_many, ["png16"] * cores, [depth] * cores, [4] * cores)), n)
     row(f"write png16 ({cores} processes)", fps)
+    q = quantize(depth, 0.0, 10.0, 65535)
+    for level in (0, 1, 2, 3):
+        size = len(encode_gray(q, level)) / 1e6
+        fps = timed(lambda level=level: [encode_gray(q, level) for _ in range(n)], n)
+        row(f"png16 {DEFLATE} level {level}", fps, f"{size:.2f} MB")
     import cv2
 
-    q = np.clip(depth / 10 * 65535, 0, 65535).astype(np.uint16)
-    for level in (0, 1, 3, 6, 9):
-        t = time.perf_counter()
-        for _ in range(3):
-            ok, buf = cv2.imencode(".png", q, [cv2.IMWRITE_PNG_COMPRESSION, level])
-        row(f"png16 compression level {level}", 3 / (time.perf_counter() - t), f"{len(buf) / 1e6:.2f} MB")
+    for level in (1, 3):  # the encoder vda used before: libpng through OpenCV, adaptive row filters, zlib
+        size = len(cv2.imencode(".png", q, [cv2.IMWRITE_PNG_COMPRESSION, level])[1]) / 1e6
+        fps = timed(
+            lambda level=level: [cv2.imencode(".png", q, [cv2.IMWRITE_PNG_COMPRESSION, level]) for _ in range(3)], 3
+        )
+        row(f"png16 OpenCV/libpng level {level}", fps, f"{size:.2f} MB (the encoder before)")
     return per_core
 
 
@@ -221,6 +249,7 @@ def main() -> None:
         bench_preprocess(frames, device)
         del frames
         bench_model(args.encoders, precisions, device, args.model_frames)
+        bench_store()
         merge_fps = bench_merge()
         writers = bench_writers()
         bench_video()

@@ -12,7 +12,9 @@ import hashlib
 import io
 import json
 import os
+import queue
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -111,9 +113,25 @@ def _maybe_fail(run_dir: Path, chunk_index: int, unit: int) -> None:
     raise InjectedFault(f"injected fault ({FAIL_ENV}={spec}) at chunk {chunk_index}, unit {unit}")
 
 
-def _store(path: Path, depth: torch.Tensor, precision: str, started: float, unit: int) -> None:
-    # fp16/bf16 runs produce half-precision maps; float16 stores them without loss at half the disk.
-    array = depth.cpu().numpy().astype(np.float32 if precision == "fp32" else np.float16)
+def _to_host(depth: torch.Tensor, precision: str) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+    """Start the copy of a unit to host memory without waiting for it; the event marks its end on CUDA.
+
+    fp16/bf16 runs produce half-precision maps; float16 stores them without loss at half the disk and copy.
+    """
+    depth = depth.to(torch.float32 if precision == "fp32" else torch.float16)
+    if depth.device.type != "cuda":
+        return depth, None
+    host = torch.empty(depth.shape, dtype=depth.dtype, pin_memory=True)
+    host.copy_(depth, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+    return host, event
+
+
+def _store(path: Path, host: torch.Tensor, event, started: float, unit: int) -> None:
+    if event is not None:
+        event.synchronize()
+    array = host.numpy()
     buf = io.BytesIO()
     np.save(buf, array)
     write_atomic(path, buf.getvalue())
@@ -126,6 +144,48 @@ def _store(path: Path, depth: torch.Tensor, precision: str, started: float, unit
             "dtype": str(array.dtype),
         },
     )
+
+
+class UnitStore:
+    """Stores units in a background thread, in submission order, so the device never waits on the disk.
+
+    At most `depth` units wait in host memory. An error in the thread (a full disk) re-raises in the caller
+    at its next submit or at exit. Units submitted before an error or interrupt are still written on exit:
+    they are finished work a rerun would otherwise redo.
+    """
+
+    def __init__(self, depth: int = 2):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None  # stays set: no unit after a failed one is written
+        self._reported = False
+        self._thread = threading.Thread(target=self._drain, name="vda-store", daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while (job := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    job()
+                except BaseException as err:  # handed to the caller, which re-raises it
+                    self._error = err
+
+    def _raise_pending(self) -> None:
+        if self._error is not None and not self._reported:
+            self._reported = True
+            raise self._error
+
+    def submit(self, job) -> None:
+        self._raise_pending()
+        self._queue.put(job)
+
+    def __enter__(self) -> UnitStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if exc[0] is None:
+            self._raise_pending()
 
 
 def run_chunk(
@@ -167,31 +227,33 @@ def run_chunk(
         decode = stream_chunk_frames((first, chunk.units[1]), plan.extra.get("stream_warmup", 0))
     frames = threaded(read_frames(plan.input, (i for a, b in decode for i in range(a, b)), size))
     done = len(units) - len(todo)
-    if s.mode == "window":
-        feed, runner = FrameFeed(frames, total=n), WindowRunner(model, runtime, shape)
-        for w in range(first, chunk.units[1]):
-            started = time.time()
-            _maybe_fail(run_dir, chunk_index, w)
-            _store(unit_path(run_dir, chunk_index, s.mode, w), runner.run(w, feed, n), s.precision, started, w)
+
+    def save(unit: int, depth: torch.Tensor, started: float, final_frames: int) -> None:
+        host, event = _to_host(depth, s.precision)
+
+        def job():
+            nonlocal done
+            _store(unit_path(run_dir, chunk_index, s.mode, unit), host, event, started, unit)
             done += 1
-            frames_done = stitch.window_outputs(w, n)
-            progress(chunk=chunk_index, done=done, total=len(units), frames=len(frames_done), event="unit")
-    else:
-        segment, seg_start, started = [], first, time.time()
-        for i, depth in stream_depths(model, runtime, frames, shape):
-            if i < first:
-                continue
-            segment.append(depth)
-            if len(segment) == SEGMENT or i == chunk.units[1] - 1:
-                _maybe_fail(run_dir, chunk_index, seg_start)
-                _store(
-                    unit_path(run_dir, chunk_index, s.mode, seg_start),
-                    torch.stack(segment),
-                    s.precision,
-                    started,
-                    seg_start,
-                )
-                done += 1
-                progress(chunk=chunk_index, done=done, total=len(units), frames=len(segment), event="unit")
-                segment, seg_start, started = [], i + 1, time.time()
+            progress(chunk=chunk_index, done=done, total=len(units), frames=final_frames, event="unit")
+
+        store.submit(job)
+
+    with UnitStore() as store:
+        if s.mode == "window":
+            feed, runner = FrameFeed(frames, total=n), WindowRunner(model, runtime, shape)
+            for w in range(first, chunk.units[1]):
+                started = time.time()
+                _maybe_fail(run_dir, chunk_index, w)
+                save(w, runner.run(w, feed, n), started, len(stitch.window_outputs(w, n)))
+        else:
+            segment, seg_start, started = [], first, time.time()
+            for i, depth in stream_depths(model, runtime, frames, shape):
+                if i < first:
+                    continue
+                segment.append(depth)
+                if len(segment) == SEGMENT or i == chunk.units[1] - 1:
+                    _maybe_fail(run_dir, chunk_index, seg_start)
+                    save(seg_start, torch.stack(segment), started, len(segment))
+                    segment, seg_start, started = [], i + 1, time.time()
     return len(todo)

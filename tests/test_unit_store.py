@@ -1,0 +1,64 @@
+"""The worker's background store: order, bounded memory, and errors surfacing in the caller."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from vda.worker import UnitStore
+
+
+def test_jobs_run_in_submission_order_off_the_calling_thread():
+    seen, caller = [], threading.get_ident()
+    with UnitStore() as store:
+        for i in range(20):
+            store.submit(lambda i=i: seen.append((i, threading.get_ident())))
+    assert [i for i, _ in seen] == list(range(20))
+    assert all(t != caller for _, t in seen)
+
+
+def test_at_most_depth_jobs_wait():
+    gate, started = threading.Event(), threading.Event()
+    store = UnitStore(depth=2)
+    store.submit(lambda: (started.set(), gate.wait()))  # occupies the thread
+    started.wait()
+    store.submit(lambda: None)
+    store.submit(lambda: None)  # the queue is now full
+    blocked = threading.Thread(target=store.submit, args=(lambda: None,))
+    blocked.start()
+    blocked.join(0.3)
+    assert blocked.is_alive()  # a third waiting job blocks the producer: memory stays bounded
+    gate.set()
+    blocked.join(5)
+    assert not blocked.is_alive()
+    store.__exit__(None, None, None)
+
+
+def test_an_error_reraises_at_the_next_submit_and_later_jobs_are_skipped():
+    ran = []
+
+    def fail():
+        raise OSError(28, "disk full while writing x; free space and run the same command again to resume")
+
+    with pytest.raises(OSError, match="disk full"):
+        with UnitStore() as store:
+            store.submit(fail)
+            for i in range(50):
+                store.submit(lambda i=i: ran.append(i))
+    assert ran == []  # once a unit failed, no later unit is written: finished units stay a prefix
+
+
+def test_an_error_in_the_last_job_reraises_at_exit():
+    with pytest.raises(ValueError, match="late"):
+        with UnitStore() as store:
+            store.submit(lambda: (_ for _ in ()).throw(ValueError("late")))
+
+
+def test_submitted_work_is_flushed_when_the_caller_fails():
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with UnitStore() as store:
+            store.submit(lambda: done.append(1))
+            raise KeyboardInterrupt
+    assert done == [1]
