@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import re
 import resource
 import subprocess
 import sys
@@ -28,16 +29,27 @@ from vda import stitch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def peak_of_run(cmd: list[str]) -> tuple[float, float]:
-    """(largest peak RSS in MB among the processes of cmd, seconds). Run in a fresh child to isolate it."""
+def peak_of_run(cmd: list[str]) -> tuple[float, float, str]:
+    """(largest peak RSS in MB among the processes of cmd, seconds, the merge's summary line).
+
+    Run in a fresh child to isolate it.
+    """
     probe = (
         "import resource, subprocess, sys, time; t = time.time(); "
-        "subprocess.run(sys.argv[1:], check=True, capture_output=True); "
-        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, time.time() - t)"
+        "r = subprocess.run(sys.argv[1:], check=True, capture_output=True, text=True); "
+        "merged = [x for x in r.stdout.splitlines() if x.startswith('merged ')] or ['']; "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, time.time() - t); print(merged[-1])"
     )
     out = subprocess.run([sys.executable, "-c", probe, *cmd], check=True, capture_output=True, text=True).stdout
-    rss, seconds = map(float, out.split())
-    return rss, seconds
+    figures, merged = out.split("\n", 1)
+    rss, seconds = map(float, figures.split())
+    return rss, seconds, merged.strip()
+
+
+def merge_figures(line: str) -> tuple[float, str]:
+    """(merge seconds, pass-1 units done ahead "a/b") from the merge's summary line."""
+    match = re.search(r" in ([0-9.]+) s; pass 1 had ([0-9]+/[0-9]+) units", line)
+    return (float(match[1]), match[2]) if match else (float("nan"), "?")
 
 
 def main() -> None:
@@ -69,14 +81,16 @@ def main() -> None:
                 "--format",
                 args.format,
             )
-            rss, seconds = peak_of_run(cmd)
+            rss, seconds, merged = peak_of_run(cmd)
+            merge_s, ahead = merge_figures(merged)
             stored = len(list((out / "_run" / "chunks").glob("*/win_*.npy")))
             written = len(list(out.glob("depth_[0-9]*")))
             ratio = stored / stitch.num_windows(n)
-            rows.append((n, rss, seconds, stored, ratio, written))
+            rows.append((n, rss, seconds, stored, ratio, written, merge_s, ahead))
             print(
                 f"{n:5d} frames: peak RSS {rss:7.0f} MB, {seconds:6.1f} s, {stored} windows stored "
-                f"(single pass {stitch.num_windows(n)}, ratio {ratio:.3f}), {written} frames written",
+                f"(single pass {stitch.num_windows(n)}, ratio {ratio:.3f}), {written} frames written; "
+                f"merge {merge_s:.1f} s after the workers, pass 1 done ahead for {ahead} units",
                 flush=True,
             )
     growth = rows[-1][1] / rows[0][1]
@@ -86,10 +100,13 @@ def main() -> None:
             f"\n## bench_memory.py, {datetime.date.today()}, commit {_commit()}\n",
             f"`vda depth` local backend, devices {args.devices}, {width}x{height} x264, input size "
             f"{args.input_size}, {args.format}.\n",
-            "| frames | peak RSS (MB) | seconds | windows stored | / single pass | frames written |",
-            "|---:|---:|---:|---:|---:|---:|",
+            "| frames | peak RSS (MB) | seconds | windows stored | / single pass | frames written | merge s | "
+            "pass 1 ahead |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        lines += [f"| {n} | {r:.0f} | {s:.1f} | {w} | {q:.3f} | {f} |" for n, r, s, w, q, f in rows]
+        lines += [
+            f"| {n} | {r:.0f} | {s:.1f} | {w} | {q:.3f} | {f} | {m:.1f} | {a} |" for n, r, s, w, q, f, m, a in rows
+        ]
         lines.append(f"\nPeak RSS ratio {rows[-1][0]} / {rows[0][0]} frames: **{growth:.3f}** (goal <= 1.2).")
         with open(ROOT / "bench" / "RESULTS.md", "a") as fh:
             fh.write("\n".join(lines) + "\n")

@@ -181,6 +181,12 @@ def bench_writers() -> dict[str, float]:
         row(f"png16 {DEFLATE} level {level}", fps, f"{size:.2f} MB")
     import cv2
 
+    for name in ("NO", "ZIP"):  # exr: vda writes uncompressed; ZIP is OpenEXR's usual default
+        params = [cv2.IMWRITE_EXR_TYPE, cv2.IMWRITE_EXR_TYPE_FLOAT]
+        params += [cv2.IMWRITE_EXR_COMPRESSION, getattr(cv2, f"IMWRITE_EXR_COMPRESSION_{name}")]
+        size = len(cv2.imencode(".exr", depth, params)[1]) / 1e6
+        fps = timed(lambda params=params: [cv2.imencode(".exr", depth, params) for _ in range(3)], 3)
+        row(f"exr compression {name}", fps, f"{size:.2f} MB")
     for level in (1, 3):  # the encoder vda used before: libpng through OpenCV, adaptive row filters, zlib
         size = len(cv2.imencode(".png", q, [cv2.IMWRITE_PNG_COMPRESSION, level])[1]) / 1e6
         fps = timed(

@@ -10,6 +10,7 @@ import argparse
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 from orchestrator import tools_cli
@@ -175,7 +176,7 @@ def cmd_merge(args) -> int:
 
 def cmd_depth(args) -> int:
     from orchestrator.scheduler import Progress, run_chunks
-    from vda.merge import merge
+    from vda.merge import follow, merge
 
     out = Path(args.out)
     run_dir = Path(args.run_dir) if args.run_dir else out / "_run"
@@ -197,8 +198,16 @@ def cmd_depth(args) -> int:
         from orchestrator.local import LocalBackend
 
         backend = LocalBackend(checkpoint=args.checkpoint)
+    # The merge's sequential first pass follows the workers in a thread here, so little of it is left at the end.
+    stop = threading.Event()
+    follower = threading.Thread(target=follow, args=(run_dir, stop), name="vda-first-pass", daemon=True)
+    follower.start()
     try:
-        run_chunks(plan, run_dir, backend, devices, retries=args.retries, progress=Progress(plan))
+        try:
+            run_chunks(plan, run_dir, backend, devices, retries=args.retries, progress=Progress(plan))
+        finally:
+            stop.set()
+            follower.join()
         if args.backend == "docker":
             backend.merge(out, args.format, args.create_video, args.overwrite)
         else:

@@ -183,11 +183,16 @@ class WindowRunner:
 CHAIN_OUTPUTS = [0, 1, stitch.KEYFRAME]  # the outputs of a window the alignment chain reads
 
 
+def chain_maps(picked: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """A window's outputs CHAIN_OUTPUTS ([3, h, w], network resolution) at full resolution: [3, H, W]."""
+    return upsample(picked, size).cpu().numpy()
+
+
 def chain_step(
     chain: stitch.AlignmentChain, picked: torch.Tensor, size: tuple[int, int]
 ) -> tuple[np.float32, np.float32]:
     """Scale and shift of the next window from its outputs CHAIN_OUTPUTS ([3, h, w], network resolution)."""
-    first, second, key = upsample(picked, size).cpu().numpy()
+    first, second, key = chain_maps(picked, size)
     return chain.step(first, second, key)
 
 

@@ -1,7 +1,8 @@
 """The merge: `vda merge RUN_DIR -o OUT --format png16|png8|npy|npz|exr [--create-video]`.
 
 Pass 1 (sequential, cheap): replay the alignment chain over the stored windows, reading only the
-three outputs per window it needs, and bound the value range for quantised formats.
+three outputs per window it needs, and bound the value range for quantised formats. `vda depth` runs it
+ahead, in a thread that follows the workers (`follow`), and keeps it in RUN_DIR/first_pass.json.
 Pass 2 (parallel over CPU processes): each task renders the frames one window makes final, from that
 window and the previous one, and writes them. Memory stays at a few windows per process.
 The rendering is the same code the single pass uses, so the result equals a single pass.
@@ -10,8 +11,11 @@ The rendering is the same code the single pass uses, so the result equals a sing
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 import multiprocessing as mp
 import os
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,10 +23,10 @@ import numpy as np
 import torch
 
 from vda import stitch
-from vda.inference import CHAIN_OUTPUTS, WindowAligner, chain_step, upsample
+from vda.inference import CHAIN_OUTPUTS, WindowAligner, chain_maps, upsample
 from vda.plan import Plan, PlanError
-from vda.worker import SEGMENT, unfinished_units, unit_path, units_of
-from vda.writers import FORMATS, LEVELS, META_NAME, DepthMeta, colorize, encode, frame_name, write_atomic
+from vda.worker import SEGMENT, is_done, unfinished_units, unit_path, units_of
+from vda.writers import FORMATS, LEVELS, META_NAME, DepthMeta, colorize, encode, frame_name, write_atomic, write_json
 
 MERGED_MARKER = ".merged"
 
@@ -66,30 +70,103 @@ def _contributing(n_frames: int) -> dict[int, set[int]]:
     return used
 
 
-def replay_chain(job: Job, metric: bool) -> tuple[dict, float, float]:
-    """(scale, shift) per window and a [lo, hi] range that bounds every output value.
+FIRST_PASS_NAME = "first_pass.json"
+FIRST_PASS_SCHEMA = 1
+
+
+class FirstPass:
+    """Pass 1, unit by unit in order: each window's (scale, shift), and a range that bounds every output.
 
     Bilinear upsampling and blending are convex combinations, so the extremes of the aligned
-    network-resolution maps bound the full-resolution frames.
+    network-resolution maps bound the full-resolution frames. The chain is sequential, so this pass cannot
+    be split; instead it can run while the workers still compute (`follow`), and what it has done is kept
+    in RUN_DIR/first_pass.json, so the merge after the last worker only does the units left.
     """
-    chain = stitch.AlignmentChain(metric=metric)
-    used = _contributing(job.n_frames)
-    params, lo, hi = {}, np.inf, -np.inf
-    for w in range(stitch.num_windows(job.n_frames)):
-        scale, shift = chain_step(chain, _load(job, w, CHAIN_OUTPUTS), job.size)
-        params[w] = (float(scale), float(shift))
-        if w in used:  # the last window of a short tail can feed no output frame
-            aligned = stitch.apply_scale_shift(_load(job, w, sorted(used[w])).numpy(), scale, shift)
-            lo, hi = min(lo, float(aligned.min())), max(hi, float(aligned.max()))
-    return params, lo, hi
+
+    def __init__(self, job: Job, plan: Plan):
+        self.job, self.run_id, self.mode = job, plan.run_id, job.mode
+        self.path = Path(job.run_dir) / FIRST_PASS_NAME
+        self.units = sorted(job.owners)
+        self.chain = stitch.AlignmentChain(metric=plan.settings.metric)
+        self.used = _contributing(job.n_frames) if job.mode == "window" else {}
+        self.entries: list[dict] = self._cached()
+        if self.mode == "window" and self.entries:
+            last = len(self.entries) - 1
+            first0 = self._chain_maps(0)[0]
+            key = self._chain_maps(last)[2]
+            self.chain.restore(first0, key, self.entries[-1]["scale"], self.entries[-1]["shift"], last + 1)
+
+    def _cached(self) -> list[dict]:
+        """The entries a previous pass over this run stored; anything else is ignored and recomputed."""
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return []
+        if not isinstance(data, dict) or (data.get("schema_version"), data.get("run_id"), data.get("mode")) != (
+            FIRST_PASS_SCHEMA,
+            self.run_id,
+            self.mode,
+        ):
+            return []
+        entries = data.get("units", [])
+        if [e.get("unit") for e in entries] != self.units[: len(entries)]:
+            return []
+        return entries
+
+    def _chain_maps(self, w: int) -> np.ndarray:
+        return chain_maps(_load(self.job, w, CHAIN_OUTPUTS), self.job.size)
+
+    @property
+    def finished(self) -> bool:
+        return len(self.entries) == len(self.units)
+
+    def ready(self) -> bool:
+        """Whether the next unit is stored by its worker."""
+        unit = self.units[len(self.entries)]
+        return is_done(unit_path(Path(self.job.run_dir), self.job.owners[unit], self.mode, unit))
+
+    def step(self) -> None:
+        unit = self.units[len(self.entries)]
+        entry = {"unit": unit, "scale": 1.0, "shift": 0.0, "lo": None, "hi": None}
+        if self.mode == "window":
+            scale, shift = self.chain.step(*self._chain_maps(unit))
+            entry["scale"], entry["shift"] = float(scale), float(shift)
+            if unit in self.used:  # the last window of a short tail can feed no output frame
+                values = stitch.apply_scale_shift(_load(self.job, unit, sorted(self.used[unit])).numpy(), scale, shift)
+                entry["lo"], entry["hi"] = float(values.min()), float(values.max())
+        else:
+            values = _load(self.job, unit).numpy()
+            entry["lo"], entry["hi"] = float(values.min()), float(values.max())
+        self.entries.append(entry)
+
+    def save(self) -> None:
+        doc = {"schema_version": FIRST_PASS_SCHEMA, "run_id": self.run_id, "mode": self.mode, "units": self.entries}
+        write_json(self.path, doc)
+
+    def result(self) -> tuple[dict, float, float]:
+        """(scale, shift) per window, and the [lo, hi] range of all outputs."""
+        params = {e["unit"]: (e["scale"], e["shift"]) for e in self.entries} if self.mode == "window" else {}
+        lows = [e["lo"] for e in self.entries if e["lo"] is not None]
+        highs = [e["hi"] for e in self.entries if e["hi"] is not None]
+        return params, min(lows), max(highs)
 
 
-def _segment_range(job: Job) -> tuple[float, float]:
-    lo, hi = np.inf, -np.inf
-    for unit in job.owners:
-        d = _load(job, unit).numpy()
-        lo, hi = min(lo, float(d.min())), max(hi, float(d.max()))
-    return lo, hi
+def follow(run_dir: str | Path, stop: threading.Event, poll_s: float = 0.5) -> None:
+    """Run pass 1 while the workers compute, as far as stored units allow, until `stop` is set.
+
+    Only a head start: any failure here is left for the merge, which redoes what is missing and reports it.
+    """
+    try:
+        plan = Plan.load(Path(run_dir))
+        first = FirstPass(_job(plan, Path(run_dir), Path(run_dir), "npy", False), plan)
+        while not first.finished and not stop.is_set():
+            if first.ready():
+                first.step()
+                first.save()
+            else:
+                stop.wait(poll_s)
+    except Exception:  # noqa: BLE001 - see the docstring: the merge repeats the work and reports the error
+        return
 
 
 def _write(job: Job, f: int, depth: np.ndarray) -> None:
@@ -125,6 +202,7 @@ def merge(
     overwrite: bool = False,
     log=print,
 ) -> DepthMeta:
+    started = time.perf_counter()
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -139,26 +217,15 @@ def merge(
     _refuse_foreign_output(out_dir, plan, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / MERGED_MARKER).unlink(missing_ok=True)
-    owners = {u: c.index for c in plan.chunks for u in units_of(plan, c.index)}
-    job = Job(
-        str(run_dir),
-        str(out_dir),
-        fmt,
-        s.mode,
-        plan.frame_count,
-        (s.frame_height, s.frame_width),
-        0.0,
-        1.0,
-        owners,
-        {},
-        create_video,
-    )
-    if s.mode == "window":
-        params, lo, hi = replay_chain(job, s.metric)
-    else:
-        params, (lo, hi) = {}, _segment_range(job)
+    job = _job(plan, run_dir, out_dir, fmt, create_video)
+    first = FirstPass(job, plan)
+    ahead = len(first.entries)  # done by `follow` while the workers ran, or by an interrupted merge
+    while not first.finished:
+        first.step()
+    first.save()
+    params, lo, hi = first.result()
     job = Job(**{**job.__dict__, "params": params, "lo": lo, "hi": hi})
-    units = sorted(owners)
+    units = first.units
     sink = (
         _VideoSink(out_dir / "depth_vis.mp4", plan.input.fps_fraction, s.frame_width, s.frame_height)
         if create_video
@@ -196,8 +263,19 @@ def merge(
     )
     meta.save(out_dir)
     write_atomic(out_dir / MERGED_MARKER, plan.run_id.encode())
-    log(f"merged {plan.frame_count} frames into {out_dir} ({fmt})")
+    seconds = time.perf_counter() - started
+    log(
+        f"merged {plan.frame_count} frames into {out_dir} ({fmt}) in {seconds:.1f} s; "
+        f"pass 1 had {ahead}/{len(units)} units done ahead"
+    )
     return meta
+
+
+def _job(plan: Plan, run_dir: Path, out_dir: Path, fmt: str, create_video: bool) -> Job:
+    s = plan.settings
+    owners = {u: c.index for c in plan.chunks for u in units_of(plan, c.index)}
+    size = (s.frame_height, s.frame_width)
+    return Job(str(run_dir), str(out_dir), fmt, s.mode, plan.frame_count, size, 0.0, 1.0, owners, {}, create_video)
 
 
 def _refuse_foreign_output(out_dir: Path, plan: Plan, overwrite: bool) -> None:
@@ -271,4 +349,4 @@ class _VideoSink:
         self.tmp.unlink(missing_ok=True)
 
 
-__all__ = ["merge", "replay_chain", "render_unit", "missing_units", "SEGMENT"]
+__all__ = ["merge", "follow", "FirstPass", "render_unit", "missing_units", "SEGMENT"]

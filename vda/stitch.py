@@ -129,3 +129,12 @@ class AlignmentChain:
         self._ref_key = apply_scale_shift(keyframe, scale, shift)
         self.windows_seen += 1
         return scale, shift
+
+    def restore(self, first0: np.ndarray, keyframe: np.ndarray, scale, shift, windows_seen: int) -> None:
+        """Continue a chain whose (scale, shift) up to window `windows_seen - 1` are known, without replaying it.
+
+        Its whole state is window 0's first output and the last window's keyframe aligned with its scale
+        and shift, so a resumed chain steps exactly as the uninterrupted one.
+        """
+        self._ref0, self._ref_key = first0, apply_scale_shift(keyframe, np.float32(scale), np.float32(shift))
+        self.windows_seen = windows_seen
