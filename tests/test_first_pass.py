@@ -76,8 +76,9 @@ def test_merge_uses_what_follow_did_and_gives_the_same_bits(runs):
         lambda d: json.dumps({**d, "run_id": "another-run"}),
         lambda d: json.dumps({**d, "units": d["units"][1:]}),
         lambda d: json.dumps({**d, "schema_version": 99}),
+        lambda d: json.dumps({**d, "units": [{"unit": 0}]}),
     ],
-    ids=["garbage", "other-run", "gap", "schema"],
+    ids=["garbage", "other-run", "gap", "schema", "fields"],
 )
 def test_a_cache_that_does_not_fit_the_run_is_ignored(runs, corrupt):
     tmp, plans, _, _ = runs

@@ -102,14 +102,14 @@ class FirstPass:
             data = json.loads(self.path.read_text())
         except (OSError, ValueError):
             return []
-        if not isinstance(data, dict) or (data.get("schema_version"), data.get("run_id"), data.get("mode")) != (
-            FIRST_PASS_SCHEMA,
-            self.run_id,
-            self.mode,
-        ):
+        key = (data.get("schema_version"), data.get("run_id"), data.get("mode")) if isinstance(data, dict) else None
+        if key != (FIRST_PASS_SCHEMA, self.run_id, self.mode):
             return []
-        entries = data.get("units", [])
-        if [e.get("unit") for e in entries] != self.units[: len(entries)]:
+        entries = data.get("units")
+        fields = {"unit", "scale", "shift", "lo", "hi"}
+        if not isinstance(entries, list) or not all(isinstance(e, dict) and fields <= e.keys() for e in entries):
+            return []
+        if [e["unit"] for e in entries] != self.units[: len(entries)]:
             return []
         return entries
 
