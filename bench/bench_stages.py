@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED_VITS_MS = 7.5  # authors' README: vits, fp16, A100, 1x32x518x518, per frame
 W, H = 1920, 1080
 ROWS: list[tuple[str, str, str]] = []
-STAGES = ["decode", "preprocess", "model", "store", "merge", "writers", "video", "end-to-end"]
+STAGES = ["decode", "overlap", "preprocess", "model", "store", "merge", "writers", "video", "end-to-end"]
 
 
 def row(stage: str, fps: float, note: str = "") -> None:
@@ -66,6 +66,29 @@ def bench_decode(video: Path) -> list[np.ndarray]:
         timed(lambda: sum(1 for _ in threaded(read_frames(info, range(info.frame_count)))), info.frame_count),
     )
     return frames
+
+
+def bench_overlap(tmp: Path, compute_ratio: float = 1.25, windows: int = 8) -> None:
+    """How busy a device stays when it takes 22 decoded frames per window from the decode thread's queue.
+
+    The device is simulated by a sleep (it holds no GIL, as CUDA work does not) lasting `compute_ratio` times the
+    time the decoder needs for a window's frames; with perfect overlap it is busy 100% of the time.
+    """
+    from vda.worker import DECODE_AHEAD
+
+    info = probe(synthetic_video(tmp / "overlap.mp4", windows * stitch.STRIDE, W, H, block=8, shift=9))
+    t = time.perf_counter()
+    sum(1 for _ in threaded(read_frames(info, range(info.frame_count)), DECODE_AHEAD))
+    window_s = (time.perf_counter() - t) / info.frame_count * stitch.STRIDE * compute_ratio
+    for maxsize in (8, DECODE_AHEAD):
+        frames = threaded(read_frames(info, range(info.frame_count)), maxsize)
+        windows, t = 0, time.perf_counter()
+        while len([f for _, f in zip(range(stitch.STRIDE), frames)]) == stitch.STRIDE:
+            time.sleep(window_s)
+            windows += 1
+        busy = windows * window_s / (time.perf_counter() - t)
+        note = f"device busy {busy:.0%} (window compute {window_s * 1000:.0f} ms, {compute_ratio}x its decode time)"
+        row(f"decode overlap, queue of {maxsize} frames", windows * stitch.STRIDE / (time.perf_counter() - t), note)
 
 
 def bench_preprocess(frames: list[np.ndarray], device: torch.device) -> None:
@@ -281,6 +304,8 @@ def main() -> None:
             if "preprocess" in only:
                 bench_preprocess(frames, device)
             del frames
+        if "overlap" in only:
+            bench_overlap(Path(tmp))
         if "model" in only:
             bench_model(args.encoders, precisions, device, args.model_frames)
         if "store" in only:

@@ -30,6 +30,9 @@ from vda.writers import write_atomic, write_json
 
 PROGRESS_PREFIX = "@progress "
 SEGMENT = 32  # frames per stored unit in stream mode
+# Decoded frames held ahead of the model: a window takes its 22 new frames at once, so a shorter queue would make
+# the device wait for the decoder at every window (bench_stages.py, "decode overlap"). 44 frames at 720p: 120 MB.
+DECODE_AHEAD = 2 * stitch.STRIDE
 # Fault injection, to rehearse failures: VDA_FAIL_AT_UNIT="K:U" fails chunk K before unit U ("U" alone: any
 # chunk); VDA_FAIL_TIMES=N fails only the first N times (counted in RUN_DIR/faults/); VDA_FAIL_MODE=raise
 # (an exception, exit 2), exit (exit 3) or kill (SIGKILL, as the OOM killer does).
@@ -225,7 +228,7 @@ def run_chunk(
         decode, _ = window_chunk_frames((first, chunk.units[1]), n)
     else:
         decode = stream_chunk_frames((first, chunk.units[1]), plan.extra.get("stream_warmup", 0))
-    frames = threaded(read_frames(plan.input, (i for a, b in decode for i in range(a, b)), size))
+    frames = threaded(read_frames(plan.input, (i for a, b in decode for i in range(a, b)), size), DECODE_AHEAD)
     done = len(units) - len(todo)
 
     def save(unit: int, depth: torch.Tensor, started: float, final_frames: int) -> None:
