@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
 import pytest
+import torch
 
-from vda.worker import UnitStore
+from vda.inference import PRECISIONS
+from vda.worker import UnitStore, _store, _to_host
 
 
 def test_jobs_run_in_submission_order_off_the_calling_thread():
@@ -62,3 +65,15 @@ def test_submitted_work_is_flushed_when_the_caller_fails():
             store.submit(lambda: done.append(1))
             raise KeyboardInterrupt
     assert done == [1]
+
+
+@pytest.mark.parametrize(("precision", "dtype"), [("fp32", np.float32), ("bf16", np.float32), ("fp16", np.float16)])
+def test_stored_dtype_keeps_every_value_of_its_precision(tmp_path, precision, dtype):
+    depth = torch.tensor([[0.5, 70000.0], [1e-3, 3.0]]).to(PRECISIONS[precision]).float()
+    host, event = _to_host(depth, precision)  # on CPU: no copy in flight, so no event
+    assert event is None
+    _store(tmp_path / "u.npy", host, event, 0.0, 0)
+    stored = np.load(tmp_path / "u.npy")
+    assert stored.dtype == dtype
+    if precision != "fp16":  # fp16 cannot hold 70000; a fp16 model never produces it
+        assert np.array_equal(stored, depth.numpy())

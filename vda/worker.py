@@ -119,9 +119,10 @@ def _maybe_fail(run_dir: Path, chunk_index: int, unit: int) -> None:
 def _to_host(depth: torch.Tensor, precision: str) -> tuple[torch.Tensor, torch.cuda.Event | None]:
     """Start the copy of a unit to host memory without waiting for it; the event marks its end on CUDA.
 
-    fp16/bf16 runs produce half-precision maps; float16 stores them without loss at half the disk and copy.
+    fp16 runs produce float16 maps, stored as such at half the disk and copy. bf16 maps are stored as float32:
+    numpy has no bfloat16, and float16's range (65504) could clip them.
     """
-    depth = depth.to(torch.float32 if precision == "fp32" else torch.float16)
+    depth = depth.to(torch.float16 if precision == "fp16" else torch.float32)
     if depth.device.type != "cuda":
         return depth, None
     host = torch.empty(depth.shape, dtype=depth.dtype, pin_memory=True)
