@@ -23,7 +23,7 @@ DEPTH_ARGS ?=
 
 include docker/docker.mk
 
-.PHONY: help setup test lint depth smoke bench clean
+.PHONY: help setup test lint depth smoke bench bench-gpu clean
 
 help: ## show this help
 	@echo "usage: make <target> [VAR=value ...]"
@@ -70,6 +70,9 @@ bench: setup ## print throughput and memory figures; RECORD=1 appends them to be
 	cd bench && ../$(PY) bench_stages.py $(if $(RECORD),--record)
 	cd bench && ../$(PY) bench_memory.py $(if $(RECORD),--record)
 	cd bench && ../$(PY) bench_infer.py --encoder vits --input-size 518 --frames 32
+
+bench-gpu: setup ## on a GPU host: frames/s and VRAM per encoder, precision and mode; RECORD=1 appends them
+	cd bench && ../$(PY) bench_gpu.py $(if $(RECORD),--record)
 
 clean: ## remove caches and local outputs (keeps .venv and images)
 	rm -rf .pytest_cache .ruff_cache out runs

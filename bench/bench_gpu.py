@@ -1,0 +1,148 @@
+"""Frames/s and peak VRAM per encoder, precision and mode on a GPU, next to the authors' published figures.
+
+    python bench/bench_gpu.py [--encoders vits vitb vitl] [--precisions fp16 bf16] [--frames 128] [--record]
+
+For each encoder and precision it measures:
+- the forward of one [1, 32, 3, 518, 518] window, as the authors' README measures it (A100), in ms per frame, and
+  its peak VRAM;
+- `infer_video` in window mode and in stream mode over synthetic 1920x1080 frames at input size 518: frames/s end
+  to end (preprocess, model, alignment, upsampling to 1080p) and peak VRAM, with the default micro-batch;
+- the peak VRAM of window mode on 518x518 frames, the authors' shape (the goal: under 4 GB for vits in fp16,
+  where their forward needs 6.8 GB).
+Peak VRAM is torch's peak allocation, weights included; nvidia-smi shows a few hundred MB more (CUDA context).
+Weights are the synthetic ones (speed and memory do not depend on their values). `--device cpu` with a small
+`--input-size` runs the same code without a GPU, as the test suite does to keep this script working.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from bench_infer import synthetic_state
+
+from vda.inference import PRECISIONS, infer_video
+from vda.model import load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+# The authors' README: one A100, input 1 x 32 x 518 x 518; latency in ms (per frame), VRAM in GB.
+PUBLISHED = {
+    ("vits", "fp32"): (9.1, 7.3),
+    ("vits", "fp16"): (7.5, 6.8),
+    ("vitl", "fp32"): (67.0, 26.7),
+    ("vitl", "fp16"): (14.0, 23.6),
+}
+
+
+def synced(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_gib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+def gib(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def forward_ms(model, device: torch.device, precision: str, size: int, repeats: int) -> tuple[float, float | None]:
+    """(ms per frame, peak GiB) of model(x) for x [1, 32, 3, size, size], under autocast as the CLI runs it."""
+    x = torch.randn(1, 32, 3, size, size, device=device)
+    dtype = PRECISIONS[precision]
+    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=precision != "fp32"):
+        model(x)  # warm-up: kernels, cuDNN autotuning
+        reset_peak(device)
+        t = synced(device)
+        for _ in range(repeats):
+            model(x)
+        seconds = (synced(device) - t) / repeats
+    return seconds / 32 * 1000, peak_gib(device)
+
+
+def video_fps(
+    model, device, precision: str, mode: str, frames: list[np.ndarray], size: int
+) -> tuple[float, float | None]:
+    """(frames/s, peak GiB) of infer_video over `frames`, after one short warm-up run."""
+
+    def run(clip) -> int:
+        return sum(1 for _ in infer_video(model, clip, input_size=size, mode=mode, precision=precision, device=device))
+
+    run(frames[:8])
+    reset_peak(device)
+    t = synced(device)
+    n = run(frames)
+    return n / (synced(device) - t), peak_gib(device)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--encoders", nargs="+", default=["vits", "vitb", "vitl"])
+    ap.add_argument("--precisions", nargs="+", default=["fp16", "bf16"], choices=list(PRECISIONS))
+    ap.add_argument("--modes", nargs="+", default=["window", "stream"], choices=["window", "stream"])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--input-size", type=int, default=518)
+    ap.add_argument("--frames", type=int, default=128, help="synthetic 1920x1080 frames per infer_video run")
+    ap.add_argument("--repeats", type=int, default=5, help="timed forwards per figure")
+    ap.add_argument("--record", action="store_true", help="append the table to bench/RESULTS.md")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit(
+            "bench_gpu.py: no CUDA GPU here; run it on a GPU host (or pass --device cpu --input-size 56 to try it)"
+        )
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"device {name}, torch {torch.__version__}, input size {args.input_size}", flush=True)
+    rng = np.random.RandomState(0)
+    base = rng.randint(0, 255, (1080, 1920, 3), dtype=np.uint8)
+    frames = [np.roll(base, 9 * i, axis=1) for i in range(args.frames)]
+    rows = []
+    for enc in args.encoders:
+        model = load_model(synthetic_state(enc), encoder=enc, device=device)
+        for prec in args.precisions:
+            ms, fwd_gib = forward_ms(model, device, prec, args.input_size, args.repeats)
+            published = PUBLISHED.get((enc, prec)) if args.input_size == 518 else None
+            ref = f"{published[0]:.1f} ms, {published[1]:.1f} GB" if published else "-"
+            cells = [enc, prec, f"{ms:.2f}", gib(fwd_gib), ref]
+            for mode in args.modes:
+                fps, peak = video_fps(model, device, prec, mode, frames, args.input_size)
+                cells += [f"{fps:.1f}", gib(peak)]
+            square = [np.ascontiguousarray(f[:518, :518]) for f in frames[:40]]
+            cells.append(gib(video_fps(model, device, prec, "window", square, args.input_size)[1]))
+            rows.append(cells)
+            print("  ".join(cells), flush=True)
+        del model
+        reset_peak(device)
+    header = ["encoder", "precision", "forward ms/frame", "forward peak GiB", "published (A100)"]
+    for mode in args.modes:
+        header += [f"{mode} frames/s", f"{mode} peak GiB"]
+    header.append("window 518x518 peak GiB")
+    table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+    print("\n".join(table))
+    if args.record:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        head = (
+            f"\n## bench_gpu.py, {datetime.date.today()}, commit {commit.stdout.strip()}\n\n"
+            f"Device {name}, torch {torch.__version__}. Forward: [1, 32, 3, {args.input_size}, {args.input_size}]. "
+            f"infer_video: {args.frames} frames 1920x1080, input size {args.input_size}.\n"
+        )
+        with open(ROOT / "bench" / "RESULTS.md", "a") as fh:
+            fh.write(head + "\n" + "\n".join(table) + "\n")
+
+
+if __name__ == "__main__":
+    main()
