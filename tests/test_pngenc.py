@@ -68,7 +68,13 @@ def test_same_pixels_as_opencvs_own_png_at_1080p():
 
 
 @pytest.mark.parametrize(
-    "bad", [np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4), np.float32), np.zeros((0, 4), np.uint16)]
+    "bad",
+    [
+        np.zeros((4, 4, 3), np.uint8),
+        np.zeros((4, 4), np.float32),
+        np.zeros((0, 4), np.uint16),
+        np.zeros((4, 4), np.uint32),
+    ],
 )
 def test_refuses_what_is_not_a_grayscale_image(bad):
     with pytest.raises(ValueError, match="2-D uint8/uint16"):
@@ -78,3 +84,12 @@ def test_refuses_what_is_not_a_grayscale_image(bad):
 def test_quantize_of_a_flat_range_is_zero_even_for_nan():
     depth = np.array([[np.nan, 1.0], [2.0, np.inf]], np.float32)
     assert not quantize(depth, 1.0, 1.0, 65535).any()
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint8])
+def test_strided_views_and_big_endian_input_encode_the_same_pixels(dtype):
+    img = random_image((40, 90), dtype, seed=3)
+    view = img[::2, ::3]  # not contiguous
+    assert np.array_equal(libpng_decode(encode_gray(view)), view)
+    swapped = img.astype(img.dtype.newbyteorder(">"))  # same values, the other byte order
+    assert np.array_equal(libpng_decode(encode_gray(swapped)), img)

@@ -37,7 +37,7 @@ def filter_up(image: np.ndarray) -> np.ndarray:
 
     16-bit samples are big-endian in PNG; Up works on bytes (mod 256), so each byte column is filtered alone.
     """
-    rows = image.astype(">u2" if image.dtype == np.uint16 else np.uint8, copy=False)
+    rows = image.astype(">u2" if image.dtype.itemsize == 2 else np.uint8, copy=False)  # any byte order in
     rows = np.ascontiguousarray(rows).view(np.uint8).reshape(image.shape[0], -1)  # [H, W * bytes]
     out = np.empty((rows.shape[0], rows.shape[1] + 1), np.uint8)
     out[:, 0] = FILTER_UP
@@ -48,10 +48,10 @@ def filter_up(image: np.ndarray) -> np.ndarray:
 
 def encode_gray(image: np.ndarray, level: int = DEFAULT_LEVEL) -> bytes:
     """A 2-D uint8 or uint16 array as the bytes of a grayscale PNG of the same bit depth."""
-    if image.ndim != 2 or image.dtype not in (np.uint8, np.uint16) or 0 in image.shape:
+    if image.ndim != 2 or image.dtype.kind != "u" or image.dtype.itemsize > 2 or 0 in image.shape:
         raise ValueError(f"encode_gray takes a non-empty 2-D uint8/uint16 array, got {image.dtype} {image.shape}")
     height, width = image.shape
-    bits = 16 if image.dtype == np.uint16 else 8
+    bits = 8 * image.dtype.itemsize
     data = _deflate.compress(filter_up(image), level)
     if len(data) > MAX_CHUNK:
         raise ValueError(f"a {width}x{height} image is too large for one PNG data chunk; write npy or exr instead")
