@@ -170,6 +170,19 @@ def bench_merge(windows: int = 3) -> float:
     fps = count / (time.perf_counter() - t)
     torch.set_num_threads(os.cpu_count() or 1)
     row("merge: chain + blend (1 core)", fps, f"{count} frames at {W}x{H}")
+    for threads in sorted({1, os.cpu_count() or 1}):  # pass 1 alone: what `follow` does while the workers run
+        torch.set_num_threads(threads)
+        chain = stitch.AlignmentChain()
+        t = time.perf_counter()
+        for d in raw:
+            scale, shift = chain_step(chain, d[[0, 1, stitch.KEYFRAME]], (H, W))
+            aligned = stitch.apply_scale_shift(d[stitch.ALIGN :].numpy(), scale, shift)  # the range, as FirstPass
+            aligned.min(), aligned.max()
+        per_s = len(raw) / (time.perf_counter() - t)
+        keeps_up = per_s * stitch.STRIDE / (1000 / PUBLISHED_VITS_MS)
+        note = f"{per_s:.1f} windows/s: keeps up with {keeps_up:.1f} GPUs at the published vits speed"
+        row(f"merge pass 1: chain + range ({threads} thread(s))", per_s * stitch.STRIDE, note)
+    torch.set_num_threads(os.cpu_count() or 1)
     return fps
 
 

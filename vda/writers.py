@@ -24,7 +24,7 @@ from vda.pngenc import encode_gray  # noqa: E402
 FORMATS = {"png16": ".png", "png8": ".png", "npy": ".npy", "npz": ".npz", "exr": ".exr"}
 LEVELS = {"png16": 65535, "png8": 255}
 # Uncompressed float: depth maps upsampled from network resolution barely compress losslessly (bench_stages.py,
-# 1080p: ZIP 5.0 frames/s for 7.7 MB, none 67 frames/s for 8.3 MB).
+# 1080p: ZIP 4.1 frames/s for 7.80 MB, none 65 frames/s for 8.31 MB).
 EXR_PARAMS = [
     cv2.IMWRITE_EXR_TYPE,
     cv2.IMWRITE_EXR_TYPE_FLOAT,
