@@ -44,8 +44,9 @@ STAGES = ["decode", "overlap", "preprocess", "model", "store", "merge", "writers
 
 
 def row(stage: str, fps: float, note: str = "") -> None:
-    ROWS.append((stage, f"{fps:.1f}", note))
-    print(f"{stage:<34} {fps:9.1f} frames/s  {note}", flush=True)
+    figure = f"{fps:.1f}" if fps >= 10 else f"{fps:.3g}"  # slow CPU figures keep three significant digits
+    ROWS.append((stage, figure, note))
+    print(f"{stage:<34} {figure:>9} frames/s  {note}", flush=True)
 
 
 def timed(fn, n: int) -> float:
