@@ -15,6 +15,7 @@ from pathlib import Path
 
 from models.registry import models_dir
 from vda.plan import Plan
+from vda.system import usable_cpus
 
 RUN_MOUNT, OUT_MOUNT, INPUT_MOUNT, MODELS_MOUNT, CKPT_MOUNT = "/work/run", "/work/out", "/input", "/models", "/ckpt"
 LABEL_RUN, LABEL_CHUNK, LABEL_ROLE = "vda.run", "vda.chunk", "vda.role"
@@ -153,7 +154,7 @@ class DockerBackend:
         if self.checkpoint:
             env["VDA_CHECKPOINT"] = f"{CKPT_MOUNT}/{self.checkpoint.name}"
         if device == "cpu":
-            cpus = max(1, (os.cpu_count() or 1) // max(1, sum(c.device == "cpu" for c in self.plan.chunks)))
+            cpus = max(1, usable_cpus() // max(1, sum(c.device == "cpu" for c in self.plan.chunks)))
             env["VDA_THREADS"] = str(cpus)
         return env
 

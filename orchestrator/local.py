@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 from vda.plan import Plan
+from vda.system import usable_cpus
 
 STOP_GRACE_S = 10
 
@@ -72,7 +73,7 @@ class LocalBackend:
             cmd += ["--checkpoint", str(self.checkpoint)]
         env = {**os.environ, **self.extra_env, "PYTHONUNBUFFERED": "1"}
         if device == "cpu":
-            cpus = max(1, (os.cpu_count() or 1) // max(1, sum(c.device == "cpu" for c in plan.chunks)))
+            cpus = max(1, usable_cpus() // max(1, sum(c.device == "cpu" for c in plan.chunks)))
             env.setdefault("VDA_THREADS", str(self.threads or cpus))
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "a") as log:

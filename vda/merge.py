@@ -25,6 +25,7 @@ import torch
 from vda import stitch
 from vda.inference import CHAIN_OUTPUTS, WindowAligner, chain_maps, upsample
 from vda.plan import Plan, PlanError
+from vda.system import usable_cpus
 from vda.worker import SEGMENT, is_done, unfinished_units, unit_path, units_of
 from vda.writers import FORMATS, LEVELS, META_NAME, DepthMeta, colorize, encode, frame_name, write_atomic, write_json
 
@@ -231,7 +232,7 @@ def merge(
         if create_video
         else None
     )
-    workers = max(1, min(workers or os.cpu_count() or 1, len(units)))
+    workers = max(1, min(workers or usable_cpus(), len(units)))
     try:
         for frames in _map_ordered(job, units, workers):
             if sink:
