@@ -325,8 +325,11 @@ class _VideoSink:
 
         self.path, self.tmp = path, path.with_name(f".{path.name}.tmp.mp4")
         self.container = av.open(str(self.tmp), "w")
-        codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-        self.stream = self.container.add_stream(codec, rate=fps)
+        if "libx264" in av.codecs_available:
+            # A preview: veryfast encodes about twice as fast as x264's default (bench_stages.py, "colourised video").
+            self.stream = self.container.add_stream("libx264", rate=fps, options={"preset": "veryfast"})
+        else:
+            self.stream = self.container.add_stream("mpeg4", rate=fps)
         self.stream.width, self.stream.height = width - width % 2, height - height % 2
         self.stream.pix_fmt = "yuv420p"
 
