@@ -87,6 +87,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a different run in the output folder")
     p.add_argument("--image", default=None, help="docker backend: image (default vda:latest for GPUs, vda:cpu)")
     p.add_argument("--merge-workers", type=int)
+    p.add_argument("--no-space-check", action="store_true", help="start even if the disks look too small")
     p.add_argument(
         "--compile", action="store_true", help="workers torch.compile the encoder (needs a C compiler where they run)"
     )
@@ -183,11 +184,17 @@ def cmd_depth(args) -> int:
     _check_writable(out)
     devices = _devices(args, args.backend)
     plan, resumed = _plan(args, run_dir, devices)
+    need = ""
+    if not args.no_space_check:
+        from orchestrator.space import check_space, human_size
+
+        space = check_space(plan, run_dir, out, args.format)
+        need = f", needs about {human_size(space.run_bytes + space.out_bytes)} of disk"
     if args.compile:
         os.environ["VDA_COMPILE"] = "1"  # read by every worker, local or in a container
     print(
         f"vda: {'resuming' if resumed else 'planned'} {plan.frame_count} frames in {len(plan.chunks)} chunk(s) "
-        f"on {', '.join(devices)} ({args.backend}); run folder {run_dir}",
+        f"on {', '.join(devices)} ({args.backend}); run folder {run_dir}{need}",
         file=sys.stderr,
     )
     if args.backend == "docker":
