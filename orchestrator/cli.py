@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -88,6 +89,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--image", default=None, help="docker backend: image (default vda:latest for GPUs, vda:cpu)")
     p.add_argument("--merge-workers", type=int)
     p.add_argument("--no-space-check", action="store_true", help="start even if the disks look too small")
+    p.add_argument("--clean", action="store_true", help="delete the stored windows after a successful merge")
     p.add_argument(
         "--compile", action="store_true", help="workers torch.compile the encoder (needs a C compiler where they run)"
     )
@@ -177,7 +179,7 @@ def cmd_merge(args) -> int:
 
 def cmd_depth(args) -> int:
     from orchestrator.scheduler import Progress, run_chunks
-    from vda.merge import follow, merge
+    from vda.merge import FIRST_PASS_NAME, follow, merge
 
     out = Path(args.out)
     run_dir = Path(args.run_dir) if args.run_dir else out / "_run"
@@ -229,6 +231,9 @@ def cmd_depth(args) -> int:
     finally:
         if hasattr(backend, "close"):
             backend.close()
+    if args.clean:  # only after a successful merge: the windows are what a re-merge or a resume would need
+        shutil.rmtree(run_dir / "chunks", ignore_errors=True)
+        (run_dir / FIRST_PASS_NAME).unlink(missing_ok=True)
     return 0
 
 

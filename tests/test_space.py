@@ -77,3 +77,17 @@ def test_the_estimate_scales_with_the_format(finished_run):
     sizes = {fmt: estimate(plan, fmt, [], 10).out_bytes for fmt in ("png8", "png16", "npy", "exr")}
     assert sizes["png8"] < sizes["png16"] < sizes["npy"] < sizes["exr"]
     assert np.isclose(sizes["npy"], 10 * (64 * 48 * 4 + 128))
+
+
+def test_clean_deletes_the_windows_only_after_the_merge(tmp_path, checkpoint):
+    src = write_images(tmp_path / "imgs", synthetic_frames(30, 64, 48))
+    common = [src, "-o", tmp_path / "out", "--devices", "cpu", "--checkpoint", checkpoint, "--input-size", "56"]
+    code, out, err = vda("depth", *common, "--format", "npy", "--clean")
+    assert code == 0, err
+    assert "needs about" in err and "MB of disk" in err
+    assert len(list((tmp_path / "out").glob("depth_*.npy"))) == 30
+    run = tmp_path / "out" / "_run"
+    assert (run / "plan.json").is_file() and not (run / "chunks").exists() and not (run / "first_pass.json").exists()
+    code, _, err = vda("depth", *common, "--format", "npy", "--clean", env={"VDA_FAIL_AT_UNIT": "1"})
+    assert code == 2  # a failed run keeps the windows it finished, for the resume
+    assert [p.name for p in (run / "chunks").rglob("win_*.npy")] == ["win_000000.npy"]
