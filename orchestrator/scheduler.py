@@ -49,12 +49,18 @@ class ChunkResult:
 
 
 class Progress:
-    """Aggregates the workers' @progress lines into one bar (units done over all chunks)."""
+    """Aggregates the workers' @progress lines into one bar: units done, frames/s and the time left.
 
-    def __init__(self, plan: Plan, stream=sys.stderr):
+    Rates count only what this run computed, not units a previous run had finished.
+    """
+
+    def __init__(self, plan: Plan, stream=sys.stderr, clock=time.time):
         self.total = {c.index: len(units_of(plan, c.index)) for c in plan.chunks}
         self.done = dict.fromkeys(self.total, 0)
-        self.stream, self.lock, self.started, self._last = stream, threading.Lock(), time.time(), 0.0
+        self.resumed: dict[int, int] = {}  # chunk -> units already done when it first started in this run
+        self.frames = 0  # final frames made by the units computed in this run
+        self.stream, self.lock, self.clock = stream, threading.Lock(), clock
+        self.started, self._last = clock(), 0.0
 
     def line(self, chunk: int, text: str) -> None:
         if not text.startswith(PROGRESS_PREFIX):
@@ -65,19 +71,41 @@ class Progress:
             return
         with self.lock:
             self.done[chunk] = int(event.get("done", self.done[chunk]))
+            if event.get("event") == "start":
+                self.resumed.setdefault(chunk, self.done[chunk])
+            elif event.get("event") == "unit":
+                self.frames += int(event.get("frames", 0))
             self.render()
 
+    def text(self) -> str:
+        now = self.clock()
+        done, total = sum(self.done.values()), sum(self.total.values())
+        fresh, elapsed = done - sum(self.resumed.values()), now - self.started
+        width = 30
+        fill = width * done // max(total, 1)
+        text = f"[{'#' * fill}{'.' * (width - fill)}] {done}/{total} units"
+        if fresh > 0 and elapsed > 0:
+            text += f", {self.frames / elapsed:.1f} frames/s"
+            if done < total:
+                text += f", about {_duration((total - done) * elapsed / fresh)} left"
+        return text + f", {elapsed:.0f}s"
+
     def render(self, final: bool = False) -> None:
-        now = time.time()
+        now = self.clock()
         if not final and now - self._last < 0.5:
             return
         self._last = now
-        done, total = sum(self.done.values()), sum(self.total.values())
-        width = 30
-        fill = width * done // max(total, 1)
-        text = f"[{'#' * fill}{'.' * (width - fill)}] {done}/{total} units, {now - self.started:.0f}s"
         tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        print(("\r" if tty else "") + text, end="" if tty and not final else "\n", file=self.stream, flush=True)
+        print(("\r" if tty else "") + self.text(), end="" if tty and not final else "\n", file=self.stream, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def run_chunks(
