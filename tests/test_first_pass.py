@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -12,7 +13,14 @@ from conftest import synthetic_frames, write_video
 from orchestrator.planning import create_plan
 from vda.merge import FIRST_PASS_NAME, FirstPass, _job, follow, merge
 from vda.plan import Plan
-from vda.worker import run_chunk
+from vda.worker import run_chunk, units_of
+
+
+def _cached_units(run_dir) -> list:
+    try:
+        return json.loads((run_dir / FIRST_PASS_NAME).read_text())["units"]
+    except (OSError, ValueError):
+        return []
 
 
 def outputs(out_dir, n):
@@ -34,7 +42,11 @@ def runs(request, tmp_path_factory, checkpoint):
     stop = threading.Event()
     follower = threading.Thread(target=follow, args=(tmp / "b", stop, 0.01))
     follower.start()
-    follower.join(3.0)
+    chunk0 = len(units_of(done["b"], 0))
+    deadline = time.time() + 120
+    while time.time() < deadline and len(_cached_units(tmp / "b")) < chunk0:
+        time.sleep(0.05)
+    time.sleep(0.5)  # had it gone past chunk 0, it would do so now
     assert follower.is_alive()  # waiting for chunk 1's first unit, not finished
     stop.set()
     follower.join()
