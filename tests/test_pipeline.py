@@ -154,3 +154,13 @@ def test_create_video_at_source_fps(tmp_path, checkpoint):
     merge(tmp_path / "run", tmp_path / "out", "png8", create_video=True, workers=2)
     info = probe(tmp_path / "out" / "depth_vis.mp4")
     assert info.frame_count == 30 and info.fps_fraction == Fraction(25)
+
+
+def test_portrait_phone_video_gives_upright_depth(tmp_path, checkpoint, model):
+    from test_video import portrait_phone_video
+
+    src = portrait_phone_video(tmp_path / "portrait.mp4", n=30)
+    plan, out = pipeline(src, tmp_path / "run", tmp_path / "out", checkpoint, ["cpu", "cpu"], input_size=56)
+    assert out.shape == (30, 64, 48)  # upright: 48 wide, 64 high, as a player shows it
+    assert (plan.settings.frame_width, plan.settings.frame_height) == (48, 64)
+    assert rel_err(out, single_pass(model, src, 56)) <= TOL  # the single pass reads the same upright frames

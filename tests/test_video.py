@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from fractions import Fraction
 
 import numpy as np
@@ -102,3 +103,33 @@ def test_decoder_errors_surface_in_the_consumer():
     assert next(it) == 1
     with pytest.raises(RuntimeError, match="decoder exploded"):
         next(it)
+
+
+def portrait_phone_video(path, n=30, width=64, height=48):
+    """An mp4 whose track header carries the display matrix a phone writes for portrait (shown turned 90 clockwise).
+
+    x264 encodes the landscape frames; then the 3x3 matrix in the 'tkhd' box is set, as a phone's muxer does.
+    A white block marks the top-left corner of the stored frames.
+    """
+    frames = [np.zeros((height, width, 3), np.uint8) for _ in range(n)]
+    for f in frames:
+        f[:12, :16] = 255
+    write_video(path, frames)
+    data = bytearray(path.read_bytes())
+    box = data.find(b"tkhd")
+    assert data[box + 4] == 0  # version 0: 32-bit times, so the matrix sits at a fixed offset
+    matrix = box + 4 + 4 + 4 * 5 + 8 + 2 * 4
+    data[matrix : matrix + 36] = struct.pack(">9i", 0, 0x10000, 0, -0x10000, 0, 0, height << 16, 0, 0x40000000)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_portrait_phone_video_is_read_upright(tmp_path):
+    info = probe(portrait_phone_video(tmp_path / "portrait.mp4"))
+    assert (info.width, info.height, info.rotation) == (48, 64, 270)
+    frames = [f for _, f in read_frames(info, [0, 17, 29])]  # from the start and after seeking
+    for f in frames:
+        assert f.shape == (64, 48, 3) and f.flags.c_contiguous
+        assert f[:16, -12:].mean() > 200 and f[:16, :12].mean() < 50  # the stored top-left is now top-right
+    small = [f for _, f in read_frames(info, [5], size=(24, 32))]
+    assert small[0].shape == (32, 24, 3)  # --max-res resizing happens after turning upright

@@ -39,6 +39,9 @@ class VideoInfo:
     width: int  # of the decoded frames, before any --max-res
     height: int
     keyframes: list[tuple[int, int]] = field(default_factory=list)  # (frame index, pts) of keyframes
+    # Degrees the container's display matrix turns the decoded frames counterclockwise, in 0..270 (a phone's
+    # portrait video: ffmpeg's -90, stored as 270). Frames are handed out upright; width/height are the upright ones.
+    rotation: int = 0
 
     @property
     def fps_fraction(self) -> Fraction:
@@ -124,13 +127,15 @@ def probe(path: str | Path) -> VideoInfo:
             h,
         )
     container, stream = _open(path)
-    count, keyframes, size = 0, [], None
+    count, keyframes, size, rotation = 0, [], None, 0
     try:
         fps = _fps(stream)
         for frame in container.decode(stream):
             if frame.key_frame and frame.pts is not None:
                 keyframes.append((count, int(frame.pts)))
-            size = size or (frame.width, frame.height)
+            if size is None:
+                rotation = round(frame.rotation / 90) * 90 % 360  # side data of the first frame; 0, 90, 180 or 270
+                size = (frame.height, frame.width) if rotation in (90, 270) else (frame.width, frame.height)
             count += 1
     except av.error.FFmpegError as err:
         raise VideoError(f"{path}: decoding failed at frame {count} ({err}); the file is truncated or corrupt") from err
@@ -139,7 +144,7 @@ def probe(path: str | Path) -> VideoInfo:
     if count == 0:
         raise VideoError(f"{path} has zero decodable frames; pass a non-empty video")
     return VideoInfo(
-        str(path), "video", path.stat().st_size, head_hash(path), count, str(fps), size[0], size[1], keyframes
+        str(path), "video", path.stat().st_size, head_hash(path), count, str(fps), size[0], size[1], keyframes, rotation
     )
 
 
@@ -204,6 +209,11 @@ class _SeekingReader:
     def close(self) -> None:
         self.container.close()
 
+    def _upright(self, rgb: np.ndarray) -> np.ndarray:
+        """The frame as a player shows it: turned by the display matrix, as ffmpeg's autorotate does."""
+        k = self.info.rotation // 90
+        return np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb
+
     def _seek(self, key: tuple[int, int]) -> None:
         self.container.seek(key[1], stream=self.stream, backward=True, any_frame=False)
         self.frames = self.container.decode(self.stream)
@@ -236,7 +246,7 @@ class _SeekingReader:
                         f"{stop - 1}; it is truncated"
                     )
                 if self.next_index >= start:
-                    yield self.next_index, frame.to_ndarray(format="rgb24")
+                    yield self.next_index, self._upright(frame.to_ndarray(format="rgb24"))
                 self.next_index += 1
         except av.error.FFmpegError as err:
             raise VideoError(
