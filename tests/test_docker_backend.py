@@ -44,7 +44,15 @@ def client():
 
 
 def _containers(client, run_id=None):
+    """Containers of vda runs. docker-py lists ids, then inspects each: one removed in between raises NotFound."""
+    import docker
+
     label = f"vda.run={run_id}" if run_id else "vda.run"
+    for _ in range(20):
+        try:
+            return client.containers.list(all=True, filters={"label": label})
+        except docker.errors.NotFound:
+            time.sleep(0.1)
     return client.containers.list(all=True, filters={"label": label})
 
 
