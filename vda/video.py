@@ -36,7 +36,7 @@ class VideoInfo:
     head_sha256: str
     frame_count: int
     fps: str  # exact fraction "num/den"
-    width: int  # of the decoded frames, before any --max-res
+    width: int  # of the upright frames (see rotation), before any --max-res
     height: int
     keyframes: list[tuple[int, int]] = field(default_factory=list)  # (frame index, pts) of keyframes
     # Degrees the container's display matrix turns the decoded frames counterclockwise, in 0..270 (a phone's
