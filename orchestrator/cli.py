@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
 import sys
 import threading
@@ -179,7 +178,7 @@ def cmd_merge(args) -> int:
 
 def cmd_depth(args) -> int:
     from orchestrator.scheduler import Progress, run_chunks
-    from vda.merge import FIRST_PASS_NAME, follow, merge
+    from vda.merge import discard_results, follow, merge
 
     out = Path(args.out)
     run_dir = Path(args.run_dir) if args.run_dir else out / "_run"
@@ -232,8 +231,7 @@ def cmd_depth(args) -> int:
         if hasattr(backend, "close"):
             backend.close()
     if args.clean:  # only after a successful merge: the windows are what a re-merge or a resume would need
-        shutil.rmtree(run_dir / "chunks", ignore_errors=True)
-        (run_dir / FIRST_PASS_NAME).unlink(missing_ok=True)
+        discard_results(run_dir)
     return 0
 
 

@@ -6,7 +6,6 @@ otherwise the run refuses (or, with --overwrite, starts afresh), so results neve
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from dataclasses import asdict
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import torch
 
 from models import find, resolve
+from vda.merge import discard_results
 from vda.model import CONFIGS, VideoDepthAnything, checkpoint_filter_fn, infer_encoder, read_state_dict
 from vda.plan import PLAN_NAME, STREAM_WARMUP, Plan, PlanError, Settings, make_chunks
 from vda.preprocess import network_shape
@@ -127,7 +127,7 @@ def create_plan(
                 f"{run_dir} holds a different run ({_difference(old, plan)}); "
                 "use another output folder or pass --overwrite"
             )
-        shutil.rmtree(run_dir / "chunks", ignore_errors=True)
+        discard_results(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     plan.save(run_dir)
     return plan, False

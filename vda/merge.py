@@ -14,6 +14,7 @@ import concurrent.futures as cf
 import json
 import multiprocessing as mp
 import os
+import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import torch
 
 from vda import stitch
 from vda.inference import CHAIN_OUTPUTS, WindowAligner, chain_maps, upsample
-from vda.plan import Plan, PlanError
+from vda.plan import CHUNKS_DIR, Plan, PlanError
 from vda.system import usable_cpus
 from vda.worker import SEGMENT, is_done, unfinished_units, unit_path, units_of
 from vda.writers import FORMATS, LEVELS, META_NAME, DepthMeta, colorize, encode, frame_name, write_atomic, write_json
@@ -150,6 +151,12 @@ class FirstPass:
         lows = [e["lo"] for e in self.entries if e["lo"] is not None]
         highs = [e["hi"] for e in self.entries if e["hi"] is not None]
         return params, min(lows), max(highs)
+
+
+def discard_results(run_dir: Path) -> None:
+    """Delete what the workers and pass 1 stored (not the plan or the logs): the run starts over, or is done."""
+    shutil.rmtree(Path(run_dir) / CHUNKS_DIR, ignore_errors=True)
+    (Path(run_dir) / FIRST_PASS_NAME).unlink(missing_ok=True)
 
 
 def follow(run_dir: str | Path, stop: threading.Event, poll_s: float = 0.5) -> None:

@@ -16,6 +16,7 @@ from vda.video import VideoInfo, spans
 
 SCHEMA_VERSION = 1
 PLAN_NAME = "plan.json"
+CHUNKS_DIR = "chunks"  # RUN_DIR/chunks/K holds what chunk K computed
 STREAM_WARMUP = 96  # frames a stream chunk replays before its range (see README: chunked stream accuracy)
 
 
@@ -49,7 +50,7 @@ class Chunk:
 
     @property
     def dir(self) -> str:
-        return f"chunks/{self.index}"
+        return f"{CHUNKS_DIR}/{self.index}"
 
 
 @dataclass

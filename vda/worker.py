@@ -24,7 +24,7 @@ import torch
 from vda import stitch
 from vda.inference import FrameFeed, Runtime, WindowRunner, stream_depths
 from vda.model import load_model
-from vda.plan import Plan, PlanError, stream_chunk_frames, window_chunk_frames
+from vda.plan import CHUNKS_DIR, Plan, PlanError, stream_chunk_frames, window_chunk_frames
 from vda.video import VideoError, head_hash, read_frames, threaded
 from vda.writers import write_atomic, write_json
 
@@ -48,7 +48,7 @@ def unit_name(mode: str, unit: int) -> str:
 
 
 def unit_path(run_dir: Path, chunk_index: int, mode: str, unit: int) -> Path:
-    return Path(run_dir) / "chunks" / str(int(chunk_index)) / f"{unit_name(mode, unit)}.npy"
+    return Path(run_dir) / CHUNKS_DIR / str(int(chunk_index)) / f"{unit_name(mode, unit)}.npy"
 
 
 def is_done(path: Path) -> bool:
