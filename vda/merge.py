@@ -94,9 +94,9 @@ class FirstPass:
         self.entries: list[dict] = self._cached()
         if self.mode == "window" and self.entries:
             last = len(self.entries) - 1
-            first0 = self._chain_maps(0)[0]
-            key = self._chain_maps(last)[2]
-            self.chain.restore(first0, key, self.entries[-1]["scale"], self.entries[-1]["shift"], last + 1)
+            maps0 = self._chain_maps(0)
+            key = (maps0 if last == 0 else self._chain_maps(last))[2]
+            self.chain.restore(maps0[0], key, self.entries[-1]["scale"], self.entries[-1]["shift"], last + 1)
 
     def _cached(self) -> list[dict]:
         """The entries a previous pass over this run stored; anything else is ignored and recomputed."""
