@@ -216,16 +216,27 @@ def _encode_many(fmt: str, depth: np.ndarray, n: int) -> int:
     return n
 
 
+def encoder_row(stage: str, encode_once, n: int, note: str = "") -> float:
+    """Time n calls of encode_once (which returns the file's bytes) and print frames/s and the file size."""
+    size = len(encode_once()) / 1e6
+
+    def run():
+        for _ in range(n):
+            encode_once()  # not kept: holding n large outputs would time the allocator too
+
+    fps = timed(run, n)
+    row(stage, fps, f"{size:.2f} MB{note}")
+    return fps
+
+
 def bench_writers() -> dict[str, float]:
     rng = np.random.RandomState(1)
     yy, xx = np.mgrid[0:H, 0:W]
     depth = (np.sin(xx / 90) + np.cos(yy / 70) + 2.5 + 0.01 * rng.rand(H, W)).astype(np.float32)
-    per_core = {}
-    n = 6
-    for fmt in FORMATS:
-        per_core[fmt] = timed(lambda fmt=fmt: _encode_many(fmt, depth, n), n)
-        size = len(encode(depth, fmt, 0.0, 10.0)) / 1e6
-        row(f"write {fmt} (1 core)", per_core[fmt], f"{size:.2f} MB per frame")
+    per_core = {
+        fmt: encoder_row(f"write {fmt} (1 core)", lambda fmt=fmt: encode(depth, fmt, 0.0, 10.0), 6, " per frame")
+        for fmt in FORMATS
+    }
     cores = os.cpu_count() or 1
     with cf.ProcessPoolExecutor(cores) as pool:
         list(pool.map(_encode_many, ["png16"] * cores, [depth] * cores, [1] * cores))  # warm the workers
@@ -234,21 +245,15 @@ def bench_writers() -> dict[str, float]:
     row(f"write png16 ({cores} processes)", fps)
     q = quantize(depth, 0.0, 10.0, 65535)
     for level in (0, 1, 2, 3):
-        size = len(encode_gray(q, level)) / 1e6
-        fps = timed(lambda level=level: [encode_gray(q, level) for _ in range(n)], n)
-        row(f"png16 {DEFLATE} level {level}", fps, f"{size:.2f} MB")
+        encoder_row(f"png16 {DEFLATE} level {level}", lambda level=level: encode_gray(q, level), n)
     for name in ("NO", "ZIP"):  # exr: vda writes uncompressed; ZIP is OpenEXR's usual default
         params = [cv2.IMWRITE_EXR_TYPE, cv2.IMWRITE_EXR_TYPE_FLOAT]
         params += [cv2.IMWRITE_EXR_COMPRESSION, getattr(cv2, f"IMWRITE_EXR_COMPRESSION_{name}")]
-        size = len(cv2.imencode(".exr", depth, params)[1]) / 1e6
-        fps = timed(lambda params=params: [cv2.imencode(".exr", depth, params) for _ in range(3)], 3)
-        row(f"exr compression {name}", fps, f"{size:.2f} MB")
+        encoder_row(f"exr compression {name}", lambda params=params: cv2.imencode(".exr", depth, params)[1], 3)
     for level in (1, 3):  # the encoder vda used before: libpng through OpenCV, adaptive row filters, zlib
-        size = len(cv2.imencode(".png", q, [cv2.IMWRITE_PNG_COMPRESSION, level])[1]) / 1e6
-        fps = timed(
-            lambda level=level: [cv2.imencode(".png", q, [cv2.IMWRITE_PNG_COMPRESSION, level]) for _ in range(3)], 3
-        )
-        row(f"png16 OpenCV/libpng level {level}", fps, f"{size:.2f} MB (the encoder before)")
+        params = [cv2.IMWRITE_PNG_COMPRESSION, level]
+        stage = f"png16 OpenCV/libpng level {level}"
+        encoder_row(stage, lambda params=params: cv2.imencode(".png", q, params)[1], 3, " (the encoder before)")
     return per_core
 
 
