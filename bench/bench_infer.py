@@ -3,8 +3,8 @@
     python bench/bench_infer.py --encoder vits --input-size 518 --precision fp32 --frames 64
     python bench/bench_infer.py ... --reference /path/to/Video-Depth-Anything   # also time the authors' forward
 
-Frames are synthetic 1920x1080 RGB unless --video is given. Weights are the synthetic ones from
-../shared/fixtures/vda_parity unless --checkpoint is given: speed and memory do not depend on the values.
+Frames are synthetic 1920x1080 RGB unless --video is given. Weights are made on the spot by `vda.synth` unless
+--checkpoint is given: speed and memory do not depend on the values.
 With --reference, the authors' model (from a checkout of their repository, not part of this project) runs
 the same forward on the same input and weights, and the ratio is printed.
 """
@@ -12,7 +12,6 @@ the same forward on the same input and weights, and the ratio is printed.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import resource
 import sys
 import time
@@ -25,23 +24,18 @@ import torch
 from vda.inference import infer_video
 from vda.model import CONFIGS, load_model
 from vda.preprocess import network_shape
+from vda.synth import save_checkpoint, synth_state_dict
 
 ROOT = Path(__file__).resolve().parents[1]
-PARITY = ROOT.parent / "shared" / "fixtures" / "vda_parity"
 
 
 def synthetic_state(encoder: str) -> dict:
-    spec = importlib.util.spec_from_file_location("synth_weights", PARITY / "synth_weights.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.synth_state_dict(encoder, 0)
+    return synth_state_dict(encoder, 0)
 
 
 def synthetic_checkpoint(folder: Path, encoder: str = "vits") -> Path:
     """The synthetic weights saved under the published file name, for runs through the CLI."""
-    path = Path(folder) / f"video_depth_anything_{encoder}.pth"
-    torch.save(synthetic_state(encoder), path)
-    return path
+    return save_checkpoint(folder, encoder, 0)
 
 
 def depth_cmd(video, out, checkpoint, devices: str, *extra: str) -> list[str]:

@@ -4,11 +4,11 @@ Stream mode carries a cache through the whole video, so a chunk that starts mid-
 frame 0 plus `warmup` preceding frames. This prints max and mean |chunked - single| / max |single| per
 warm-up, and the error at the first frame of each chunk (the seam).
 
-    python bench/stream_chunks.py [--frames 150] [--chunks 3] [--input-size 126] [--checkpoint PATH]
+    python bench/stream_chunks.py [--video V] [--frames 150] [--chunks 3] [--input-size 126] [--checkpoint PATH]
 
-Without --checkpoint it uses the synthetic vits weights of ../shared/fixtures/vda_parity (the real
-weights cannot be downloaded on the build machines); the figures then describe the mechanism, not
-the published model's accuracy.
+Without --video it encodes a synthetic clip (random blocks sliding sideways) on the spot. Without --checkpoint it
+uses the synthetic vits weights of `vda.synth` (the real weights cannot be downloaded on the build machines); the
+figures then describe the mechanism, not the published model's accuracy.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_infer import synthetic_checkpoint
+from bench_infer import synthetic_checkpoint, synthetic_video
 
 from orchestrator.planning import create_plan
 from vda.inference import infer_video
@@ -31,12 +31,10 @@ from vda.video import probe, read_frames
 from vda.worker import run_chunk
 from vda.writers import read_depth
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--video", default=str(ROOT.parent / "shared" / "videos" / "Tokyo-Walk_rgb.mp4"))
+    ap.add_argument("--video", help="a real clip (the README's table used Tokyo-Walk_rgb.mp4); default: synthetic")
     ap.add_argument("--frames", type=int, default=150)
     ap.add_argument("--chunks", type=int, default=3)
     ap.add_argument("--input-size", type=int, default=126)
@@ -49,7 +47,8 @@ def main() -> None:
         ckpt = Path(args.checkpoint) if args.checkpoint else synthetic_checkpoint(tmp)
         frames_dir = tmp / "frames"
         frames_dir.mkdir()
-        info = probe(args.video)
+        video = args.video or synthetic_video(tmp / "clip.mp4", args.frames, 256, 144, block=8, shift=5)
+        info = probe(video)
         import cv2
 
         from vda.video import fit_max_res

@@ -15,12 +15,12 @@ import time
 
 import numpy as np
 import pytest
-from conftest import ROOT, VIDEOS
+from conftest import ROOT, write_video
+from media import synthetic_scene
 
 from vda.writers import DepthMeta, read_depth
 
 IMAGE = os.environ.get("VDA_CPU_IMAGE", "vda:cpu")
-VIDEO = VIDEOS / "davis_rollercoaster.mp4"
 SMALL = ["--input-size", "126", "--max-res", "256"]
 
 
@@ -43,6 +43,13 @@ def client():
     return _client()
 
 
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    """70 frames of 320x180 x264 with B-frames and an audio track, as a camera's file has them."""
+    frames = list(synthetic_scene(70, 180, 320))
+    return write_video(tmp_path_factory.mktemp("in") / "scene.mp4", frames, gop=24, bframes=2, audio=True)
+
+
 def _containers(client, run_id=None):
     """Containers of vda runs. docker-py lists ids, then inspects each: one removed in between raises NotFound."""
     import docker
@@ -56,14 +63,14 @@ def _containers(client, run_id=None):
     return client.containers.list(all=True, filters={"label": label})
 
 
-def _depth_cmd(out, backend: str, checkpoint, *extra: str) -> list[str]:
+def _depth_cmd(video, out, backend: str, checkpoint, *extra: str) -> list[str]:
     """`vda depth` on VIDEO in two CPU workers with the synthetic checkpoint."""
     return [
         sys.executable,
         "-m",
         "orchestrator.cli",
         "depth",
-        str(VIDEO),
+        str(video),
         "-o",
         str(out),
         "--backend",
@@ -82,7 +89,7 @@ def _read_all(out):
     return np.stack([read_depth(out, i, meta) for i in range(meta.frame_count)])
 
 
-def test_make_depth_in_two_cpu_containers_equals_local(client, tmp_path, checkpoint):
+def test_make_depth_in_two_cpu_containers_equals_local(client, tmp_path, checkpoint, video):
     docker_out, local_out = tmp_path / "docker", tmp_path / "local"
     args = " ".join(["--checkpoint", str(checkpoint), *SMALL])
     proc = subprocess.run(
@@ -90,7 +97,7 @@ def test_make_depth_in_two_cpu_containers_equals_local(client, tmp_path, checkpo
             "make",
             "--no-print-directory",
             "depth",
-            f"VIDEO={VIDEO}",
+            f"VIDEO={video}",
             "DEVICES=cpu,cpu",
             f"OUT={docker_out}",
             "FORMAT=npy",
@@ -104,7 +111,7 @@ def test_make_depth_in_two_cpu_containers_equals_local(client, tmp_path, checkpo
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     local = subprocess.run(
-        _depth_cmd(local_out, "local", checkpoint, "--format", "npy"),
+        _depth_cmd(video, local_out, "local", checkpoint, "--format", "npy"),
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -120,33 +127,33 @@ def test_make_depth_in_two_cpu_containers_equals_local(client, tmp_path, checkpo
     assert all(p.stat().st_uid == os.getuid() for p in docker_out.glob("depth_*.npy"))  # not root-owned
 
 
-def test_gpu_request_without_nvidia_runtime_gives_advice(client, tmp_path, checkpoint):
+def test_gpu_request_without_nvidia_runtime_gives_advice(client, tmp_path, checkpoint, video):
     """Mocked GPU: the plan names cuda:0 although none exists; the engine refuses, we translate."""
     from orchestrator.docker_backend import DockerBackend, DockerError
     from orchestrator.planning import create_plan
 
     if "nvidia" in (client.info().get("Runtimes") or {}):
         pytest.skip("this engine has the NVIDIA runtime")
-    plan, _ = create_plan(VIDEO, tmp_path / "run", ["cuda:0"], checkpoint=str(checkpoint), precision="fp32")
+    plan, _ = create_plan(video, tmp_path / "run", ["cuda:0"], checkpoint=str(checkpoint), precision="fp32")
     backend = DockerBackend(plan, tmp_path / "run", image=IMAGE, checkpoint=str(checkpoint))
     with pytest.raises(DockerError, match="nvidia-container-toolkit"):
         backend.start(plan, tmp_path / "run", 0, "cuda:0", tmp_path / "log", lambda line: None)
     assert _containers(client, plan.run_id) == []
 
 
-def test_missing_image_is_explained(client, tmp_path, checkpoint):
+def test_missing_image_is_explained(client, tmp_path, checkpoint, video):
     from orchestrator.docker_backend import DockerBackend, DockerError
     from orchestrator.planning import create_plan
 
-    plan, _ = create_plan(VIDEO, tmp_path / "run", ["cpu"], checkpoint=str(checkpoint))
+    plan, _ = create_plan(video, tmp_path / "run", ["cpu"], checkpoint=str(checkpoint))
     with pytest.raises(DockerError, match="make image-cpu"):
         DockerBackend(plan, tmp_path / "run", image="vda:does-not-exist")
 
 
-def test_sigterm_removes_every_container(client, tmp_path, checkpoint):
+def test_sigterm_removes_every_container(client, tmp_path, checkpoint, video):
     out = tmp_path / "out"
     proc = subprocess.Popen(
-        _depth_cmd(out, "docker", checkpoint, "--image", IMAGE),
+        _depth_cmd(video, out, "docker", checkpoint, "--image", IMAGE),
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, VIDEOS, synthetic_frames, write_images, write_video
+from conftest import ROOT, synthetic_frames, write_images, write_video
 
 from orchestrator.planning import create_plan
 from orchestrator.scheduler import RunFailed, run_chunks
@@ -196,12 +196,14 @@ def test_sigterm_stops_local_workers_and_resumes(tmp_path, video, checkpoint, re
     assert np.array_equal(outputs(out), reference)
 
 
-def test_changes_between_plan_and_run_are_refused(tmp_path, checkpoint, synth):
+def test_changes_between_plan_and_run_are_refused(tmp_path, checkpoint):
+    from vda.synth import synth_state_dict
+
     src = write_video(tmp_path / "v.mp4", synthetic_frames(30, 64, 48))
     run = tmp_path / "run"
     create_plan(src, run, ["cpu"], checkpoint=str(checkpoint), input_size=56)
     other = tmp_path / "other.pth"
-    torch.save(synth.synth_state_dict("vits", 1), other)
+    torch.save(synth_state_dict("vits", 1), other)
     with pytest.raises(PlanError, match="checkpoint .* differs from the one planned"):
         run_chunk(run, 0, checkpoint=str(other))
     write_video(src, synthetic_frames(30, 64, 48, seed=5))  # the video is replaced in place
@@ -296,15 +298,13 @@ def test_corrupt_video_names_the_frame(tmp_path, checkpoint):
         (["--gpus", "3"], "GPU 2 requested but 0 GPU(s) are visible"),
     ],
 )
-def test_bad_devices(tmp_path, checkpoint, flags, message):
-    code, _, err = vda(
-        "depth", VIDEOS / "davis_rollercoaster.mp4", "-o", tmp_path / "o", *flags, "--checkpoint", checkpoint
-    )
+def test_bad_devices(tmp_path, checkpoint, video, flags, message):
+    code, _, err = vda("depth", video, "-o", tmp_path / "o", *flags, "--checkpoint", checkpoint)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_bad_checkpoints(tmp_path, vits_state):
-    src = VIDEOS / "davis_rollercoaster.mp4"
+def test_bad_checkpoints(tmp_path, vits_state, video):
+    src = video
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"not a checkpoint")
     wrong = tmp_path / "wrong.pth"
@@ -320,12 +320,12 @@ def test_bad_checkpoints(tmp_path, vits_state):
         assert not (tmp_path / "run" / "plan.json").exists()
 
 
-def test_unwritable_output(tmp_path, checkpoint):
+def test_unwritable_output(tmp_path, checkpoint, video):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     code, _, err = vda(
         "depth",
-        VIDEOS / "davis_rollercoaster.mp4",
+        video,
         "-o",
         blocker / "out",
         "--devices",

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import pickle
+import sys
 
 import pytest
 import torch
-from conftest import TOL, rel_err
+from conftest import DATA, TOL, rel_err
+
+sys.path.insert(0, str(DATA))
+from make_reference import forward_input  # noqa: E402  (the exact input the reference forward saw)
 
 from vda.model import CONFIGS, CheckpointError, infer_encoder, interpolate_pos_embed, load_model
 
 
 def test_forward_matches_reference(model, parity):
     with torch.inference_mode():
-        out = model(torch.from_numpy(parity["forward_in"])).numpy()
+        out = model(torch.from_numpy(forward_input(parity["frames"]))).numpy()
     assert out.shape == parity["forward_out"].shape
     assert rel_err(out, parity["forward_out"]) <= TOL
 
@@ -26,22 +30,22 @@ def test_load_from_file_strict_and_eval(checkpoint):
 
 
 @pytest.mark.parametrize("encoder", ["vits", "vitb", "vitl"])
-def test_layout_matches_published_checkpoint(synth, encoder):
+def test_layout_matches_published_checkpoint(layout, encoder):
     """Our module tree has exactly the published names and shapes, for every encoder."""
     from vda.model import ModelConfig, VideoDepthAnything
 
-    layout = {name: tuple(shape) for name, shape in synth.layout(encoder)["tensors"]}
+    published = {name: tuple(shape) for name, shape in layout[encoder]["tensors"]}
     with torch.device("meta"):
         model = VideoDepthAnything(ModelConfig(**CONFIGS[encoder].__dict__))
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    assert ours == layout
-    cfg = synth.layout(encoder)["config"]
+    assert ours == published
+    cfg = layout[encoder]["config"]
     assert (CONFIGS[encoder].features, list(CONFIGS[encoder].out_channels)) == (cfg["features"], cfg["out_channels"])
 
 
 @pytest.mark.parametrize("encoder", ["vits", "vitb", "vitl"])
-def test_encoder_inferred_from_checkpoint(synth, encoder):
-    shapes = dict(synth.layout(encoder)["tensors"])
+def test_encoder_inferred_from_checkpoint(layout, encoder):
+    shapes = dict(layout[encoder]["tensors"])
     state = {"pretrained.pos_embed": torch.empty(shapes["pretrained.pos_embed"])}
     assert infer_encoder(state) == encoder
 

@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import ROOT, TOL, rel_err, synthetic_frames, write_images, write_video
+from media import synthetic_scene
 
 from orchestrator.planning import create_plan
 from vda import stitch
@@ -157,10 +158,32 @@ def test_create_video_at_source_fps(tmp_path, checkpoint):
 
 
 def test_portrait_phone_video_gives_upright_depth(tmp_path, checkpoint, model):
-    from test_video import portrait_phone_video
+    from conftest import portrait_phone_video
 
     src = portrait_phone_video(tmp_path / "portrait.mp4", n=30)
     plan, out = pipeline(src, tmp_path / "run", tmp_path / "out", checkpoint, ["cpu", "cpu"], input_size=56)
     assert out.shape == (30, 64, 48)  # upright: 48 wide, 64 high, as a player shows it
     assert (plan.settings.frame_width, plan.settings.frame_height) == (48, 64)
     assert rel_err(out, single_pass(model, src, 56)) <= TOL  # the single pass reads the same upright frames
+
+
+def _camera_file(kind: str, folder):
+    """Files as cameras and editors write them, with the properties that break naive split readers."""
+    if kind == "odd_size":
+        return write_video(folder / "odd.mkv", list(synthetic_scene(50, 39, 67)), codec="ffv1")
+    frames = list(synthetic_scene(50, 48, 64))
+    if kind == "bframes_long_gop":  # one keyframe: the second device decodes from the start
+        return write_video(folder / "bf.mp4", frames, gop=250, bframes=3)
+    if kind == "audio":
+        return write_video(folder / "audio.mp4", frames, gop=12, bframes=2, audio=True)
+    pts = np.cumsum(np.random.RandomState(1).choice([20, 33, 50], size=50)).tolist()
+    return write_video(folder / "vfr.mkv", frames, pts=[0] + pts[:-1])  # variable frame rate
+
+
+@pytest.mark.parametrize("kind", ["bframes_long_gop", "odd_size", "audio", "vfr"])
+def test_camera_files_split_equals_single_pass(tmp_path, checkpoint, model, kind):
+    src = _camera_file(kind, tmp_path)
+    info = probe(src)
+    plan, out = pipeline(src, tmp_path / "run", tmp_path / "out", checkpoint, ["cpu", "cpu"], input_size=28)
+    assert len(plan.chunks) == 2 and out.shape == (50, info.height, info.width)
+    assert rel_err(out, single_pass(model, src, 28)) <= TOL

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import struct
 from fractions import Fraction
 
 import numpy as np
 import pytest
-from conftest import VIDEOS, synthetic_frames, write_images, write_video
+from conftest import SHARED, numbered_frames, portrait_phone_video, synthetic_frames, write_images, write_video
+from media import frame_number, synthetic_scene
 
 from vda.video import VideoError, fit_max_res, probe, read_frames, threaded
 
 
+@pytest.mark.shared
 @pytest.mark.parametrize(
     ("name", "count", "fps", "size"),
     [
@@ -20,7 +21,8 @@ from vda.video import VideoError, fit_max_res, probe, read_frames, threaded
     ],
 )
 def test_probe_real_videos(name, count, fps, size):
-    info = probe(VIDEOS / name)
+    """Optional: the authors' two example clips, where ../shared/videos has them (our build machines)."""
+    info = probe(SHARED / "videos" / name)
     assert (info.frame_count, info.fps_fraction, (info.width, info.height)) == (count, fps, size)
     assert info.kind == "video" and len(info.head_sha256) == 64
 
@@ -105,25 +107,6 @@ def test_decoder_errors_surface_in_the_consumer():
         next(it)
 
 
-def portrait_phone_video(path, n=30, width=64, height=48):
-    """An mp4 whose track header carries the display matrix a phone writes for portrait (shown turned 90 clockwise).
-
-    x264 encodes the landscape frames; then the 3x3 matrix in the 'tkhd' box is set, as a phone's muxer does.
-    A white block marks the top-left corner of the stored frames.
-    """
-    frames = [np.zeros((height, width, 3), np.uint8) for _ in range(n)]
-    for f in frames:
-        f[:12, :16] = 255
-    write_video(path, frames)
-    data = bytearray(path.read_bytes())
-    box = data.find(b"tkhd")
-    assert data[box + 4] == 0  # version 0: 32-bit times, so the matrix sits at a fixed offset
-    matrix = box + 4 + 4 + 4 * 5 + 8 + 2 * 4
-    data[matrix : matrix + 36] = struct.pack(">9i", 0, 0x10000, 0, -0x10000, 0, 0, height << 16, 0, 0x40000000)
-    path.write_bytes(bytes(data))
-    return path
-
-
 def test_a_portrait_phone_video_is_read_upright(tmp_path):
     info = probe(portrait_phone_video(tmp_path / "portrait.mp4"))
     assert (info.width, info.height, info.rotation) == (48, 64, 270)
@@ -133,3 +116,63 @@ def test_a_portrait_phone_video_is_read_upright(tmp_path):
         assert f[:16, -12:].mean() > 200 and f[:16, :12].mean() < 50  # the stored top-left is now top-right
     small = [f for _, f in read_frames(info, [5], size=(24, 32))]
     assert small[0].shape == (32, 24, 3)  # --max-res resizing happens after turning upright
+
+
+def _indices(info, wanted) -> list[int]:
+    return [frame_number(f) for _, f in read_frames(info, wanted)]
+
+
+def test_bframes_and_a_long_gop(tmp_path):
+    """B-frames reorder decoding; one keyframe in 120 frames means a late span decodes from the start."""
+    import av
+    from av.video.frame import PictureType
+
+    path = write_video(tmp_path / "long_gop.mp4", numbered_frames(120), gop=250, bframes=3)
+    with av.open(str(path)) as c:
+        kinds = {PictureType(f.pict_type) for f in c.decode(video=0)}
+    assert PictureType.B in kinds
+    info = probe(path)
+    assert info.frame_count == 120 and [k[0] for k in info.keyframes] == [0]
+    assert _indices(info, range(120)) == list(range(120))
+    assert _indices(info, [*range(90, 100), 119]) == [*range(90, 100), 119]
+
+
+def test_bframes_with_short_gop_seek_to_the_right_frame(tmp_path):
+    info = probe(write_video(tmp_path / "bf.mp4", numbered_frames(100), gop=12, bframes=2))
+    assert len(info.keyframes) >= 8
+    wanted = [0, 13, 14, 37, *range(60, 75), 99]
+    assert _indices(info, wanted) == wanted
+
+
+def test_odd_size_lossless_video(tmp_path):
+    frames = list(synthetic_scene(9, 39, 67))
+    info = probe(write_video(tmp_path / "odd.mkv", frames, codec="ffv1"))
+    assert (info.width, info.height, info.frame_count) == (67, 39, 9)
+    got = [f for _, f in read_frames(info, range(9))]
+    assert all(np.array_equal(a, b) for a, b in zip(got, frames))  # FFV1 in RGB is lossless
+    small = [f for _, f in read_frames(info, [4], size=fit_max_res(67, 39, 33))]
+    assert small[0].shape == (19, 33, 3)
+
+
+def test_audio_track_is_ignored(tmp_path):
+    import av
+
+    path = write_video(tmp_path / "with_audio.mp4", numbered_frames(50), fps=Fraction(25), audio=True)
+    with av.open(str(path)) as c:
+        assert len(c.streams.audio) == 1 and c.streams.audio[0].frames > 0
+    info = probe(path)
+    assert (info.frame_count, info.fps_fraction) == (50, Fraction(25))
+    assert _indices(info, [0, 1, 30, 31, 49]) == [0, 1, 30, 31, 49]
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".mp4"])
+def test_variable_frame_rate(tmp_path, suffix):
+    """Irregular timestamps: every frame is counted once and found again by seeking; fps is the average."""
+    rng = np.random.RandomState(3)
+    pts = np.cumsum(rng.choice([20, 33, 40, 67], size=60)).tolist()
+    pts = [0] + pts[:-1]
+    info = probe(write_video(tmp_path / f"vfr{suffix}", numbered_frames(60), pts=pts))
+    assert info.frame_count == 60 and len(info.keyframes) >= 5
+    assert 10 < info.fps_fraction < 60
+    assert _indices(info, range(60)) == list(range(60))
+    assert _indices(info, [25, 26, 27, 58]) == [25, 26, 27, 58]
