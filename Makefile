@@ -20,6 +20,7 @@ FORMAT     ?= png16
 OUT        ?= out/$(basename $(notdir $(VIDEO)))
 BACKEND    ?= docker
 DEPTH_ARGS ?=
+PYTEST_ARGS ?=
 
 include docker/docker.mk
 
@@ -45,13 +46,16 @@ lint: setup ## ruff lint and format check
 	$(VENV)/bin/ruff check vda orchestrator models tests bench
 	$(VENV)/bin/ruff format --check vda orchestrator models tests bench
 
-test: setup ## run all tests; builds the CPU image first (CI requires Docker, elsewhere Docker tests skip without it)
+test: setup ## run all tests in a copy of the repo alone; builds the CPU image first (CI requires Docker, elsewhere Docker tests skip)
 	@if [ "$$CI" = "true" ]; then \
 	    $(MAKE) --no-print-directory image-cpu || exit 1; \
 	elif bash docker/engine.sh >/dev/null 2>&1; then \
 	    $(MAKE) --no-print-directory image-cpu || exit 1; \
 	else echo "no Docker engine: Docker tests will be skipped"; fi
-	VDA_REQUIRE_DOCKER=$${VDA_REQUIRE_DOCKER:-$$([ "$$CI" = "true" ] && echo 1)} $(PY) -m pytest
+	@# the suite runs in a copy with nothing beside it, as a user's clone; tests marked `shared` then run in place
+	export VDA_REQUIRE_DOCKER=$${VDA_REQUIRE_DOCKER:-$$([ "$$CI" = "true" ] && echo 1)}; \
+	$(PY) tests/alone.py $(PYTEST_ARGS) && \
+	if [ -d ../shared ]; then $(PY) -m pytest -m shared $(PYTEST_ARGS); fi
 
 depth: setup ## depth for VIDEO on GPUS GPUs, one container each: make depth VIDEO=x.mp4 GPUS=5 [MODEL= FORMAT= OUT=]
 	@test -n "$(VIDEO)" || { echo "make depth: set VIDEO=path/to/video.mp4"; exit 2; }
