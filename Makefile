@@ -24,7 +24,7 @@ PYTEST_ARGS ?=
 
 include docker/docker.mk
 
-.PHONY: help setup test lint depth smoke bench bench-gpu clean
+.PHONY: help setup test lint depth smoke bench bench-gpu gpu-check clean
 
 help: ## show this help
 	@echo "usage: make <target> [VAR=value ...]"
@@ -77,6 +77,9 @@ bench: setup ## print throughput and memory figures; RECORD=1 appends them to be
 
 bench-gpu: setup ## on a GPU host: frames/s and VRAM per encoder, precision and mode; RECORD=1 appends them
 	cd bench && ../$(PY) bench_gpu.py $(if $(RECORD),--record)
+
+gpu-check: setup ## first run on a GPU host: GPU vs CPU parity, vda depth vs single pass, speed and VRAM; RECORD=1 appends
+	cd bench && ../$(PY) gpu_check.py $(if $(RECORD),--record)
 
 clean: ## remove caches and local outputs (keeps .venv and images)
 	rm -rf .pytest_cache .ruff_cache out runs

@@ -12,15 +12,19 @@ For each encoder and precision it measures:
 Peak VRAM is torch's peak allocation, weights included; nvidia-smi shows a few hundred MB more (CUDA context).
 Weights are the synthetic ones (speed and memory do not depend on their values). `--device cpu` with a small
 `--input-size` runs the same code without a GPU, as the test suite does to keep this script working.
+A row that runs out of GPU memory (vitl in fp32 on a small GPU) is printed as OOM and the table goes on.
+The measuring functions are shared with `gpu_check.py` (`make gpu-check`), so both print the same table.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +42,10 @@ PUBLISHED = {
     ("vitl", "fp32"): (67.0, 26.7),
     ("vitl", "fp16"): (14.0, 23.6),
 }
+OOM = "OOM"  # the cell of a figure that ran out of GPU memory
+ERROR = "error"  # the cell of a figure whose measurement failed otherwise (only when the caller collects errors)
+SQUARE = 518  # the authors' frame shape for the VRAM goal
+SQUARE_COLUMN = "window 518x518 peak GiB"
 
 
 def synced(device: torch.device) -> float:
@@ -50,6 +58,16 @@ def reset_peak(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+
+
+def free(device: torch.device) -> None:
+    """Give back what a failed row held, so that the next row starts from the same memory as the others.
+
+    Called after the except block has ended: the traceback keeps the failed frames' tensors alive until then.
+    """
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def peak_gib(device: torch.device) -> float | None:
@@ -89,6 +107,108 @@ def video_fps(
     return n / (synced(device) - t), peak_gib(device)
 
 
+def synthetic_frames(n: int, width: int = 1920, height: int = 1080) -> list[np.ndarray]:
+    """`n` frames of random pixels sliding sideways: speed and memory do not depend on the content."""
+    base = np.random.RandomState(0).randint(0, 255, (height, width, 3), dtype=np.uint8)
+    return [np.roll(base, 9 * i, axis=1) for i in range(n)]
+
+
+def header(modes: list[str]) -> list[str]:
+    cells = ["encoder", "precision", "forward ms/frame", "forward peak GiB", "published (A100)"]
+    for mode in modes:
+        cells += [f"{mode} frames/s", f"{mode} peak GiB"]
+    return [*cells, SQUARE_COLUMN]
+
+
+def published_cell(encoder: str, precision: str, input_size: int) -> str:
+    published = PUBLISHED.get((encoder, precision)) if input_size == 518 else None
+    return f"{published[0]:.1f} ms, {published[1]:.1f} GB" if published else "-"
+
+
+def measure_row(
+    model,
+    device: torch.device,
+    encoder: str,
+    precision: str,
+    frames: list[np.ndarray],
+    input_size: int,
+    modes: list[str],
+    repeats: int,
+) -> list[str]:
+    """One table row: the forward, infer_video per mode over `frames`, and window mode on 518x518 crops."""
+    ms, fwd_gib = forward_ms(model, device, precision, input_size, repeats)
+    cells = [encoder, precision, f"{ms:.2f}", gib(fwd_gib), published_cell(encoder, precision, input_size)]
+    for mode in modes:
+        fps, peak = video_fps(model, device, precision, mode, frames, input_size)
+        cells += [f"{fps:.1f}", gib(peak)]
+    square = [np.ascontiguousarray(f[:SQUARE, :SQUARE]) for f in frames[:40]]
+    cells.append(gib(video_fps(model, device, precision, "window", square, input_size)[1]))
+    return cells
+
+
+def failed_row(encoder: str, precision: str, input_size: int, modes: list[str], word: str) -> list[str]:
+    """A row whose figures are all `word` (OOM, error); the published figures stay, for comparison."""
+    cells = [encoder, precision, word, word, published_cell(encoder, precision, input_size)]
+    return cells + [word] * (len(header(modes)) - len(cells))
+
+
+def table_rows(
+    device: torch.device,
+    encoders: list[str],
+    precisions: list[str],
+    modes: list[str],
+    frames: list[np.ndarray],
+    input_size: int,
+    repeats: int,
+    *,
+    on_row: Callable[[list[str]], None] | None = None,
+    errors: list[str] | None = None,
+) -> list[list[str]]:
+    """Every (encoder, precision) row; a CUDA out-of-memory row is printed as OOM and the next row goes on.
+
+    Other failures propagate, unless `errors` is given: then the row reads `error`, its reason is appended to
+    `errors` and the table goes on (gpu_check.py wants every row it can get from a one-off GPU session).
+    """
+    rows = []
+    for enc in encoders:
+        model, oom = None, False
+        try:
+            model = load_model(synthetic_state(enc), encoder=enc, device=device)
+        except torch.cuda.OutOfMemoryError:
+            oom = True
+        for prec in precisions:
+            failed = OOM if oom else None
+            if model is not None:
+                try:
+                    cells = measure_row(model, device, enc, prec, frames, input_size, modes, repeats)
+                except torch.cuda.OutOfMemoryError:
+                    failed = OOM
+                except Exception as err:
+                    if errors is None:
+                        raise
+                    errors.append(f"{enc} {prec}: {type(err).__name__}: {str(err).strip()[:200]}")
+                    failed = ERROR
+            if failed:
+                free(device)
+                cells = failed_row(enc, prec, input_size, modes, failed)
+            rows.append(cells)
+            if on_row:
+                on_row(cells)
+        del model
+        free(device)
+        reset_peak(device)
+    return rows
+
+
+def markdown(head: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def commit() -> str:
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return done.stdout.strip() or "unknown"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--encoders", nargs="+", default=["vits", "vitb", "vitl"])
@@ -107,36 +227,22 @@ def main() -> None:
         )
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device {name}, torch {torch.__version__}, input size {args.input_size}", flush=True)
-    rng = np.random.RandomState(0)
-    base = rng.randint(0, 255, (1080, 1920, 3), dtype=np.uint8)
-    frames = [np.roll(base, 9 * i, axis=1) for i in range(args.frames)]
-    rows = []
-    for enc in args.encoders:
-        model = load_model(synthetic_state(enc), encoder=enc, device=device)
-        for prec in args.precisions:
-            ms, fwd_gib = forward_ms(model, device, prec, args.input_size, args.repeats)
-            published = PUBLISHED.get((enc, prec)) if args.input_size == 518 else None
-            ref = f"{published[0]:.1f} ms, {published[1]:.1f} GB" if published else "-"
-            cells = [enc, prec, f"{ms:.2f}", gib(fwd_gib), ref]
-            for mode in args.modes:
-                fps, peak = video_fps(model, device, prec, mode, frames, args.input_size)
-                cells += [f"{fps:.1f}", gib(peak)]
-            square = [np.ascontiguousarray(f[:518, :518]) for f in frames[:40]]
-            cells.append(gib(video_fps(model, device, prec, "window", square, args.input_size)[1]))
-            rows.append(cells)
-            print("  ".join(cells), flush=True)
-        del model
-        reset_peak(device)
-    header = ["encoder", "precision", "forward ms/frame", "forward peak GiB", "published (A100)"]
-    for mode in args.modes:
-        header += [f"{mode} frames/s", f"{mode} peak GiB"]
-    header.append("window 518x518 peak GiB")
-    table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+    frames = synthetic_frames(args.frames)
+    rows = table_rows(
+        device,
+        args.encoders,
+        args.precisions,
+        args.modes,
+        frames,
+        args.input_size,
+        args.repeats,
+        on_row=lambda cells: print("  ".join(cells), flush=True),
+    )
+    table = markdown(header(args.modes), rows)
     print("\n".join(table))
     if args.record:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
         head = (
-            f"\n## bench_gpu.py, {datetime.date.today()}, commit {commit.stdout.strip()}\n\n"
+            f"\n## bench_gpu.py, {datetime.date.today()}, commit {commit()}\n\n"
             f"Device {name}, torch {torch.__version__}. Forward: [1, 32, 3, {args.input_size}, {args.input_size}]. "
             f"infer_video: {args.frames} frames 1920x1080, input size {args.input_size}.\n"
         )

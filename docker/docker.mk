@@ -20,7 +20,11 @@ GPU_BASE_IMAGE ?= python:3.11-slim-bookworm
 # metric-vits / metric-vitb / metric-vitl, or none (mount weights at /models at run time).
 CHECKPOINT    ?= vits
 # The GPU image normally takes CUDA torch from PyPI, not the (CPU) wheelhouse: auto|only|off.
+# Its build fails when torch turns out to be a CPU-only build (TORCH_BUILD=cuda in docker/Dockerfile).
 IMAGE_WHEELHOUSE ?= off
+# CUDA wheel index of the GPU image's torch: empty = PyPI's wheel (CUDA on Linux x86_64), or a tag of
+# https://download.pytorch.org/whl/<tag> such as cu126, cu124, cu118 (torch only; the rest from PyPI).
+TORCH_INDEX   ?=
 # Extra pip flags for `make wheelhouse`. Where PyPI's torch is the CUDA build (any networked host),
 # get the CPU wheel with: TORCH_SPEC=torch==2.13.0+cpu WHEEL_PIP_FLAGS="--extra-index-url https://download.pytorch.org/whl/cpu"
 WHEEL_PIP_FLAGS ?=
@@ -50,11 +54,13 @@ wheelhouse: ## download the torch CPU wheel (TORCH_SPEC) + requirements.txt whee
 	{ set +x; } 2>/dev/null && echo "$$key" > $(WHEELHOUSE)/.stamp && \
 	echo "$$(ls $(WHEELHOUSE)/*.whl | wc -l) wheels, $$(du -sh $(WHEELHOUSE) | cut -f1) in $(WHEELHOUSE)/"
 
-image: ## build the GPU image vda:latest (python:3.11-slim, CUDA torch from PyPI, network; CHECKPOINT=vits|vitb|vitl|none)
+image: ## build the GPU image vda:latest (python:3.11-slim, network, CUDA torch from PyPI or TORCH_INDEX=cu126; CHECKPOINT=vits|vitb|vitl|none)
 	@mkdir -p $(WHEELHOUSE)
 	$(DOCKER) build -f docker/Dockerfile -t $(VDA_IMAGE) $(DOCKER_BUILD_FLAGS) \
 	    --build-arg BASE_IMAGE=$(GPU_BASE_IMAGE) \
+	    --build-arg TORCH_BUILD=cuda \
 	    --build-arg TORCH_SPEC="$(TORCH_SPEC)" \
+	    --build-arg TORCH_INDEX="$(TORCH_INDEX)" \
 	    --build-arg BUILD_SPEC="$(BUILD_SPEC)" \
 	    --build-arg WHEELHOUSE=$(IMAGE_WHEELHOUSE) \
 	    --build-arg CHECKPOINT=$(CHECKPOINT) .
@@ -62,6 +68,7 @@ image: ## build the GPU image vda:latest (python:3.11-slim, CUDA torch from PyPI
 image-cpu: engine base-image wheelhouse ## build the CPU image vda:cpu offline (--network none, debootstrap base, wheelhouse, no weights)
 	$(DOCKER) build --network none -f docker/Dockerfile -t $(VDA_CPU_IMAGE) $(DOCKER_BUILD_FLAGS) \
 	    --build-arg BASE_IMAGE=$(VDA_BASE_IMAGE) \
+	    --build-arg TORCH_BUILD=cpu \
 	    --build-arg TORCH_SPEC="$(TORCH_SPEC)" \
 	    --build-arg BUILD_SPEC="$(BUILD_SPEC)" \
 	    --build-arg WHEELHOUSE=only \

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from orchestrator import tools_cli
 
-EXIT_ERROR, EXIT_INTERRUPTED = 2, 130
+EXIT_ERROR, EXIT_INTERRUPTED = 2, 130  # and EXIT_OUT_OF_MEMORY (4, vda.worker) when a device runs out of memory
 
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
@@ -30,7 +30,11 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metric", action="store_true", help="use the metric-depth checkpoint")
     p.add_argument("--input-size", type=int, default=518, help="network input size (multiple of 14)")
     p.add_argument("--max-res", type=int, default=1280, help="downscale frames whose long side exceeds this; 0 keeps")
-    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="default: fp16 on GPUs, fp32 on CPU")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "fp16", "bf16"],
+        help="auto (default): fp16 on each GPU, fp32 on each CPU; bf16 needs compute capability 8.0",
+    )
     p.add_argument("--mode", choices=["window", "stream"], default="window")
 
 
@@ -87,6 +91,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a different run in the output folder")
     p.add_argument("--image", default=None, help="docker backend: image (default vda:latest for GPUs, vda:cpu)")
     p.add_argument("--merge-workers", type=int)
+    p.add_argument("--micro-batch", type=int, help="frames per encoder batch in the workers (default 4); lower on OOM")
     p.add_argument("--no-space-check", action="store_true", help="start even if the disks look too small")
     p.add_argument("--clean", action="store_true", help="delete the stored windows after a successful merge")
     p.add_argument(
@@ -157,7 +162,7 @@ def cmd_run_chunk(args) -> int:
         checkpoint=args.checkpoint,
         input_path=args.input,
         micro_batch=args.micro_batch,
-        compile=args.compile or os.environ.get("VDA_COMPILE") == "1",
+        compile=args.compile,
     )
     return 0
 
@@ -191,8 +196,6 @@ def cmd_depth(args) -> int:
 
         space = check_space(plan, run_dir, out, args.format)
         need = f", needs about {human_size(space.run_bytes + space.out_bytes)} of disk"
-    if args.compile:
-        os.environ["VDA_COMPILE"] = "1"  # read by every worker, local or in a container
     print(
         f"vda: {'resuming' if resumed else 'planned'} {plan.frame_count} frames in {len(plan.chunks)} chunk(s) "
         f"on {', '.join(devices)} ({args.backend}); run folder {run_dir}{need}",
@@ -201,11 +204,18 @@ def cmd_depth(args) -> int:
     if args.backend == "docker":
         from orchestrator.docker_backend import DockerBackend
 
-        backend = DockerBackend(plan, run_dir, image=args.image, checkpoint=args.checkpoint)
+        backend = DockerBackend(
+            plan,
+            run_dir,
+            image=args.image,
+            checkpoint=args.checkpoint,
+            micro_batch=args.micro_batch,
+            compile=args.compile,
+        )
     else:
         from orchestrator.local import LocalBackend
 
-        backend = LocalBackend(checkpoint=args.checkpoint)
+        backend = LocalBackend(checkpoint=args.checkpoint, micro_batch=args.micro_batch, compile=args.compile)
     # The merge's sequential first pass follows the workers in a thread here, so little of it is left at the end.
     stop = threading.Event()
     follower = threading.Thread(target=follow, args=(run_dir, stop), name="vda-first-pass", daemon=True)
@@ -264,17 +274,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug or not _expected(err):
             raise
         print(f"vda: error: {str(err).strip()}", file=sys.stderr)
-        return EXIT_ERROR
+        from vda.worker import EXIT_OUT_OF_MEMORY, DeviceOutOfMemory
+
+        return EXIT_OUT_OF_MEMORY if isinstance(err, DeviceOutOfMemory) else EXIT_ERROR
 
 
 def _expected(err: Exception) -> bool:
     from models import WeightsError
     from orchestrator.scheduler import RunFailed
-    from vda.inference import FrameError
+    from vda.inference import FrameError, NonFiniteDepth
     from vda.model import CheckpointError
     from vda.plan import PlanError
     from vda.video import VideoError
-    from vda.worker import InjectedFault
+    from vda.worker import DeviceOutOfMemory, InjectedFault
 
     known = (
         WeightsError,
@@ -286,6 +298,8 @@ def _expected(err: Exception) -> bool:
         OSError,
         ValueError,
         InjectedFault,
+        DeviceOutOfMemory,
+        NonFiniteDepth,
     )
     extra = ()
     try:

@@ -3,6 +3,10 @@
 Each container is labelled with its run and chunk, runs as the invoking user with no network, sees
 the input read-only, and is removed when it ends, fails or the run is interrupted. Its output is
 streamed into RUN_DIR/logs/chunk_K.log.
+
+A worker container that cannot start (no NVIDIA runtime, an NVML error, a GPU that is gone) fails its
+chunk only, with exit code 125 like `docker run`: the scheduler retries the chunk on another device,
+and the containers already running on other devices are left alone.
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ import threading
 from pathlib import Path
 
 from models.registry import models_dir
+from orchestrator.local import worker_threads
 from vda.plan import Plan
 from vda.system import usable_cpus
 
 RUN_MOUNT, OUT_MOUNT, INPUT_MOUNT, MODELS_MOUNT, CKPT_MOUNT = "/work/run", "/work/out", "/input", "/models", "/ckpt"
 LABEL_RUN, LABEL_CHUNK, LABEL_ROLE = "vda.run", "vda.chunk", "vda.role"
+START_FAILED = 125  # `docker run`'s own exit code for "the container failed to start"
 NVIDIA_HINT = (
     "Docker has no NVIDIA runtime: install nvidia-container-toolkit "
     "(https://docs.nvidia.com/datacenter/cloud-native/container-toolkit/latest/install-guide.html), "
@@ -64,6 +70,10 @@ def translate(err: Exception) -> DockerError:
 
 
 class DockerHandle:
+    """A started worker container; `reason` stays None: its own log says why it failed."""
+
+    reason: str | None = None
+
     def __init__(self, container, pump: threading.Thread):
         self.container, self.pump = container, pump
 
@@ -82,6 +92,23 @@ class DockerHandle:
         except Exception:  # already gone or engine hiccup: removal below is what matters
             pass
         _remove(self.container)
+
+
+class FailedStart:
+    """A worker container that never started.
+
+    It fails only its own chunk, as exit code START_FAILED, so that the scheduler retries the chunk on
+    another device; `reason` (the translated one-line error) goes into the scheduler's messages.
+    """
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+    def poll(self) -> int:
+        return START_FAILED
+
+    def stop(self) -> None:
+        """Nothing runs: the container that could not start was already removed."""
 
 
 def _remove(container) -> None:
@@ -114,14 +141,17 @@ class DockerBackend:
         checkpoint: str | None = None,
         client=None,
         extra_env: dict | None = None,
+        micro_batch: int | None = None,
+        compile: bool = False,
     ):
         self.plan, self.run_dir = plan, Path(run_dir).resolve()
+        self.micro_batch, self.compile = micro_batch, compile
         self.client = client or connect()
         gpu = any(c.device.startswith("cuda") for c in plan.chunks)
         self.image = image or ("vda:latest" if gpu else "vda:cpu")
         self.checkpoint = Path(checkpoint).resolve() if checkpoint else None
         self.extra_env = dict(extra_env or {})
-        for key in ("VDA_FAIL_AT_UNIT", "VDA_FAIL_TIMES", "VDA_FAIL_MODE", "VDA_COMPILE"):  # pass through
+        for key in ("VDA_FAIL_AT_UNIT", "VDA_FAIL_TIMES", "VDA_FAIL_MODE"):  # fault injection passes through
             if key in os.environ:
                 self.extra_env.setdefault(key, os.environ[key])
         import docker
@@ -153,9 +183,9 @@ class DockerBackend:
         env = {"PYTHONUNBUFFERED": "1", **self.extra_env}
         if self.checkpoint:
             env["VDA_CHECKPOINT"] = f"{CKPT_MOUNT}/{self.checkpoint.name}"
-        if device == "cpu":
-            cpus = max(1, usable_cpus() // max(1, sum(c.device == "cpu" for c in self.plan.chunks)))
-            env["VDA_THREADS"] = str(cpus)
+        env["VDA_THREADS"] = str(worker_threads(self.plan, device, usable_cpus()))
+        if device.startswith("cuda"):
+            env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
         return env
 
     def _run(self, command: list[str], device: str, labels: dict, extra_mounts: dict | None = None):
@@ -166,8 +196,11 @@ class DockerBackend:
             requests = [
                 DeviceRequest(driver="nvidia", device_ids=[device.partition(":")[2] or "0"], capabilities=[["gpu"]])
             ]
+        # create + start rather than containers.run: when the start fails (the GPU request is checked
+        # only then), the created container is removed here, and only that one; the other devices'
+        # containers keep running.
         try:
-            return self.client.containers.run(
+            container = self.client.containers.create(
                 self.image,
                 command,
                 detach=True,
@@ -179,11 +212,19 @@ class DockerBackend:
                 **self._mounts(extra_mounts),
             )
         except Exception as err:
-            self.close()
             raise translate(err) from None
+        try:
+            container.start()
+        except Exception as err:
+            _remove(container)
+            raise translate(err) from None
+        return container
 
     # -- backend interface -----------------------------------------------------------------------
-    def start(self, plan: Plan, run_dir: Path, chunk: int, device: str, log_path: Path, on_line) -> DockerHandle:
+    def start(
+        self, plan: Plan, run_dir: Path, chunk: int, device: str, log_path: Path, on_line
+    ) -> DockerHandle | FailedStart:
+        """Start chunk CHUNK's worker on DEVICE. A container that cannot start fails this chunk only (FailedStart)."""
         inner = "cuda:0" if device.startswith("cuda") else "cpu"  # the container sees only its own GPU
         command = [
             "vda",
@@ -196,7 +237,15 @@ class DockerBackend:
             "--input",
             f"{INPUT_MOUNT}/{Path(plan.input.path).name}",
         ]
-        container = self._run(command, device, {LABEL_CHUNK: str(chunk), LABEL_ROLE: "worker"})
+        command += ["--micro-batch", str(self.micro_batch)] * bool(self.micro_batch) + ["--compile"] * self.compile
+        try:
+            container = self._run(command, device, {LABEL_CHUNK: str(chunk), LABEL_ROLE: "worker"})
+        except DockerError as err:
+            reason = str(err)
+            with open(log_path, "a", encoding="utf-8") as log:
+                log.write(f"$ docker run {self.image} {' '.join(command)}  # failed to start on {device}\n{reason}\n")
+            on_line(reason)
+            return FailedStart(reason)
         with open(log_path, "a") as log:
             log.write(f"$ docker run {self.image} {' '.join(command)}  # {container.short_id} on {device}\n")
         pump = threading.Thread(target=_pump, args=(container, log_path, on_line), daemon=True)
@@ -204,6 +253,7 @@ class DockerBackend:
         return DockerHandle(container, pump)
 
     def merge(self, out: Path, fmt: str, create_video: bool, overwrite: bool = False) -> None:
+        """Run the merge container; it is the last step, so a failure to start it raises DockerError."""
         out = Path(out).resolve()
         out.mkdir(parents=True, exist_ok=True)
         command = ["vda", "merge", RUN_MOUNT, "-o", OUT_MOUNT, "--format", fmt]

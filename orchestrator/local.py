@@ -1,4 +1,4 @@
-"""Local backend: one `vda run-chunk` process per device, in its own process group."""
+"""Local backend: one `vda run-chunk` process per device, in its own process group, seeing only its own GPU."""
 
 from __future__ import annotations
 
@@ -10,27 +10,33 @@ import threading
 from pathlib import Path
 
 from vda.plan import Plan
-from vda.system import usable_cpus
+from vda.system import gpu_env, usable_cpus
 
 STOP_GRACE_S = 10
+ERROR_PREFIX = "vda: error: "
 
 
-def _pump(stream, log_path: Path, on_line) -> None:
+def _pump(stream, log_path: Path, on_line, handle: LocalHandle) -> None:
     with open(log_path, "a", encoding="utf-8", errors="replace") as log:
         for raw in iter(stream.readline, ""):
             log.write(raw)
             log.flush()
-            on_line(raw.rstrip("\n"))
+            line = raw.rstrip("\n")
+            if line.startswith(ERROR_PREFIX):
+                handle.reason = line[len(ERROR_PREFIX) :]  # the worker's own one-line error, for the run's message
+            on_line(line)
     stream.close()
 
 
 class LocalHandle:
-    def __init__(self, proc: subprocess.Popen, pump: threading.Thread):
-        self.proc, self.pump = proc, pump
+    def __init__(self, proc: subprocess.Popen):
+        self.proc = proc
+        self.pump: threading.Thread | None = None
+        self.reason: str | None = None
 
     def poll(self) -> int | None:
         code = self.proc.poll()
-        if code is not None:
+        if code is not None and self.pump is not None:
             self.pump.join(timeout=5)
         return code
 
@@ -49,38 +55,62 @@ class LocalHandle:
                 continue
 
 
+def worker_threads(plan: Plan, device: str, cpus: int) -> int:
+    """CPU threads for one worker: the usable cores shared by the workers of its kind, at least one.
+
+    CPU workers compute on them; GPU workers decode, preprocess and store with them. Without a count each worker
+    would use every core, and five GPU workers would fight over them.
+    """
+    kind = "cpu" if device == "cpu" else "cuda"
+    same_kind = sum((c.device == "cpu") == (kind == "cpu") for c in plan.chunks)
+    return max(1, cpus // max(1, same_kind))
+
+
 class LocalBackend:
-    """Runs chunks as child processes. CPU workers split the cores between them."""
+    """Runs chunks as child processes, each seeing only its own GPU; CPU workers split the cores between them."""
 
-    def __init__(self, checkpoint: str | None = None, threads_per_worker: int | None = None, extra_env=None):
+    def __init__(
+        self,
+        checkpoint: str | None = None,
+        threads_per_worker: int | None = None,
+        extra_env=None,
+        *,
+        micro_batch: int | None = None,
+        compile: bool = False,
+    ):
         self.checkpoint, self.threads, self.extra_env = checkpoint, threads_per_worker, dict(extra_env or {})
+        self.micro_batch, self.compile = micro_batch, compile
 
-    def start(self, plan: Plan, run_dir: Path, chunk: int, device: str, log_path: Path, on_line) -> LocalHandle:
-        cmd = [
-            sys.executable,
-            "-m",
-            "orchestrator.cli",
-            "run-chunk",
-            str(run_dir),
-            "--chunk",
-            str(chunk),
-            "--device",
-            device,
-            "--input",
-            plan.input.path,
-        ]
+    def command(self, plan: Plan, run_dir: Path, chunk: int, device: str) -> list[str]:
+        """The worker's command line; a GPU worker is told cuda:0, the only GPU its environment shows it."""
+        inner = "cuda:0" if device.startswith("cuda") else device
+        cmd = [sys.executable, "-m", "orchestrator.cli", "run-chunk", str(run_dir), "--chunk", str(chunk)]
+        cmd += ["--device", inner, "--input", plan.input.path]
         if self.checkpoint:
             cmd += ["--checkpoint", str(self.checkpoint)]
-        env = {**os.environ, **self.extra_env, "PYTHONUNBUFFERED": "1"}
-        if device == "cpu":
-            cpus = max(1, usable_cpus() // max(1, sum(c.device == "cpu" for c in plan.chunks)))
-            env.setdefault("VDA_THREADS", str(self.threads or cpus))
+        if self.micro_batch:
+            cmd += ["--micro-batch", str(self.micro_batch)]
+        if self.compile:
+            cmd += ["--compile"]
+        return cmd
+
+    def environment(self, plan: Plan, device: str, parent_env=os.environ) -> dict[str, str]:
+        env = {**parent_env, **self.extra_env, "PYTHONUNBUFFERED": "1"}
+        if device.startswith("cuda"):
+            env.update(gpu_env(int(device.partition(":")[2] or 0), parent_env))
+        env.setdefault("VDA_THREADS", str(self.threads or worker_threads(plan, device, usable_cpus())))
+        return env
+
+    def start(self, plan: Plan, run_dir: Path, chunk: int, device: str, log_path: Path, on_line) -> LocalHandle:
+        cmd, env = self.command(plan, run_dir, chunk, device), self.environment(plan, device)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "a") as log:
-            log.write(f"$ {' '.join(cmd)}\n")
+            shown = " ".join(f"{k}={env[k]}" for k in ("CUDA_VISIBLE_DEVICES", "VDA_THREADS") if k in env)
+            log.write(f"$ {shown} {' '.join(cmd)}\n")
         proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
         )
-        pump = threading.Thread(target=_pump, args=(proc.stdout, log_path, on_line), daemon=True)
-        pump.start()
-        return LocalHandle(proc, pump)
+        handle = LocalHandle(proc)
+        handle.pump = threading.Thread(target=_pump, args=(proc.stdout, log_path, on_line, handle), daemon=True)
+        handle.pump.start()
+        return handle

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from models import find, resolve
+from vda.inference import AUTO
 from vda.merge import discard_results
 from vda.model import CONFIGS, VideoDepthAnything, checkpoint_filter_fn, infer_encoder, read_state_dict
 from vda.plan import PLAN_NAME, STREAM_WARMUP, Plan, PlanError, Settings, make_chunks
@@ -45,6 +46,11 @@ def parse_devices(
         if kind not in ("cpu", "cuda") or (kind == "cpu" and idx) or (idx and not idx.isdigit()):
             raise PlanError(f"invalid device {d!r}; use cpu, cuda or cuda:N")
     wanted = sorted({int(d.partition(":")[2] or 0) for d in out if d.startswith("cuda")})
+    if wanted and visible_gpus == 0:
+        raise PlanError(
+            "a GPU was requested but no GPU is visible here (nvidia-smi shows none, or CUDA_VISIBLE_DEVICES hides "
+            "them); check the driver, or use --devices cpu"
+        )
     if wanted and visible_gpus is not None and wanted[-1] >= visible_gpus:
         raise PlanError(
             f"GPU {wanted[-1]} requested but {visible_gpus} GPU(s) are visible; "
@@ -110,7 +116,9 @@ def create_plan(
     find(encoder, metric)
     ckpt = resolve(encoder, metric, checkpoint)
     check_layout(read_state_dict(ckpt), encoder)  # fail here, on the host, not in every worker
-    precision = precision or ("fp16" if any(d.startswith("cuda") for d in devices) else "fp32")
+    precision = precision or AUTO  # each worker resolves it for its device: fp16 on GPUs, fp32 on CPUs
+    if precision == "fp16" and "cpu" in devices:
+        raise PlanError("--precision fp16 needs CUDA devices, and cpu is among the devices; use --precision auto")
     settings = build_settings(info, ckpt, encoder, metric, input_size, max_res, precision, mode)
     chunks = make_chunks(info.frame_count, devices, mode, stream_warmup)
     plan = Plan(info, settings, chunks, uuid.uuid4().hex[:12], extra={"stream_warmup": stream_warmup})

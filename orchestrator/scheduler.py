@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Protocol
 
 from vda.plan import Plan
-from vda.worker import PROGRESS_PREFIX, units_of
+from vda.worker import EXIT_OUT_OF_MEMORY, PROGRESS_PREFIX, units_of
 from vda.writers import write_json
 
 RESULTS_NAME = "processing_results.json"
@@ -46,6 +46,7 @@ class ChunkResult:
     frames: int = 0
     exit_codes: list[int] = field(default_factory=list)
     log: str = ""
+    fp32_recomputes: int = 0  # units whose fp16/bf16 depth was not finite and was recomputed in fp32
 
 
 class Progress:
@@ -61,6 +62,7 @@ class Progress:
         self.frames = 0  # final frames made by the units computed in this run
         self.stream, self.lock, self.clock = stream, threading.Lock(), clock
         self.started, self._last = clock(), 0.0
+        self.recomputes = dict.fromkeys(self.total, 0)  # chunk -> fp32 recomputes reported (fp16 NaN guard)
 
     def line(self, chunk: int, text: str) -> None:
         if not text.startswith(PROGRESS_PREFIX):
@@ -75,6 +77,15 @@ class Progress:
                 self.resumed.setdefault(chunk, self.done[chunk])
             elif event.get("event") == "unit":
                 self.frames += int(event.get("frames", 0))
+                fresh = int(event.get("fp32_recomputes", 0))
+                if fresh and not any(self.recomputes.values()):  # said once per run; counted per chunk
+                    print(
+                        f"\nvda: chunk {chunk}: depth was not finite in half precision (fp16/bf16) and was recomputed "
+                        f"in fp32; processing_results.json counts these per chunk",
+                        file=self.stream,
+                        flush=True,
+                    )
+                self.recomputes[chunk] += fresh
             self.render()
 
     def text(self) -> str:
@@ -120,7 +131,9 @@ def run_chunks(
 ) -> dict[int, ChunkResult]:
     """Run every chunk once successfully, at most one chunk per device at a time.
 
-    A failed chunk is retried up to `retries` times, on a device it has not tried yet when one is free.
+    A failed chunk is retried up to `retries` times, on a device it has not tried yet (waiting for one that is busy,
+    so that a device where containers cannot start does not use up every retry at once); once it has tried them all,
+    on any free device.
     On any exception (also Ctrl-C) every running chunk is stopped before it propagates.
     """
     run_dir = Path(run_dir)
@@ -136,13 +149,18 @@ def run_chunks(
                 if not free:
                     break
                 res = results[k]
-                device = next((d for d in free if d not in res.devices_tried), free[0])
+                device = next((d for d in free if d not in res.devices_tried), None)
+                if device is None and any(d not in res.devices_tried for d in devices):
+                    continue  # a device it has not tried is busy: wait for it rather than repeat a failure
+                device = device or free[0]
                 free.remove(device)
                 queue.remove(k)
                 res.status, res.device, res.attempts = "running", device, res.attempts + 1
                 res.devices_tried.append(device)
                 handle = backend.start(plan, run_dir, k, device, run_dir / res.log, lambda t, k=k: progress.line(k, t))
                 running[k] = (handle, device, time.time())
+            for k, n in progress.recomputes.items():
+                results[k].fp32_recomputes = n
             _save(run_dir, results)
             time.sleep(poll_interval)
             for k, (handle, device, started) in list(running.items()):
@@ -154,21 +172,29 @@ def run_chunks(
                 res = results[k]
                 res.seconds += round(time.time() - started, 3)
                 res.exit_codes.append(code)
+                reason = getattr(handle, "reason", None)  # e.g. why a container could not start
+                why = f"exit {code}: {reason}" if reason else f"exit {code}"
                 if code == 0:
                     res.status = "done"
                     res.frames = plan.chunks[k].produces[1] - plan.chunks[k].produces[0]
+                elif code == EXIT_OUT_OF_MEMORY and all(d in res.devices_tried for d in devices):
+                    res.status = "failed"  # the same device and settings would run out of memory again
+                    raise RunFailed(
+                        f"chunk {k} ran out of device memory on {', '.join(dict.fromkeys(res.devices_tried))} "
+                        f"({reason or 'see its log'}); see {run_dir / res.log}"
+                    )
                 elif res.attempts <= retries:
                     res.status = "pending"
                     queue.insert(0, k)
                     print(
-                        f"\nvda: chunk {k} failed on {device} (exit {code}); retrying "
+                        f"\nvda: chunk {k} failed on {device} ({why}); retrying "
                         f"({res.attempts}/{retries}), log: {run_dir / res.log}",
                         file=sys.stderr,
                     )
                 else:
                     res.status = "failed"
                     raise RunFailed(
-                        f"chunk {k} failed {res.attempts} time(s) (last exit {code}); see "
+                        f"chunk {k} failed {res.attempts} time(s) (last {why}); see "
                         f"{run_dir / res.log}; fix the cause and run the same command again to resume"
                     )
         progress.render(final=True)
@@ -178,6 +204,8 @@ def run_chunks(
             handle.stop()
         for k in running:
             results[k].status = "stopped"
+        for k, n in progress.recomputes.items():
+            results[k].fp32_recomputes = n
         _save(run_dir, results)
 
 

@@ -10,6 +10,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from vda.inference import resolve_precision, store_dtype
 from vda.plan import Plan, PlanError
 from vda.worker import SEGMENT, unfinished_units
 from vda.writers import frame_name
@@ -28,10 +29,12 @@ class SpaceNeed:
 
 
 def unit_bytes(plan: Plan, unit: int) -> int:
-    """Bytes of one stored unit: network-resolution maps, float16 for fp16 runs and float32 otherwise."""
+    """Bytes of one stored unit: network-resolution maps, in the store dtype of the precision its device computes in
+    (float16 for fp16, float32 otherwise); the largest over the plan's devices, as any of them may compute it."""
     s = plan.settings
     frames = 32 if s.mode == "window" else min(SEGMENT, plan.frame_count - unit)
-    itemsize = 2 if s.precision == "fp16" else 4
+    kinds = {"cuda" if c.device.startswith("cuda") else "cpu" for c in plan.chunks}
+    itemsize = max(store_dtype(resolve_precision(s.precision, kind)).itemsize for kind in kinds)
     return frames * s.net_height * s.net_width * itemsize + NPY_HEADER + MARKER
 
 

@@ -47,7 +47,7 @@ def synthetic_scene(n: int, height: int, width: int, seed: int = 0) -> np.ndarra
         dist = 1.0 / np.maximum(yy - horizon, 1.0)  # perspective: rows near the horizon are far away
         u = ((xx - width / 2) * dist * 40 + t * 0.7) % 64
         v = (dist * 400 + t * 0.5) % 64
-        tex = texture[v.astype(int), u.astype(int)]
+        tex = texture[v.astype(int) % 64, u.astype(int) % 64]  # x % 64 of a tiny negative x rounds to 64.0
         shade = 0.3 + 0.7 * (1 - np.exp(-(yy - horizon) / (0.3 * height)))
         for c, gain in enumerate((0.45, 0.55, 0.25)):
             img[..., c] = np.where(ground, gain * shade * (0.6 + 0.4 * tex), img[..., c])

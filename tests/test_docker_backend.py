@@ -2,11 +2,13 @@
 
 No GPU exists here, so GPU containers cannot run; what can be checked without one is: CPU containers
 give the local backend's result, nothing is left behind, and a GPU request on an engine without the
-NVIDIA runtime turns into advice. Skips without an engine unless VDA_REQUIRE_DOCKER=1 (CI).
+NVIDIA runtime fails only its chunk (which moves to another device) and turns into advice. Skips
+without an engine unless VDA_REQUIRE_DOCKER=1 (CI).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -18,10 +20,12 @@ import pytest
 from conftest import ROOT, write_video
 from media import synthetic_scene
 
+from orchestrator.planning import create_plan
 from vda.writers import DepthMeta, read_depth
 
 IMAGE = os.environ.get("VDA_CPU_IMAGE", "vda:cpu")
 SMALL = ["--input-size", "126", "--max-res", "256"]
+TINY = {"precision": "fp32", "input_size": 56, "max_res": 128}  # create_plan settings: a chunk runs in seconds
 
 
 def _client():
@@ -127,23 +131,72 @@ def test_make_depth_in_two_cpu_containers_equals_local(client, tmp_path, checkpo
     assert all(p.stat().st_uid == os.getuid() for p in docker_out.glob("depth_*.npy"))  # not root-owned
 
 
-def test_gpu_request_without_nvidia_runtime_gives_advice(client, tmp_path, checkpoint, video):
-    """Mocked GPU: the plan names cuda:0 although none exists; the engine refuses, we translate."""
-    from orchestrator.docker_backend import DockerBackend, DockerError
-    from orchestrator.planning import create_plan
-
+def _no_nvidia_runtime(client) -> None:
     if "nvidia" in (client.info().get("Runtimes") or {}):
-        pytest.skip("this engine has the NVIDIA runtime")
+        pytest.skip("this engine has the NVIDIA runtime: a cuda container would really start here")
+
+
+def test_gpu_request_without_nvidia_runtime_gives_advice(client, tmp_path, checkpoint, video):
+    """Mocked GPU: the plan names cuda:0 although none exists; the engine refuses, we translate.
+
+    The refusal fails that chunk only (exit 125, like `docker run`), with the advice in its log.
+    """
+    from orchestrator.docker_backend import START_FAILED, DockerBackend
+
+    _no_nvidia_runtime(client)
     plan, _ = create_plan(video, tmp_path / "run", ["cuda:0"], checkpoint=str(checkpoint), precision="fp32")
     backend = DockerBackend(plan, tmp_path / "run", image=IMAGE, checkpoint=str(checkpoint))
-    with pytest.raises(DockerError, match="nvidia-container-toolkit"):
-        backend.start(plan, tmp_path / "run", 0, "cuda:0", tmp_path / "log", lambda line: None)
+    lines = []
+    handle = backend.start(plan, tmp_path / "run", 0, "cuda:0", tmp_path / "log", lines.append)
+    assert handle.poll() == START_FAILED == 125
+    assert "nvidia-container-toolkit" in handle.reason
+    assert lines == [handle.reason]
+    assert handle.reason in (tmp_path / "log").read_text()
+    handle.stop()
+    assert _containers(client, plan.run_id) == []  # the created-but-not-started container is gone too
+
+
+def test_container_that_cannot_start_fails_only_its_chunk(client, tmp_path, checkpoint, video):
+    """cuda:0 cannot start here: its chunk moves to cpu, and the cpu chunk already running is left alone."""
+    from orchestrator.docker_backend import DockerBackend
+    from orchestrator.scheduler import RESULTS_NAME, run_chunks
+
+    _no_nvidia_runtime(client)
+    run_dir, devices = tmp_path / "run", ["cuda:0", "cpu"]
+    plan, _ = create_plan(video, run_dir, devices, **TINY, checkpoint=str(checkpoint))
+    backend = DockerBackend(plan, run_dir, image=IMAGE, checkpoint=str(checkpoint))
+    try:
+        results = run_chunks(plan, run_dir, backend, devices, retries=2)
+    finally:
+        backend.close()
+    assert [r.status for r in results.values()] == ["done", "done"]
+    saved = {r["chunk"]: r for r in json.loads((run_dir / RESULTS_NAME).read_text())["chunks"]}
+    moved, other = saved[0], saved[1]
+    assert moved["devices_tried"] == ["cuda:0", "cpu"] and moved["exit_codes"] == [125, 0], moved
+    assert other["devices_tried"] == ["cpu"] and other["exit_codes"] == [0], other  # not stopped by the failure
+    assert "nvidia-container-toolkit" in (run_dir / moved["log"]).read_text()
+    assert _containers(client, plan.run_id) == []
+
+
+def test_cuda_only_run_fails_with_the_advice(client, tmp_path, checkpoint, video):
+    from orchestrator.docker_backend import DockerBackend
+    from orchestrator.scheduler import RunFailed, run_chunks
+
+    _no_nvidia_runtime(client)
+    run_dir = tmp_path / "run"
+    plan, _ = create_plan(video, run_dir, ["cuda:0"], **TINY, checkpoint=str(checkpoint))
+    backend = DockerBackend(plan, run_dir, image=IMAGE, checkpoint=str(checkpoint))
+    try:
+        with pytest.raises(RunFailed, match="nvidia-container-toolkit") as failed:
+            run_chunks(plan, run_dir, backend, ["cuda:0"], retries=2)
+    finally:
+        backend.close()
+    assert "chunk 0 failed 3 time(s) (last exit 125: Docker has no NVIDIA runtime" in str(failed.value)
     assert _containers(client, plan.run_id) == []
 
 
 def test_missing_image_is_explained(client, tmp_path, checkpoint, video):
     from orchestrator.docker_backend import DockerBackend, DockerError
-    from orchestrator.planning import create_plan
 
     plan, _ = create_plan(video, tmp_path / "run", ["cpu"], checkpoint=str(checkpoint))
     with pytest.raises(DockerError, match="make image-cpu"):

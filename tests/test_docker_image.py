@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,13 @@ pytestmark = pytest.mark.docker
 
 REPO = Path(__file__).resolve().parents[1]
 CPU_IMAGE = os.environ.get("VDA_CPU_IMAGE", "vda:cpu")
+BASE_IMAGE = os.environ.get("VDA_BASE_IMAGE", "vda-base:bookworm")
+# The Dockerfile's one line when TORCH_BUILD=cuda meets a CPU-only torch; "torch <version>" shows it was run,
+# not only echoed as part of the RUN instruction (the legacy builder prints that too).
+CPU_TORCH_REFUSED = re.compile(
+    r"ERROR: TORCH_BUILD=cuda but torch \d\S* is a CPU-only build \(torch\.version\.cuda is None\); "
+    r"install CUDA torch from the network"
+)
 REQUIRE = os.environ.get("VDA_REQUIRE_DOCKER") == "1"
 BUILD_POLICY = os.environ.get("VDA_TEST_IMAGE_BUILD", "always")  # always | missing
 COMPOSE_VARS = ("VDA_IMAGE", "INPUT_DIR", "INPUT_NAME", "RUN_DIR", "OUT_DIR", "GPU_ID", "CHUNK", "FORMAT", "UID", "GID")
@@ -88,6 +96,38 @@ def cpu_image(engine) -> str:
     return CPU_IMAGE
 
 
+@pytest.fixture(scope="session")
+def offline_build_inputs(cpu_image) -> str:
+    """The debootstrap base and the CPU wheelhouse that an offline build needs; made (cached) when absent."""
+    have_base = _run(["docker", "image", "inspect", BASE_IMAGE], timeout=30).returncode == 0
+    if not have_base or not list((REPO / "wheelhouse").glob("torch-*.whl")):
+        r = _run(
+            ["make", "-f", "docker/docker.mk", "base-image", "wheelhouse", f"PY={sys.executable}"],
+            timeout=1500,
+        )
+        if r.returncode != 0:
+            tail = "\n".join((r.stdout + r.stderr).splitlines()[-20:])
+            pytest.fail(f"`make base-image wheelhouse` failed (rc {r.returncode}):\n{tail}", pytrace=False)
+    return BASE_IMAGE
+
+
+def _offline_build(base: str, *build_args: str, target: str | None = None, timeout=1500):
+    """`docker build --network none` from BASE and the wheelhouse under a throwaway tag, removed afterwards.
+
+    The deps stage's install layer is shared with `make image-cpu` (cached), so a build that stops at the torch
+    check takes seconds.
+    """
+    tag = f"vda:test-{uuid.uuid4().hex[:8]}"
+    args = ["docker", "build", "--network", "none", "--force-rm", "-f", "docker/Dockerfile", "-t", tag]
+    args += ["--target", target] if target else []
+    for arg in (f"BASE_IMAGE={base}", *build_args):
+        args += ["--build-arg", arg]
+    try:
+        return _run([*args, "."], timeout=timeout)
+    finally:
+        _run(["docker", "image", "rm", "--force", tag], timeout=120)
+
+
 def _in_image(image: str, *cmd: str, timeout=120):
     return _run(["docker", "run", "--rm", "--network", "none", image, *cmd], timeout=timeout)
 
@@ -126,6 +166,49 @@ def test_image_cpu_torch(cpu_image):
 def test_image_imports(cpu_image):
     r = _in_image(cpu_image, "python", "-c", "import torch, numpy, av, cv2, docker, vda, orchestrator")
     assert r.returncode == 0, r.stderr
+
+
+def test_gpu_image_build_refuses_cpu_torch(offline_build_inputs):
+    """The default (TORCH_BUILD=cuda) build with the CPU wheelhouse stops at the deps stage with one clear line."""
+    r = _offline_build(offline_build_inputs, "WHEELHOUSE=only")
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out[-3000:]
+    assert CPU_TORCH_REFUSED.search(out), out[-3000:]
+    assert "Successfully tagged" not in out
+
+
+def test_cpu_build_accepts_cpu_torch(offline_build_inputs):
+    """What `make image-cpu` does (TORCH_BUILD=cpu), up to the end of the deps stage, where the check runs."""
+    r = _offline_build(offline_build_inputs, "WHEELHOUSE=only", "TORCH_BUILD=cpu", target="deps")
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]  # the check's own line shows only when its layer is not cached
+    assert not CPU_TORCH_REFUSED.search(out)
+
+
+def test_plain_build_never_takes_the_wheelhouse(offline_build_inputs):
+    """No build args but the base: WHEELHOUSE defaults to off, so offline it fails on the network, not on wheels."""
+    r = _offline_build(offline_build_inputs, timeout=600)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out[-3000:]
+    # The lines as the step prints them (the legacy builder also echoes the RUN instruction, which names both).
+    assert re.search(r"^installing from the network \(PyPI\)$", out, re.M), out[-3000:]
+    assert not re.search(r"^installing offline from \d+ wheels", out, re.M)
+
+
+def test_make_passes_torch_build_and_index():
+    """`make image-cpu` asks for the CPU build, `make image` for CUDA, with TORCH_INDEX passed through."""
+
+    def dry_run(*args: str) -> str:
+        r = _run(["make", "-n", "--no-print-directory", "-f", "docker/docker.mk", *args], timeout=60)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    cpu = dry_run("image-cpu", f"PY={sys.executable}")
+    assert "--build-arg TORCH_BUILD=cpu" in cpu and "--build-arg WHEELHOUSE=only" in cpu
+    gpu = dry_run("image", "TORCH_INDEX=cu126")
+    assert "--build-arg TORCH_BUILD=cuda" in gpu
+    assert '--build-arg TORCH_INDEX="cu126"' in gpu
+    assert "--build-arg WHEELHOUSE=off" in gpu
 
 
 # ------------------------------------------------------------------------------ (b) compose.yaml

@@ -295,7 +295,8 @@ def test_corrupt_video_names_the_frame(tmp_path, checkpoint):
         (["--devices", "gpu0"], "invalid device 'gpu0'"),
         (["--gpu-ids", "1", "1"], "distinct"),
         (["--gpus", "0"], "at least 1"),
-        (["--gpus", "3"], "GPU 2 requested but 0 GPU(s) are visible"),
+        (["--gpus", "3"], "no GPU is visible here"),
+        (["--gpu-ids", "7"], "no GPU is visible here"),
     ],
 )
 def test_bad_devices(tmp_path, checkpoint, video, flags, message):

@@ -64,3 +64,10 @@ def test_matches_the_shared_reference_outputs(model):
     for mode in ("window", "stream"):
         out = np.stack(list(infer_video(model, list(ref["frames"]), input_size=126, mode=mode)))
         assert rel_err(out, ref[f"{mode}_out"]) <= TOL
+
+
+def test_reference_frames_are_our_synthetic_scene(parity):
+    """tests/data/README.md's claim: the reference ran on media.synthetic_scene(70, 72, 128), our own footage."""
+    from media import synthetic_scene
+
+    assert np.array_equal(parity["frames"], synthetic_scene(70, 72, 128))

@@ -10,6 +10,8 @@ window shares with the previous one (8 overlap frames, 2 keyframes) are reused i
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -22,7 +24,13 @@ from vda.model import PATCH, VideoDepthAnything
 from vda.preprocess import network_shape, preprocess
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# "auto" is a per-device choice made where the model runs: fp16 on a GPU, fp32 on a CPU. A plan over cpu and
+# cuda devices then computes each window in what its device does well, and a chunk retried on the other kind
+# still runs (an fp16 chunk on a CPU would fail).
+AUTO = "auto"
+PRECISION_CHOICES = (AUTO, *PRECISIONS)
 MODES = ("window", "stream")
+BF16_MIN_CAPABILITY = (8, 0)  # bf16 tensor cores arrived with Ampere; older GPUs emulate it slowly or not at all
 # Frames per batch through the encoder and the full-resolution part of the head. The window is still 32
 # frames for the temporal layers; only memory changes (the head's last layers hold 32 full-size maps).
 DEFAULT_MICRO_BATCH = 4
@@ -31,6 +39,49 @@ STREAM_CACHE = 2 * stitch.STRIDE - stitch.ALIGN  # 42 cached frames: frame 0, th
 
 class FrameError(ValueError):
     """A frame that cannot be processed; the message names the frame and the fix."""
+
+
+class DeviceError(ValueError):
+    """A device that cannot run what was asked (precision, compiler, placement); the message says what to use."""
+
+
+class NonFiniteDepth(RuntimeError):
+    """Depth that is NaN or infinite even in fp32: never written; the message names the window."""
+
+
+def resolve_precision(precision: str | None, device_type: str) -> str:
+    """The precision a device of `device_type` ("cpu", "cuda") computes in, for a planned `precision`."""
+    if precision in (None, AUTO):
+        return "fp16" if device_type == "cuda" else "fp32"
+    return precision
+
+
+def store_dtype(precision: str) -> torch.dtype:
+    """dtype a unit is stored in: float16 for fp16 runs (half the disk and copy); float32 otherwise, because numpy has
+    no bfloat16 and float16's range (65504) could clip bf16 maps."""
+    return torch.float16 if precision == "fp16" else torch.float32
+
+
+def same_device(a: torch.device, b: torch.device, current_cuda: int | None = None) -> bool:
+    """Whether two devices are the same; "cuda" without an index means the current CUDA device."""
+    if a.type != b.type:
+        return False
+    if a.type != "cuda":
+        return True
+    return (a.index if a.index is not None else current_cuda) == (b.index if b.index is not None else current_cuda)
+
+
+def check_compiler(which=shutil.which, environ=os.environ) -> None:
+    """torch.compile builds kernels with a C compiler where the model runs (Triton's launcher on a GPU, C++ on CPU).
+
+    Without one it fails deep in the first window with a long traceback; refuse in one line before any work.
+    """
+    cc = environ.get("CC")
+    if not ((cc and which(cc)) or which("cc") or which("gcc") or which("clang")):
+        raise DeviceError(
+            "--compile needs a C compiler where the workers run (torch.compile builds kernels), and there is none; "
+            "install gcc there (e.g. in the image), or run without --compile"
+        )
 
 
 def check_frame(index: int, frame, size: tuple[int, int] | None) -> np.ndarray:
@@ -108,6 +159,20 @@ class FrameFeed:
             i += 1
 
 
+@contextlib.contextmanager
+def ieee_fp32():
+    """fp32 that is fp32 on CUDA: torch runs fp32 convolutions through cuDNN in TF32 by default on Ampere and newer
+    (a 10-bit mantissa), which alone moves depth by more than the 1e-4 parity we hold CUDA fp32 to against CPU fp32.
+    Process-wide flags, so they are restored on exit."""
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    saved = conv.fp32_precision, matmul.fp32_precision
+    conv.fp32_precision = matmul.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        conv.fp32_precision, matmul.fp32_precision = saved
+
+
 @dataclass(frozen=True)
 class Runtime:
     """Where and how the model runs; shared by the single pass, the chunk worker and the benchmarks."""
@@ -118,25 +183,65 @@ class Runtime:
     compile: bool = False  # torch.compile the encoder (most of the compute); pays a compile on the first window
 
     @classmethod
-    def create(cls, device="cpu", precision="fp32", micro_batch=None, compile=False) -> Runtime:
+    def create(cls, device="cpu", precision="fp32", micro_batch=None, compile=False, cuda=torch.cuda) -> Runtime:
+        """Check the combination before any work. `cuda` is torch.cuda; tests pass a fake (no GPU on CI)."""
         micro_batch = micro_batch or DEFAULT_MICRO_BATCH  # the CLI and infer_video default to 4, not to None
         device = torch.device(device)
-        if precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if precision not in PRECISION_CHOICES:
+            raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
+        precision = resolve_precision(precision, device.type)
+        if micro_batch < 1:
+            raise ValueError(f"--micro-batch must be at least 1, got {micro_batch}")
         if device.type == "cpu" and precision == "fp16":
-            raise ValueError("fp16 needs a CUDA device; use --precision fp32 (or bf16) on CPU")
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {device} requested but CUDA is not available here; use --device cpu")
+            raise DeviceError("fp16 needs a CUDA device; use --precision auto (fp32 on CPU) or bf16 on CPU")
+        if device.type == "cuda":
+            if not cuda.is_available():
+                raise DeviceError(f"device {device} requested but CUDA is not available here; use --device cpu")
+            if precision == "bf16" and tuple(cuda.get_device_capability(device)) < BF16_MIN_CAPABILITY:
+                major, minor = cuda.get_device_capability(device)
+                raise DeviceError(
+                    f"bf16 needs a GPU of compute capability 8.0 or newer, and {cuda.get_device_name(device)} "
+                    f"({device}) has {major}.{minor}; use --precision fp16 or fp32"
+                )
+        if compile:
+            check_compiler()
         return cls(device, precision, micro_batch, compile)
 
-    def encoder(self, model: VideoDepthAnything):
-        """model.encode, compiled when asked; frames are independent, so compiling changes no result."""
-        return torch.compile(model.encode) if self.compile else model.encode
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the model computes in (autocast's), which cached features are kept in."""
+        return PRECISIONS[self.precision]
 
-    def autocast(self):
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=PRECISIONS[self.precision])
+    def encoder(self, model: VideoDepthAnything):
+        """model.encode, compiled when asked; frames are independent, so compiling changes no result.
+
+        Compiled, every batch has exactly `micro_batch` frames: the last one is padded with copies of its last frame
+        and the padding's features dropped, so one compiled graph serves every window (22 new frames, 32 at the
+        start, fewer at the end) instead of one recompilation per batch size.
+        """
+        if not self.compile:
+            return model.encode
+        compiled = torch.compile(model.pretrained, dynamic=False)
+        step = self.micro_batch
+
+        def encode(x: torch.Tensor, micro_batch: int | None = None) -> list[torch.Tensor]:
+            parts = []
+            for i in range(0, x.shape[0], step):
+                batch = x[i : i + step]
+                pad = step - batch.shape[0]
+                if pad:
+                    batch = torch.cat([batch, batch[-1:].expand(pad, *batch.shape[1:])])
+                parts.append([level[: step - pad] for level in compiled(batch)])
+            return [torch.cat(level) for level in zip(*parts)]
+
+        return encode
+
+    def autocast(self, precision: str | None = None):
+        """The context the model runs in: autocast for fp16/bf16; for fp32 on CUDA, true fp32 (see ieee_fp32)."""
+        precision = precision or self.precision
+        if precision == "fp32":
+            return ieee_fp32() if self.device.type == "cuda" else contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=PRECISIONS[precision])
 
     def to_device(self, frames: list[np.ndarray]) -> torch.Tensor:
         batch = torch.from_numpy(np.stack(frames))
@@ -153,31 +258,64 @@ def upsample(depth: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 class WindowRunner:
     """Computes raw window depths [32, h, w] (network resolution, float32) in window order.
 
-    Keeps encoder features per source frame and evicts those the next window does not read.
+    Keeps encoder features per source frame and evicts those the next window does not read. They are compact copies
+    in the compute dtype: slices of the batch tensor would keep the whole batch alive (frame 0's features would pin
+    all of window 0), and on CUDA autocast's layer norm returns them in float32, twice the memory.
+
+    fp16 guard: a window whose depth is not finite in fp16 or bf16 (a known failure on some GPUs, e.g. GTX 16xx) is
+    recomputed once from its frames in fp32. So the frames of the current window are kept too (raw uint8, one
+    window at most) when not in fp32. `recomputed` lists the windows that needed it; if fp32 is not finite either,
+    NonFiniteDepth is raised: NaN depth is never handed on.
     """
 
     def __init__(self, model: VideoDepthAnything, runtime: Runtime, shape: tuple[int, int]):
         self.model, self.rt, self.shape = model, runtime, shape
         self.grid = (shape[0] // PATCH, shape[1] // PATCH)
         self._features: dict[int, list[torch.Tensor]] = {}
+        self._frames: dict[int, np.ndarray] = {}  # raw frames of the current window, for the fp32 recompute
         self._encode = runtime.encoder(model)
+        self.recomputed: list[int] = []
 
     @torch.inference_mode()
     def run(self, w: int, feed: FrameFeed, n_frames: int) -> torch.Tensor:
         inputs = stitch.window_inputs(w, n_frames)
         new = sorted(set(inputs) - self._features.keys())
+        frames = {i: feed.take(i) for i in new}
+        if self.rt.precision != "fp32":
+            self._frames.update(frames)
         with self.rt.autocast():
             if new:
-                x = preprocess(self.rt.to_device([feed.take(i) for i in new]), self.shape)
+                x = preprocess(self.rt.to_device(list(frames.values())), self.shape)
                 feats = self._encode(x, self.rt.micro_batch)
                 for k, i in enumerate(new):
-                    self._features[i] = [level[k] for level in feats]
-            window = [torch.stack([self._features[i][lv] for i in inputs]) for lv in range(4)]
-            depth, _ = self.model.decode(window, self.grid, stitch.WINDOW, micro_batch=self.rt.micro_batch)
+                    self._features[i] = [level[k].to(self.rt.dtype, copy=True) for level in feats]
+            depth = self._decode([torch.stack([self._features[i][lv] for i in inputs]) for lv in range(4)])
+        if self.rt.precision != "fp32" and not bool(torch.isfinite(depth).all()):
+            depth = self._recompute_fp32(w, inputs)
         keep = set(stitch.window_inputs(w + 1, max(n_frames, (w + 1) * stitch.STRIDE + stitch.WINDOW)))
         keep |= {min(i, n_frames - 1) for i in keep}
         self._features = {i: f for i, f in self._features.items() if i in keep}
+        self._frames = {i: f for i, f in self._frames.items() if i in keep}
         return depth.float()  # [32, h, w]
+
+    def _decode(self, window: list[torch.Tensor]) -> torch.Tensor:
+        depth, _ = self.model.decode(window, self.grid, stitch.WINDOW, micro_batch=self.rt.micro_batch)
+        return depth
+
+    def _recompute_fp32(self, w: int, inputs: list[int]) -> torch.Tensor:
+        self.recomputed.append(w)
+        unique = sorted(set(inputs))
+        x = preprocess(self.rt.to_device([self._frames[i] for i in unique]), self.shape)
+        with self.rt.autocast("fp32"):
+            feats = self.model.encode(x, self.rt.micro_batch)  # eager and in fp32: this is the fallback path
+            row = {i: k for k, i in enumerate(unique)}
+            depth = self._decode([level[[row[i] for i in inputs]] for level in feats])
+        if not bool(torch.isfinite(depth).all()):
+            raise NonFiniteDepth(
+                f"window {w} gives non-finite depth even in fp32; the checkpoint or the frames are broken "
+                "(check the checkpoint file and the input)"
+            )
+        return depth
 
 
 CHAIN_OUTPUTS = [0, 1, stitch.KEYFRAME]  # the outputs of a window the alignment chain reads
@@ -248,16 +386,35 @@ class StreamCache:
 
 @torch.inference_mode()
 def stream_depths(
-    model: VideoDepthAnything, runtime: Runtime, pairs: Iterable[tuple[int, np.ndarray]], shape: tuple[int, int]
+    model: VideoDepthAnything,
+    runtime: Runtime,
+    pairs: Iterable[tuple[int, np.ndarray]],
+    shape: tuple[int, int],
+    recomputed: list[int] | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
-    """(index, depth [h, w]) per frame, in network resolution, carrying the cache through `pairs`."""
+    """(index, depth [h, w]) per frame, in network resolution, carrying the cache through `pairs`.
+
+    A frame whose depth is not finite in fp16/bf16 is recomputed once in fp32 (with the same cache, upcast) and its
+    index appended to `recomputed`; NonFiniteDepth if fp32 does not help either.
+    """
     cache = StreamCache()
     grid = (shape[0] // PATCH, shape[1] // PATCH)
     encode = runtime.encoder(model)
     for i, frame in pairs:
+        x = preprocess(runtime.to_device([frame]), shape)
+        context = cache.context()
         with runtime.autocast():
-            feats = encode(preprocess(runtime.to_device([frame]), shape))
-            depth, fresh = model.decode(feats, grid, 1, cache=cache.context())
+            depth, fresh = model.decode(encode(x), grid, 1, cache=context)
+        if runtime.precision != "fp32" and not bool(torch.isfinite(depth).all()):
+            dtype = fresh[0].dtype
+            upcast = None if context is None else [c.float() for c in context]
+            with runtime.autocast("fp32"):
+                depth, fresh = model.decode(model.encode(x), grid, 1, cache=upcast)
+            if not bool(torch.isfinite(depth).all()):
+                raise NonFiniteDepth(f"frame {i} gives non-finite depth even in fp32; check the checkpoint and input")
+            fresh = [f.to(dtype) for f in fresh]  # the cache stays in one dtype
+            if recomputed is not None:
+                recomputed.append(i)
         cache.push(fresh)
         yield i, depth[0].float()
 
@@ -278,8 +435,9 @@ def infer_video(
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     runtime = Runtime.create(device, precision, micro_batch, compile)
     model_device = next(model.parameters()).device
-    if model_device != runtime.device and not (model_device.type == runtime.device.type == "cuda"):
-        raise ValueError(f"model is on {model_device} but device={runtime.device}; load it with device={device!r}")
+    current = torch.cuda.current_device() if runtime.device.type == "cuda" else None
+    if not same_device(model_device, runtime.device, current):
+        raise DeviceError(f"model is on {model_device} but device={runtime.device}; load it with device={device!r}")
     feed = FrameFeed(enumerate(frames))
     size = feed.first().shape[:2]
     shape = network_shape(*size, input_size)

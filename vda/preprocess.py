@@ -5,6 +5,8 @@ Done in torch so it runs on the inference device, next to the model, instead of 
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -39,10 +41,18 @@ def network_shape(height: int, width: int, input_size: int) -> tuple[int, int]:
     return _multiple_of_patch(scale * height, size), _multiple_of_patch(scale * width, size)
 
 
+@functools.lru_cache(maxsize=16)
+def normalisation(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet mean and std as [1, 3, 1, 1] tensors on `device`, made once per device.
+
+    Made per call, they cost a blocking host-to-device copy for every frame in stream mode.
+    """
+    return torch.tensor(MEAN, device=device).view(1, 3, 1, 1), torch.tensor(STD, device=device).view(1, 3, 1, 1)
+
+
 def preprocess(frames: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     """uint8 RGB [N, H, W, 3] (any device) -> normalised float32 [N, 3, h, w] on the same device."""
     x = frames.permute(0, 3, 1, 2).float() / 255.0  # [N, 3, H, W]
     x = F.interpolate(x, size=shape, mode="bicubic", align_corners=False)
-    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
+    mean, std = normalisation(x.device)
     return (x - mean) / std

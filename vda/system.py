@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 
 def usable_cpus() -> int:
@@ -14,3 +15,23 @@ def usable_cpus() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # not on Linux
         return max(1, os.cpu_count() or 1)
+
+
+def gpu_env(index: int, parent_env: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """Environment for a worker that must see only GPU `index`, numbered as this process sees the GPUs.
+
+    The worker then opens a context on that GPU only (as `cuda:0`): no memory on the others, and it works on GPUs in
+    EXCLUSIVE_PROCESS mode. An index goes through this process's own CUDA_VISIBLE_DEVICES (ids or UUIDs) when one is
+    set, and the order is the PCI bus order, which is what nvidia-smi and Docker's --gpus device ids number; CUDA's
+    default order (fastest first) could give another card.
+    """
+    visible = [v.strip() for v in parent_env.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    if "CUDA_VISIBLE_DEVICES" in parent_env and not visible:
+        raise ValueError("CUDA_VISIBLE_DEVICES is empty, so no GPU is visible; unset it, or use --devices cpu")
+    if "CUDA_VISIBLE_DEVICES" in parent_env and not 0 <= index < len(visible):
+        raise ValueError(
+            f"GPU {index} requested but CUDA_VISIBLE_DEVICES={parent_env['CUDA_VISIBLE_DEVICES']!r} shows "
+            f"{len(visible)} GPU(s); use ids 0..{len(visible) - 1} or unset CUDA_VISIBLE_DEVICES"
+        )
+    physical = visible[index] if "CUDA_VISIBLE_DEVICES" in parent_env else str(index)
+    return {"CUDA_VISIBLE_DEVICES": physical, "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}

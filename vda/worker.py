@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from vda import stitch
-from vda.inference import FrameFeed, Runtime, WindowRunner, stream_depths
+from vda.inference import FrameFeed, Runtime, WindowRunner, store_dtype, stream_depths
 from vda.model import load_model
 from vda.plan import CHUNKS_DIR, Plan, PlanError, stream_chunk_frames, window_chunk_frames
 from vda.video import VideoError, head_hash, read_frames, threaded
@@ -35,12 +35,24 @@ SEGMENT = 32  # frames per stored unit in stream mode
 DECODE_AHEAD = 2 * stitch.STRIDE
 # Fault injection, to rehearse failures: VDA_FAIL_AT_UNIT="K:U" fails chunk K before unit U ("U" alone: any
 # chunk); VDA_FAIL_TIMES=N fails only the first N times (counted in RUN_DIR/faults/); VDA_FAIL_MODE=raise
-# (an exception, exit 2), exit (exit 3) or kill (SIGKILL, as the OOM killer does).
+# (an exception, exit 2), exit (exit 3), kill (SIGKILL, as the OOM killer does) or oom (torch's out-of-memory
+# error, as a GPU raises it).
 FAIL_ENV, FAIL_TIMES_ENV, FAIL_MODE_ENV = "VDA_FAIL_AT_UNIT", "VDA_FAIL_TIMES", "VDA_FAIL_MODE"
 
 
 class InjectedFault(RuntimeError):
     pass
+
+
+class DeviceOutOfMemory(RuntimeError):
+    """The device ran out of memory: expected, one line naming what to lower, and not retried with the same settings.
+
+    Retrying the same chunk on the same device with the same settings would fail the same way; the scheduler moves it
+    to a device it has not tried (see EXIT_OUT_OF_MEMORY), or stops with this message.
+    """
+
+
+EXIT_OUT_OF_MEMORY = 4  # a worker's exit code when its device ran out of memory
 
 
 def unit_name(mode: str, unit: int) -> str:
@@ -113,23 +125,35 @@ def _maybe_fail(run_dir: Path, chunk_index: int, unit: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
     if mode == "exit":
         os._exit(3)
+    if mode == "oom":
+        raise torch.OutOfMemoryError(f"CUDA out of memory (injected by {FAIL_ENV}={spec})")
     raise InjectedFault(f"injected fault ({FAIL_ENV}={spec}) at chunk {chunk_index}, unit {unit}")
+
+
+def copy_done_event(device: torch.device, cuda=torch.cuda):
+    """A blocking CUDA event after the work queued so far on `device`'s current stream.
+
+    A copy from a tensor on cuda:K is queued on cuda:K's current stream, whatever the current device is; an event
+    recorded on the current device's stream (cuda:0 unless someone called set_device) could complete before the copy
+    lands, and the store thread would read a half-filled buffer: silent garbage on every GPU but the first. Blocking,
+    so that waiting for it sleeps instead of spinning a core. `cuda` is torch.cuda; tests pass a fake (no GPU on CI).
+    """
+    event = cuda.Event(blocking=True)
+    event.record(cuda.current_stream(device))
+    return event
 
 
 def _to_host(depth: torch.Tensor, precision: str) -> tuple[torch.Tensor, torch.cuda.Event | None]:
     """Start the copy of a unit to host memory without waiting for it; the event marks its end on CUDA.
 
-    fp16 runs produce float16 maps, stored as such at half the disk and copy. bf16 maps are stored as float32:
-    numpy has no bfloat16, and float16's range (65504) could clip them.
+    Units are stored in `store_dtype(precision)`: float16 for fp16 runs, float32 otherwise.
     """
-    depth = depth.to(torch.float16 if precision == "fp16" else torch.float32)
+    depth = depth.to(store_dtype(precision))
     if depth.device.type != "cuda":
         return depth, None
     host = torch.empty(depth.shape, dtype=depth.dtype, pin_memory=True)
     host.copy_(depth, non_blocking=True)
-    event = torch.cuda.Event()
-    event.record()
-    return host, event
+    return host, copy_done_event(depth.device)
 
 
 def _store(path: Path, host: torch.Tensor, event, started: float, unit: int) -> None:
@@ -218,7 +242,7 @@ def run_chunk(
         return 0
     ckpt = resolve(s.encoder, s.metric, checkpoint or os.environ.get("VDA_CHECKPOINT") or None)
     verify_checkpoint(plan, ckpt)
-    runtime = Runtime.create(device or chunk.device, s.precision, micro_batch, compile)
+    runtime = Runtime.create(device or chunk.device, s.precision, micro_batch, compile)  # "auto": fp16 on GPUs
     model = load_model(ckpt, encoder=s.encoder, metric=s.metric, device=runtime.device)
     (run_dir / chunk.dir).mkdir(parents=True, exist_ok=True)
     shape, size = (s.net_height, s.net_width), (s.frame_width, s.frame_height)
@@ -231,33 +255,48 @@ def run_chunk(
         decode = stream_chunk_frames((first, chunk.units[1]), plan.extra.get("stream_warmup", 0))
     frames = threaded(read_frames(plan.input, (i for a, b in decode for i in range(a, b)), size), DECODE_AHEAD)
     done = len(units) - len(todo)
+    recomputed: list[int] = []  # windows (or frames) recomputed in fp32 because fp16/bf16 gave NaN or inf
 
-    def save(unit: int, depth: torch.Tensor, started: float, final_frames: int) -> None:
-        host, event = _to_host(depth, s.precision)
+    def save(unit: int, depth: torch.Tensor, started: float, final_frames: int, fresh: int) -> None:
+        host, event = _to_host(depth, runtime.precision)
+        if fresh:
+            print(f"unit {unit}: depth not finite in {runtime.precision}; recomputed in fp32", flush=True)
 
         def job():
             nonlocal done
             _store(unit_path(run_dir, chunk_index, s.mode, unit), host, event, started, unit)
             done += 1
-            progress(chunk=chunk_index, done=done, total=len(units), frames=final_frames, event="unit")
+            fields = {"frames": final_frames, "event": "unit", "fp32_recomputes": fresh}
+            progress(chunk=chunk_index, done=done, total=len(units), **fields)
 
         store.submit(job)
 
-    with UnitStore() as store:
-        if s.mode == "window":
-            feed, runner = FrameFeed(frames, total=n), WindowRunner(model, runtime, shape)
-            for w in range(first, chunk.units[1]):
-                started = time.time()
-                _maybe_fail(run_dir, chunk_index, w)
-                save(w, runner.run(w, feed, n), started, len(stitch.window_outputs(w, n)))
-        else:
-            segment, seg_start, started = [], first, time.time()
-            for i, depth in stream_depths(model, runtime, frames, shape):
-                if i < first:
-                    continue
-                segment.append(depth)
-                if len(segment) == SEGMENT or i == chunk.units[1] - 1:
-                    _maybe_fail(run_dir, chunk_index, seg_start)
-                    save(seg_start, torch.stack(segment), started, len(segment))
-                    segment, seg_start, started = [], i + 1, time.time()
+    try:
+        with UnitStore() as store:
+            if s.mode == "window":
+                feed, runner = FrameFeed(frames, total=n), WindowRunner(model, runtime, shape)
+                recomputed = runner.recomputed
+                for w in range(first, chunk.units[1]):
+                    started, before = time.time(), len(recomputed)
+                    _maybe_fail(run_dir, chunk_index, w)
+                    depth = runner.run(w, feed, n)
+                    save(w, depth, started, len(stitch.window_outputs(w, n)), len(recomputed) - before)
+            else:
+                segment, seg_start, started, before = [], first, time.time(), 0
+                for i, depth in stream_depths(model, runtime, frames, shape, recomputed):
+                    if i < first:
+                        before = len(recomputed)  # recomputes in the warm-up belong to no unit of this chunk
+                        continue
+                    segment.append(depth)
+                    if len(segment) == SEGMENT or i == chunk.units[1] - 1:
+                        _maybe_fail(run_dir, chunk_index, seg_start)
+                        save(seg_start, torch.stack(segment), started, len(segment), len(recomputed) - before)
+                        segment, seg_start, started, before = [], i + 1, time.time(), len(recomputed)
+    except torch.OutOfMemoryError:
+        raise DeviceOutOfMemory(
+            f"{runtime.device} ran out of memory running {s.encoder} at input size {s.input_size} "
+            f"({s.net_width}x{s.net_height}) with micro-batch {runtime.micro_batch} in {runtime.precision}; lower "
+            f"--micro-batch (e.g. {max(1, runtime.micro_batch // 2)}), --input-size or --max-res, or use a GPU "
+            "with more memory"
+        ) from None
     return len(todo)
