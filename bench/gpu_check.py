@@ -10,8 +10,9 @@ synthetic vits weights made on the spot (`vda.synth`; nothing is read from ../sh
    workers decode it;
 2. parity: `infer_video` in window mode on CUDA in fp32 against the CPU in fp32 on those frames, as the relative
    max error `max|cuda - cpu| / max|cpu|`: PASS at or below 1e-4. The fp16 and bf16 (where the GPU supports it)
-   deviations from CPU fp32 are printed for information, without a threshold. A FAIL line names torch's TF32
-   settings: by default cuDNN runs fp32 convolutions in TF32 on Ampere and newer GPUs, which alone may exceed 1e-4;
+   deviations from CPU fp32 are printed for information, without a threshold. vda computes fp32 on CUDA with TF32
+   off (`vda.inference.ieee_fp32`: by default cuDNN runs fp32 convolutions in TF32 on Ampere and newer GPUs, which
+   alone may exceed 1e-4); a FAIL line still prints torch's TF32 settings;
 3. depth-local: `vda depth --devices cuda:0,cuda:0` (two worker processes on one GPU: process isolation, the event
    and merge paths) in fp32 against the single pass on the same decoded frames on the GPU: PASS at or below 1e-4;
 4. depth-docker: the same with `--backend docker`, where the Docker engine has the `nvidia` runtime and the image
@@ -55,6 +56,7 @@ from bench_gpu import (
     synthetic_frames,
     table_rows,
 )
+from bench_infer import depth_cmd
 
 from vda.inference import BF16_MIN_CAPABILITY, infer_video
 from vda.model import load_model
@@ -231,27 +233,8 @@ def describe(device: torch.device) -> str:
 
 def depth_command(video: Path, out: Path, checkpoint: Path, devices: str, input_size: int, backend: str) -> list[str]:
     """`vda depth` as a user runs it, in fp32 so that it can be compared with the fp32 single pass."""
-    return [
-        sys.executable,
-        "-m",
-        "orchestrator.cli",
-        "depth",
-        str(video),
-        "-o",
-        str(out),
-        "--devices",
-        devices,
-        "--checkpoint",
-        str(checkpoint),
-        "--format",
-        "npy",
-        "--input-size",
-        str(input_size),
-        "--precision",
-        "fp32",
-        "--backend",
-        backend,
-    ]
+    extra = ["--format", "npy", "--input-size", str(input_size), "--precision", "fp32", "--backend", backend]
+    return depth_cmd(video, out, checkpoint, devices, *extra)
 
 
 def run_command(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:

@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 
 from models.registry import models_dir
-from orchestrator.local import worker_threads
+from orchestrator.local import ERROR_PREFIX, worker_threads
 from vda.plan import Plan
 from vda.system import usable_cpus
 
@@ -70,12 +70,11 @@ def translate(err: Exception) -> DockerError:
 
 
 class DockerHandle:
-    """A started worker container; `reason` stays None: its own log says why it failed."""
+    """A started worker container; `reason` is its last `vda: error:` line, if it printed one."""
 
-    reason: str | None = None
-
-    def __init__(self, container, pump: threading.Thread):
+    def __init__(self, container, pump: threading.Thread | None):
         self.container, self.pump = container, pump
+        self.reason: str | None = None
 
     def poll(self) -> int | None:
         self.container.reload()
@@ -118,7 +117,7 @@ def _remove(container) -> None:
         pass
 
 
-def _pump(container, log_path: Path, on_line) -> None:
+def _pump(container, log_path: Path, on_line, handle: DockerHandle) -> None:
     buffer = ""
     with open(log_path, "a", encoding="utf-8", errors="replace") as log:
         for chunk in container.logs(stream=True, follow=True):
@@ -128,6 +127,8 @@ def _pump(container, log_path: Path, on_line) -> None:
             buffer += text
             *lines, buffer = buffer.split("\n")
             for line in lines:
+                if line.startswith(ERROR_PREFIX):
+                    handle.reason = line[len(ERROR_PREFIX) :]  # the worker's one-line error, for the run's message
                 on_line(line)
 
 
@@ -248,9 +249,10 @@ class DockerBackend:
             return FailedStart(reason)
         with open(log_path, "a") as log:
             log.write(f"$ docker run {self.image} {' '.join(command)}  # {container.short_id} on {device}\n")
-        pump = threading.Thread(target=_pump, args=(container, log_path, on_line), daemon=True)
-        pump.start()
-        return DockerHandle(container, pump)
+        handle = DockerHandle(container, None)
+        handle.pump = threading.Thread(target=_pump, args=(container, log_path, on_line, handle), daemon=True)
+        handle.pump.start()
+        return handle
 
     def merge(self, out: Path, fmt: str, create_video: bool, overwrite: bool = False) -> None:
         """Run the merge container; it is the last step, so a failure to start it raises DockerError."""
