@@ -13,7 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
-from orchestrator import tools_cli
+from orchestrator import doctor, tools_cli
 
 EXIT_ERROR, EXIT_INTERRUPTED = 2, 130  # and EXIT_OUT_OF_MEMORY (4, vda.worker) when a device runs out of memory
 
@@ -98,6 +98,7 @@ def parser() -> argparse.ArgumentParser:
         "--compile", action="store_true", help="workers torch.compile the encoder (needs a C compiler where they run)"
     )
     tools_cli.add_parsers(sub)
+    doctor.add_parser(sub)
     return ap
 
 
@@ -256,6 +257,7 @@ def _check_writable(out: Path) -> None:
 
 
 COMMANDS = {"plan": cmd_plan, "run-chunk": cmd_run_chunk, "merge": cmd_merge, "depth": cmd_depth, **tools_cli.COMMANDS}
+COMMANDS["doctor"] = doctor.cmd_doctor
 
 
 def _on_sigterm(signum, frame):

@@ -95,7 +95,7 @@ def _read_all(out):
 
 def test_make_depth_in_two_cpu_containers_equals_local(client, tmp_path, checkpoint, video):
     docker_out, local_out = tmp_path / "docker", tmp_path / "local"
-    args = " ".join(["--checkpoint", str(checkpoint), *SMALL])
+    args = " ".join(["--checkpoint", str(checkpoint), *SMALL, "--micro-batch", "3"])
     proc = subprocess.run(
         [
             "make",
@@ -115,7 +115,7 @@ def test_make_depth_in_two_cpu_containers_equals_local(client, tmp_path, checkpo
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     local = subprocess.run(
-        _depth_cmd(video, local_out, "local", checkpoint, "--format", "npy"),
+        _depth_cmd(video, local_out, "local", checkpoint, "--format", "npy", "--micro-batch", "3"),
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -127,7 +127,10 @@ def test_make_depth_in_two_cpu_containers_equals_local(client, tmp_path, checkpo
     assert np.array_equal(a, b)
     run_id = DepthMeta.load(docker_out).settings["run_id"]
     assert _containers(client, run_id) == []  # workers and merge removed
-    assert (docker_out / "_run" / "logs" / "chunk_0.log").read_text().count("@progress") >= 2
+    log = (docker_out / "_run" / "logs" / "chunk_0.log").read_text()
+    assert log.count("@progress") >= 2
+    assert "run-chunk /work/run --chunk 0 --device cpu" in log and "--micro-batch 3" in log  # reaches the worker
+    assert "--micro-batch 3" in (local_out / "_run" / "logs" / "chunk_0.log").read_text()
     assert all(p.stat().st_uid == os.getuid() for p in docker_out.glob("depth_*.npy"))  # not root-owned
 
 

@@ -280,13 +280,9 @@ class WindowRunner:
     def run(self, w: int, feed: FrameFeed, n_frames: int) -> torch.Tensor:
         inputs = stitch.window_inputs(w, n_frames)
         new = sorted(set(inputs) - self._features.keys())
-        frames = {i: feed.take(i) for i in new}
-        if self.rt.precision != "fp32":
-            self._frames.update(frames)
         with self.rt.autocast():
             if new:
-                x = preprocess(self.rt.to_device(list(frames.values())), self.shape)
-                feats = self._encode(x, self.rt.micro_batch)
+                feats = self._encode(preprocess(self._take(feed, new), self.shape), self.rt.micro_batch)
                 for k, i in enumerate(new):
                     self._features[i] = [level[k].to(self.rt.dtype, copy=True) for level in feats]
             depth = self._decode([torch.stack([self._features[i][lv] for i in inputs]) for lv in range(4)])
@@ -297,6 +293,14 @@ class WindowRunner:
         self._features = {i: f for i, f in self._features.items() if i in keep}
         self._frames = {i: f for i, f in self._frames.items() if i in keep}
         return depth.float()  # [32, h, w]
+
+    def _take(self, feed: FrameFeed, new: list[int]) -> torch.Tensor:
+        """The new frames as one uint8 batch on the device. The decoded frames are let go here, before preprocessing
+        (which makes float copies of the batch), unless the fp32 recompute may need them."""
+        frames = [feed.take(i) for i in new]
+        if self.rt.precision != "fp32":
+            self._frames.update(zip(new, frames))
+        return self.rt.to_device(frames)
 
     def _decode(self, window: list[torch.Tensor]) -> torch.Tensor:
         depth, _ = self.model.decode(window, self.grid, stitch.WINDOW, micro_batch=self.rt.micro_batch)
