@@ -46,7 +46,7 @@ lint: setup ## ruff lint and format check
 	$(VENV)/bin/ruff check vda orchestrator models tests bench
 	$(VENV)/bin/ruff format --check vda orchestrator models tests bench
 
-test: setup ## run all tests in a copy of the repo alone; builds the CPU image first (CI requires Docker, elsewhere Docker tests skip)
+test: setup ## run the tests in a copy of the repo alone; builds the CPU image first (CI requires Docker)
 	@if [ "$$CI" = "true" ]; then \
 	    $(MAKE) --no-print-directory image-cpu || exit 1; \
 	elif bash docker/engine.sh >/dev/null 2>&1; then \
@@ -78,7 +78,7 @@ bench: setup ## print throughput and memory figures; RECORD=1 appends them to be
 bench-gpu: setup ## on a GPU host: frames/s and VRAM per encoder, precision and mode; RECORD=1 appends them
 	cd bench && ../$(PY) bench_gpu.py $(if $(RECORD),--record)
 
-gpu-check: setup ## first run on a GPU host: GPU vs CPU parity, vda depth vs single pass, speed and VRAM; RECORD=1 appends
+gpu-check: setup ## first run on a GPU host: parity, vda depth vs single pass, speed, VRAM; RECORD=1 appends
 	cd bench && ../$(PY) gpu_check.py $(if $(RECORD),--record)
 
 clean: ## remove caches and local outputs (keeps .venv and images)

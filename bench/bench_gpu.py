@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from bench_infer import synthetic_state
 
-from vda.inference import PRECISIONS, infer_video
+from vda.inference import PRECISIONS, Runtime, infer_video
 from vda.model import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,8 +81,7 @@ def gib(value: float | None) -> str:
 def forward_ms(model, device: torch.device, precision: str, size: int, repeats: int) -> tuple[float, float | None]:
     """(ms per frame, peak GiB) of model(x) for x [1, 32, 3, size, size], under autocast as the CLI runs it."""
     x = torch.randn(1, 32, 3, size, size, device=device)
-    dtype = PRECISIONS[precision]
-    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=precision != "fp32"):
+    with torch.inference_mode(), Runtime(device, precision).autocast():  # as infer_video runs it (fp32: no TF32)
         model(x)  # warm-up: kernels, cuDNN autotuning
         reset_peak(device)
         t = synced(device)

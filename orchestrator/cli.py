@@ -18,6 +18,17 @@ from orchestrator import doctor, tools_cli
 EXIT_ERROR, EXIT_INTERRUPTED = 2, 130  # and EXIT_OUT_OF_MEMORY (4, vda.worker) when a device runs out of memory
 
 
+def _positive(text: str) -> int:
+    """argparse type for counts that must be at least 1 (a 0 would silently mean the default)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="path of a .pth file (default: the published one for --encoder/--metric)")
     p.add_argument(
@@ -63,7 +74,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: the plan's)")
     p.add_argument("--checkpoint", help="checkpoint path (default: resolved from the plan through models/)")
     p.add_argument("--input", help="where the planned input is now (e.g. inside a container); verified by hash")
-    p.add_argument("--micro-batch", type=int, help="frames per encoder batch, to bound GPU memory")
+    p.add_argument("--micro-batch", type=_positive, help="frames per encoder batch, to bound GPU memory")
     p.add_argument(
         "--compile",
         action="store_true",
@@ -91,7 +102,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a different run in the output folder")
     p.add_argument("--image", default=None, help="docker backend: image (default vda:latest for GPUs, vda:cpu)")
     p.add_argument("--merge-workers", type=int)
-    p.add_argument("--micro-batch", type=int, help="frames per encoder batch in the workers (default 4); lower on OOM")
+    p.add_argument(
+        "--micro-batch", type=_positive, help="frames per encoder batch in the workers (default 4); lower on OOM"
+    )
     p.add_argument("--no-space-check", action="store_true", help="start even if the disks look too small")
     p.add_argument("--clean", action="store_true", help="delete the stored windows after a successful merge")
     p.add_argument(
@@ -217,6 +230,8 @@ def cmd_depth(args) -> int:
         from orchestrator.local import LocalBackend
 
         backend = LocalBackend(checkpoint=args.checkpoint, micro_batch=args.micro_batch, compile=args.compile)
+    if args.compile:
+        backend.check_compiler()  # one line now, rather than every worker failing alike
     # The merge's sequential first pass follows the workers in a thread here, so little of it is left at the end.
     stop = threading.Event()
     follower = threading.Thread(target=follow, args=(run_dir, stop), name="vda-first-pass", daemon=True)

@@ -221,6 +221,25 @@ class DockerBackend:
             raise translate(err) from None
         return container
 
+    def check_compiler(self) -> None:
+        """--compile: refuse in one line, before any work, when the image has no C compiler for torch.compile.
+
+        Otherwise every worker container would fail the same way and be retried on every device.
+        """
+        import docker
+        from vda.inference import DeviceError
+
+        probe = ["sh", "-c", "command -v cc || command -v gcc || command -v clang"]
+        try:
+            self.client.containers.run(self.image, probe, remove=True, network_mode="none")
+        except docker.errors.ContainerError as err:  # the probe ran and found no compiler
+            raise DeviceError(
+                f"--compile needs a C compiler in the image {self.image} (torch.compile builds kernels), and it has "
+                "none; run without --compile, or build an image with gcc"
+            ) from err
+        except Exception as err:  # the engine itself failed: say what docker said
+            raise translate(err) from None
+
     # -- backend interface -----------------------------------------------------------------------
     def start(
         self, plan: Plan, run_dir: Path, chunk: int, device: str, log_path: Path, on_line

@@ -303,6 +303,8 @@ def check_cuda(p: Probes, gpus: list[Gpu] | None, image: str, engine: Check) -> 
     need = tuple(int(x) for x in re.findall(r"\d+", built)[:2])
     if driver >= need:
         return Check(name, True, f"{have}, {where} is built for CUDA {built}")
+    if driver[0] == need[0]:  # CUDA's minor-version compatibility: a 12.x build runs on any 12.x driver
+        return Check(name, True, f"{have}, {where} is built for CUDA {built} (same major version: compatible)")
     older = [t for t in TORCH_CUDA_TAGS if (int(t[2:-1]), int(t[-1])) <= driver]
     index = (
         f"`make image TORCH_INDEX={older[-1]}`" if older else "`make image TORCH_INDEX=cuXY` with X.Y <= the driver's"

@@ -9,6 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
+from vda.inference import check_compiler
 from vda.plan import Plan
 from vda.system import gpu_env, usable_cpus
 
@@ -80,6 +81,10 @@ class LocalBackend:
     ):
         self.checkpoint, self.threads, self.extra_env = checkpoint, threads_per_worker, dict(extra_env or {})
         self.micro_batch, self.compile = micro_batch, compile
+
+    def check_compiler(self) -> None:
+        """--compile: the workers run here, so this machine needs the C compiler torch.compile uses."""
+        check_compiler()
 
     def command(self, plan: Plan, run_dir: Path, chunk: int, device: str) -> list[str]:
         """The worker's command line; a GPU worker is told cuda:0, the only GPU its environment shows it."""

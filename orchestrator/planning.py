@@ -48,8 +48,8 @@ def parse_devices(
     wanted = sorted({int(d.partition(":")[2] or 0) for d in out if d.startswith("cuda")})
     if wanted and visible_gpus == 0:
         raise PlanError(
-            "a GPU was requested but no GPU is visible here (nvidia-smi shows none, or CUDA_VISIBLE_DEVICES hides "
-            "them); check the driver, or use --devices cpu"
+            "a GPU was requested but no GPU is visible here (no NVIDIA driver, a CPU-only torch build, or "
+            "CUDA_VISIBLE_DEVICES hides them); check with `vda doctor`, or use --devices cpu"
         )
     if wanted and visible_gpus is not None and wanted[-1] >= visible_gpus:
         raise PlanError(

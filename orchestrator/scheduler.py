@@ -19,6 +19,10 @@ from vda.worker import EXIT_OUT_OF_MEMORY, PROGRESS_PREFIX, units_of
 from vda.writers import write_json
 
 RESULTS_NAME = "processing_results.json"
+# Exit codes that say the device, not the moment, was the problem: a container that could not start there (125, as
+# `docker run`) and an out-of-memory (vda.worker). Such a chunk waits for a device it has not tried; any other failure
+# is retried on the first free device.
+DEVICE_BOUND_EXITS = (125, EXIT_OUT_OF_MEMORY)
 
 
 class RunFailed(Exception):
@@ -46,7 +50,7 @@ class ChunkResult:
     frames: int = 0
     exit_codes: list[int] = field(default_factory=list)
     log: str = ""
-    fp32_recomputes: int = 0  # units whose fp16/bf16 depth was not finite and was recomputed in fp32
+    fp32_recomputes: int = 0  # windows (stream mode: frames) not finite in fp16/bf16, recomputed in fp32
 
 
 class Progress:
@@ -131,9 +135,9 @@ def run_chunks(
 ) -> dict[int, ChunkResult]:
     """Run every chunk once successfully, at most one chunk per device at a time.
 
-    A failed chunk is retried up to `retries` times, on a device it has not tried yet (waiting for one that is busy,
-    so that a device where containers cannot start does not use up every retry at once); once it has tried them all,
-    on any free device.
+    A failed chunk is retried up to `retries` times, on a free device it has not tried yet, else on any free one. After
+    a device-bound failure (DEVICE_BOUND_EXITS) it waits for a device it has not tried, so that a GPU where containers
+    cannot start does not use up every retry at once. An out-of-memory on every device stops the run at once.
     On any exception (also Ctrl-C) every running chunk is stopped before it propagates.
     """
     run_dir = Path(run_dir)
@@ -150,8 +154,9 @@ def run_chunks(
                     break
                 res = results[k]
                 device = next((d for d in free if d not in res.devices_tried), None)
-                if device is None and any(d not in res.devices_tried for d in devices):
-                    continue  # a device it has not tried is busy: wait for it rather than repeat a failure
+                device_bound = bool(res.exit_codes) and res.exit_codes[-1] in DEVICE_BOUND_EXITS
+                if device is None and device_bound and any(d not in res.devices_tried for d in devices):
+                    continue  # this device cannot run it: wait for one it has not tried rather than repeat the failure
                 device = device or free[0]
                 free.remove(device)
                 queue.remove(k)

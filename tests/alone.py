@@ -7,9 +7,9 @@ quietly depend on it again, `make test` runs it here: the project's files (what 
 not ignore) are copied into a fresh temporary folder, and pytest runs there with `-m "not shared"`. Tests marked
 `shared` then run in place, where `../shared` exists.
 
-Only the build outputs the run needs come along, as links: `.venv` (the interpreter and dependencies; imports of
-`vda` resolve to the copy first) and `wheelhouse/` (the offline CPU image build). Modification times are kept, so
-make sees `.venv` as up to date.
+Only the build outputs the run needs come along: `.venv` as a symbolic link (the interpreter and dependencies; imports
+of `vda` resolve to the copy first) and `wheelhouse/` as a folder of hard links (the offline CPU image build; Docker's
+build context does not follow a symbolic link). Modification times are kept, so make sees `.venv` as up to date.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-LINKED = (".venv", "wheelhouse")  # build outputs the tests use; never data
+LINKED = (".venv",)  # build outputs the tests use, linked; never data
+HARDLINKED = ("wheelhouse",)  # the same, as real folders of hard links (copies across filesystems)
 SKIPPED = {".git", ".venv", "wheelhouse", "out", "runs", "build", "dist", "__pycache__", ".pytest_cache", ".ruff_cache"}
 
 
@@ -52,7 +53,17 @@ def make_copy(dest_parent: Path, root: Path = ROOT) -> Path:
     for name in LINKED:
         if (root / name).exists() and not (copy / name).exists():
             (copy / name).symlink_to(root / name)
+    for name in HARDLINKED:
+        if (root / name).is_dir():
+            shutil.copytree(root / name, copy / name, copy_function=_link_or_copy, dirs_exist_ok=True)
     return copy
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another filesystem
+        shutil.copy2(src, dst)
 
 
 def main(argv: list[str]) -> int:

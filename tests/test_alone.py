@@ -6,7 +6,7 @@ import os
 import re
 from pathlib import Path
 
-from alone import LINKED, make_copy, project_files
+from alone import HARDLINKED, LINKED, make_copy, project_files
 from conftest import ROOT
 
 
@@ -19,6 +19,10 @@ def test_the_copy_has_the_project_and_nothing_beside_it(tmp_path):
     for name in LINKED:
         if (ROOT / name).exists():
             assert (copy / name).is_symlink() and (copy / name).resolve() == (ROOT / name).resolve()
+    for name in HARDLINKED:
+        if (ROOT / name).is_dir():
+            assert not (copy / name).is_symlink()
+            assert sorted(p.name for p in (copy / name).iterdir()) == sorted(p.name for p in (ROOT / name).iterdir())
     copied = [Path(d, f) for d, _, files in os.walk(copy) for f in files]  # does not enter the linked folders
     assert copied and not [p for p in copied if p.suffix in (".pth", ".pyc", ".part")]
 
@@ -28,7 +32,7 @@ def test_no_product_file_reads_shared():
 
     (The Makefile does, once: `make test` runs the optional tests marked `shared` where it exists.)
     """
-    pattern = re.compile(r"shared/(fixtures|videos)|parent / \"shared\"|\.\./shared")
+    pattern = re.compile(r"shared/(fixtures|videos)|parent / \"shared\"|[\"']\.\./shared")  # paths, not prose
     offenders = [
         str(rel)
         for rel in project_files()

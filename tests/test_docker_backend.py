@@ -232,3 +232,19 @@ def test_sigterm_removes_every_container(client, tmp_path, checkpoint, video):
     assert proc.returncode == 130, output
     assert "interrupted" in output
     assert _containers(client) == []
+
+
+def test_compile_with_an_image_without_a_compiler_is_refused_in_one_line(client, tmp_path, checkpoint, video):
+    """The CPU image has no C compiler: `--compile` is refused before any worker container starts."""
+    out = tmp_path / "out"
+    done = subprocess.run(
+        _depth_cmd(video, out, "docker", checkpoint, "--image", IMAGE, "--compile"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 2, done.stderr
+    assert last.startswith("vda: error: --compile needs a C compiler in the image"), done.stderr
+    assert not list(out.rglob("win_*.npy")) and _containers(client) == []

@@ -284,9 +284,11 @@ def test_the_driver_must_support_the_cuda_of_the_torch_build(gpu_path):
     )
     assert check_cuda(Build(image="11.8"), gpus, "vda:latest", ENGINE_OK).ok is True
     assert check_cuda(Build(image="12.4"), gpus, "vda:latest", ENGINE_OK).ok is True
-    old = check_cuda(Build(image="12.6"), gpus, "vda:latest", ENGINE_OK).line()
-    assert old.startswith("✗ CUDA driver vs torch: the driver supports CUDA 12.4, older than CUDA 12.6 that torch in ")
-    assert "update the NVIDIA driver to one for CUDA 12.6 or newer" in old
+    minor = check_cuda(Build(image="12.6"), gpus, "vda:latest", ENGINE_OK)  # minor-version compatibility
+    assert minor.ok is True and "same major version: compatible" in minor.detail
+    old = check_cuda(Build(image="13.0"), gpus, "vda:latest", ENGINE_OK).line()
+    assert old.startswith("✗ CUDA driver vs torch: the driver supports CUDA 12.4, older than CUDA 13.0 that torch in ")
+    assert "update the NVIDIA driver to one for CUDA 13.0 or newer" in old
     assert "older CUDA wheel index: `make image TORCH_INDEX=cu124`" in old
     # No image yet (or no engine): the venv's torch, from the same pinned spec, stands in for it.
     venv = check_cuda(Build(image="", venv="13.0"), gpus, "vda:latest", ENGINE_OK).line()
@@ -322,7 +324,9 @@ def test_doctor_on_a_fake_8_gpu_host_with_one_core(tmp_path, models):
     assert code == 1
     assert line_of(lines, "GPUs") == "✓ GPUs: 8 visible: 8 x NVIDIA H200 (140 GiB, compute capability 9.0)"
     assert line_of(lines, "CPU cores for the merge").startswith("✗ CPU cores for the merge: 1 usable for 8 GPU(s);")
-    assert line_of(lines, "CUDA driver vs torch").startswith("- CUDA driver vs torch: the driver supports CUDA 12.4")
+    cuda_line = line_of(lines, "CUDA driver vs torch")  # its mark depends on this machine's torch build, not the fake
+    assert cuda_line[:2] in ("- ", "✓ ", "✗ ")
+    assert cuda_line[2:].startswith("CUDA driver vs torch: the driver supports CUDA 12.4")
     assert line_of(lines, "vits checkpoint").startswith("✓ vits checkpoint:")
 
 

@@ -295,11 +295,13 @@ def test_corrupt_video_names_the_frame(tmp_path, checkpoint):
         (["--devices", "gpu0"], "invalid device 'gpu0'"),
         (["--gpu-ids", "1", "1"], "distinct"),
         (["--gpus", "0"], "at least 1"),
-        (["--gpus", "3"], "no GPU is visible here"),
-        (["--gpu-ids", "7"], "no GPU is visible here"),
+        (["--gpus", "99"], "GPU 98 requested"),
+        (["--gpu-ids", "99"], "GPU 99 requested"),
     ],
 )
 def test_bad_devices(tmp_path, checkpoint, video, flags, message):
+    if "requested" in message and torch.cuda.device_count() == 0:  # this machine: say no GPU is visible, not 0..-1
+        message = "no GPU is visible here"
     code, _, err = vda("depth", video, "-o", tmp_path / "o", *flags, "--checkpoint", checkpoint)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
@@ -345,3 +347,27 @@ def test_plan_paths_cannot_escape_run_dir(tmp_path, checkpoint, video):
     (run / "plan.json").write_text(json.dumps(data))
     with pytest.raises(PlanError, match="bad chunk index"):
         Plan.load(run)
+
+
+def test_compile_without_a_compiler_is_refused_before_any_work(tmp_path, checkpoint, video):
+    """--compile where the workers run (here, local) with no C compiler on PATH: one line, no windows computed."""
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    env = {"PATH": str(bare), "CC": ""}
+    code, _, err = vda(*depth_args(video, tmp_path / "o", checkpoint, "cpu"), "--compile", env=env)
+    assert code == 2 and len(err.strip().splitlines()) == 2, err  # the "planned ..." line, then the refusal
+    assert err.strip().splitlines()[-1].startswith("vda: error: --compile needs a C compiler")
+    assert not list((tmp_path / "o").rglob("win_*.npy"))
+
+
+def test_out_of_memory_is_one_line_and_not_retried_on_the_same_device(tmp_path, checkpoint, video):
+    """torch's OutOfMemoryError, raised by the fault injection as a GPU would raise it, through the real CLI."""
+    out = tmp_path / "o"
+    env = {"VDA_FAIL_AT_UNIT": "0:1", "VDA_FAIL_MODE": "oom"}
+    code, _, err = vda(*depth_args(video, out, checkpoint, "cpu"), "--micro-batch", "2", env=env)
+    assert code == 2 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("vda: error: chunk 0 ran out of device memory on cpu (the GPU ran out of memory running")
+    assert "micro-batch 2" in last and "lower --micro-batch (e.g. 1)" in last
+    (chunk,) = json.loads((out / "_run" / "processing_results.json").read_text())["chunks"]
+    assert (chunk["attempts"], chunk["exit_codes"]) == (1, [4])  # the worker's exit code; no retry on cpu again

@@ -223,6 +223,11 @@ def test_stream_mode_recomputes_a_non_finite_frame(model, nan_in_half_precision)
     runtime = Runtime.create("cpu", "bf16")
     out = list(inference.stream_depths(model, runtime, enumerate(frames), (28, 42), recomputed))
     assert recomputed == [4] and all(torch.isfinite(d).all() for _, d in out)
+    nan_in_half_precision["poison"] = set()
+    clean = list(inference.stream_depths(model, runtime, enumerate(frames), (28, 42)))
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(out[:4], clean[:4]))  # before it: untouched
+    assert rel_err(out[4][1].numpy(), clean[4][1].numpy()) <= 0.05  # fp32 where bf16 would have been: close
+    assert rel_err(np.stack([d for _, d in out[5:]]), np.stack([d for _, d in clean[5:]])) <= 0.05
 
 
 def test_recomputes_are_said_once_and_counted_per_chunk(tmp_path, checkpoint):

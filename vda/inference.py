@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sysconfig
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -71,7 +72,7 @@ def same_device(a: torch.device, b: torch.device, current_cuda: int | None = Non
     return (a.index if a.index is not None else current_cuda) == (b.index if b.index is not None else current_cuda)
 
 
-def check_compiler(which=shutil.which, environ=os.environ) -> None:
+def check_compiler(which=shutil.which, environ=os.environ, gpu: bool = False, include: str | None = None) -> None:
     """torch.compile builds kernels with a C compiler where the model runs (Triton's launcher on a GPU, C++ on CPU).
 
     Without one it fails deep in the first window with a long traceback; refuse in one line before any work.
@@ -81,6 +82,12 @@ def check_compiler(which=shutil.which, environ=os.environ) -> None:
         raise DeviceError(
             "--compile needs a C compiler where the workers run (torch.compile builds kernels), and there is none; "
             "install gcc there (e.g. in the image), or run without --compile"
+        )
+    include = include or sysconfig.get_paths()["include"]
+    if gpu and not os.path.isfile(os.path.join(include, "Python.h")):  # Triton builds its launcher against it
+        raise DeviceError(
+            f"--compile on a GPU needs the Python headers (no Python.h in {include}); install python3-dev (or the "
+            "matching python*-dev package), or run without --compile"
         )
 
 
@@ -204,7 +211,7 @@ class Runtime:
                     f"({device}) has {major}.{minor}; use --precision fp16 or fp32"
                 )
         if compile:
-            check_compiler()
+            check_compiler(gpu=device.type == "cuda")
         return cls(device, precision, micro_batch, compile)
 
     @property
@@ -222,9 +229,9 @@ class Runtime:
         if not self.compile:
             return model.encode
         compiled = torch.compile(model.pretrained, dynamic=False)
-        step = self.micro_batch
 
         def encode(x: torch.Tensor, micro_batch: int | None = None) -> list[torch.Tensor]:
+            step = micro_batch or x.shape[0]  # stream mode encodes one frame at a time: its fixed shape is 1
             parts = []
             for i in range(0, x.shape[0], step):
                 batch = x[i : i + step]

@@ -34,4 +34,5 @@ def gpu_env(index: int, parent_env: Mapping[str, str] = os.environ) -> dict[str,
             f"{len(visible)} GPU(s); use ids 0..{len(visible) - 1} or unset CUDA_VISIBLE_DEVICES"
         )
     physical = visible[index] if "CUDA_VISIBLE_DEVICES" in parent_env else str(index)
-    return {"CUDA_VISIBLE_DEVICES": physical, "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    # A parent that set its own order read its CUDA_VISIBLE_DEVICES in that order: keep it for the same card.
+    return {"CUDA_VISIBLE_DEVICES": physical, "CUDA_DEVICE_ORDER": parent_env.get("CUDA_DEVICE_ORDER", "PCI_BUS_ID")}

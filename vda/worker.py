@@ -216,6 +216,16 @@ class UnitStore:
             self._raise_pending()
 
 
+def _out_of_memory(s, runtime: Runtime, doing: str) -> DeviceOutOfMemory:
+    """The one line for an OOM. It does not name the device: an isolated worker sees its GPU as cuda:0, and the
+    scheduler, which knows which GPU that is, names it."""
+    return DeviceOutOfMemory(
+        f"the GPU ran out of memory {doing} {s.encoder} at input size {s.input_size} ({s.net_width}x{s.net_height}) "
+        f"with micro-batch {runtime.micro_batch} in {runtime.precision}; lower --micro-batch "
+        f"(e.g. {max(1, runtime.micro_batch // 2)}), --input-size or --max-res, or use a GPU with more memory"
+    )
+
+
 def run_chunk(
     run_dir: str | Path,
     chunk_index: int,
@@ -243,7 +253,10 @@ def run_chunk(
     ckpt = resolve(s.encoder, s.metric, checkpoint or os.environ.get("VDA_CHECKPOINT") or None)
     verify_checkpoint(plan, ckpt)
     runtime = Runtime.create(device or chunk.device, s.precision, micro_batch, compile)  # "auto": fp16 on GPUs
-    model = load_model(ckpt, encoder=s.encoder, metric=s.metric, device=runtime.device)
+    try:
+        model = load_model(ckpt, encoder=s.encoder, metric=s.metric, device=runtime.device)
+    except torch.OutOfMemoryError:
+        raise _out_of_memory(s, runtime, "loading the weights") from None
     (run_dir / chunk.dir).mkdir(parents=True, exist_ok=True)
     shape, size = (s.net_height, s.net_width), (s.frame_width, s.frame_height)
     n = plan.frame_count
@@ -258,7 +271,7 @@ def run_chunk(
     recomputed: list[int] = []  # windows (or frames) recomputed in fp32 because fp16/bf16 gave NaN or inf
 
     def save(unit: int, depth: torch.Tensor, started: float, final_frames: int, fresh: int) -> None:
-        host, event = _to_host(depth, runtime.precision)
+        host, event = _to_host(depth, "fp32" if fresh else runtime.precision)  # a recomputed unit stays fp32
         if fresh:
             print(f"unit {unit}: depth not finite in {runtime.precision}; recomputed in fp32", flush=True)
 
@@ -293,10 +306,5 @@ def run_chunk(
                         save(seg_start, torch.stack(segment), started, len(segment), len(recomputed) - before)
                         segment, seg_start, started, before = [], i + 1, time.time(), len(recomputed)
     except torch.OutOfMemoryError:
-        raise DeviceOutOfMemory(
-            f"{runtime.device} ran out of memory running {s.encoder} at input size {s.input_size} "
-            f"({s.net_width}x{s.net_height}) with micro-batch {runtime.micro_batch} in {runtime.precision}; lower "
-            f"--micro-batch (e.g. {max(1, runtime.micro_batch // 2)}), --input-size or --max-res, or use a GPU "
-            "with more memory"
-        ) from None
+        raise _out_of_memory(s, runtime, "running") from None
     return len(todo)
