@@ -83,7 +83,7 @@ def main() -> None:
             )
             rss, seconds, merged = peak_of_run(cmd)
             merge_s, ahead = merge_figures(merged)
-            stored = len(list((out / "_run" / "chunks").glob("*/win_*.npy")))
+            stored = len(list((out / "_run" / "windows").glob("win_*.npy")))
             written = len(list(out.glob("depth_[0-9]*")))
             ratio = stored / stitch.num_windows(n)
             rows.append((n, rss, seconds, stored, ratio, written, merge_s, ahead))

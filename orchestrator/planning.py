@@ -125,8 +125,11 @@ def create_plan(
     if (run_dir / PLAN_NAME).is_file():
         old = Plan.load(run_dir)
         if _same_work(old, plan) and not overwrite:
-            for c_old, c_new in zip(old.chunks, plan.chunks):
-                c_old.device = c_new.device  # devices may differ between tries; the work may not
+            if mode == "window":  # windows are stored by window, not by chunk: any split reuses every finished one
+                old.chunks = plan.chunks
+            else:  # stream segments depend on where their chunk starts: only the devices may change
+                for c_old, c_new in zip(old.chunks, plan.chunks):
+                    c_old.device = c_new.device
             old.input.path = info.path
             old.save(run_dir)
             return old, True
@@ -149,14 +152,11 @@ def check_layout(state: dict, encoder: str) -> None:
 
 
 def _identity(plan: Plan) -> dict:
+    """What must match for a rerun to reuse stored results: input, settings and, in stream mode only, the split."""
     info = asdict(plan.input)
     info.pop("path")
-    return {
-        "input": info,
-        "settings": asdict(plan.settings),
-        "units": [c.units for c in plan.chunks],
-        "extra": plan.extra,
-    }
+    split = [c.units for c in plan.chunks] if plan.settings.mode == "stream" else None
+    return {"input": info, "settings": asdict(plan.settings), "units": split, "extra": plan.extra}
 
 
 def _same_work(a: Plan, b: Plan) -> bool:
@@ -170,4 +170,4 @@ def _difference(old: Plan, new: Plan) -> str:
     diff = [k for k in a["settings"] if a["settings"][k] != b["settings"][k]]
     if diff:
         return "different " + ", ".join(diff)
-    return "a different split over devices"
+    return "a different split over devices, which stream mode cannot reuse"

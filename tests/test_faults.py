@@ -24,7 +24,7 @@ from orchestrator.planning import create_plan
 from orchestrator.scheduler import RunFailed, run_chunks
 from vda.merge import merge
 from vda.plan import Plan, PlanError
-from vda.worker import run_chunk, unit_path
+from vda.worker import InjectedFault, run_chunk, unit_path
 from vda.writers import DepthMeta, read_depth
 
 SMALL = ["--input-size", "56"]
@@ -88,22 +88,19 @@ def test_sigkilled_worker_resumes_and_matches(tmp_path, video, checkpoint, refer
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = sorted(p.name for p in (run / "chunks" / "0").glob("*.done"))
+    stored = unit_path(run, 0, "window", 0).parent
+    done = sorted(p.name for p in stored.glob("*.done"))
     assert 2 <= len(done) < 5, done  # killed mid-chunk
-    for npy in (run / "chunks" / "0").glob("win_*.npy"):
+    for npy in stored.glob("win_*.npy"):
         np.load(npy)  # every file under a final name is complete
-    mtimes = {
-        p.name: p.stat().st_mtime_ns
-        for p in (run / "chunks" / "0").glob("win_*.npy")
-        if p.with_suffix(".done").exists()
-    }
+    mtimes = {p.name: p.stat().st_mtime_ns for p in stored.glob("win_*.npy") if p.with_suffix(".done").exists()}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         assert run_chunk(run, 0, checkpoint=str(checkpoint)) == 5 - len(done)  # only unfinished windows
     finally:
         torch.set_num_threads(threads)
-    assert all((run / "chunks" / "0" / name).stat().st_mtime_ns == t for name, t in mtimes.items())
+    assert all((stored / name).stat().st_mtime_ns == t for name, t in mtimes.items())
     merge(run, tmp_path / "out", "npy", workers=1)
     assert np.array_equal(outputs(tmp_path / "out"), reference)
 
@@ -371,3 +368,47 @@ def test_out_of_memory_is_one_line_and_not_retried_on_the_same_device(tmp_path, 
     assert "micro-batch 2" in last and "lower --micro-batch (e.g. 1)" in last
     (chunk,) = json.loads((out / "_run" / "processing_results.json").read_text())["chunks"]
     assert (chunk["attempts"], chunk["exit_codes"]) == (1, [4])  # the worker's exit code; no retry on cpu again
+
+
+def test_rerun_on_any_device_count_reuses_every_finished_window(tmp_path, video, checkpoint, reference, monkeypatch):
+    """Windows are stored by window: after a 2-device run that finished some windows, a rerun on 1 device computes
+    only the missing ones (here with finished windows on both sides), leaves the finished files alone, and gives the
+    uninterrupted run's output bit for bit (one thread); a rerun on 3 devices then computes nothing."""
+    out = tmp_path / "out"
+    run, windows = out / "_run", out / "_run" / "windows"
+    plan, _ = create_plan(video, run, ["cpu", "cpu"], checkpoint=str(checkpoint), input_size=56)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_chunk(run, 1, checkpoint=str(checkpoint))  # the last windows
+        monkeypatch.setenv("VDA_FAIL_AT_UNIT", "0:1")
+        with pytest.raises(InjectedFault):
+            run_chunk(run, 0, checkpoint=str(checkpoint))  # window 0, then a failure before window 1
+    finally:
+        torch.set_num_threads(threads)
+        monkeypatch.delenv("VDA_FAIL_AT_UNIT")
+    last = range(*plan.chunks[1].units)
+    finished = {p.name: p.stat().st_mtime_ns for p in windows.glob("win_*.npy") if p.with_suffix(".done").exists()}
+    assert sorted(finished) == [f"win_{w:06d}.npy" for w in (0, *last)]
+
+    code, _, err = vda(*depth_args(video, out, checkpoint, devices="cpu"))
+    assert code == 0, err
+    assert "resuming" in err and len(Plan.load(run).chunks) == 1
+    assert all((windows / name).stat().st_mtime_ns == t for name, t in finished.items())
+    assert len(list(windows.glob("win_*.done"))) == plan.num_windows
+    assert np.array_equal(outputs(out), reference)
+
+    everything = {p.name: p.stat().st_mtime_ns for p in windows.glob("win_*.npy")}
+    code, _, err = vda(*depth_args(video, out, checkpoint, devices="cpu,cpu,cpu"))
+    assert code == 0, err
+    assert {p.name: p.stat().st_mtime_ns for p in windows.glob("win_*.npy")} == everything  # nothing recomputed
+    assert np.array_equal(outputs(out), reference)
+
+
+def test_stream_mode_refuses_another_split(tmp_path, video, checkpoint):
+    """Stream segments depend on where their chunk starts (the warm-up), so they are not reused across splits."""
+    run = tmp_path / "run"
+    create_plan(video, run, ["cpu", "cpu"], checkpoint=str(checkpoint), input_size=56, mode="stream")
+    create_plan(video, run, ["cpu", "cpu"], checkpoint=str(checkpoint), input_size=56, mode="stream")  # same: kept
+    with pytest.raises(PlanError, match="a different split over devices, which stream mode cannot reuse"):
+        create_plan(video, run, ["cpu"] * 3, checkpoint=str(checkpoint), input_size=56, mode="stream")

@@ -25,7 +25,7 @@ import torch
 
 from vda import stitch
 from vda.inference import CHAIN_OUTPUTS, WindowAligner, chain_maps, upsample
-from vda.plan import CHUNKS_DIR, Plan, PlanError
+from vda.plan import CHUNKS_DIR, WINDOWS_DIR, Plan, PlanError
 from vda.system import usable_cpus
 from vda.worker import SEGMENT, is_done, unfinished_units, unit_path, units_of
 from vda.writers import FORMATS, LEVELS, META_NAME, DepthMeta, colorize, encode, frame_name, write_atomic, write_json
@@ -156,6 +156,7 @@ class FirstPass:
 def discard_results(run_dir: Path) -> None:
     """Delete what the workers and pass 1 stored (not the plan or the logs): the run starts over, or is done."""
     shutil.rmtree(Path(run_dir) / CHUNKS_DIR, ignore_errors=True)
+    shutil.rmtree(Path(run_dir) / WINDOWS_DIR, ignore_errors=True)
     (Path(run_dir) / FIRST_PASS_NAME).unlink(missing_ok=True)
 
 

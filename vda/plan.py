@@ -16,7 +16,10 @@ from vda.video import VideoInfo, spans
 
 SCHEMA_VERSION = 1
 PLAN_NAME = "plan.json"
-CHUNKS_DIR = "chunks"  # RUN_DIR/chunks/K holds what chunk K computed
+CHUNKS_DIR = "chunks"  # RUN_DIR/chunks/K holds the stream segments chunk K computed (they depend on the split)
+# RUN_DIR/windows holds every computed window, whichever chunk or device computed it: a window depends only on the
+# video and the settings, so a rerun on any number of devices reuses every finished one.
+WINDOWS_DIR = "windows"
 STREAM_WARMUP = 96  # frames a stream chunk replays before its range (see README: chunked stream accuracy)
 
 
@@ -47,10 +50,6 @@ class Chunk:
     units: tuple[int, int]  # [start, stop): windows (window mode) or output frames (stream mode)
     decode: list[tuple[int, int]]  # [start, stop) frame spans the worker decodes
     produces: tuple[int, int]  # [start, stop) output frames this chunk's units make final
-
-    @property
-    def dir(self) -> str:
-        return f"{CHUNKS_DIR}/{self.index}"
 
 
 @dataclass

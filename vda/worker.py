@@ -24,7 +24,7 @@ import torch
 from vda import stitch
 from vda.inference import FrameFeed, Runtime, WindowRunner, store_dtype, stream_depths
 from vda.model import load_model
-from vda.plan import CHUNKS_DIR, Plan, PlanError, stream_chunk_frames, window_chunk_frames
+from vda.plan import CHUNKS_DIR, WINDOWS_DIR, Plan, PlanError, stream_chunk_frames
 from vda.video import VideoError, head_hash, read_frames, threaded
 from vda.writers import write_atomic, write_json
 
@@ -60,6 +60,10 @@ def unit_name(mode: str, unit: int) -> str:
 
 
 def unit_path(run_dir: Path, chunk_index: int, mode: str, unit: int) -> Path:
+    """Where a unit is stored. Windows are keyed by window alone (any split reuses them); stream segments by chunk,
+    because a segment's depth depends on where its chunk starts (the warm-up)."""
+    if mode == "window":
+        return Path(run_dir) / WINDOWS_DIR / f"{unit_name(mode, unit)}.npy"
     return Path(run_dir) / CHUNKS_DIR / str(int(chunk_index)) / f"{unit_name(mode, unit)}.npy"
 
 
@@ -257,16 +261,17 @@ def run_chunk(
         model = load_model(ckpt, encoder=s.encoder, metric=s.metric, device=runtime.device)
     except torch.OutOfMemoryError:
         raise _out_of_memory(s, runtime, "loading the weights") from None
-    (run_dir / chunk.dir).mkdir(parents=True, exist_ok=True)
+    unit_path(run_dir, chunk_index, s.mode, todo[0]).parent.mkdir(parents=True, exist_ok=True)
     shape, size = (s.net_height, s.net_width), (s.frame_width, s.frame_height)
     n = plan.frame_count
-    # Finished units form a prefix (units run in order), so resuming restarts at the first unfinished one.
     first = todo[0]
     if s.mode == "window":
-        decode, _ = window_chunk_frames((first, chunk.units[1]), n)
-    else:
+        # Any windows may be finished (a rerun on another split keeps them all): decode what the others read.
+        wanted = sorted({i for w in todo for i in stitch.window_inputs(w, n)})
+    else:  # a chunk's segments run in order, so its finished ones are a prefix: restart at the first unfinished
         decode = stream_chunk_frames((first, chunk.units[1]), plan.extra.get("stream_warmup", 0))
-    frames = threaded(read_frames(plan.input, (i for a, b in decode for i in range(a, b)), size), DECODE_AHEAD)
+        wanted = (i for a, b in decode for i in range(a, b))
+    frames = threaded(read_frames(plan.input, wanted, size), DECODE_AHEAD)
     done = len(units) - len(todo)
     recomputed: list[int] = []  # windows (or frames) recomputed in fp32 because fp16/bf16 gave NaN or inf
 
@@ -289,7 +294,7 @@ def run_chunk(
             if s.mode == "window":
                 feed, runner = FrameFeed(frames, total=n), WindowRunner(model, runtime, shape)
                 recomputed = runner.recomputed
-                for w in range(first, chunk.units[1]):
+                for w in todo:
                     started, before = time.time(), len(recomputed)
                     _maybe_fail(run_dir, chunk_index, w)
                     depth = runner.run(w, feed, n)
