@@ -32,7 +32,7 @@ def test_the_estimate_covers_the_stored_windows_and_frames(finished_run):
     tmp, plan = finished_run
     units = [u for c in plan.chunks for u in units_of(plan, c.index)]
     need = estimate(plan, "npy", units, plan.frame_count)
-    stored = sum(p.stat().st_size for p in (tmp / "run" / "chunks").rglob("win_*"))  # .npy and .done
+    stored = sum(p.stat().st_size for p in (tmp / "run" / "windows").rglob("win_*"))  # .npy and .done
     assert stored <= need.run_bytes <= stored * 1.01
     written = sum(p.stat().st_size for p in (tmp / "out").glob("depth_*.npy"))
     assert need.out_bytes == written  # npy frames: the estimate is exact
@@ -67,7 +67,7 @@ def test_too_small_a_disk_is_refused_before_any_work(tmp_path, checkpoint):
         (line,) = err.strip().splitlines()
         assert line.startswith("vda: error: not enough disk space:") and "--no-space-check" in line
         assert f"{small}" in line and "MB free, this run needs about" in line and "MB of npy frames" in line
-        assert not list((small / "out" / "_run").glob("chunks/*/win_*"))  # nothing computed
+        assert not list((small / "out" / "_run").glob("windows/win_*"))  # nothing computed
     finally:
         subprocess.run(["umount", str(small)], check=False)
 
@@ -87,7 +87,7 @@ def test_clean_deletes_the_windows_only_after_the_merge(tmp_path, checkpoint):
     assert "needs about" in err and "MB of disk" in err
     assert len(list((tmp_path / "out").glob("depth_*.npy"))) == 30
     run = tmp_path / "out" / "_run"
-    assert (run / "plan.json").is_file() and not (run / "chunks").exists() and not (run / "first_pass.json").exists()
+    assert (run / "plan.json").is_file() and not (run / "windows").exists() and not (run / "first_pass.json").exists()
     code, _, err = vda("depth", *common, "--format", "npy", "--clean", env={"VDA_FAIL_AT_UNIT": "1"})
     assert code == 2  # a failed run keeps the windows it finished, for the resume
-    assert [p.name for p in (run / "chunks").rglob("win_*.npy")] == ["win_000000.npy"]
+    assert [p.name for p in (run / "windows").rglob("win_*.npy")] == ["win_000000.npy"]
