@@ -19,12 +19,12 @@ from pathlib import Path
 
 from models.registry import models_dir
 from orchestrator.local import ERROR_PREFIX, worker_threads
+from orchestrator.scheduler import START_FAILED
 from vda.plan import Plan
 from vda.system import usable_cpus
 
 RUN_MOUNT, OUT_MOUNT, INPUT_MOUNT, MODELS_MOUNT, CKPT_MOUNT = "/work/run", "/work/out", "/input", "/models", "/ckpt"
 LABEL_RUN, LABEL_CHUNK, LABEL_ROLE = "vda.run", "vda.chunk", "vda.role"
-START_FAILED = 125  # `docker run`'s own exit code for "the container failed to start"
 NVIDIA_HINT = (
     "Docker has no NVIDIA runtime: install nvidia-container-toolkit "
     "(https://docs.nvidia.com/datacenter/cloud-native/container-toolkit/latest/install-guide.html), "

@@ -19,10 +19,11 @@ from vda.worker import EXIT_OUT_OF_MEMORY, PROGRESS_PREFIX, units_of
 from vda.writers import write_json
 
 RESULTS_NAME = "processing_results.json"
-# Exit codes that say the device, not the moment, was the problem: a container that could not start there (125, as
-# `docker run`) and an out-of-memory (vda.worker). Such a chunk waits for a device it has not tried; any other failure
-# is retried on the first free device.
-DEVICE_BOUND_EXITS = (125, EXIT_OUT_OF_MEMORY)
+START_FAILED = 125  # a worker that could not start on its device (`docker run`'s own code for it)
+# Exit codes that say the device, not the moment, was the problem: a worker that could not start there, and an
+# out-of-memory (vda.worker). Such a chunk waits for a device it has not tried; any other failure is retried on the
+# first free device.
+DEVICE_BOUND_EXITS = (START_FAILED, EXIT_OUT_OF_MEMORY)
 
 
 class RunFailed(Exception):
@@ -164,9 +165,7 @@ def run_chunks(
                 res.devices_tried.append(device)
                 handle = backend.start(plan, run_dir, k, device, run_dir / res.log, lambda t, k=k: progress.line(k, t))
                 running[k] = (handle, device, time.time())
-            for k, n in progress.recomputes.items():
-                results[k].fp32_recomputes = n
-            _save(run_dir, results)
+            _save(run_dir, results, progress)
             time.sleep(poll_interval)
             for k, (handle, device, started) in list(running.items()):
                 code = handle.poll()
@@ -209,10 +208,10 @@ def run_chunks(
             handle.stop()
         for k in running:
             results[k].status = "stopped"
-        for k, n in progress.recomputes.items():
-            results[k].fp32_recomputes = n
-        _save(run_dir, results)
+        _save(run_dir, results, progress)
 
 
-def _save(run_dir: Path, results: dict[int, ChunkResult]) -> None:
+def _save(run_dir: Path, results: dict[int, ChunkResult], progress: Progress) -> None:
+    for k, n in progress.recomputes.items():
+        results[k].fp32_recomputes = n
     write_json(run_dir / RESULTS_NAME, {"chunks": [asdict(r) for r in results.values()]})

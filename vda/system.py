@@ -25,14 +25,16 @@ def gpu_env(index: int, parent_env: Mapping[str, str] = os.environ) -> dict[str,
     set, and the order is the PCI bus order, which is what nvidia-smi and Docker's --gpus device ids number; CUDA's
     default order (fastest first) could give another card.
     """
-    visible = [v.strip() for v in parent_env.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
-    if "CUDA_VISIBLE_DEVICES" in parent_env and not visible:
-        raise ValueError("CUDA_VISIBLE_DEVICES is empty, so no GPU is visible; unset it, or use --devices cpu")
-    if "CUDA_VISIBLE_DEVICES" in parent_env and not 0 <= index < len(visible):
-        raise ValueError(
-            f"GPU {index} requested but CUDA_VISIBLE_DEVICES={parent_env['CUDA_VISIBLE_DEVICES']!r} shows "
-            f"{len(visible)} GPU(s); use ids 0..{len(visible) - 1} or unset CUDA_VISIBLE_DEVICES"
-        )
-    physical = visible[index] if "CUDA_VISIBLE_DEVICES" in parent_env else str(index)
+    physical = str(index)
+    if "CUDA_VISIBLE_DEVICES" in parent_env:
+        visible = [v.strip() for v in parent_env["CUDA_VISIBLE_DEVICES"].split(",") if v.strip()]
+        if not visible:
+            raise ValueError("CUDA_VISIBLE_DEVICES is empty, so no GPU is visible; unset it, or use --devices cpu")
+        if not 0 <= index < len(visible):
+            raise ValueError(
+                f"GPU {index} requested but CUDA_VISIBLE_DEVICES={parent_env['CUDA_VISIBLE_DEVICES']!r} shows "
+                f"{len(visible)} GPU(s); use ids 0..{len(visible) - 1} or unset CUDA_VISIBLE_DEVICES"
+            )
+        physical = visible[index]
     # A parent that set its own order read its CUDA_VISIBLE_DEVICES in that order: keep it for the same card.
     return {"CUDA_VISIBLE_DEVICES": physical, "CUDA_DEVICE_ORDER": parent_env.get("CUDA_DEVICE_ORDER", "PCI_BUS_ID")}
