@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_infer import synthetic_state
+from bench_infer import sliding_frames, synthetic_state
 
 from vda.inference import PRECISIONS, Runtime, infer_video
 from vda.model import load_model
@@ -104,12 +104,6 @@ def video_fps(
     t = synced(device)
     n = run(frames)
     return n / (synced(device) - t), peak_gib(device)
-
-
-def synthetic_frames(n: int, width: int = 1920, height: int = 1080) -> list[np.ndarray]:
-    """`n` frames of random pixels sliding sideways: speed and memory do not depend on the content."""
-    base = np.random.RandomState(0).randint(0, 255, (height, width, 3), dtype=np.uint8)
-    return [np.roll(base, 9 * i, axis=1) for i in range(n)]
 
 
 def header(modes: list[str]) -> list[str]:
@@ -226,7 +220,7 @@ def main() -> None:
         )
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device {name}, torch {torch.__version__}, input size {args.input_size}", flush=True)
-    frames = synthetic_frames(args.frames)
+    frames = list(sliding_frames(args.frames, 1920, 1080, shift=9))
     rows = table_rows(
         device,
         args.encoders,

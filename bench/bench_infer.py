@@ -16,6 +16,7 @@ import resource
 import sys
 import time
 import types
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -56,21 +57,37 @@ def depth_cmd(video, out, checkpoint, devices: str, *extra: str) -> list[str]:
     ]
 
 
-def synthetic_video(path: Path, n: int, width: int, height: int, block: int = 1, shift: int = 3) -> Path:
-    """An x264 clip of random blocks sliding sideways: real decoding work, deterministic content."""
-    import av
-
+def sliding_frames(n: int, width: int, height: int, shift: int, block: int = 1) -> Iterator[np.ndarray]:
+    """Random blocks sliding sideways by `shift` pixels a frame, made lazily: deterministic content for benchmarks,
+    whose speed and memory do not depend on it."""
     rng = np.random.RandomState(0)
     base = rng.randint(0, 255, (height // block, width // block, 3), dtype=np.uint8).repeat(block, 0).repeat(block, 1)
+    return (np.roll(base, shift * i, axis=1) for i in range(n))
+
+
+def write_x264(path: Path, frames: Iterable[np.ndarray], fps: int = 30, gop: int | None = None) -> Path:
+    """Encode RGB frames with x264 (yuv420p) through PyAV, one at a time; `gop` sets the keyframe interval."""
+    import av
+
     with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=30)
-        s.width, s.height, s.pix_fmt = width, height, "yuv420p"
-        for i in range(n):
-            for p in s.encode(av.VideoFrame.from_ndarray(np.roll(base, shift * i, axis=1), format="rgb24")):
+        s = None
+        for frame in frames:
+            if s is None:
+                s = c.add_stream("libx264", rate=fps)
+                s.height, s.width = frame.shape[:2]
+                s.pix_fmt = "yuv420p"
+                if gop:
+                    s.options = {"g": str(gop), "keyint_min": str(gop)}
+            for p in s.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 c.mux(p)
         for p in s.encode():
             c.mux(p)
     return path
+
+
+def synthetic_video(path: Path, n: int, width: int, height: int, block: int = 1, shift: int = 3) -> Path:
+    """An x264 clip of random blocks sliding sideways: real decoding work, deterministic content."""
+    return write_x264(path, sliding_frames(n, width, height, shift, block))
 
 
 def frames_source(args):
@@ -80,9 +97,7 @@ def frames_source(args):
         info = probe(args.video)
         n = min(args.frames, info.frame_count)
         return [f for _, f in read_frames(info, range(n))]
-    rng = np.random.RandomState(0)
-    base = rng.randint(0, 255, (args.height, args.width, 3), dtype=np.uint8)
-    return [np.roll(base, 7 * i, axis=1) for i in range(args.frames)]
+    return list(sliding_frames(args.frames, args.width, args.height, shift=7))
 
 
 def peak_rss_mb() -> float:

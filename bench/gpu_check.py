@@ -53,14 +53,13 @@ from bench_gpu import (
     free,
     header,
     markdown,
-    synthetic_frames,
     table_rows,
 )
-from bench_infer import depth_cmd
+from bench_infer import depth_cmd, sliding_frames, write_x264
 
 from vda.inference import BF16_MIN_CAPABILITY, infer_video
 from vda.model import load_model
-from vda.synth import save_checkpoint, synth_state_dict
+from vda.synth import save_checkpoint, synth_state_dict, synthetic_scene
 from vda.video import probe, read_frames
 from vda.writers import DepthMeta, read_depth
 
@@ -155,46 +154,6 @@ def reason(err: BaseException) -> str:
 
 def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
     return float(np.abs(np.asarray(ours, np.float64) - ref).max() / np.abs(ref).max())
-
-
-def scene_frames(n: int, width: int, height: int, seed: int = 0) -> list[np.ndarray]:
-    """A camera panning over a textured ground plane under a sky, with a disc crossing it: smooth areas, edges and
-    perspective, so the depth maps vary as on real footage (random noise would give nearly flat maps)."""
-    rng = np.random.RandomState(seed)
-    texture = rng.uniform(0.0, 1.0, (32, 32))
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
-    horizon = 0.4 * height
-    below = np.maximum(yy - horizon, 1.0)  # perspective: rows near the horizon are far away
-    sky = np.stack([0.5 + 0.3 * (1 - yy / horizon), 0.6 + 0.3 * (1 - yy / horizon), np.full_like(yy, 0.9)], -1)
-    frames = []
-    for t in range(n):
-        u = ((xx - width / 2) / below * 12 + t * 0.8).astype(int) % 32
-        v = (height * 3 / below + t * 0.5).astype(int) % 32
-        shade = (0.3 + 0.7 * np.clip(below / (0.6 * height), 0, 1)) * (0.6 + 0.4 * texture[v, u])
-        img = np.where((yy > horizon)[..., None], shade[..., None] * np.array([0.45, 0.55, 0.25]), sky)
-        d2 = ((xx - (0.2 * width + 1.5 * t) % width) ** 2 + (yy - 0.7 * height) ** 2) / (0.15 * height) ** 2
-        disc = np.array([0.9, 0.2, 0.1]) * (0.5 + 0.5 * np.sqrt(1 - d2.clip(0, 1)))[..., None]
-        img = np.where((d2 < 1)[..., None], disc, img)
-        noise = rng.normal(0, 0.01, img.shape)
-        frames.append(np.clip((img + noise) * 255 + 0.5, 0, 255).astype(np.uint8))
-    return frames
-
-
-def write_video(path: Path, frames: list[np.ndarray], fps: int = 30) -> Path:
-    """x264 (yuv420p) through PyAV: the workers then decode a real compressed file, seeking included."""
-    import av
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.height, stream.width = frames[0].shape[:2]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"g": "12", "keyint_min": "12"}  # several keyframes, so the second worker really seeks
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
 
 
 def decode(video: Path) -> list[np.ndarray]:
@@ -298,7 +257,8 @@ class Check:
     # -- 1 -------------------------------------------------------------------------------------------------------
     def make_video(self) -> None:
         a = self.args
-        self.video = write_video(self.work / "scene.mp4", scene_frames(a.frames, a.width, a.height))
+        scene = synthetic_scene(a.frames, a.height, a.width)
+        self.video = write_x264(self.work / "scene.mp4", scene, gop=12)  # several keyframes: the second worker seeks
         self.frames = decode(self.video)
         h, w = self.frames[0].shape[:2]
         if len(self.frames) != a.frames:
@@ -405,7 +365,7 @@ class Check:
         if dev.type == "cuda" and "bf16" in precisions and not bf16_supported(dev):
             precisions.remove("bf16")
             self.report.say("table", "bf16 rows skipped: this GPU does not support bf16")
-        frames = synthetic_frames(a.bench_frames, a.bench_width, a.bench_height)
+        frames = list(sliding_frames(a.bench_frames, a.bench_width, a.bench_height, shift=9))
         self.report.say(
             "table",
             f"{a.bench_frames} synthetic frames {a.bench_width}x{a.bench_height} per run, input size "

@@ -18,9 +18,9 @@ import time
 import numpy as np
 import pytest
 from conftest import ROOT, write_video
-from media import synthetic_scene
 
 from orchestrator.planning import create_plan
+from vda.synth import synthetic_scene
 from vda.writers import DepthMeta, read_depth
 
 IMAGE = os.environ.get("VDA_CPU_IMAGE", "vda:cpu")

@@ -13,13 +13,13 @@ import sys
 import numpy as np
 import pytest
 from conftest import ROOT, TOL, rel_err, synthetic_frames, write_images, write_video
-from media import synthetic_scene
 
 from orchestrator.planning import create_plan
 from vda import stitch
 from vda.inference import infer_video
 from vda.merge import merge
 from vda.plan import Plan
+from vda.synth import synthetic_scene
 from vda.video import probe, read_frames
 from vda.worker import run_chunk, unit_path
 from vda.writers import DepthMeta, read_depth

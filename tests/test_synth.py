@@ -67,7 +67,7 @@ def test_matches_the_shared_reference_outputs(model):
 
 
 def test_reference_frames_are_our_synthetic_scene(parity):
-    """tests/data/README.md's claim: the reference ran on media.synthetic_scene(70, 72, 128), our own footage."""
-    from media import synthetic_scene
+    """tests/data/README.md's claim: the reference ran on vda.synth.synthetic_scene(70, 72, 128), our own footage."""
+    from vda.synth import synthetic_scene
 
     assert np.array_equal(parity["frames"], synthetic_scene(70, 72, 128))

@@ -7,8 +7,9 @@ from fractions import Fraction
 import numpy as np
 import pytest
 from conftest import SHARED, numbered_frames, portrait_phone_video, synthetic_frames, write_images, write_video
-from media import frame_number, synthetic_scene
+from media import frame_number
 
+from vda.synth import synthetic_scene
 from vda.video import VideoError, fit_max_res, probe, read_frames, threaded
 
 

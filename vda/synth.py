@@ -15,6 +15,8 @@ checks its digest, so a change here that would invalidate them cannot pass unnot
 
     state = synth_state_dict("vits", seed=0)                    # dict[str, torch.Tensor], float32
     save_checkpoint(folder, "vits")                             # folder/video_depth_anything_vits.pth
+
+Synthetic frames live here too (`synthetic_scene`), for the same users: procedural footage, no third-party video.
 """
 
 from __future__ import annotations
@@ -87,3 +89,40 @@ def save_checkpoint(folder: str | Path, encoder: str = "vits", seed: int = 0, *,
     torch.save(synth_state_dict(encoder, seed), tmp)
     tmp.replace(path)
     return path
+
+
+def synthetic_scene(n: int, height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A panning camera over a textured ground plane under a sky, with two moving discs: uint8 [n, H, W, 3].
+
+    Smooth areas, edges and perspective, so that depth maps vary as on real footage (noise would give nearly flat
+    maps). The frames of the reference outputs in tests/data were made by this function (n=70, 72x128, seed 0), and
+    `make gpu-check` encodes its test video from it.
+    """
+    rng = np.random.RandomState(seed)
+    texture = rng.uniform(0.0, 1.0, (64, 64))
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    horizon = 0.35 * height
+    frames = np.empty((n, height, width, 3), np.uint8)
+    for t in range(n):
+        img = np.empty((height, width, 3))
+        sky = np.clip(1.0 - yy / horizon, 0, 1)
+        img[..., 0], img[..., 1], img[..., 2] = 0.5 + 0.3 * sky, 0.6 + 0.3 * sky, 0.9
+        ground = yy > horizon
+        dist = 1.0 / np.maximum(yy - horizon, 1.0)  # perspective: rows near the horizon are far away
+        u = ((xx - width / 2) * dist * 40 + t * 0.7) % 64
+        v = (dist * 400 + t * 0.5) % 64
+        tex = texture[v.astype(int) % 64, u.astype(int) % 64]  # x % 64 of a tiny negative x rounds to 64.0
+        shade = 0.3 + 0.7 * (1 - np.exp(-(yy - horizon) / (0.3 * height)))
+        for c, gain in enumerate((0.45, 0.55, 0.25)):
+            img[..., c] = np.where(ground, gain * shade * (0.6 + 0.4 * tex), img[..., c])
+        discs = ((0.3, 0.7, 0.16, 0.9, (0.9, 0.2, 0.1)), (0.7, 0.5, 0.09, -0.6, (0.2, 0.3, 0.9)))
+        for cx, cy, r, speed, colour in discs:  # centre x, y and radius (fractions of the frame), px/frame, RGB
+            x0 = (cx * width + speed * t) % width
+            d2 = ((xx - x0) ** 2 + (yy - cy * height) ** 2) / (r * height) ** 2
+            disc = d2 < 1
+            light = 0.5 + 0.5 * np.sqrt(np.clip(1 - d2, 0, 1))
+            for c in range(3):
+                img[..., c] = np.where(disc, colour[c] * light, img[..., c])
+        noise = rng.normal(0, 0.01, (height, width, 3))
+        frames[t] = np.clip((img + noise) * 255 + 0.5, 0, 255).astype(np.uint8)
+    return frames

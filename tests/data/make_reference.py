@@ -5,7 +5,7 @@
 `--reference` is a checkout of github.com/DepthAnything/Video-Depth-Anything (not part of this project; it needs
 `einops` and `easydict` importable). It runs on CPU in fp32 with `vda.synth.synth_state_dict("vits", 0)`:
 
-- `frames`: `tests/media.py`'s `synthetic_scene(70, 72, 128)`, uint8 [70, 72, 128, 3] RGB, our own procedural footage;
+- `frames`: `vda.synth.synthetic_scene(70, 72, 128)`, uint8 [70, 72, 128, 3] RGB, our own procedural footage;
 - `forward_out` [1, 32, 70, 126]: one model forward of `forward_input(frames)` (a crop to multiples of 14 and the
   ImageNet normalisation, in float32 numpy, so the tests rebuild the exact input bit for bit);
 - `window_out` [70, 72, 128]: the authors' long-video inference (`infer_video_depth`, input size 126);
@@ -27,7 +27,6 @@ import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # tests/media.py
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
 N, H, W = 70, 72, 128
@@ -67,9 +66,7 @@ def main() -> None:
     ap.add_argument("--reference", required=True, type=Path, help="checkout of DepthAnything/Video-Depth-Anything")
     ap.add_argument("--out", type=Path, default=HERE / "reference_vits_seed0.npz")
     args = ap.parse_args()
-    from media import synthetic_scene
-
-    from vda.synth import state_digest, synth_state_dict
+    from vda.synth import state_digest, synth_state_dict, synthetic_scene
 
     torch.set_num_threads(1)
     batch, stream = _import_reference(args.reference)
