@@ -63,6 +63,11 @@ def models_dir() -> Path:
     return models_dirs()[0]
 
 
+def local_file(ck: Checkpoint) -> Path | None:
+    """The checkpoint's file in the models folders, if one holds it (the Hugging Face cache is not looked at)."""
+    return next((d / ck.filename for d in models_dirs() if (d / ck.filename).is_file()), None)
+
+
 def resolve(encoder: str, metric: bool, checkpoint: str | Path | None = None, *, download: bool = True) -> Path:
     """Path of the checkpoint file; prints the licence of the published weights it uses."""
     if checkpoint:
@@ -71,7 +76,7 @@ def resolve(encoder: str, metric: bool, checkpoint: str | Path | None = None, *,
             raise WeightsError(f"checkpoint not found: {path}; check --checkpoint")
         return path
     ck = find(encoder, metric)
-    local = next((d / ck.filename for d in models_dirs() if (d / ck.filename).is_file()), None)
+    local = local_file(ck)
     if local is None:
         local = _from_hub(ck, models_dir() / ck.filename, download)
     print(f"vda: using {ck.filename} ({ck.repo_id}), licence {ck.license}", file=sys.stderr)

@@ -321,9 +321,9 @@ def check_cuda(p: Probes, gpus: list[Gpu] | None, image: str, engine: Check) -> 
 # -- checkpoints ----------------------------------------------------------------------------------------------------
 def locate(ck) -> Path | None:
     """Where `models.registry.resolve` would find the file, without downloading and without its licence banner."""
-    from models.registry import models_dirs
+    from models.registry import local_file
 
-    local = next((d / ck.filename for d in models_dirs() if (d / ck.filename).is_file()), None)
+    local = local_file(ck)
     if local is not None:
         return local
     try:
@@ -371,15 +371,13 @@ def check_checkpoint(encoder: str, metric: bool, required: bool, where_is: Calla
 # -- disk and cores -------------------------------------------------------------------------------------------------
 def draft_plan(video: Path, devices: list[str], encoder: str, input_size: int = 518, max_res: int = 1280):
     """The plan `vda depth` would write, in memory only (no checkpoint needed): what the space estimate reads."""
+    from orchestrator.planning import build_settings
     from vda.inference import AUTO
-    from vda.plan import Plan, Settings, make_chunks
-    from vda.preprocess import network_shape
-    from vda.video import fit_max_res, probe
+    from vda.plan import Plan, make_chunks
+    from vda.video import probe
 
     info = probe(video)
-    width, height = fit_max_res(info.width, info.height, max_res)
-    net_h, net_w = network_shape(height, width, input_size)
-    settings = Settings(encoder, False, "", "", input_size, max_res, AUTO, "window", width, height, net_h, net_w)
+    settings = build_settings(info, None, encoder, False, input_size, max_res, AUTO, "window")
     return Plan(info, settings, make_chunks(info.frame_count, devices, "window"), "doctor")
 
 

@@ -61,7 +61,7 @@ def parse_devices(
 
 def build_settings(
     info: VideoInfo,
-    checkpoint: Path,
+    checkpoint: Path | None,
     encoder: str,
     metric: bool,
     input_size: int,
@@ -69,6 +69,8 @@ def build_settings(
     precision: str,
     mode: str,
 ) -> Settings:
+    """The run's settings. `checkpoint` is the file the run pins by name and hash; None for a draft that only sizes
+    the work (`vda doctor`), which no worker ever runs."""
     if input_size < 14 or input_size % 14:
         raise PlanError(f"--input-size must be a positive multiple of 14, got {input_size}")
     width, height = fit_max_res(info.width, info.height, max_res)
@@ -76,8 +78,8 @@ def build_settings(
     return Settings(
         encoder,
         metric,
-        checkpoint.name,
-        file_sha256(checkpoint),
+        checkpoint.name if checkpoint else "",
+        file_sha256(checkpoint) if checkpoint else "",
         input_size,
         max_res,
         precision,
