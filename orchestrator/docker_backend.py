@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 
 from models.registry import models_dir
-from orchestrator.local import ERROR_PREFIX, worker_threads
+from orchestrator.local import worker_reason, worker_threads
 from orchestrator.scheduler import START_FAILED
 from vda.plan import Plan
 from vda.system import usable_cpus
@@ -127,8 +127,7 @@ def _pump(container, log_path: Path, on_line, handle: DockerHandle) -> None:
             buffer += text
             *lines, buffer = buffer.split("\n")
             for line in lines:
-                if line.startswith(ERROR_PREFIX):
-                    handle.reason = line[len(ERROR_PREFIX) :]  # the worker's one-line error, for the run's message
+                handle.reason = worker_reason(line, handle.reason)
                 on_line(line)
 
 

@@ -17,14 +17,18 @@ STOP_GRACE_S = 10
 ERROR_PREFIX = "vda: error: "
 
 
+def worker_reason(line: str, previous: str | None) -> str | None:
+    """A worker's own one-line error (`vda: error: ...`) is the reason in the run's messages; else keep the last."""
+    return line[len(ERROR_PREFIX) :] if line.startswith(ERROR_PREFIX) else previous
+
+
 def _pump(stream, log_path: Path, on_line, handle: LocalHandle) -> None:
     with open(log_path, "a", encoding="utf-8", errors="replace") as log:
         for raw in iter(stream.readline, ""):
             log.write(raw)
             log.flush()
             line = raw.rstrip("\n")
-            if line.startswith(ERROR_PREFIX):
-                handle.reason = line[len(ERROR_PREFIX) :]  # the worker's own one-line error, for the run's message
+            handle.reason = worker_reason(line, handle.reason)
             on_line(line)
     stream.close()
 
