@@ -1,4 +1,4 @@
-"""The `vda` command: plan, run-chunk, merge and the one-shot depth.
+"""The `vda` command: plan, work (a device worker), merge and the one-shot depth.
 
 Every expected failure ends in one line `vda: error: <problem>; <fix>` and a non-zero exit;
 `--debug` shows the traceback instead.
@@ -7,15 +7,17 @@ Every expected failure ends in one line `vda: error: <problem>; <fix>` and a non
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import signal
 import sys
-import threading
 from pathlib import Path
 
 from orchestrator import doctor, tools_cli
 
 EXIT_ERROR, EXIT_INTERRUPTED = 2, 130  # and EXIT_OUT_OF_MEMORY (4, vda.worker) when a device runs out of memory
+# The backends `vda depth --backend` offers: module and class, imported only when chosen.
+BACKENDS = {"local": ("orchestrator.local", "LocalBackend"), "docker": ("orchestrator.docker_backend", "DockerBackend")}
 
 
 def _positive(text: str) -> int:
@@ -47,6 +49,11 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
         help="auto (default): fp16 on each GPU, fp32 on each CPU; bf16 needs compute capability 8.0",
     )
     p.add_argument("--mode", choices=["window", "stream"], default="window")
+    p.add_argument(
+        "--unit-size",
+        type=_positive,
+        help="work per queue unit: windows in window mode (default 8, 176 frames), frames in stream mode (default 400)",
+    )
 
 
 def _device_flags(p: argparse.ArgumentParser) -> None:
@@ -61,19 +68,24 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("plan", help="probe the input and split the work into chunks (RUN_DIR/plan.json)")
+    p = sub.add_parser("plan", help="probe the input and cut it into queue units (RUN_DIR/plan.json)")
     p.add_argument("video", help="video file or folder of images (sorted by name)")
     p.add_argument("-o", "--run-dir", required=True)
     _device_flags(p)
     _model_flags(p)
     p.add_argument("--overwrite", action="store_true", help="replace a different run in RUN_DIR")
 
-    p = sub.add_parser("run-chunk", help="compute one chunk of a plan (what each container runs)")
-    p.add_argument("run_dir")
-    p.add_argument("--chunk", type=int, required=True)
-    p.add_argument("--device", help="cpu, cuda or cuda:N (default: the plan's)")
+    p = sub.add_parser("work", help="a device worker: compute queue units (what each worker process or container runs)")
+    p.add_argument(
+        "run_dirs",
+        nargs="*",
+        metavar="RUN_DIR",
+        help="compute every unfinished unit of these run folders here; without any, take units from the host on stdin",
+    )
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--slot", type=int, default=0, help="this worker's number in the run (for its log and tests)")
     p.add_argument("--checkpoint", help="checkpoint path (default: resolved from the plan through models/)")
-    p.add_argument("--input", help="where the planned input is now (e.g. inside a container); verified by hash")
+    p.add_argument("--input", help="RUN_DIR: where the planned input is now (e.g. in a container); verified by hash")
     p.add_argument("--micro-batch", type=_positive, help="frames per encoder batch, to bound GPU memory")
     p.add_argument(
         "--compile",
@@ -81,7 +93,7 @@ def parser() -> argparse.ArgumentParser:
         help="torch.compile the encoder (faster after the first window; needs a C compiler)",
     )
 
-    p = sub.add_parser("merge", help="replay alignment and blending over the chunks; write one file per frame")
+    p = sub.add_parser("merge", help="replay alignment and blending over the stored windows; write one file per frame")
     p.add_argument("run_dir")
     p.add_argument("-o", "--out", required=True)
     p.add_argument("--format", choices=["png16", "png8", "npy", "npz", "exr"], default="png16")
@@ -89,16 +101,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="merge processes (default: all CPU cores)")
     p.add_argument("--overwrite", action="store_true", help="replace another run's output in OUT")
 
-    p = sub.add_parser("depth", help="plan, run every chunk in parallel, merge: the one-shot command")
-    p.add_argument("video")
-    p.add_argument("-o", "--out", required=True)
+    p = sub.add_parser("depth", help="plan, compute every unit on the devices, merge: the one-shot command")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="video files, folders of images, folders of videos")
+    p.add_argument("-o", "--out", required=True, help="output folder (several inputs: OUT/<name> each)")
     p.add_argument("--run-dir", help="working folder (default: OUT/_run)")
-    p.add_argument("--backend", choices=["local", "docker"], default="local")
+    p.add_argument("--backend", choices=sorted(BACKENDS), default="local")
     _device_flags(p)
     _model_flags(p)
     p.add_argument("--format", choices=["png16", "png8", "npy", "npz", "exr"], default="png16")
     p.add_argument("--create-video", action="store_true")
-    p.add_argument("--retries", type=int, default=2, help="retries per failed chunk")
+    p.add_argument("--retries", type=int, default=2, help="retries per failed unit (and worker restarts per device)")
     p.add_argument("--overwrite", action="store_true", help="replace a different run in the output folder")
     p.add_argument("--image", default=None, help="docker backend: image (default vda:latest for GPUs, vda:cpu)")
     p.add_argument("--merge-workers", type=int)
@@ -115,69 +127,53 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _visible_gpus() -> int:
-    import torch
-
-    return torch.cuda.device_count()
-
-
 def _devices(args, backend: str = "local") -> list[str]:
     from orchestrator.planning import parse_devices
 
     needs_gpu = args.gpus is not None or args.gpu_ids is not None or "cuda" in (args.devices or "")
-    visible = None
-    if needs_gpu:
-        if backend == "docker":
-            from orchestrator.docker_backend import visible_gpus
-
-            visible = visible_gpus()
-        else:
-            visible = _visible_gpus()
+    visible = _backend(backend).visible_gpus() if needs_gpu else None
     return parse_devices(args.devices, args.gpus, args.gpu_ids, visible)
 
 
-def _plan(args, run_dir, devices: list[str]):
-    """create_plan from the model and device flags that `plan` and `depth` share."""
-    from orchestrator.planning import create_plan
+def _backend(name: str):
+    module, cls = BACKENDS[name]
+    return getattr(importlib.import_module(module), cls)
 
-    return create_plan(
+
+def cmd_plan(args) -> int:
+    from orchestrator.planning import check_precision, create_plan
+
+    devices = _devices(args)
+    plan, resumed = create_plan(
         args.video,
-        run_dir,
-        devices,
+        args.run_dir,
         checkpoint=args.checkpoint,
         encoder=args.encoder,
         metric=args.metric,
         input_size=args.input_size,
         max_res=args.max_res,
-        precision=args.precision,
+        precision=check_precision(args.precision, devices),
         mode=args.mode,
+        unit_size=args.unit_size,
         overwrite=args.overwrite,
     )
-
-
-def cmd_plan(args) -> int:
-    plan, resumed = _plan(args, args.run_dir, _devices(args))
     word = "kept existing" if resumed else "wrote"
-    print(f"{word} {Path(args.run_dir) / 'plan.json'}: {plan.frame_count} frames, {len(plan.chunks)} chunk(s)")
+    print(f"{word} {Path(args.run_dir) / 'plan.json'}: {plan.frame_count} frames, {len(plan.units)} unit(s)")
     return 0
 
 
-def cmd_run_chunk(args) -> int:
+def cmd_work(args) -> int:
     import torch
 
-    from vda.worker import run_chunk
+    from vda.worker import serve_stdin, work_runs
 
     if os.environ.get("VDA_THREADS"):
         torch.set_num_threads(int(os.environ["VDA_THREADS"]))
-    run_chunk(
-        args.run_dir,
-        args.chunk,
-        device=args.device,
-        checkpoint=args.checkpoint,
-        input_path=args.input,
-        micro_batch=args.micro_batch,
-        compile=args.compile,
-    )
+    options = {"checkpoint": args.checkpoint, "micro_batch": args.micro_batch, "compile": args.compile}
+    if args.run_dirs:
+        work_runs(args.run_dirs, args.device, input_path=args.input, slot=args.slot, **options)
+    else:
+        serve_stdin(args.device, slot=args.slot, **options)
     return 0
 
 
@@ -196,69 +192,36 @@ def cmd_merge(args) -> int:
 
 
 def cmd_depth(args) -> int:
-    from orchestrator.scheduler import Progress, run_chunks
-    from vda.merge import discard_results, follow, merge
+    from orchestrator.batch import DepthRequest, run_depth
+    from orchestrator.launch import WorkerOptions
 
     out = Path(args.out)
-    run_dir = Path(args.run_dir) if args.run_dir else out / "_run"
     _check_writable(out)
     devices = _devices(args, args.backend)
-    plan, resumed = _plan(args, run_dir, devices)
-    need = ""
-    if not args.no_space_check:
-        from orchestrator.space import check_space, human_size
-
-        space = check_space(plan, run_dir, out, args.format)
-        need = f", needs about {human_size(space.run_bytes + space.out_bytes)} of disk"
-    print(
-        f"vda: {'resuming' if resumed else 'planned'} {plan.frame_count} frames in {len(plan.chunks)} chunk(s) "
-        f"on {', '.join(devices)} ({args.backend}); run folder {run_dir}{need}",
-        file=sys.stderr,
+    options = WorkerOptions(args.checkpoint, args.micro_batch, args.compile)
+    request = DepthRequest(
+        args.inputs,
+        out,
+        devices,
+        Path(args.run_dir) if args.run_dir else None,
+        args.checkpoint,
+        args.encoder,
+        args.metric,
+        args.input_size,
+        args.max_res,
+        args.precision,
+        args.mode,
+        args.unit_size,
+        args.format,
+        args.create_video,
+        args.retries,
+        args.overwrite,
+        args.merge_workers,
+        not args.no_space_check,
+        args.clean,
+        options,
     )
-    if args.backend == "docker":
-        from orchestrator.docker_backend import DockerBackend
-
-        backend = DockerBackend(
-            plan,
-            run_dir,
-            image=args.image,
-            checkpoint=args.checkpoint,
-            micro_batch=args.micro_batch,
-            compile=args.compile,
-        )
-    else:
-        from orchestrator.local import LocalBackend
-
-        backend = LocalBackend(checkpoint=args.checkpoint, micro_batch=args.micro_batch, compile=args.compile)
-    if args.compile:
-        backend.check_compiler()  # one line now, rather than every worker failing alike
-    # The merge's sequential first pass follows the workers in a thread here, so little of it is left at the end.
-    stop = threading.Event()
-    follower = threading.Thread(target=follow, args=(run_dir, stop), name="vda-first-pass", daemon=True)
-    follower.start()
-    try:
-        try:
-            run_chunks(plan, run_dir, backend, devices, retries=args.retries, progress=Progress(plan))
-        finally:
-            stop.set()
-            follower.join()
-        if args.backend == "docker":
-            backend.merge(out, args.format, args.create_video, args.overwrite)
-        else:
-            merge(
-                run_dir,
-                out,
-                args.format,
-                create_video=args.create_video,
-                workers=args.merge_workers,
-                overwrite=args.overwrite,
-            )
-    finally:
-        if hasattr(backend, "close"):
-            backend.close()
-    if args.clean:  # only after a successful merge: the windows are what a re-merge or a resume would need
-        discard_results(run_dir)
-    return 0
+    return run_depth(request, _backend(args.backend)(devices, options, args.image))
 
 
 def _check_writable(out: Path) -> None:
@@ -271,7 +234,7 @@ def _check_writable(out: Path) -> None:
         raise OSError(f"output folder {out} is not writable ({err.strerror}); choose another -o") from None
 
 
-COMMANDS = {"plan": cmd_plan, "run-chunk": cmd_run_chunk, "merge": cmd_merge, "depth": cmd_depth, **tools_cli.COMMANDS}
+COMMANDS = {"plan": cmd_plan, "work": cmd_work, "merge": cmd_merge, "depth": cmd_depth, **tools_cli.COMMANDS}
 COMMANDS["doctor"] = doctor.cmd_doctor
 
 
@@ -298,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _expected(err: Exception) -> bool:
     from models import WeightsError
-    from orchestrator.scheduler import RunFailed
+    from orchestrator.queue import RunFailed
     from vda.inference import FrameError, NonFiniteDepth
     from vda.model import CheckpointError
     from vda.plan import PlanError

@@ -1,12 +1,14 @@
-"""Docker backend: one container per device from one image, then one merge container.
+"""Docker backend: one long-lived worker container per device from one image, and one merge container per video.
 
-Each container is labelled with its run and chunk, runs as the invoking user with no network, sees
-the input read-only, and is removed when it ends, fails or the run is interrupted. Its output is
-streamed into RUN_DIR/logs/chunk_K.log.
+A worker container lives for the whole run: it loads the model once and is handed units on its stdin (vda.events),
+like a local worker process. Every container is labelled with its run folder and role, runs as the invoking user
+with no network, sees the inputs read-only and the run folder read-write, and is removed when it ends, fails or the
+run is interrupted. Its output is streamed into RUN_DIR/logs/worker_<slot>.log. Its stdin closes when the host goes
+away (StdinOnce), so a host killed with -9 leaves no worker behind waiting for work; a rerun on the same run folder
+also removes any container a previous host left there.
 
-A worker container that cannot start (no NVIDIA runtime, an NVML error, a GPU that is gone) fails its
-chunk only, with exit code 125 like `docker run`: the scheduler retries the chunk on another device,
-and the containers already running on other devices are left alone.
+A worker container that cannot start (no NVIDIA runtime, an NVML error, a GPU that is gone) is reported as exit code
+125, like `docker run`: the queue retires that device, and the containers on other devices keep working.
 """
 
 from __future__ import annotations
@@ -14,17 +16,16 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import threading
 from pathlib import Path
 
 from models.registry import models_dir
-from orchestrator.local import worker_reason, worker_threads
-from orchestrator.scheduler import START_FAILED
-from vda.plan import Plan
-from vda.system import usable_cpus
+from orchestrator.backend import START_FAILED, Backend, LinePump, MergeRequest
+from orchestrator.launch import worker_command, worker_env
+from vda import events
 
 RUN_MOUNT, OUT_MOUNT, INPUT_MOUNT, MODELS_MOUNT, CKPT_MOUNT = "/work/run", "/work/out", "/input", "/models", "/ckpt"
-LABEL_RUN, LABEL_CHUNK, LABEL_ROLE = "vda.run", "vda.chunk", "vda.role"
+LABEL_RUN, LABEL_SLOT, LABEL_ROLE = "vda.run", "vda.slot", "vda.role"  # vda.run: the run folder on the host
+PROGRAM = ["vda"]  # how `vda` is run inside the image
 NVIDIA_HINT = (
     "Docker has no NVIDIA runtime: install nvidia-container-toolkit "
     "(https://docs.nvidia.com/datacenter/cloud-native/container-toolkit/latest/install-guide.html), "
@@ -70,11 +71,18 @@ def translate(err: Exception) -> DockerError:
 
 
 class DockerHandle:
-    """A started worker container; `reason` is its last `vda: error:` line, if it printed one."""
+    """A started worker container; it reads its messages from an attached stdin socket."""
 
-    def __init__(self, container, pump: threading.Thread | None):
-        self.container, self.pump = container, pump
+    def __init__(self, container, stdin):
+        self.container, self.stdin = container, stdin
+        self.pump: LinePump | None = None
         self.reason: str | None = None
+
+    def send(self, message: events.Message) -> None:
+        try:
+            self.stdin._sock.sendall((events.encode(message) + "\n").encode())
+        except OSError:  # the container is gone: poll() reports it
+            pass
 
     def poll(self) -> int | None:
         self.container.reload()
@@ -82,26 +90,37 @@ class DockerHandle:
             return None
         code = int(self.container.wait(timeout=30).get("StatusCode", 1))
         self.pump.join(timeout=10)
+        self._close_stdin()
         _remove(self.container)
         return code
 
     def stop(self) -> None:
+        self._close_stdin()
         try:
             self.container.stop(timeout=10)
         except Exception:  # already gone or engine hiccup: removal below is what matters
             pass
         _remove(self.container)
 
+    def _close_stdin(self) -> None:
+        raw = getattr(self.stdin, "_sock", None)  # SocketIO.close() forgets the socket without closing it
+        try:
+            if raw is not None:
+                raw.close()
+            self.stdin.close()
+        except OSError:
+            pass
+
 
 class FailedStart:
-    """A worker container that never started.
-
-    It fails only its own chunk, as exit code START_FAILED, so that the scheduler retries the chunk on
-    another device; `reason` (the translated one-line error) goes into the scheduler's messages.
-    """
+    """A worker container that never started: exit code START_FAILED, and `reason` (the translated one-line error)
+    for the run's messages. The queue retires its device; the other devices go on."""
 
     def __init__(self, reason: str):
         self.reason = reason
+
+    def send(self, message: events.Message) -> None:
+        """Nothing runs to receive it."""
 
     def poll(self) -> int:
         return START_FAILED
@@ -117,100 +136,93 @@ def _remove(container) -> None:
         pass
 
 
-def _pump(container, log_path: Path, on_line, handle: DockerHandle) -> None:
-    buffer = ""
-    with open(log_path, "a", encoding="utf-8", errors="replace") as log:
-        for chunk in container.logs(stream=True, follow=True):
-            text = chunk.decode("utf-8", errors="replace")
-            log.write(text)
-            log.flush()
-            buffer += text
-            *lines, buffer = buffer.split("\n")
-            for line in lines:
-                handle.reason = worker_reason(line, handle.reason)
-                on_line(line)
+class DockerBackend(Backend):
+    name = "docker"
 
-
-class DockerBackend:
-    def __init__(
-        self,
-        plan: Plan,
-        run_dir: Path,
-        *,
-        image: str | None = None,
-        checkpoint: str | None = None,
-        client=None,
-        extra_env: dict | None = None,
-        micro_batch: int | None = None,
-        compile: bool = False,
-    ):
-        self.plan, self.run_dir = plan, Path(run_dir).resolve()
-        self.micro_batch, self.compile = micro_batch, compile
-        self.client = client or connect()
-        gpu = any(c.device.startswith("cuda") for c in plan.chunks)
+    def __init__(self, devices: list[str], options, image: str | None = None, *, client=None):
+        super().__init__(devices, options, image)
+        self.client = client
+        gpu = any(d.startswith("cuda") for d in devices)
         self.image = image or ("vda:latest" if gpu else "vda:cpu")
-        self.checkpoint = Path(checkpoint).resolve() if checkpoint else None
-        self.extra_env = dict(extra_env or {})
-        for key in ("VDA_FAIL_AT_UNIT", "VDA_FAIL_TIMES", "VDA_FAIL_MODE"):  # fault injection passes through
-            if key in os.environ:
-                self.extra_env.setdefault(key, os.environ[key])
+        self._image_target = "image" if gpu else "image-cpu"
+        self.checkpoint = Path(options.checkpoint).resolve() if options.checkpoint else None
+
+    @staticmethod
+    def visible_gpus() -> int:
+        return visible_gpus()
+
+    def open(self, root, videos) -> None:
+        """Connect, check the image (and its compiler for --compile), and remove what a dead host left here."""
         import docker
 
+        super().open(root, videos)
+        self.root_path = root.path.resolve()
+        self.client = self.client or connect()
         try:
             self.client.images.get(self.image)
         except docker.errors.ImageNotFound:
-            target = "image" if gpu else "image-cpu"
-            raise DockerError(f"image {self.image} not found; build it with `make {target}` or pass --image") from None
+            raise DockerError(
+                f"image {self.image} not found; build it with `make {self._image_target}` or pass --image"
+            ) from None
+        self.close()  # containers of an earlier host on this run folder (killed with -9): they hold its devices
+        self._inputs = {v.input.resolve(): f"{INPUT_MOUNT}/{k}/{v.input.name}" for k, v in enumerate(videos)}
+        if self.options.compile:
+            self.check_compiler()
+
+    def worker_path(self, path: Path) -> str:
+        path = Path(path).resolve()
+        if path in self._inputs:
+            return self._inputs[path]
+        if path == self.root_path or self.root_path in path.parents:
+            return str(Path(RUN_MOUNT) / path.relative_to(self.root_path))
+        raise DockerError(f"{path} is neither an input nor inside the run folder {self.root_path}; this is a bug")
 
     # -- what every container gets ---------------------------------------------------------------
-    def _mounts(self, extra: dict | None = None) -> dict:
+    def _mounts(self, extra: dict | None = None) -> list:
         from docker.types import Mount
 
-        src = Path(self.plan.input.path)
-        mounts = [
-            Mount(f"{INPUT_MOUNT}/{src.name}", str(src), type="bind", read_only=True),
-            Mount(RUN_MOUNT, str(self.run_dir), type="bind"),
-        ]
+        mounts = [Mount(target, str(src), type="bind", read_only=True) for src, target in self._inputs.items()]
+        mounts.append(Mount(RUN_MOUNT, str(self.root_path), type="bind"))
         if self.checkpoint:
             mounts.append(Mount(CKPT_MOUNT, str(self.checkpoint.parent), type="bind", read_only=True))
         elif models_dir().is_dir():
             mounts.append(Mount(MODELS_MOUNT, str(models_dir().resolve()), type="bind", read_only=True))
         for target, source in (extra or {}).items():
             mounts.append(Mount(target, str(source), type="bind"))
-        return {"mounts": mounts}
+        return mounts
 
     def _env(self, device: str) -> dict:
-        env = {"PYTHONUNBUFFERED": "1", **self.extra_env}
-        if self.checkpoint:
-            env["VDA_CHECKPOINT"] = f"{CKPT_MOUNT}/{self.checkpoint.name}"
-        env["VDA_THREADS"] = str(worker_threads(self.plan, device, usable_cpus()))
+        env = worker_env(self.devices, device, self.options)
         if device.startswith("cuda"):
             env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
         return env
 
-    def _run(self, command: list[str], device: str, labels: dict, extra_mounts: dict | None = None):
+    def _create(self, command: list[str], device: str, labels: dict, extra_mounts: dict | None = None, stdin=False):
+        """Create and start a container; when the start fails (a GPU request is checked only then), the created
+        container is removed here, and only that one: the other devices' containers keep running."""
         from docker.types import DeviceRequest
 
+        api = self.client.api
         requests = []
         if device.startswith("cuda"):
             requests = [
                 DeviceRequest(driver="nvidia", device_ids=[device.partition(":")[2] or "0"], capabilities=[["gpu"]])
             ]
-        # create + start rather than containers.run: when the start fails (the GPU request is checked
-        # only then), the created container is removed here, and only that one; the other devices'
-        # containers keep running.
         try:
-            container = self.client.containers.create(
+            host = api.create_host_config(
+                mounts=self._mounts(extra_mounts), network_mode="none", device_requests=requests or None
+            )
+            config = api.create_container_config(
                 self.image,
                 command,
-                detach=True,
-                network_mode="none",
                 user=f"{os.getuid()}:{os.getgid()}",
                 environment=self._env(device),
-                device_requests=requests,
-                labels={LABEL_RUN: self.plan.run_id, **labels},
-                **self._mounts(extra_mounts),
+                labels={LABEL_RUN: str(self.root_path), **labels},
+                stdin_open=stdin,
+                host_config=host,
             )
+            config["StdinOnce"] = stdin  # stdin closes when the host detaches: a worker never outlives its host
+            container = self.client.containers.get(api.create_container_from_config(config)["Id"])
         except Exception as err:
             raise translate(err) from None
         try:
@@ -223,7 +235,7 @@ class DockerBackend:
     def check_compiler(self) -> None:
         """--compile: refuse in one line, before any work, when the image has no C compiler for torch.compile.
 
-        Otherwise every worker container would fail the same way and be retried on every device.
+        Otherwise every worker container would fail the same way, on every device.
         """
         import docker
         from vda.inference import DeviceError
@@ -239,26 +251,14 @@ class DockerBackend:
         except Exception as err:  # the engine itself failed: say what docker said
             raise translate(err) from None
 
-    # -- backend interface -----------------------------------------------------------------------
-    def start(
-        self, plan: Plan, run_dir: Path, chunk: int, device: str, log_path: Path, on_line
-    ) -> DockerHandle | FailedStart:
-        """Start chunk CHUNK's worker on DEVICE. A container that cannot start fails this chunk only (FailedStart)."""
-        inner = "cuda:0" if device.startswith("cuda") else "cpu"  # the container sees only its own GPU
-        command = [
-            "vda",
-            "run-chunk",
-            RUN_MOUNT,
-            "--chunk",
-            str(chunk),
-            "--device",
-            inner,
-            "--input",
-            f"{INPUT_MOUNT}/{Path(plan.input.path).name}",
-        ]
-        command += ["--micro-batch", str(self.micro_batch)] * bool(self.micro_batch) + ["--compile"] * self.compile
+    # -- backend contract ------------------------------------------------------------------------
+    def start_worker(self, slot: int, device: str, log_path: Path, on_line) -> DockerHandle | FailedStart:
+        """Start the worker container of SLOT on DEVICE. One that cannot start is a FailedStart (exit 125)."""
+        checkpoint = f"{CKPT_MOUNT}/{self.checkpoint.name}" if self.checkpoint else None
+        command = worker_command(PROGRAM, device, slot, self.options, checkpoint)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            container = self._run(command, device, {LABEL_CHUNK: str(chunk), LABEL_ROLE: "worker"})
+            container = self._create(command, device, {LABEL_SLOT: str(slot), LABEL_ROLE: "worker"}, stdin=True)
         except DockerError as err:
             reason = str(err)
             with open(log_path, "a", encoding="utf-8") as log:
@@ -267,19 +267,21 @@ class DockerBackend:
             return FailedStart(reason)
         with open(log_path, "a") as log:
             log.write(f"$ docker run {self.image} {' '.join(command)}  # {container.short_id} on {device}\n")
-        handle = DockerHandle(container, None)
-        handle.pump = threading.Thread(target=_pump, args=(container, log_path, on_line, handle), daemon=True)
-        handle.pump.start()
+        stdin = self.client.api.attach_socket(container.id, params={"stdin": 1, "stream": 1})
+        handle = DockerHandle(container, stdin)
+        handle.pump = LinePump(_lines(container), log_path, on_line, handle)
         return handle
 
-    def merge(self, out: Path, fmt: str, create_video: bool, overwrite: bool = False) -> None:
-        """Run the merge container; it is the last step, so a failure to start it raises DockerError."""
-        out = Path(out).resolve()
+    def merge(self, request: MergeRequest) -> None:
+        """Run one video's merge container; raises DockerError with the end of its log if it fails."""
+        out = Path(request.out).resolve()
         out.mkdir(parents=True, exist_ok=True)
-        command = ["vda", "merge", RUN_MOUNT, "-o", OUT_MOUNT, "--format", fmt]
-        command += ["--create-video"] * create_video + ["--overwrite"] * overwrite
-        log_path = self.run_dir / "logs" / "merge.log"
-        container = self._run(command, "cpu", {LABEL_ROLE: "merge"}, {OUT_MOUNT: out})
+        command = ["vda", "merge", self.worker_path(request.run.path), "-o", OUT_MOUNT, "--format", request.fmt]
+        command += ["--create-video"] * request.create_video + ["--overwrite"] * request.overwrite
+        command += ["--workers", str(request.workers)] if request.workers else []
+        log_path = request.run.logs / "merge.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        container = self._create(command, "cpu", {LABEL_ROLE: "merge"}, {OUT_MOUNT: out})
         try:
             code = int(container.wait().get("StatusCode", 1))
             logs = container.logs().decode("utf-8", errors="replace")
@@ -291,9 +293,23 @@ class DockerBackend:
             raise DockerError(f"merge container failed (exit {code}): {tail}; full log in {log_path}")
 
     def close(self) -> None:
-        """Remove every container of this run, whatever state it is in: no orphans."""
+        """Remove every container of this run folder, whatever state it is in: no orphans."""
+        if self.client is None or not hasattr(self, "root_path"):
+            return
         try:
-            for c in self.client.containers.list(all=True, filters={"label": f"{LABEL_RUN}={self.plan.run_id}"}):
+            label = f"{LABEL_RUN}={self.root_path}"
+            for c in self.client.containers.list(all=True, filters={"label": label}):
                 _remove(c)
         except Exception:  # engine gone: nothing left that we could remove
             pass
+
+
+def _lines(container):
+    """A container's output as lines, as it comes."""
+    buffer = ""
+    for chunk in container.logs(stream=True, follow=True):
+        buffer += chunk.decode("utf-8", errors="replace")
+        *lines, buffer = buffer.split("\n")
+        yield from (line + "\n" for line in lines)
+    if buffer:
+        yield buffer

@@ -370,15 +370,15 @@ def check_checkpoint(encoder: str, metric: bool, required: bool, where_is: Calla
 
 # -- disk and cores -------------------------------------------------------------------------------------------------
 def draft_plan(video: Path, devices: list[str], encoder: str, input_size: int = 518, max_res: int = 1280):
-    """The plan `vda depth` would write, in memory only (no checkpoint needed): what the space estimate reads."""
-    from orchestrator.planning import build_settings
-    from vda.inference import AUTO
-    from vda.plan import Plan, make_chunks
+    """The plan `vda depth` would write, in memory only (no checkpoint needed), and the devices it would run on: what
+    the space estimate reads."""
+    from orchestrator.planning import ModelChoice, build_settings
+    from vda.plan import Plan, make_units
     from vda.video import probe
 
     info = probe(video)
-    settings = build_settings(info, None, encoder, False, input_size, max_res, AUTO, "window")
-    return Plan(info, settings, make_chunks(info.frame_count, devices, "window"), "doctor")
+    settings = build_settings(info, ModelChoice(encoder, False, None, ""), input_size, max_res)
+    return Plan(info, settings, make_units(info.frame_count, "window", settings.unit_size), "doctor"), devices
 
 
 def video_plan(opts: Options, n_gpus: int):
@@ -399,10 +399,9 @@ def video_plan(opts: Options, n_gpus: int):
 def check_disk(p: Probes, plan, opts: Options) -> Check:
     """What a fresh run of `plan` writes (windows in OUT/_run, frames in OUT) against the free space where OUT goes."""
     from orchestrator.space import estimate, human_size
-    from vda.worker import units_of
 
-    units = [u for c in plan.chunks for u in units_of(plan, c.index)]
-    need = estimate(plan, opts.fmt, units, plan.frame_count)
+    plan, devices = plan
+    need = estimate(plan, opts.fmt, plan.all_pieces(), plan.frame_count, devices)
     total = need.run_bytes + need.out_bytes
     out = opts.out or Path("out") / Path(plan.input.path).stem  # make depth's default OUT
     folder = Path(out).absolute()
@@ -503,7 +502,7 @@ def checks(opts: Options, p: Probes, debug: bool = False) -> Iterator[Check]:
         plan = None
     else:
         yield guard("disk", check_disk, p, plan, opts)
-    s = plan.settings if plan else None
+    s = plan[0].settings if plan else None
     size, net = ((s.frame_width, s.frame_height), s.net_width * s.net_height) if s else (None, 0)
     yield guard("CPU cores for the merge", check_cores, p, n_gpus, opts.fmt, size, net)
 

@@ -1,23 +1,24 @@
-"""Host-side planning: probe the input, pin the checkpoint, split the work, write RUN_DIR/plan.json.
+"""Host-side planning: pin the checkpoint, probe the input, cut it into queue units, write RUN_DIR/plan.json.
 
-A plan already in RUN_DIR is reused only if it describes the same input, checkpoint and settings;
-otherwise the run refuses (or, with --overwrite, starts afresh), so results never mix.
+A plan already in RUN_DIR is reused only if it describes the same input, checkpoint and settings; otherwise the
+run refuses (or, with --overwrite, starts afresh), so results never mix. The devices are not part of a plan: its
+units are the same on any devices, so a rerun on other devices reuses every stored piece.
 """
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from models import find, resolve
 from vda.inference import AUTO
-from vda.merge import discard_results
 from vda.model import CONFIGS, VideoDepthAnything, checkpoint_filter_fn, infer_encoder, read_state_dict
-from vda.plan import PLAN_NAME, STREAM_WARMUP, Plan, PlanError, Settings, make_chunks
+from vda.plan import PLAN_NAME, STREAM_WARMUP, Plan, PlanError, Settings, default_unit_size, make_units
 from vda.preprocess import network_shape
+from vda.rundir import RunDir
 from vda.video import VideoInfo, fit_max_res, probe
 from vda.worker import file_sha256
 
@@ -59,27 +60,56 @@ def parse_devices(
     return out
 
 
+@dataclass(frozen=True)
+class ModelChoice:
+    """The checkpoint a run pins, resolved and checked once per batch (reading vitl's 1.3 GB twice costs seconds)."""
+
+    encoder: str
+    metric: bool
+    path: Path | None  # None: a draft that only sizes the work (`vda doctor`), which no worker runs
+    sha256: str
+
+
+def choose_model(checkpoint: str | None = None, encoder: str | None = None, metric: bool = False) -> ModelChoice:
+    """Resolve and check the checkpoint: fail here, on the host, once, not in every worker."""
+    if checkpoint and encoder is None:
+        encoder = infer_encoder(read_state_dict(checkpoint))
+    encoder = encoder or "vits"
+    if encoder not in CONFIGS:
+        raise PlanError(f"unknown encoder {encoder!r}; choose one of {', '.join(CONFIGS)}")
+    find(encoder, metric)
+    path = resolve(encoder, metric, checkpoint)
+    check_layout(read_state_dict(path), encoder)
+    return ModelChoice(encoder, metric, path, file_sha256(path))
+
+
+def check_precision(precision: str | None, devices: list[str]) -> str:
+    """The run's precision: auto (default) lets each worker choose for its device, fp16 on GPUs and fp32 on CPUs."""
+    if precision == "fp16" and "cpu" in devices:
+        raise PlanError("--precision fp16 needs CUDA devices, and cpu is among the devices; use --precision auto")
+    return precision or AUTO
+
+
 def build_settings(
     info: VideoInfo,
-    checkpoint: Path | None,
-    encoder: str,
-    metric: bool,
-    input_size: int,
-    max_res: int,
-    precision: str,
-    mode: str,
+    model: ModelChoice,
+    input_size: int = 518,
+    max_res: int = 1280,
+    precision: str = AUTO,
+    mode: str = "window",
+    unit_size: int | None = None,
+    stream_warmup: int = STREAM_WARMUP,
 ) -> Settings:
-    """The run's settings. `checkpoint` is the file the run pins by name and hash; None for a draft that only sizes
-    the work (`vda doctor`), which no worker ever runs."""
+    """The settings of one video's run."""
     if input_size < 14 or input_size % 14:
         raise PlanError(f"--input-size must be a positive multiple of 14, got {input_size}")
     width, height = fit_max_res(info.width, info.height, max_res)
     net_h, net_w = network_shape(height, width, input_size)
     return Settings(
-        encoder,
-        metric,
-        checkpoint.name if checkpoint else "",
-        file_sha256(checkpoint) if checkpoint else "",
+        model.encoder,
+        model.metric,
+        model.path.name if model.path else "",
+        model.sha256,
         input_size,
         max_res,
         precision,
@@ -88,13 +118,15 @@ def build_settings(
         height,
         net_h,
         net_w,
+        unit_size or default_unit_size(mode),
+        stream_warmup,
     )
 
 
 def create_plan(
     input_path: str | Path,
     run_dir: str | Path,
-    devices: list[str],
+    model: ModelChoice | None = None,
     *,
     checkpoint: str | None = None,
     encoder: str | None = None,
@@ -103,46 +135,35 @@ def create_plan(
     max_res: int = 1280,
     precision: str | None = None,
     mode: str = "window",
+    unit_size: int | None = None,
     overwrite: bool = False,
     stream_warmup: int = STREAM_WARMUP,
 ) -> tuple[Plan, bool]:
-    """Write (or reuse) RUN_DIR/plan.json. Returns the plan and whether an existing one was resumed."""
-    run_dir = Path(run_dir)
+    """Write (or reuse) RUN_DIR/plan.json. Returns the plan and whether an existing one was resumed.
+
+    `model` is the batch's choice (choose_model); without it, it is chosen here from checkpoint/encoder/metric.
+    """
+    run = RunDir(run_dir)
+    model = model or choose_model(checkpoint, encoder, metric)
     info = probe(input_path)
     info.path = str(Path(input_path).resolve())
-    if checkpoint and encoder is None:
-        encoder = infer_encoder(read_state_dict(checkpoint))
-    encoder = encoder or "vits"
-    if encoder not in CONFIGS:
-        raise PlanError(f"unknown encoder {encoder!r}; choose one of {', '.join(CONFIGS)}")
-    find(encoder, metric)
-    ckpt = resolve(encoder, metric, checkpoint)
-    check_layout(read_state_dict(ckpt), encoder)  # fail here, on the host, not in every worker
-    precision = precision or AUTO  # each worker resolves it for its device: fp16 on GPUs, fp32 on CPUs
-    if precision == "fp16" and "cpu" in devices:
-        raise PlanError("--precision fp16 needs CUDA devices, and cpu is among the devices; use --precision auto")
-    settings = build_settings(info, ckpt, encoder, metric, input_size, max_res, precision, mode)
-    chunks = make_chunks(info.frame_count, devices, mode, stream_warmup)
-    plan = Plan(info, settings, chunks, uuid.uuid4().hex[:12], extra={"stream_warmup": stream_warmup})
-    if (run_dir / PLAN_NAME).is_file():
-        old = Plan.load(run_dir)
+    settings = build_settings(info, model, input_size, max_res, precision or AUTO, mode, unit_size, stream_warmup)
+    units = make_units(info.frame_count, mode, settings.unit_size, stream_warmup)
+    plan = Plan(info, settings, units, uuid.uuid4().hex[:12])
+    if (run.path / PLAN_NAME).is_file():
+        old = Plan.load(run.path)
         if _same_work(old, plan) and not overwrite:
-            if mode == "window":  # windows are stored by window, not by chunk: any split reuses every finished one
-                old.chunks = plan.chunks
-            else:  # stream segments depend on where their chunk starts: only the devices may change
-                for c_old, c_new in zip(old.chunks, plan.chunks):
-                    c_old.device = c_new.device
             old.input.path = info.path
-            old.save(run_dir)
+            old.save(run.path)
             return old, True
         if not overwrite:
             raise PlanError(
-                f"{run_dir} holds a different run ({_difference(old, plan)}); "
+                f"{run.path} holds a different run ({_difference(old, plan)}); "
                 "use another output folder or pass --overwrite"
             )
-        discard_results(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    plan.save(run_dir)
+        run.discard_results()
+    run.path.mkdir(parents=True, exist_ok=True)
+    plan.save(run.path)
     return plan, False
 
 
@@ -154,11 +175,10 @@ def check_layout(state: dict, encoder: str) -> None:
 
 
 def _identity(plan: Plan) -> dict:
-    """What must match for a rerun to reuse stored results: input, settings and, in stream mode only, the split."""
+    """What must match for a rerun to reuse stored results: the input and the settings (unit size included)."""
     info = asdict(plan.input)
     info.pop("path")
-    split = [c.units for c in plan.chunks] if plan.settings.mode == "stream" else None
-    return {"input": info, "settings": asdict(plan.settings), "units": split, "extra": plan.extra}
+    return {"input": info, "settings": asdict(plan.settings)}
 
 
 def _same_work(a: Plan, b: Plan) -> bool:
@@ -169,7 +189,4 @@ def _difference(old: Plan, new: Plan) -> str:
     a, b = _identity(old), _identity(new)
     if a["input"] != b["input"]:
         return "a different input video"
-    diff = [k for k in a["settings"] if a["settings"][k] != b["settings"][k]]
-    if diff:
-        return "different " + ", ".join(diff)
-    return "a different split over devices, which stream mode cannot reuse"
+    return "different " + ", ".join(k for k in a["settings"] if a["settings"][k] != b["settings"][k])

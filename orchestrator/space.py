@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vda.inference import resolve_precision, store_dtype
-from vda.plan import Plan, PlanError
-from vda.worker import SEGMENT, unfinished_units
+from vda.plan import SEGMENT, Plan, PlanError
+from vda.rundir import RunDir
 from vda.writers import frame_name
 
 NPY_HEADER = 128
@@ -28,46 +28,53 @@ class SpaceNeed:
     out_bytes: int  # frames still to be written in OUT
 
 
-def unit_bytes(plan: Plan, unit: int) -> int:
-    """Bytes of one stored unit: network-resolution maps, in the store dtype of the precision its device computes in
-    (float16 for fp16, float32 otherwise); the largest over the plan's devices, as any of them may compute it."""
+def unit_bytes(plan: Plan, piece: int, devices: list[str]) -> int:
+    """Bytes of one stored piece: network-resolution maps, in the store dtype of the precision its device computes in
+    (float16 for fp16, float32 otherwise); the largest over the devices, as any of them may compute it."""
     s = plan.settings
-    frames = 32 if s.mode == "window" else min(SEGMENT, plan.frame_count - unit)
-    kinds = {"cuda" if c.device.startswith("cuda") else "cpu" for c in plan.chunks}
+    frames = 32 if s.mode == "window" else min(SEGMENT, plan.frame_count - piece)
+    kinds = {"cuda" if d.startswith("cuda") else "cpu" for d in devices}
     itemsize = max(store_dtype(resolve_precision(s.precision, kind)).itemsize for kind in kinds)
     return frames * s.net_height * s.net_width * itemsize + NPY_HEADER + MARKER
 
 
-def estimate(plan: Plan, fmt: str, pending_units: list[int], pending_frames: int) -> SpaceNeed:
-    """Space still needed for `pending_units` and `pending_frames` output frames in format `fmt`."""
+def estimate(plan: Plan, fmt: str, pending_pieces: list[int], pending_frames: int, devices: list[str]) -> SpaceNeed:
+    """Space still needed for `pending_pieces` and `pending_frames` output frames in format `fmt`."""
     s = plan.settings
     per_frame = int(s.frame_width * s.frame_height * OUTPUT_BYTES_PER_PIXEL[fmt]) + NPY_HEADER
-    return SpaceNeed(sum(unit_bytes(plan, u) for u in pending_units), pending_frames * per_frame)
+    return SpaceNeed(sum(unit_bytes(plan, p, devices) for p in pending_pieces), pending_frames * per_frame)
 
 
 def human_size(n: float) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
-def check_space(plan: Plan, run_dir: Path, out_dir: Path, fmt: str) -> SpaceNeed:
-    """Refuse to start when the disks cannot hold what is left to write (one line: sizes, where, and the fix)."""
-    pending = [u for c in plan.chunks for u in unfinished_units(plan, run_dir, c.index)]
-    existing = sum(p.stat().st_size for i in range(plan.frame_count) if (p := out_dir / frame_name(i, fmt)).is_file())
-    need = estimate(plan, fmt, pending, plan.frame_count)
-    need = SpaceNeed(need.run_bytes, max(0, need.out_bytes - existing))  # a rerun replaces frames in place
-    by_disk: dict[int, tuple[Path, int, list[str]]] = {}  # one entry per filesystem: run and out may share one
-    for folder, size, what in ((run_dir, need.run_bytes, "windows"), (out_dir, need.out_bytes, f"{fmt} frames")):
-        folder = _existing_parent(folder)
-        first, total, parts = by_disk.get(os.stat(folder).st_dev, (folder, 0, []))
-        by_disk[os.stat(folder).st_dev] = (first, total + size, [*parts, f"{human_size(size)} of {what}"])
+def check_space(runs: list[tuple[Plan, RunDir, Path]], fmt: str, devices: list[str]) -> SpaceNeed:
+    """Refuse to start when the disks cannot hold what is left to write for every (plan, run folder, output folder)
+    of a batch (one line: sizes, where, and the fix)."""
+    by_disk: dict[int, tuple[Path, int, dict[str, int]]] = {}  # one entry per filesystem: run and out may share one
+    run_total = out_total = 0
+    for plan, run, out_dir in runs:
+        existing = sum(
+            p.stat().st_size for i in range(plan.frame_count) if (p := out_dir / frame_name(i, fmt)).is_file()
+        )
+        need = estimate(plan, fmt, run.missing_pieces(plan), plan.frame_count, devices)
+        out_bytes = max(0, need.out_bytes - existing)  # a rerun replaces frames in place
+        run_total, out_total = run_total + need.run_bytes, out_total + out_bytes
+        for folder, size, what in ((run.path, need.run_bytes, "windows"), (out_dir, out_bytes, f"{fmt} frames")):
+            folder = _existing_parent(folder)
+            first, total, parts = by_disk.get(os.stat(folder).st_dev, (folder, 0, {}))
+            parts[what] = parts.get(what, 0) + size
+            by_disk[os.stat(folder).st_dev] = (first, total + size, parts)
     for folder, size, parts in by_disk.values():
         free = shutil.disk_usage(folder).free
         if free < size:
+            listing = " + ".join(f"{human_size(n)} of {what}" for what, n in parts.items())
             raise PlanError(
                 f"not enough disk space: {folder} has {human_size(free)} free, this run needs about {human_size(size)} "
-                f"({' + '.join(parts)}); free space, choose another -o / --run-dir, or pass --no-space-check"
+                f"({listing}); free space, choose another -o / --run-dir, or pass --no-space-check"
             )
-    return need
+    return SpaceNeed(run_total, out_total)
 
 
 def _existing_parent(path: Path) -> Path:

@@ -107,7 +107,7 @@ class FrameFeed:
     """Lazily pulls (index, frame) pairs, in increasing index order, and hands out frames by index.
 
     Only frames asked for but not yet consumed are held. `total` is the frame count when the caller
-    knows it (a planned chunk); otherwise it is learnt when the source runs dry.
+    knows it (a planned unit); otherwise it is learnt when the source runs dry.
     """
 
     def __init__(self, pairs: Iterable[tuple[int, np.ndarray]], total: int | None = None):
@@ -182,7 +182,7 @@ def ieee_fp32():
 
 @dataclass(frozen=True)
 class Runtime:
-    """Where and how the model runs; shared by the single pass, the chunk worker and the benchmarks."""
+    """Where and how the model runs; shared by the single pass, the device worker and the benchmarks."""
 
     device: torch.device
     precision: str = "fp32"

@@ -14,7 +14,6 @@ import concurrent.futures as cf
 import json
 import multiprocessing as mp
 import os
-import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -25,9 +24,9 @@ import torch
 
 from vda import stitch
 from vda.inference import CHAIN_OUTPUTS, WindowAligner, chain_maps, upsample
-from vda.plan import CHUNKS_DIR, WINDOWS_DIR, Plan, PlanError
+from vda.plan import Plan, PlanError
+from vda.rundir import RunDir
 from vda.system import usable_cpus
-from vda.worker import SEGMENT, is_done, unfinished_units, unit_path, units_of
 from vda.writers import FORMATS, LEVELS, META_NAME, DepthMeta, colorize, encode, frame_name, write_atomic, write_json
 
 MERGED_MARKER = ".merged"
@@ -45,20 +44,15 @@ class Job:
     size: tuple[int, int]  # (H, W)
     lo: float
     hi: float
-    owners: dict  # unit -> chunk index
+    pieces: tuple  # the stored pieces, in order: windows, or the first frames of stream segments
     params: dict  # window -> (scale, shift)
     video: bool
 
 
 def _load(job: Job, unit: int, rows=None) -> torch.Tensor:
-    path = unit_path(Path(job.run_dir), job.owners[unit], job.mode, unit)
+    path = RunDir(job.run_dir).piece(job.mode, unit)
     data = np.load(path, mmap_mode="r")
     return torch.from_numpy(np.array(data if rows is None else data[rows], dtype=np.float32))
-
-
-def missing_units(plan: Plan, run_dir: Path) -> dict[int, list[int]]:
-    todo = {chunk.index: unfinished_units(plan, run_dir, chunk.index) for chunk in plan.chunks}
-    return {k: units for k, units in todo.items() if units}
 
 
 def _contributing(n_frames: int) -> dict[int, set[int]]:
@@ -72,7 +66,6 @@ def _contributing(n_frames: int) -> dict[int, set[int]]:
     return used
 
 
-FIRST_PASS_NAME = "first_pass.json"
 FIRST_PASS_SCHEMA = 1
 
 
@@ -87,8 +80,8 @@ class FirstPass:
 
     def __init__(self, job: Job, plan: Plan):
         self.job, self.run_id, self.mode = job, plan.run_id, job.mode
-        self.path = Path(job.run_dir) / FIRST_PASS_NAME
-        self.units = sorted(job.owners)
+        self.path = RunDir(job.run_dir).first_pass
+        self.units = list(job.pieces)
         self.chain = stitch.AlignmentChain(metric=plan.settings.metric)
         self.used = _contributing(job.n_frames) if job.mode == "window" else {}
         self.entries: list[dict] = self._cached()
@@ -123,9 +116,8 @@ class FirstPass:
         return len(self.entries) == len(self.units)
 
     def ready(self) -> bool:
-        """Whether the next unit is stored by its worker."""
-        unit = self.units[len(self.entries)]
-        return is_done(unit_path(Path(self.job.run_dir), self.job.owners[unit], self.mode, unit))
+        """Whether the next piece is stored by its worker."""
+        return RunDir(self.job.run_dir).is_stored(self.mode, self.units[len(self.entries)])
 
     def step(self) -> None:
         unit = self.units[len(self.entries)]
@@ -153,29 +145,72 @@ class FirstPass:
         return params, min(lows), max(highs)
 
 
-def discard_results(run_dir: Path) -> None:
-    """Delete what the workers and pass 1 stored (not the plan or the logs): the run starts over, or is done."""
-    shutil.rmtree(Path(run_dir) / CHUNKS_DIR, ignore_errors=True)
-    shutil.rmtree(Path(run_dir) / WINDOWS_DIR, ignore_errors=True)
-    (Path(run_dir) / FIRST_PASS_NAME).unlink(missing_ok=True)
+class Follower:
+    """Runs pass 1 of every run while the workers compute, as far as stored pieces allow, in a thread.
 
-
-def follow(run_dir: str | Path, stop: threading.Event, poll_s: float = 0.5) -> None:
-    """Run pass 1 while the workers compute, as far as stored units allow, until `stop` is set.
-
-    Only a head start: any failure here is left for the merge, which redoes what is missing and reports it.
+    Only a head start: a run whose pass fails here is left for its merge, which redoes what is missing and reports
+    it. `release(run_dir)` hands a run over to its merge: it returns once the thread no longer touches that run.
     """
-    try:
-        plan = Plan.load(Path(run_dir))
-        first = FirstPass(_job(plan, Path(run_dir), Path(run_dir), "npy", False), plan)
-        while not first.finished and not stop.is_set():
-            if first.ready():
+
+    def __init__(self, run_dirs: list[Path], poll_s: float = 0.5):
+        self.poll_s, self._lock, self._stop = poll_s, threading.RLock(), threading.Event()
+        self._runs = [Path(r) for r in run_dirs]
+        self._passes: dict[Path, FirstPass] = {}
+        self._thread = threading.Thread(target=self._loop, name="vda-first-pass", daemon=True)
+
+    def __enter__(self) -> Follower:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def release(self, run_dir: Path) -> None:
+        with self._lock:
+            self._runs = [r for r in self._runs if r != Path(run_dir)]
+            self._passes.pop(Path(run_dir), None)
+
+    def _first_pass(self, run_dir: Path) -> FirstPass | None:
+        if run_dir not in self._passes:
+            try:
+                plan = Plan.load(run_dir)
+                self._passes[run_dir] = FirstPass(_job(plan, run_dir, run_dir, "npy", False), plan)
+            except Exception:  # noqa: BLE001 - see the class docstring
+                self._runs.remove(run_dir)
+                return None
+        return self._passes[run_dir]
+
+    def _step(self, run_dir: Path) -> bool:
+        """Step one run as far as its stored pieces allow; whether it moved."""
+        first = self._first_pass(run_dir)
+        if first is None:
+            return False
+        steps = 0
+        try:
+            while not first.finished and first.ready() and not self._stop.is_set():
                 first.step()
+                steps += 1
+            if steps:
                 first.save()
-            else:
-                stop.wait(poll_s)
-    except Exception:  # noqa: BLE001 - see the docstring: the merge repeats the work and reports the error
-        return
+        except Exception:  # noqa: BLE001 - see the class docstring
+            self.release(run_dir)
+            return False
+        if first.finished:
+            self._runs.remove(run_dir)
+            del self._passes[run_dir]
+        return steps > 0
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            moved = False
+            for run_dir in list(self._runs):
+                with self._lock:
+                    moved |= run_dir in self._runs and self._step(run_dir)
+            if not self._runs:
+                return
+            if not moved:
+                self._stop.wait(self.poll_s)
 
 
 def _write(job: Job, f: int, depth: np.ndarray) -> None:
@@ -217,11 +252,12 @@ def merge(
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     plan = Plan.load(run_dir)
     s = plan.settings
-    missing = missing_units(plan, run_dir)
+    missing = RunDir(run_dir).missing_pieces(plan)
     if missing:
-        listing = "; ".join(f"chunk {k}: {len(v)} unit(s) from {v[0]}" for k, v in missing.items())
+        what = "window" if s.mode == "window" else "segment"
         raise PlanError(
-            f"cannot merge, unfinished chunks ({listing}); run them again with `vda run-chunk` or `vda depth`"
+            f"cannot merge {run_dir}: {len(missing)} {what}(s) not computed yet, from {what} {missing[0]}; "
+            f"compute them with `vda depth` (or `vda work {run_dir} --device ...`) and merge again"
         )
     _refuse_foreign_output(out_dir, plan, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -282,9 +318,9 @@ def merge(
 
 def _job(plan: Plan, run_dir: Path, out_dir: Path, fmt: str, create_video: bool) -> Job:
     s = plan.settings
-    owners = {u: c.index for c in plan.chunks for u in units_of(plan, c.index)}
     size = (s.frame_height, s.frame_width)
-    return Job(str(run_dir), str(out_dir), fmt, s.mode, plan.frame_count, size, 0.0, 1.0, owners, {}, create_video)
+    pieces = tuple(plan.all_pieces())
+    return Job(str(run_dir), str(out_dir), fmt, s.mode, plan.frame_count, size, 0.0, 1.0, pieces, {}, create_video)
 
 
 def _refuse_foreign_output(out_dir: Path, plan: Plan, overwrite: bool) -> None:
@@ -361,4 +397,4 @@ class _VideoSink:
         self.tmp.unlink(missing_ok=True)
 
 
-__all__ = ["merge", "follow", "FirstPass", "render_unit", "missing_units", "SEGMENT"]
+__all__ = ["merge", "Follower", "FirstPass", "render_unit"]

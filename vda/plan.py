@@ -1,26 +1,35 @@
-"""The run plan: which device computes which windows, written as RUN_DIR/plan.json.
+"""The run plan: the queue units of one video, written as RUN_DIR/plan.json.
 
-Pure planning functions plus typed, versioned (de)serialisation. The plan is the contract between
-the orchestrator, the chunk workers and the merge, possibly on different hosts and in containers,
-so everything a worker needs is in it and every path in it is relative to RUN_DIR.
+Pure planning functions plus typed, versioned (de)serialisation. The plan is the contract between the host, the device
+workers and the merge, possibly on different hosts and in containers, so everything a worker needs is in it.
+
+A unit is the smallest piece of work the queue hands to a device: a run of whole windows (window mode) or of frames
+(stream mode). Units depend only on the video and the settings, never on the devices, so a rerun on any number of
+devices finds the same units and reuses every finished one.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from vda import stitch
 from vda.video import VideoInfo, spans
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 PLAN_NAME = "plan.json"
-CHUNKS_DIR = "chunks"  # RUN_DIR/chunks/K holds the stream segments chunk K computed (they depend on the split)
-# RUN_DIR/windows holds every computed window, whichever chunk or device computed it: a window depends only on the
-# video and the settings, so a rerun on any number of devices reuses every finished one.
-WINDOWS_DIR = "windows"
-STREAM_WARMUP = 96  # frames a stream chunk replays before its range (see README: chunked stream accuracy)
+# Stream mode: frames a unit replays before its range, to warm the temporal cache (README: chunked stream accuracy).
+STREAM_WARMUP = 96
+# Default unit sizes (bench/bench_queue.py, "unit size"). A window-mode unit of 8 windows is 176 frames: 2-6 s of
+# GPU work from vits to vitl, while claiming, seeking and storing a unit cost about 0.1 s on the CPU here. Its first
+# window encodes all 32 frames, so 8 windows encode 186 frames for 176 produced (1.06).
+UNIT_WINDOWS = 8
+# A stream unit replays 1 + STREAM_WARMUP frames: 400 frames per unit keep frames computed over frames produced at
+# (400 + 97) / 400 = 1.24, under the 1.25 the README promises.
+STREAM_UNIT_FRAMES = 400
+SEGMENT = 32  # stream mode: frames per stored file, so that a killed worker leaves most of its unit stored
+MODES = ("window", "stream")
 
 
 class PlanError(Exception):
@@ -35,31 +44,40 @@ class Settings:
     checkpoint_sha256: str
     input_size: int = 518
     max_res: int = 1280
-    precision: str = "fp32"
+    precision: str = "auto"
     mode: str = "window"
     frame_width: int = 0  # after max_res: the resolution of the output depth maps
     frame_height: int = 0
     net_height: int = 0  # network input resolution
     net_width: int = 0
+    unit_size: int = UNIT_WINDOWS  # windows per unit (window mode) or frames per unit (stream mode)
+    stream_warmup: int = STREAM_WARMUP
 
 
-@dataclass
-class Chunk:
+@dataclass(frozen=True)
+class Unit:
     index: int
-    device: str
-    units: tuple[int, int]  # [start, stop): windows (window mode) or output frames (stream mode)
-    decode: list[tuple[int, int]]  # [start, stop) frame spans the worker decodes
-    produces: tuple[int, int]  # [start, stop) output frames this chunk's units make final
+    span: tuple[int, int]  # [start, stop): windows (window mode) or output frames (stream mode)
+    decode: tuple[tuple[int, int], ...]  # [start, stop) frame spans the worker decodes
+    produces: tuple[int, int]  # [start, stop) output frames this unit's windows make final
+
+    @property
+    def computed_frames(self) -> int:
+        """Frames the encoder runs on for this unit; over `produced_frames`, the cost of cutting the work up."""
+        return sum(b - a for a, b in self.decode)
+
+    @property
+    def produced_frames(self) -> int:
+        return self.produces[1] - self.produces[0]
 
 
 @dataclass
 class Plan:
     input: VideoInfo
     settings: Settings
-    chunks: list[Chunk]
+    units: list[Unit]
     run_id: str
     schema_version: int = SCHEMA_VERSION
-    extra: dict = field(default_factory=dict)
 
     @property
     def frame_count(self) -> int:
@@ -68,6 +86,14 @@ class Plan:
     @property
     def num_windows(self) -> int:
         return stitch.num_windows(self.frame_count)
+
+    def pieces(self, unit: Unit) -> list[int]:
+        """What a unit stores, one file each: its windows, or the first frames of its SEGMENT-frame segments."""
+        a, b = unit.span
+        return list(range(a, b)) if self.settings.mode == "window" else list(range(a, b, SEGMENT))
+
+    def all_pieces(self) -> list[int]:
+        return [p for u in self.units for p in self.pieces(u)]
 
     def save(self, run_dir: Path) -> None:
         from vda.writers import write_json
@@ -87,23 +113,19 @@ class Plan:
             raise PlanError(
                 f"{path} has schema {data.get('schema_version')}, this vda reads {SCHEMA_VERSION}; plan again"
             )
-        info = data["input"]
-        info["keyframes"] = [tuple(k) for k in info.get("keyframes", [])]
-        chunks = [
-            Chunk(c["index"], c["device"], tuple(c["units"]), [tuple(s) for s in c["decode"]], tuple(c["produces"]))
-            for c in data["chunks"]
-        ]
-        for c in chunks:
-            if not isinstance(c.index, int) or c.index < 0:
-                raise PlanError(f"{path}: bad chunk index {c.index!r}")
-        return cls(
-            VideoInfo(**info),
-            Settings(**data["settings"]),
-            chunks,
-            data["run_id"],
-            data["schema_version"],
-            data.get("extra", {}),
-        )
+        try:
+            info = data["input"]
+            info["keyframes"] = [tuple(k) for k in info.get("keyframes", [])]
+            units = [
+                Unit(u["index"], tuple(u["span"]), tuple(tuple(s) for s in u["decode"]), tuple(u["produces"]))
+                for u in data["units"]
+            ]
+            plan = cls(VideoInfo(**info), Settings(**data["settings"]), units, data["run_id"], data["schema_version"])
+        except (KeyError, TypeError) as err:
+            raise PlanError(f"{path} is incomplete ({err}); delete the run folder and plan again") from None
+        if [u.index for u in units] != list(range(len(units))):
+            raise PlanError(f"{path}: units are not numbered 0..{len(units) - 1}; delete the run folder and plan again")
+        return plan
 
 
 def split_even(total: int, parts: int) -> list[tuple[int, int]]:
@@ -118,7 +140,12 @@ def split_even(total: int, parts: int) -> list[tuple[int, int]]:
     return out
 
 
-def window_chunk_frames(windows: tuple[int, int], n_frames: int) -> tuple[list[tuple[int, int]], tuple[int, int]]:
+def split_fixed(total: int, size: int) -> list[tuple[int, int]]:
+    """[start, stop) ranges of `size` covering 0..total, the last one shorter: they depend on nothing else."""
+    return [(a, min(a + size, total)) for a in range(0, total, size)]
+
+
+def window_unit_frames(windows: tuple[int, int], n_frames: int) -> tuple[list[tuple[int, int]], tuple[int, int]]:
     """Frames to decode and frames produced for a contiguous run of windows."""
     first, last = windows[0], windows[1] - 1
     needed = set()
@@ -128,23 +155,29 @@ def window_chunk_frames(windows: tuple[int, int], n_frames: int) -> tuple[list[t
     return spans(needed), produced
 
 
-def stream_chunk_frames(frames: tuple[int, int], warmup: int) -> list[tuple[int, int]]:
+def stream_unit_frames(frames: tuple[int, int], warmup: int) -> list[tuple[int, int]]:
+    """Frames a stream unit decodes: frame 0 (the stream's first frame), its warm-up, then its own range."""
     start, stop = frames
     return spans({0, *range(max(1, start - warmup), stop)})
 
 
-def make_chunks(n_frames: int, devices: list[str], mode: str, warmup: int = STREAM_WARMUP) -> list[Chunk]:
-    """Split the work over devices: whole windows in window mode (each computed exactly once), frames in stream mode."""
-    if not devices:
-        raise PlanError("no devices given; use --devices cpu, --gpus N or --gpu-ids ...")
-    chunks = []
+def default_unit_size(mode: str) -> int:
+    return UNIT_WINDOWS if mode == "window" else STREAM_UNIT_FRAMES
+
+
+def make_units(n_frames: int, mode: str, unit_size: int, warmup: int = STREAM_WARMUP) -> list[Unit]:
+    """Cut a video into queue units of `unit_size` windows (window mode) or frames (stream mode)."""
+    if unit_size < 1:
+        raise PlanError(f"--unit-size must be at least 1, got {unit_size}")
     if mode == "window":
-        for k, units in enumerate(split_even(stitch.num_windows(n_frames), len(devices))):
-            decode, produces = window_chunk_frames(units, n_frames)
-            chunks.append(Chunk(k, devices[k], units, decode, produces))
-    elif mode == "stream":
-        for k, units in enumerate(split_even(n_frames, len(devices))):
-            chunks.append(Chunk(k, devices[k], units, stream_chunk_frames(units, warmup), units))
-    else:
-        raise PlanError(f"unknown mode {mode!r}; choose window or stream")
-    return chunks
+        units = []
+        for k, span in enumerate(split_fixed(stitch.num_windows(n_frames), unit_size)):
+            decode, produces = window_unit_frames(span, n_frames)
+            units.append(Unit(k, span, tuple(decode), produces))
+        return units
+    if mode == "stream":
+        return [
+            Unit(k, span, tuple(stream_unit_frames(span, warmup)), span)
+            for k, span in enumerate(split_fixed(n_frames, unit_size))
+        ]
+    raise PlanError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")

@@ -2,7 +2,7 @@
 
 Frame counts come from decoding, never from container metadata, and fps is an exact Fraction.
 Seeking jumps to the last keyframe at or before the wanted frame (positions recorded while probing),
-so a chunk worker decodes only its own range instead of the video from the start.
+so a worker decodes only its unit's frames instead of the video from the start.
 """
 
 from __future__ import annotations

@@ -1,43 +1,56 @@
-"""The chunk worker: `vda run-chunk RUN_DIR --chunk K --device cuda:0|cpu`.
+"""The device worker: `vda work --device cuda:0|cpu`, one long-lived process (or container) per device.
 
-It computes the raw depth of its units (windows, or frame segments in stream mode) at network
-resolution and stores each as `RUN_DIR/chunks/K/<unit>.npy` (temporary name, then rename) followed by
-a `.done` marker. A rerun skips finished units. Progress goes to stdout as JSON lines starting with
-`@progress`, which the orchestrator aggregates.
+It loads the model once, then computes the units the host hands it, one at a time, until told to stop: the host
+sends `Assign` lines on stdin, the worker answers with `Ready`, `Done` and `Failed` lines on stdout (vda.events).
+A unit's raw depth, at network resolution, is stored piece by piece in its video's run folder (vda.rundir): under a
+temporary name, renamed, then a `.done` marker. Stores run in a background thread while the next unit computes.
+
+A unit always starts from its own first window (or its warm-up, in stream mode), whichever worker computed the units
+before it, so its depth depends on the video and the settings only: any split, any device count, any retry gives the
+same bits at one thread. A unit's failure (an unreadable frame, out of memory) is reported and the worker goes on
+with the next one; anything else ends the worker, and the host hands its unit to another.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import queue
 import signal
+import sys
 import threading
 import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from vda import stitch
-from vda.inference import FrameFeed, Runtime, WindowRunner, store_dtype, stream_depths
+from vda import events, stitch
+from vda.inference import FrameError, FrameFeed, NonFiniteDepth, Runtime, WindowRunner, store_dtype, stream_depths
 from vda.model import load_model
-from vda.plan import CHUNKS_DIR, WINDOWS_DIR, Plan, PlanError, stream_chunk_frames
+from vda.plan import SEGMENT, Plan, PlanError, Unit
+from vda.rundir import RunDir
 from vda.video import VideoError, head_hash, read_frames, threaded
 from vda.writers import write_atomic, write_json
 
-PROGRESS_PREFIX = "@progress "
-SEGMENT = 32  # frames per stored unit in stream mode
 # Decoded frames held ahead of the model: a window takes its 22 new frames at once, so a shorter queue would make
 # the device wait for the decoder at every window (bench_stages.py, "decode overlap"). 44 frames at 720p: 120 MB.
 DECODE_AHEAD = 2 * stitch.STRIDE
-# Fault injection, to rehearse failures: VDA_FAIL_AT_UNIT="K:U" fails chunk K before unit U ("U" alone: any
-# chunk); VDA_FAIL_TIMES=N fails only the first N times (counted in RUN_DIR/faults/); VDA_FAIL_MODE=raise
-# (an exception, exit 2), exit (exit 3), kill (SIGKILL, as the OOM killer does) or oom (torch's out-of-memory
-# error, as a GPU raises it).
-FAIL_ENV, FAIL_TIMES_ENV, FAIL_MODE_ENV = "VDA_FAIL_AT_UNIT", "VDA_FAIL_TIMES", "VDA_FAIL_MODE"
+# Fault injection, to rehearse failures: VDA_FAIL_AT_UNIT="U" fails unit U of any video ("NAME:U": of video NAME);
+# VDA_FAIL_TIMES=N fails only the first N times (counted in the video's RUN_DIR/faults/); VDA_FAIL_MODE=raise (the
+# unit fails, the worker goes on), exit (the worker exits 3), kill (SIGKILL, as the OOM killer does) or oom (torch's
+# out-of-memory error, as a GPU raises it). VDA_WORKER_DELAY="SLOT:SECONDS" slows worker SLOT by SECONDS per unit,
+# a slow device for the tests of the queue.
+FAIL_ENV, FAIL_TIMES_ENV, FAIL_MODE_ENV, DELAY_ENV = (
+    "VDA_FAIL_AT_UNIT",
+    "VDA_FAIL_TIMES",
+    "VDA_FAIL_MODE",
+    "VDA_WORKER_DELAY",
+)
+FAULT_ENV = (FAIL_ENV, FAIL_TIMES_ENV, FAIL_MODE_ENV, DELAY_ENV)
 
 
 class InjectedFault(RuntimeError):
@@ -47,39 +60,14 @@ class InjectedFault(RuntimeError):
 class DeviceOutOfMemory(RuntimeError):
     """The device ran out of memory: expected, one line naming what to lower, and not retried with the same settings.
 
-    Retrying the same chunk on the same device with the same settings would fail the same way; the scheduler moves it
-    to a device it has not tried (see EXIT_OUT_OF_MEMORY), or stops with this message.
+    Retrying the same unit on the same device with the same settings would fail the same way: the worker reports it as
+    device-bound (events.Failed), and the queue hands the unit to a device that has not tried it, or gives it up.
     """
 
 
-EXIT_OUT_OF_MEMORY = 4  # a worker's exit code when its device ran out of memory
-
-
-def unit_name(mode: str, unit: int) -> str:
-    return f"{'win' if mode == 'window' else 'seg'}_{unit:06d}"
-
-
-def unit_path(run_dir: Path, chunk_index: int, mode: str, unit: int) -> Path:
-    """Where a unit is stored. Windows are keyed by window alone (any split reuses them); stream segments by chunk,
-    because a segment's depth depends on where its chunk starts (the warm-up)."""
-    if mode == "window":
-        return Path(run_dir) / WINDOWS_DIR / f"{unit_name(mode, unit)}.npy"
-    return Path(run_dir) / CHUNKS_DIR / str(int(chunk_index)) / f"{unit_name(mode, unit)}.npy"
-
-
-def is_done(path: Path) -> bool:
-    return path.with_suffix(".done").is_file() and path.is_file()
-
-
-def units_of(plan: Plan, chunk_index: int) -> list[int]:
-    a, b = plan.chunks[chunk_index].units
-    return list(range(a, b)) if plan.settings.mode == "window" else list(range(a, b, SEGMENT))
-
-
-def unfinished_units(plan: Plan, run_dir: Path, chunk_index: int) -> list[int]:
-    """Units of a chunk without a finished file and marker, in order."""
-    mode = plan.settings.mode
-    return [u for u in units_of(plan, chunk_index) if not is_done(unit_path(run_dir, chunk_index, mode, u))]
+EXIT_OUT_OF_MEMORY = 4  # `vda` exits so when a device ran out of memory (vda work on run folders, no host)
+# What fails a unit and not the worker: the worker reports it (events.Failed) and goes on with the next unit.
+UNIT_ERRORS = (VideoError, FrameError, PlanError, NonFiniteDepth, InjectedFault, DeviceOutOfMemory)
 
 
 def file_sha256(path: Path) -> str:
@@ -104,34 +92,6 @@ def verify_input(plan: Plan, input_path: str | None) -> None:
 def verify_checkpoint(plan: Plan, checkpoint: Path) -> None:
     if file_sha256(checkpoint) != plan.settings.checkpoint_sha256:
         raise PlanError(f"checkpoint {checkpoint} differs from the one planned; plan again into a new run folder")
-
-
-def progress(**fields) -> None:
-    print(PROGRESS_PREFIX + json.dumps(fields), flush=True)
-
-
-def _maybe_fail(run_dir: Path, chunk_index: int, unit: int) -> None:
-    spec = os.environ.get(FAIL_ENV, "")
-    if not spec:
-        return
-    k, _, u = spec.rpartition(":")
-    if int(u) != unit or (k and int(k) != chunk_index):
-        return
-    counter = run_dir / "faults" / f"chunk{chunk_index}_unit{unit}"
-    counter.parent.mkdir(exist_ok=True)
-    fired = int(counter.read_text() or 0) if counter.exists() else 0
-    if FAIL_TIMES_ENV in os.environ and fired >= int(os.environ[FAIL_TIMES_ENV]):
-        return
-    counter.write_text(str(fired + 1))
-    mode = os.environ.get(FAIL_MODE_ENV, "raise")
-    print(f"injecting fault ({FAIL_ENV}={spec}, {mode}) at chunk {chunk_index}, unit {unit}", flush=True)
-    if mode == "kill":
-        os.kill(os.getpid(), signal.SIGKILL)
-    if mode == "exit":
-        os._exit(3)
-    if mode == "oom":
-        raise torch.OutOfMemoryError(f"CUDA out of memory (injected by {FAIL_ENV}={spec})")
-    raise InjectedFault(f"injected fault ({FAIL_ENV}={spec}) at chunk {chunk_index}, unit {unit}")
 
 
 def copy_done_event(device: torch.device, cuda=torch.cuda):
@@ -160,7 +120,7 @@ def _to_host(depth: torch.Tensor, precision: str) -> tuple[torch.Tensor, torch.c
     return host, copy_done_event(depth.device)
 
 
-def _store(path: Path, host: torch.Tensor, event, started: float, unit: int) -> None:
+def _store(path: Path, host: torch.Tensor, event, started: float, piece: int) -> None:
     if event is not None:
         event.synchronize()
     array = host.numpy()
@@ -170,7 +130,7 @@ def _store(path: Path, host: torch.Tensor, event, started: float, unit: int) -> 
     write_json(
         path.with_suffix(".done"),
         {
-            "unit": unit,
+            "piece": piece,
             "seconds": round(time.time() - started, 3),
             "shape": list(array.shape),
             "dtype": str(array.dtype),
@@ -222,7 +182,7 @@ class UnitStore:
 
 def _out_of_memory(s, runtime: Runtime, doing: str) -> DeviceOutOfMemory:
     """The one line for an OOM. It does not name the device: an isolated worker sees its GPU as cuda:0, and the
-    scheduler, which knows which GPU that is, names it."""
+    queue, which knows which GPU that is, names it."""
     return DeviceOutOfMemory(
         f"the GPU ran out of memory {doing} {s.encoder} at input size {s.input_size} ({s.net_width}x{s.net_height}) "
         f"with micro-batch {runtime.micro_batch} in {runtime.precision}; lower --micro-batch "
@@ -230,86 +190,212 @@ def _out_of_memory(s, runtime: Runtime, doing: str) -> DeviceOutOfMemory:
     )
 
 
-def run_chunk(
-    run_dir: str | Path,
-    chunk_index: int,
-    *,
-    device: str | None = None,
-    checkpoint: str | None = None,
-    input_path: str | None = None,
-    micro_batch: int | None = None,
-    compile: bool = False,
-) -> int:
-    """Compute chunk `chunk_index` of the plan in run_dir; returns the number of units computed now."""
-    from models import resolve
+def _maybe_fail(run: RunDir, video: str, unit: int) -> None:
+    """Fault injection (FAIL_ENV above): rehearses what the queue does when a unit or a worker fails."""
+    spec = os.environ.get(FAIL_ENV, "")
+    if not spec:
+        return
+    name, _, u = spec.rpartition(":")
+    if int(u) != unit or (name and name != video):
+        return
+    counter = run.fault_counter(f"unit{unit}")
+    counter.parent.mkdir(exist_ok=True)
+    fired = int(counter.read_text() or 0) if counter.exists() else 0
+    if FAIL_TIMES_ENV in os.environ and fired >= int(os.environ[FAIL_TIMES_ENV]):
+        return
+    counter.write_text(str(fired + 1))
+    mode = os.environ.get(FAIL_MODE_ENV, "raise")
+    print(f"injecting fault ({FAIL_ENV}={spec}, {mode}) at {video}, unit {unit}", flush=True)
+    if mode == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if mode == "exit":
+        os._exit(3)
+    if mode == "oom":
+        raise torch.OutOfMemoryError(f"CUDA out of memory (injected by {FAIL_ENV}={spec})")
+    raise InjectedFault(f"injected fault ({FAIL_ENV}={spec}) at {video}, unit {unit}")
 
-    run_dir = Path(run_dir)
-    plan = Plan.load(run_dir)
-    if not 0 <= chunk_index < len(plan.chunks):
-        raise PlanError(f"chunk {chunk_index} does not exist; the plan has chunks 0..{len(plan.chunks) - 1}")
-    chunk, s = plan.chunks[chunk_index], plan.settings
-    verify_input(plan, input_path)
-    units = units_of(plan, chunk_index)
-    todo = unfinished_units(plan, run_dir, chunk_index)
-    progress(chunk=chunk_index, done=len(units) - len(todo), total=len(units), event="start")
-    if not todo:
-        return 0
-    ckpt = resolve(s.encoder, s.metric, checkpoint or os.environ.get("VDA_CHECKPOINT") or None)
-    verify_checkpoint(plan, ckpt)
-    runtime = Runtime.create(device or chunk.device, s.precision, micro_batch, compile)  # "auto": fp16 on GPUs
-    try:
-        model = load_model(ckpt, encoder=s.encoder, metric=s.metric, device=runtime.device)
-    except torch.OutOfMemoryError:
-        raise _out_of_memory(s, runtime, "loading the weights") from None
-    unit_path(run_dir, chunk_index, s.mode, todo[0]).parent.mkdir(parents=True, exist_ok=True)
+
+def _delay(slot: int) -> float:
+    """Seconds this worker sleeps per unit (DELAY_ENV): a slow device, for tests only."""
+    spec = os.environ.get(DELAY_ENV, "")
+    which, _, seconds = spec.partition(":")
+    return float(seconds) if spec and int(which) == slot else 0.0
+
+
+@dataclass
+class _Video:
+    """What a worker keeps per video between its units: the plan, read and verified once."""
+
+    plan: Plan
+    run: RunDir
+
+
+@dataclass
+class DeviceWorker:
+    """One device's worker: the model, loaded once, and the store thread, shared by every unit it computes.
+
+    `emit` sends a message to the host (events); it may be called from the store thread, so it must be thread-safe.
+    """
+
+    device: str
+    emit: Callable[[events.Message], None]
+    checkpoint: str | None = None  # default: the plan's, resolved through models/
+    micro_batch: int | None = None
+    compile: bool = False
+    slot: int = 0
+    _videos: dict[str, _Video] = field(default_factory=dict)
+    _models: dict[tuple, tuple] = field(default_factory=dict)  # (encoder, metric, sha, precision) -> (model, runtime)
+
+    def serve(self, lines: Iterable[str]) -> None:
+        """Compute every unit assigned on `lines` until Stop or the end of input; stores finish before it returns."""
+        with UnitStore() as self.store:
+            self.emit(events.Ready(os.getpid()))
+            for line in lines:
+                message = events.decode(line.strip())
+                if isinstance(message, events.Stop):
+                    break
+                if isinstance(message, events.Assign):
+                    self.run(message)
+                    self.emit(events.Ready(os.getpid()))
+
+    def run(self, task: events.Assign) -> None:
+        """Compute one unit; a unit error (UNIT_ERRORS) is reported as Failed, anything else ends the worker."""
+        try:
+            self._compute(task)
+        except UNIT_ERRORS as err:
+            device_bound = isinstance(err, DeviceOutOfMemory)
+            self.emit(events.Failed(task.video, task.unit, str(err).strip(), device_bound))
+
+    def _video(self, task: events.Assign) -> _Video:
+        if task.run_dir not in self._videos:
+            plan = Plan.load(Path(task.run_dir))
+            verify_input(plan, task.input)
+            self._videos[task.run_dir] = _Video(plan, RunDir(task.run_dir))
+        return self._videos[task.run_dir]
+
+    def _model(self, plan: Plan) -> tuple[torch.nn.Module, Runtime]:
+        from models import resolve
+
+        s = plan.settings
+        key = (s.encoder, s.metric, s.checkpoint_sha256, s.precision)
+        if key not in self._models:
+            ckpt = resolve(s.encoder, s.metric, self.checkpoint)
+            verify_checkpoint(plan, ckpt)
+            runtime = Runtime.create(self.device, s.precision, self.micro_batch, self.compile)  # auto: fp16 on GPUs
+            try:
+                model = load_model(ckpt, encoder=s.encoder, metric=s.metric, device=runtime.device)
+            except torch.OutOfMemoryError:
+                raise _out_of_memory(s, runtime, "loading the weights") from None
+            self._models = {key: (model, runtime)}  # one model per device: a new one replaces the old
+        return self._models[key]
+
+    def _compute(self, task: events.Assign) -> None:
+        video = self._video(task)
+        plan, run, s = video.plan, video.run, video.plan.settings
+        if not 0 <= task.unit < len(plan.units):
+            raise PlanError(f"{task.video} has units 0..{len(plan.units) - 1}, not {task.unit}; plan again")
+        unit = plan.units[task.unit]
+        started = time.time()
+        todo = set(run.unfinished_pieces(plan, unit))
+        if not todo:  # stored by an earlier run or attempt
+            self.emit(events.Done(task.video, unit.index, unit.produced_frames, 0, 0.0))
+            return
+        _maybe_fail(run, task.video, unit.index)
+        time.sleep(_delay(self.slot))
+        model, runtime = self._model(plan)
+        run.piece(s.mode, unit.span[0]).parent.mkdir(parents=True, exist_ok=True)
+        recomputed: list[int] = []  # windows (or frames) recomputed in fp32 because fp16/bf16 gave NaN or inf
+
+        def save(piece: int, depth: torch.Tensor, fresh: int) -> None:
+            if piece not in todo:
+                return
+            host, event = _to_host(depth, "fp32" if fresh else runtime.precision)  # a recomputed piece stays fp32
+            if fresh:
+                print(f"{task.video} piece {piece}: depth not finite in {runtime.precision}; recomputed in fp32")
+            path = run.piece(s.mode, piece)
+            self.store.submit(lambda: _store(path, host, event, started, piece))
+
+        try:
+            _compute_unit(plan, unit, model, runtime, save, recomputed)
+        except torch.OutOfMemoryError:
+            raise _out_of_memory(s, runtime, "running") from None
+        done = events.Done(task.video, unit.index, unit.produced_frames, unit.computed_frames, 0.0, len(recomputed))
+        self.store.submit(lambda: self.emit(_stamped(done, started)))
+
+
+def _stamped(done: events.Done, started: float) -> events.Done:
+    """The Done message with the unit's time, taken when its last piece is stored."""
+    return events.Done(
+        done.video, done.unit, done.frames, done.computed, round(time.time() - started, 3), done.fp32_recomputes
+    )
+
+
+def _compute_unit(plan: Plan, unit: Unit, model, runtime: Runtime, save, recomputed: list[int]) -> None:
+    """Compute one unit from its own start, calling save(piece, depth [k, h, w], fp32_recomputes) per piece."""
+    s, n = plan.settings, plan.frame_count
     shape, size = (s.net_height, s.net_width), (s.frame_width, s.frame_height)
-    n = plan.frame_count
-    first = todo[0]
-    if s.mode == "window":
-        # Any windows may be finished (a rerun on another split keeps them all): decode what the others read.
-        wanted = sorted({i for w in todo for i in stitch.window_inputs(w, n)})
-    else:  # a chunk's segments run in order, so its finished ones are a prefix: restart at the first unfinished
-        decode = stream_chunk_frames((first, chunk.units[1]), plan.extra.get("stream_warmup", 0))
-        wanted = (i for a, b in decode for i in range(a, b))
+    wanted = (i for a, b in unit.decode for i in range(a, b))
     frames = threaded(read_frames(plan.input, wanted, size), DECODE_AHEAD)
-    done = len(units) - len(todo)
-    recomputed: list[int] = []  # windows (or frames) recomputed in fp32 because fp16/bf16 gave NaN or inf
-
-    def save(unit: int, depth: torch.Tensor, started: float, final_frames: int, fresh: int) -> None:
-        host, event = _to_host(depth, "fp32" if fresh else runtime.precision)  # a recomputed unit stays fp32
-        if fresh:
-            print(f"unit {unit}: depth not finite in {runtime.precision}; recomputed in fp32", flush=True)
-
-        def job():
-            nonlocal done
-            _store(unit_path(run_dir, chunk_index, s.mode, unit), host, event, started, unit)
-            done += 1
-            fields = {"frames": final_frames, "event": "unit", "fp32_recomputes": fresh}
-            progress(chunk=chunk_index, done=done, total=len(units), **fields)
-
-        store.submit(job)
-
     try:
-        with UnitStore() as store:
-            if s.mode == "window":
-                feed, runner = FrameFeed(frames, total=n), WindowRunner(model, runtime, shape)
-                recomputed = runner.recomputed
-                for w in todo:
-                    started, before = time.time(), len(recomputed)
-                    _maybe_fail(run_dir, chunk_index, w)
-                    depth = runner.run(w, feed, n)
-                    save(w, depth, started, len(stitch.window_outputs(w, n)), len(recomputed) - before)
-            else:
-                segment, seg_start, started, before = [], first, time.time(), 0
-                for i, depth in stream_depths(model, runtime, frames, shape, recomputed):
-                    if i < first:
-                        before = len(recomputed)  # recomputes in the warm-up belong to no unit of this chunk
-                        continue
-                    segment.append(depth)
-                    if len(segment) == SEGMENT or i == chunk.units[1] - 1:
-                        _maybe_fail(run_dir, chunk_index, seg_start)
-                        save(seg_start, torch.stack(segment), started, len(segment), len(recomputed) - before)
-                        segment, seg_start, started, before = [], i + 1, time.time(), len(recomputed)
-    except torch.OutOfMemoryError:
-        raise _out_of_memory(s, runtime, "running") from None
-    return len(todo)
+        if s.mode == "window":
+            feed, runner = FrameFeed(frames, total=n), WindowRunner(model, runtime, shape)
+            for w in range(*unit.span):
+                before = len(runner.recomputed)
+                depth = runner.run(w, feed, n)
+                save(w, depth, len(runner.recomputed) - before)
+            recomputed.extend(runner.recomputed)
+            return
+        first, stop = unit.span
+        segment, seg_start, before = [], first, 0
+        for i, depth in stream_depths(model, runtime, frames, shape, recomputed):
+            if i < first:
+                before = len(recomputed)  # recomputes in the warm-up belong to no piece of this unit
+                continue
+            segment.append(depth)
+            if len(segment) == SEGMENT or i == stop - 1:
+                save(seg_start, torch.stack(segment), len(recomputed) - before)
+                segment, seg_start, before = [], i + 1, len(recomputed)
+    finally:
+        frames.close()
+
+
+class _Emitter:
+    """Writes messages to stdout, one whole line at a time, from the worker's thread and its store thread."""
+
+    def __init__(self, stream=None):
+        self.stream, self.lock = stream or sys.stdout, threading.Lock()
+
+    def __call__(self, message: events.Message) -> None:
+        with self.lock:
+            print(events.encode(message), file=self.stream, flush=True)
+
+
+def serve_stdin(device: str, **options) -> None:
+    """`vda work --device D`: serve the host over stdin and stdout until it says Stop or goes away."""
+    DeviceWorker(device, _Emitter(), **options).serve(sys.stdin)
+
+
+def work_runs(run_dirs: list[str], device: str, *, input_path: str | None = None, **options) -> int:
+    """`vda work RUN_DIR... --device D`: compute every unfinished unit of these runs here, without a host.
+
+    The first unit error ends the command, as one line; returns the number of units computed.
+    """
+    failures: list[events.Failed] = []
+
+    def emit(message: events.Message) -> None:
+        if isinstance(message, events.Failed):
+            failures.append(message)
+
+    worker = DeviceWorker(device, emit, **options)
+    count = 0
+    with UnitStore() as worker.store:
+        for run_dir in run_dirs:
+            run = RunDir(run_dir)
+            plan = Plan.load(run.path)
+            for unit in run.unfinished_units(plan):
+                worker.run(events.Assign(run.path.name, str(run.path), input_path or plan.input.path, unit.index))
+                if failures:
+                    error = DeviceOutOfMemory if failures[0].device_bound else PlanError
+                    raise error(failures[0].reason)
+                count += 1
+    return count
