@@ -12,12 +12,13 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 
 # make depth VIDEO=path/to/video.mp4 GPUS=5 [MODEL=vits FORMAT=png16 OUT=out/<video>]
+# VIDEO may name several inputs (VIDEO="a.mp4 b.mkv frames/") or a folder of videos; each gets OUT/<name>.
 VIDEO      ?=
 GPUS       ?=
 DEVICES    ?=
 MODEL      ?= vits
 FORMAT     ?= png16
-OUT        ?= out/$(basename $(notdir $(VIDEO)))
+OUT        ?= $(if $(word 2,$(VIDEO)),out,out/$(basename $(notdir $(VIDEO))))
 BACKEND    ?= docker
 DEPTH_ARGS ?=
 PYTEST_ARGS ?=
@@ -64,7 +65,7 @@ depth: setup ## depth for VIDEO on GPUS GPUs, one container each: make depth VID
 	    img=$$([ -n "$(GPUS)" ] && echo $(VDA_IMAGE) || echo $(VDA_CPU_IMAGE)); \
 	    docker image inspect $$img >/dev/null 2>&1 || $(MAKE) --no-print-directory $$([ -n "$(GPUS)" ] && echo image || echo image-cpu); \
 	fi
-	$(VDA) depth "$(VIDEO)" -o "$(OUT)" --backend $(BACKEND) --encoder $(MODEL) --format $(FORMAT) \
+	$(VDA) depth $(foreach v,$(VIDEO),"$(v)") -o "$(OUT)" --backend $(BACKEND) --encoder $(MODEL) --format $(FORMAT) \
 	    $(if $(GPUS),--gpus $(GPUS),--devices $(DEVICES)) $(DEPTH_ARGS)
 
 smoke: setup image-cpu ## end to end in two CPU containers on a real video with a synthetic checkpoint
@@ -73,6 +74,7 @@ smoke: setup image-cpu ## end to end in two CPU containers on a real video with 
 bench: setup ## print throughput and memory figures; RECORD=1 appends them to bench/RESULTS.md
 	cd bench && ../$(PY) bench_stages.py $(if $(RECORD),--record)
 	cd bench && ../$(PY) bench_memory.py $(if $(RECORD),--record)
+	cd bench && ../$(PY) bench_queue.py $(if $(RECORD),--record)
 	cd bench && ../$(PY) bench_infer.py --encoder vits --input-size 518 --frames 32
 
 bench-gpu: setup ## on a GPU host: frames/s and VRAM per encoder, precision and mode; RECORD=1 appends them

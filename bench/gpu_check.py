@@ -13,8 +13,9 @@ synthetic vits weights made on the spot (`vda.synth`; nothing is read from ../sh
    deviations from CPU fp32 are printed for information, without a threshold. vda computes fp32 on CUDA with TF32
    off (`vda.inference.ieee_fp32`: by default cuDNN runs fp32 convolutions in TF32 on Ampere and newer GPUs, which
    alone may exceed 1e-4); a FAIL line still prints torch's TF32 settings;
-3. depth-local: `vda depth --devices cuda:0,cuda:0` (two worker processes on one GPU: process isolation, the event
-   and merge paths) in fp32 against the single pass on the same decoded frames on the GPU: PASS at or below 1e-4;
+3. depth-local: `vda depth --devices cuda:0,cuda:0 --unit-size 1` (two worker processes on one GPU sharing the queue
+   one window per unit: process isolation, the event and merge paths) in fp32 against the single pass on the same
+   decoded frames on the GPU: PASS at or below 1e-4;
 4. depth-docker: the same with `--backend docker`, where the Docker engine has the `nvidia` runtime and the image
    vda:latest exists; otherwise one line says why it is skipped;
 5. table: frames/s and peak VRAM per encoder (vits, vitb, vitl) and precision (fp16, bf16, fp32) in window and
@@ -59,6 +60,7 @@ from bench_infer import depth_cmd, sliding_frames, write_x264
 
 from vda.inference import BF16_MIN_CAPABILITY, infer_video
 from vda.model import load_model
+from vda.rundir import RunDir
 from vda.synth import save_checkpoint, synth_state_dict, synthetic_scene
 from vda.video import probe, read_frames
 from vda.writers import DepthMeta, read_depth
@@ -191,8 +193,10 @@ def describe(device: torch.device) -> str:
 
 
 def depth_command(video: Path, out: Path, checkpoint: Path, devices: str, input_size: int, backend: str) -> list[str]:
-    """`vda depth` as a user runs it, in fp32 so that it can be compared with the fp32 single pass."""
+    """`vda depth` as a user runs it, in fp32 so that it can be compared with the fp32 single pass; one window per
+    unit, so that both workers compute some of the video's windows."""
     extra = ["--format", "npy", "--input-size", str(input_size), "--precision", "fp32", "--backend", backend]
+    extra += ["--unit-size", "1"]
     return depth_cmd(video, out, checkpoint, devices, *extra)
 
 
@@ -347,12 +351,13 @@ class Check:
         depth, single = read_output(out), self.single_pass()
         if depth.shape != single.shape:
             raise ValueError(f"vda depth wrote {depth.shape}, the single pass has {single.shape}")
-        chunks = json.loads((out / "_run" / "processing_results.json").read_text())["chunks"]
+        results = json.loads(RunDir(out / "_run").results.read_text())
+        per_device = "+".join(str(d["units"]) for d in results["devices"])
         err = rel_err(depth, single)
         ok = err <= TOL
         detail = (
             f"relative max error {err:.2e} against the single pass (tolerance {TOL:.0e}; --devices {devices}, "
-            f"{len(chunks)} chunks, {len(depth)} frames, {seconds:.0f} s)"
+            f"{len(results['units'])} units, {per_device} per worker, {len(depth)} frames, {seconds:.0f} s)"
         )
         self.report.add(step, "PASS" if ok else "FAIL", detail)
 

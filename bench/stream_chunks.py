@@ -1,10 +1,13 @@
-"""How far chunked stream mode is from a single stream pass, as a function of the warm-up length.
+"""How far stream mode cut into queue units is from a single stream pass, as a function of the warm-up length.
 
-Stream mode carries a cache through the whole video, so a chunk that starts mid-video rebuilds it from
-frame 0 plus `warmup` preceding frames. This prints max and mean |chunked - single| / max |single| per
-warm-up, and the error at the first frame of each chunk (the seam).
+Stream mode carries a cache through the whole video, so a unit that starts mid-video rebuilds it from
+frame 0 plus `warmup` preceding frames. This prints max and mean |units - single| / max |single| per
+warm-up, and the error at the first frame of each unit after the first (the seam).
 
-    python bench/stream_chunks.py [--video V] [--frames 150] [--chunks 3] [--input-size 126] [--checkpoint PATH]
+    python bench/stream_chunks.py [--video V] [--frames 150] [--unit-size 50] [--input-size 126] [--checkpoint PATH]
+
+The run is planned as `vda depth --mode stream --unit-size N` plans it (orchestrator.planning.create_plan), its units
+are computed in this process (vda.worker.work_runs, as `vda work RUN_DIR` does) and merged to npy.
 
 Without --video it encodes a synthetic clip (random blocks sliding sideways) on the spot. Without --checkpoint it
 uses the synthetic vits weights of `vda.synth` (the real weights cannot be downloaded on the build machines); the
@@ -14,8 +17,6 @@ figures then describe the mechanism, not the published model's accuracy.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ from vda.inference import infer_video
 from vda.merge import merge
 from vda.model import load_model
 from vda.video import probe, read_frames
-from vda.worker import run_chunk
+from vda.worker import work_runs
 from vda.writers import read_depth
 
 
@@ -36,7 +37,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--video", help="a real clip (the README's table used Tokyo-Walk_rgb.mp4); default: synthetic")
     ap.add_argument("--frames", type=int, default=150)
-    ap.add_argument("--chunks", type=int, default=3)
+    ap.add_argument("--unit-size", type=int, default=50, help="frames per stream unit (vda's default is 400)")
     ap.add_argument("--input-size", type=int, default=126)
     ap.add_argument("--max-res", type=int, default=256)
     ap.add_argument("--warmups", type=int, nargs="+", default=[0, 16, 48, 96])
@@ -69,25 +70,24 @@ def main() -> None:
         )
         print(f"single stream pass: {n} frames at {size[0]}x{size[1]}, {time.time() - t:.1f}s")
         scale = np.abs(single).max()
+        print(f"{-(-n // args.unit_size)} stream units of {args.unit_size} frames")
         print("warmup  max_rel_err  mean_rel_err  seam_max_rel_err")
         for warm in args.warmups:
             run = tmp / f"run{warm}"
             plan, _ = create_plan(
                 frames_dir,
                 run,
-                ["cpu"] * args.chunks,
                 checkpoint=str(ckpt),
                 input_size=args.input_size,
                 mode="stream",
+                unit_size=args.unit_size,
                 stream_warmup=warm,
             )
-            with contextlib.redirect_stdout(io.StringIO()):  # the workers' @progress lines
-                for c in plan.chunks:
-                    run_chunk(run, c.index, checkpoint=str(ckpt))
+            work_runs([str(run)], "cpu", checkpoint=str(ckpt))
             meta = merge(run, tmp / f"out{warm}", "npy", workers=1, log=lambda *_: None)
             out = np.stack([read_depth(tmp / f"out{warm}", i, meta) for i in range(n)])
             err = np.abs(out - single).max(axis=(1, 2)) / scale
-            seams = [c.units[0] for c in plan.chunks[1:]]
+            seams = [u.span[0] for u in plan.units[1:]] or [0]  # one unit: no seam, frame 0 stands in
             print(f"{warm:6d}  {err.max():11.2e}  {err.mean():12.2e}  {max(err[s] for s in seams):16.2e}")
 
 

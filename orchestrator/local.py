@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from orchestrator.backend import Backend, LinePump, MergeRequest
-from orchestrator.launch import worker_command, worker_env
+from orchestrator.launch import THREADS_ENV, worker_command, worker_env
 from vda import events
 from vda.inference import check_compiler
 from vda.system import gpu_env
@@ -72,6 +72,8 @@ class LocalBackend(Backend):
 
     def environment(self, device: str, parent_env=os.environ) -> dict[str, str]:
         env = {**parent_env, **worker_env(self.devices, device, self.options, parent_env)}
+        if parent_env.get(THREADS_ENV) and not self.options.threads:
+            env[THREADS_ENV] = parent_env[THREADS_ENV]  # a thread count set here wins over the default share
         if device.startswith("cuda"):
             env.update(gpu_env(int(device.partition(":")[2] or 0), parent_env))
         return env

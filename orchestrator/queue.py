@@ -204,8 +204,8 @@ class WorkQueue:
         worker.running.remove(key)
         worker.streak = 0
         unit, video = self.units[key], self.videos[key[0]]
-        if unit.status != "running":
-            return  # its video failed meanwhile
+        if unit.status not in ("running", "dropped"):
+            return
         unit.status, unit.seconds = "done", message.seconds
         unit.computed_frames, unit.fp32_recomputes = message.computed, message.fp32_recomputes
         record.units += 1
@@ -340,7 +340,9 @@ class WorkQueue:
         deadline = time.time() + STOP_WAIT_S
         while self.workers and time.time() < deadline:
             for slot, worker in list(self.workers.items()):
-                if worker.handle.poll() is not None:
+                code = worker.handle.poll()
+                if code is not None:
+                    self.records[slot].exit_codes.append(code)
                     del self.workers[slot]
             time.sleep(0.05)
 

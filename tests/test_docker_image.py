@@ -34,7 +34,7 @@ CPU_TORCH_REFUSED = re.compile(
 )
 REQUIRE = os.environ.get("VDA_REQUIRE_DOCKER") == "1"
 BUILD_POLICY = os.environ.get("VDA_TEST_IMAGE_BUILD", "always")  # always | missing
-COMPOSE_VARS = ("VDA_IMAGE", "INPUT_DIR", "INPUT_NAME", "RUN_DIR", "OUT_DIR", "GPU_ID", "CHUNK", "FORMAT", "UID", "GID")
+COMPOSE_VARS = ("VDA_IMAGE", "INPUT_DIR", "OUT_DIR", "GPUS", "DEVICES", "UID", "GID")
 NVIDIA_ERROR = 'could not select device driver "nvidia"'
 
 
@@ -233,85 +233,77 @@ def _mount(service: dict, target: str) -> dict:
 
 @pytest.mark.parametrize("with_vars", [False, True], ids=["defaults", "env-set"])
 def test_compose_config(compose, tmp_path, with_vars):
+    """Both services run `vda depth` on the input folder, as the CLI of this tree parses it."""
+    from orchestrator.cli import parser
+
     if with_vars:
         env = _compose_env(
             VDA_IMAGE="vda:test",
             INPUT_DIR=str(tmp_path / "in"),
-            INPUT_NAME="clip.mp4",
-            RUN_DIR=str(tmp_path / "run"),
             OUT_DIR=str(tmp_path / "out"),
-            GPU_ID="3",
-            CHUNK="7",
-            FORMAT="npz",
+            GPUS="3",
+            DEVICES="cpu,cpu",
             UID="1234",
             GID="4321",
         )
         expect = {
             "image": "vda:test",
-            "gpu": "3",
-            "chunk": "7",
-            "format": "npz",
+            "cpu_image": "vda:test",
+            "gpus": "3",
+            "devices": "cpu,cpu",
             "user": "1234:4321",
             "input": str(tmp_path / "in"),
-            "name": "clip.mp4",
+            "out": str(tmp_path / "out"),
         }
     else:
         env = _compose_env()
         expect = {
             "image": "vda:latest",
-            "gpu": "0",
-            "chunk": "0",
-            "format": "png16",
+            "cpu_image": "vda:cpu",
+            "gpus": "1",
+            "devices": "cpu",
             "user": "1000:1000",
             "input": str(REPO / "input"),
-            "name": "",
+            "out": str(REPO / "out"),
         }
     cfg = _compose_config(env)
-    worker, merge = cfg["services"]["worker"], cfg["services"]["merge"]
+    gpu, cpu = cfg["services"]["depth"], cfg["services"]["depth-cpu"]
 
-    (dev,) = worker["deploy"]["resources"]["reservations"]["devices"]
+    (dev,) = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert dev["driver"] == "nvidia"
     assert dev["capabilities"] == ["gpu"]
-    assert dev["device_ids"] == [expect["gpu"]]
-    assert "deploy" not in merge  # merging needs no GPU
+    assert dev["count"] in (-1, "all")  # every GPU; --gpus picks how many of them the run uses
+    assert "deploy" not in cpu  # the CPU service asks for no GPU
 
-    assert worker["command"] == [
-        "vda",
-        "run-chunk",
-        "/work/run",
-        "--chunk",
-        expect["chunk"],
-        "--device",
-        "cuda:0",
-        "--input",
-        f"/input/{expect['name']}",
-    ]
-    assert merge["command"] == ["vda", "merge", "/work/run", "-o", "/work/out", "--format", expect["format"]]
-    for svc in (worker, merge):
-        assert svc["image"] == expect["image"]
+    assert gpu["command"] == ["vda", "depth", "/input", "-o", "/work/out", "--gpus", expect["gpus"]]
+    assert cpu["command"] == ["vda", "depth", "/input", "-o", "/work/out", "--devices", expect["devices"]]
+    for svc in (gpu, cpu):  # a subcommand or flag this tree's `vda` lacks would fail here, not in a user's run
+        args = parser().parse_args(svc["command"][1:])
+        assert (args.command, args.inputs, args.out) == ("depth", ["/input"], "/work/out")
+    assert gpu["image"] == expect["image"] and cpu["image"] == expect["cpu_image"]
+    for svc in (gpu, cpu):
         assert svc["network_mode"] == "none"
         assert svc["user"] == expect["user"]
         inp = _mount(svc, "/input")
         assert inp["read_only"] is True
         assert inp["source"] == expect["input"]
         assert _mount(svc, "/models")["read_only"] is True
-        assert not _mount(svc, "/work/run").get("read_only", False)
-        assert not _mount(svc, "/work/out").get("read_only", False)
+        out = _mount(svc, "/work/out")
+        assert out["source"] == expect["out"] and not out.get("read_only", False)
 
 
 # ------------------------------------------------------------------------------ (c) no NVIDIA runtime
 
 
-def test_worker_without_nvidia_runtime_fails(compose, cpu_image, tmp_path):
+def test_gpu_service_without_nvidia_runtime_fails(compose, cpu_image, tmp_path):
     r = _run(["docker", "info", "--format", "{{json .Runtimes}}"], timeout=30)
     if "nvidia" in r.stdout:
-        pytest.skip("this engine has the NVIDIA runtime: the worker would really start here")
-    for d in ("in", "run", "out"):
+        pytest.skip("this engine has the NVIDIA runtime: the service would really start here")
+    for d in ("in", "out"):
         (tmp_path / d).mkdir()
     env = _compose_env(
         VDA_IMAGE=cpu_image,
         INPUT_DIR=str(tmp_path / "in"),
-        RUN_DIR=str(tmp_path / "run"),
         OUT_DIR=str(tmp_path / "out"),
         UID=str(os.getuid()),
         GID=str(os.getgid()),
@@ -319,9 +311,10 @@ def test_worker_without_nvidia_runtime_fails(compose, cpu_image, tmp_path):
     project = f"vdatest{uuid.uuid4().hex[:8]}"
     base = ["docker", "compose", "-f", str(REPO / "compose.yaml"), "-p", project]
     try:
-        r = _run([*base, "run", "--rm", "--pull", "never", "worker"], env=env, timeout=300)
+        r = _run([*base, "run", "--rm", "--pull", "never", "depth"], env=env, timeout=300)
     finally:
         _run([*base, "down", "--remove-orphans"], env=env, timeout=120)
     out = r.stdout + r.stderr
     assert r.returncode != 0, out
     assert NVIDIA_ERROR in out, out
+    assert not list((tmp_path / "out").iterdir())  # nothing ran

@@ -1,9 +1,9 @@
-"""The merge's first pass run ahead while workers compute, and resumed from its cache: same bits as in one go."""
+"""The merge's first pass run ahead while workers compute (`Follower`), and resumed from its cache: same bits as in
+one go."""
 
 from __future__ import annotations
 
 import json
-import threading
 import time
 
 import numpy as np
@@ -11,16 +11,27 @@ import pytest
 from conftest import synthetic_frames, write_video
 
 from orchestrator.planning import create_plan
-from vda.merge import FIRST_PASS_NAME, FirstPass, _job, follow, merge
+from vda import events
+from vda.merge import FirstPass, Follower, _job, merge
 from vda.plan import Plan
-from vda.worker import run_chunk, units_of
+from vda.rundir import RunDir
+from vda.worker import DeviceWorker, work_runs
+
+UNIT_SIZE = {"window": 2, "stream": 40}  # 100 frames: 3 units either way (windows 0-1, 2-3, 4; frames 0, 40, 80)
 
 
-def _cached_units(run_dir) -> list:
+def _cached_units(run: RunDir) -> list:
     try:
-        return json.loads((run_dir / FIRST_PASS_NAME).read_text())["units"]
+        return json.loads(run.first_pass.read_text())["units"]
     except (OSError, ValueError):
         return []
+
+
+def wait_for(condition, seconds=120) -> None:
+    deadline = time.time() + seconds
+    while not condition():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.05)
 
 
 def outputs(out_dir, n):
@@ -29,55 +40,64 @@ def outputs(out_dir, n):
 
 @pytest.fixture(scope="module", params=["window", "stream"])
 def runs(request, tmp_path_factory, checkpoint):
-    """The same 3-chunk run twice: `a` merged in one go, `b` merged after `follow` saw only chunk 0."""
-    tmp = tmp_path_factory.mktemp(f"first_pass_{request.param}")
+    """The same 3-unit run twice: `a` merged in one go, `b` merged after a `Follower` went through the units stored
+    while it watched: unit 0 before it started, unit 1 while it ran; unit 2 only after it stopped."""
+    mode = request.param
+    tmp = tmp_path_factory.mktemp(f"first_pass_{mode}")
     src = write_video(tmp / "v.mp4", synthetic_frames(100, 64, 48))
-    done = {}
-    for name in ("a", "b"):
-        plan, _ = create_plan(
-            src, tmp / name, ["cpu"] * 3, checkpoint=str(checkpoint), input_size=56, mode=request.param
-        )
-        run_chunk(tmp / name, 0, checkpoint=str(checkpoint))
-        done[name] = plan
-    stop = threading.Event()
-    follower = threading.Thread(target=follow, args=(tmp / "b", stop, 0.01))
-    follower.start()
-    chunk0 = len(units_of(done["b"], 0))
-    deadline = time.time() + 120
-    while time.time() < deadline and len(_cached_units(tmp / "b")) < chunk0:
-        time.sleep(0.05)
-    time.sleep(0.5)  # had it gone past chunk 0, it would do so now
-    assert follower.is_alive()  # waiting for chunk 1's first unit, not finished
-    stop.set()
-    follower.join()
-    cached = json.loads((tmp / "b" / FIRST_PASS_NAME).read_text())
-    for name in ("a", "b"):
-        for k in (1, 2):
-            run_chunk(tmp / name, k, checkpoint=str(checkpoint))
+    plans, runs = {}, {name: RunDir(tmp / name) for name in ("a", "b")}
+    common = dict(checkpoint=str(checkpoint), input_size=56, mode=mode, unit_size=UNIT_SIZE[mode])
+    for name, run in runs.items():
+        plans[name], _ = create_plan(src, run.path, **common)
+    worker = DeviceWorker("cpu", lambda m: None, checkpoint=str(checkpoint))
+
+    def compute(run: RunDir, unit: int) -> None:
+        assign = events.Assign(run.path.name, str(run.path), str(src), unit)
+        worker.serve([events.encode(assign), events.encode(events.Stop())])
+
+    for run in runs.values():
+        compute(run, 0)
+    plan, b = plans["b"], runs["b"]
+    pieces = [plan.pieces(u) for u in plan.units]
+    seen = {}
+    # A run folder without a plan is skipped: the follower goes on with the others.
+    with Follower([tmp / "not_planned", b.path], poll_s=0.01):
+        wait_for(lambda: len(_cached_units(b)) == len(pieces[0]))
+        time.sleep(0.5)  # had it gone past unit 0, it would do so now
+        seen["after unit 0"] = [e["unit"] for e in _cached_units(b)]
+        compute(b, 1)
+        wait_for(lambda: len(_cached_units(b)) == len(pieces[0]) + len(pieces[1]))
+        time.sleep(0.5)
+        seen["after unit 1"] = [e["unit"] for e in _cached_units(b)]
+    cached = json.loads(b.first_pass.read_text())
+    for run in runs.values():
+        work_runs([run.path], "cpu", checkpoint=str(checkpoint))
     logs = {}
-    for name in ("a", "b"):
+    for name, run in runs.items():
         lines = []
-        merge(tmp / name, tmp / f"out_{name}", "npy", workers=1, log=lines.append)
+        merge(run.path, tmp / f"out_{name}", "npy", workers=1, log=lines.append)
         logs[name] = lines[-1]
-    return tmp, done, cached, logs
+    return tmp, plans, cached, seen, logs
 
 
-def test_follow_stops_at_the_first_unit_not_yet_stored(runs):
-    tmp, plans, cached, _ = runs
+def test_the_follower_stops_at_the_first_piece_not_yet_stored(runs):
+    tmp, plans, cached, seen, _ = runs
     plan = plans["b"]
-    chunk0 = plan.chunks[0].units
-    units = sorted(u for u in FirstPass(_job(plan, tmp / "b", tmp, "npy", False), plan).units if u < chunk0[1])
-    assert [e["unit"] for e in cached["units"]] == units  # all of chunk 0, nothing beyond
+    first, second, _ = (plan.pieces(u) for u in plan.units)
+    assert seen == {"after unit 0": first, "after unit 1": first + second}  # nothing beyond what was stored
+    assert [e["unit"] for e in cached["units"]] == first + second
     assert cached["run_id"] == plan.run_id and cached["mode"] == plan.settings.mode
+    assert not (tmp / "not_planned").exists()
 
 
-def test_merge_uses_what_follow_did_and_gives_the_same_bits(runs):
-    tmp, plans, cached, logs = runs
+def test_merge_uses_what_the_follower_did_and_gives_the_same_bits(runs):
+    tmp, plans, cached, _, logs = runs
     n = plans["a"].frame_count
-    assert f"pass 1 had {len(cached['units'])}/" in logs["b"] and "pass 1 had 0/" in logs["a"]
+    total = len(plans["a"].all_pieces())
+    assert f"pass 1 had {len(cached['units'])}/{total} units" in logs["b"] and f"pass 1 had 0/{total}" in logs["a"]
     assert np.array_equal(outputs(tmp / "out_a", n), outputs(tmp / "out_b", n))
-    a = json.loads((tmp / "a" / FIRST_PASS_NAME).read_text())["units"]
-    b = json.loads((tmp / "b" / FIRST_PASS_NAME).read_text())["units"]
+    a = json.loads(RunDir(tmp / "a").first_pass.read_text())["units"]
+    b = json.loads(RunDir(tmp / "b").first_pass.read_text())["units"]
     assert a == b  # every window's scale, shift and range, to the last bit
 
 
@@ -93,10 +113,11 @@ def test_merge_uses_what_follow_did_and_gives_the_same_bits(runs):
     ids=["garbage", "other-run", "gap", "schema", "fields"],
 )
 def test_a_cache_that_does_not_fit_the_run_is_ignored(runs, corrupt):
-    tmp, plans, _, _ = runs
+    tmp, _, _, _, _ = runs
     plan = Plan.load(tmp / "a")
-    path = tmp / "a" / FIRST_PASS_NAME
+    path = RunDir(tmp / "a").first_pass
     good = json.loads(path.read_text())
+    assert len(FirstPass(_job(plan, tmp / "a", tmp, "npy", False), plan).entries) == len(plan.all_pieces())
     try:
         path.write_text(corrupt(good))
         assert FirstPass(_job(plan, tmp / "a", tmp, "npy", False), plan).entries == []

@@ -1,12 +1,13 @@
-"""Split, run and merge: N devices give the single-pass result (issue 3).
+"""Plan, compute the units, merge: any cut of the work into units, on any workers, gives the single-pass result.
 
-Workers run in-process here (the same `run_chunk` a container runs) except where a test says it
-uses separate processes through the CLI.
+Units are computed in-process here (`work_runs`, what `vda work RUN_DIR --device cpu` runs, or `DeviceWorker.serve`,
+the worker's stdin protocol) except where a test says it runs separate worker processes through the CLI.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -15,20 +16,20 @@ import pytest
 from conftest import ROOT, TOL, rel_err, synthetic_frames, write_images, write_video
 
 from orchestrator.planning import create_plan
-from vda import stitch
+from vda import events, stitch
 from vda.inference import infer_video
 from vda.merge import merge
 from vda.plan import Plan
+from vda.rundir import RunDir
 from vda.synth import synthetic_scene
 from vda.video import probe, read_frames
-from vda.worker import run_chunk, unit_path
+from vda.worker import DeviceWorker, work_runs
 from vda.writers import DepthMeta, read_depth
 
 
-def pipeline(src, run_dir, out_dir, checkpoint, devices, fmt="npy", input_size=126, mode="window", **kw):
-    plan, _ = create_plan(src, run_dir, devices, checkpoint=str(checkpoint), input_size=input_size, mode=mode, **kw)
-    for chunk in plan.chunks:
-        run_chunk(run_dir, chunk.index, checkpoint=str(checkpoint))
+def pipeline(src, run_dir, out_dir, checkpoint, unit_size=None, fmt="npy", input_size=126, **kw):
+    plan, _ = create_plan(src, run_dir, checkpoint=str(checkpoint), input_size=input_size, unit_size=unit_size, **kw)
+    assert work_runs([run_dir], "cpu", checkpoint=str(checkpoint)) == len(plan.units)
     meta = merge(run_dir, out_dir, fmt, workers=1)
     return plan, np.stack([read_depth(out_dir, i, meta) for i in range(plan.frame_count)])
 
@@ -42,29 +43,63 @@ def single_pass(model, src, input_size, **kw):
     )
 
 
-@pytest.mark.parametrize("devices", [1, 2, 3])
-def test_devices_match_fixture_and_single_pass(tmp_path, checkpoint, model, parity, fixture_frames_dir, devices):
-    plan, out = pipeline(fixture_frames_dir, tmp_path / "run", tmp_path / "out", checkpoint, ["cpu"] * devices)
-    assert len(plan.chunks) == devices
+def serve(worker: DeviceWorker, run_dir, units) -> None:
+    """Hand `units` of one run to a worker over its stdin protocol, then Stop."""
+    plan = Plan.load(run_dir)
+    lines = [events.encode(events.Assign("v", str(run_dir), plan.input.path, u)) for u in units]
+    worker.serve([*lines, events.encode(events.Stop())])
+
+
+@pytest.mark.parametrize("unit_size", [1, 3, 8])
+def test_unit_sizes_match_fixture_and_single_pass(tmp_path, checkpoint, model, parity, fixture_frames_dir, unit_size):
+    plan, out = pipeline(fixture_frames_dir, tmp_path / "run", tmp_path / "out", checkpoint, unit_size)
+    assert len(plan.units) == -(-4 // unit_size)  # 70 frames: 4 windows
     assert rel_err(out, parity["window_out"]) <= TOL
     assert rel_err(out, single_pass(model, fixture_frames_dir, 126)) <= TOL
 
 
-def test_five_devices_on_a_longer_video(tmp_path, checkpoint, model):
+def test_units_dealt_to_several_workers_store_the_same_bits(tmp_path, checkpoint, fixture_frames_dir):
+    """Three workers, each with its own model, take the units round-robin and backwards: every stored window has
+    the bits one worker computing them in order stores, since a unit never depends on the units before it."""
+    one, many = RunDir(tmp_path / "one"), RunDir(tmp_path / "many")
+    for run in (one, many):
+        plan, _ = create_plan(fixture_frames_dir, run.path, checkpoint=str(checkpoint), input_size=126, unit_size=1)
+    work_runs([one.path], "cpu", checkpoint=str(checkpoint))
+    seen = []
+    workers = [DeviceWorker("cpu", seen.append, checkpoint=str(checkpoint), slot=s) for s in range(3)]
+    backwards = [u.index for u in reversed(plan.units)]
+    for slot, worker in enumerate(workers):
+        serve(worker, many.path, backwards[slot::3])
+    assert sorted(m.unit for m in seen if isinstance(m, events.Done)) == [0, 1, 2, 3]
+    assert not [m for m in seen if isinstance(m, events.Failed)]
+    for w in plan.all_pieces():
+        assert np.array_equal(np.load(one.piece("window", w)), np.load(many.piece("window", w))), w
+    merge(one.path, tmp_path / "out_one", "npy", workers=1)
+    merge(many.path, tmp_path / "out_many", "npy", workers=1)
+    for i in range(plan.frame_count):
+        assert np.array_equal(
+            np.load(tmp_path / "out_one" / f"depth_{i:06d}.npy"), np.load(tmp_path / "out_many" / f"depth_{i:06d}.npy")
+        )
+
+
+def test_small_units_on_a_longer_video(tmp_path, checkpoint, model):
     src = write_video(tmp_path / "v.mp4", synthetic_frames(130, 64, 48))
-    plan, out = pipeline(src, tmp_path / "run", tmp_path / "out", checkpoint, ["cpu"] * 5, input_size=56)
-    sizes = [c.units[1] - c.units[0] for c in plan.chunks]
-    assert len(plan.chunks) == 5 and max(sizes) - min(sizes) <= 1
+    plan, out = pipeline(src, tmp_path / "run", tmp_path / "out", checkpoint, 2, input_size=56)
+    assert [u.span for u in plan.units] == [(0, 2), (2, 4), (4, 6)]  # 130 frames: 6 windows, fixed-size units
+    assert [f for u in plan.units for f in range(*u.produces)] == list(range(130))
     assert rel_err(out, single_pass(model, src, 56)) <= TOL  # same code; batch sizes may move the last bits
 
 
-def test_windows_computed_once_across_chunks(tmp_path, checkpoint):
+def test_windows_computed_once_across_units(tmp_path, checkpoint):
     src = write_video(tmp_path / "v.mp4", synthetic_frames(100, 64, 48))
-    plan, _ = create_plan(src, tmp_path / "run", ["cpu"] * 3, checkpoint=str(checkpoint), input_size=28)
-    computed = [run_chunk(tmp_path / "run", c.index, checkpoint=str(checkpoint)) for c in plan.chunks]
-    assert sum(computed) == stitch.num_windows(100) == plan.num_windows  # each window once, by one chunk
-    stored = sorted((tmp_path / "run" / "windows").glob("win_*.npy"))
-    assert [p.stem for p in stored] == [f"win_{w:06d}" for w in range(plan.num_windows)]
+    run = RunDir(tmp_path / "run")
+    plan, _ = create_plan(src, run.path, checkpoint=str(checkpoint), input_size=28, unit_size=2)
+    pieces = [plan.pieces(u) for u in plan.units]
+    assert pieces == [[0, 1], [2, 3], [4]]  # each window in one unit
+    assert work_runs([run.path], "cpu", checkpoint=str(checkpoint)) == 3
+    stored = sorted((run.path / "windows").glob("win_*.npy"))
+    assert [p.stem for p in stored] == [f"win_{w:06d}" for w in range(stitch.num_windows(100))]
+    assert run.unfinished_units(plan) == [] and run.missing_pieces(plan) == []
 
 
 @pytest.mark.parametrize("n", [1, 2, 21, 22, 23, 31, 32, 33, 100])
@@ -72,37 +107,27 @@ def test_windows_computed_once_across_chunks(tmp_path, checkpoint):
 def test_frame_counts_in_equal_out(tmp_path, checkpoint, model, n, kind):
     frames = synthetic_frames(n, 32, 24, seed=n)
     src = write_video(tmp_path / "v.mp4", frames) if kind == "video" else write_images(tmp_path / "imgs", frames)
-    plan, out = pipeline(src, tmp_path / "run", tmp_path / "out", checkpoint, ["cpu", "cpu"], input_size=28)
+    plan, out = pipeline(src, tmp_path / "run", tmp_path / "out", checkpoint, 1, input_size=28)
     assert plan.frame_count == n and out.shape == (n, 24, 32)
+    assert len(plan.units) == stitch.num_windows(n)  # one window per unit: every cut between windows is crossed
     assert sorted(p.name for p in (tmp_path / "out").glob("depth_*.npy")) == [f"depth_{i:06d}.npy" for i in range(n)]
     assert rel_err(out, single_pass(model, src, 28)) <= TOL
 
 
 def test_separate_processes_and_float_formats(tmp_path, checkpoint, parity, fixture_frames_dir):
-    """`vda depth` with three worker processes, then the merge again in every float format."""
+    """`vda depth` with three worker processes sharing four units, then the merge again in every float format."""
     out = tmp_path / "out"
-    cmd = [
-        sys.executable,
-        "-m",
-        "orchestrator.cli",
-        "depth",
-        str(fixture_frames_dir),
-        "-o",
-        str(out),
-        "--devices",
-        "cpu,cpu,cpu",
-        "--checkpoint",
-        str(checkpoint),
-        "--input-size",
-        "126",
-        "--format",
-        "npz",
-    ]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    cmd = [sys.executable, "-m", "orchestrator.cli", "depth", str(fixture_frames_dir), "-o", str(out)]
+    cmd += ["--devices", "cpu,cpu,cpu", "--checkpoint", str(checkpoint), "--input-size", "126"]
+    cmd += ["--unit-size", "1", "--format", "npz"]
+    env = {**os.environ, "VDA_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr
     results = json.loads((out / "_run" / "processing_results.json").read_text())
-    assert [c["status"] for c in results["chunks"]] == ["done"] * 3
-    assert sum(c["frames"] for c in results["chunks"]) == 70
+    assert [(u["unit"], u["status"]) for u in results["units"]] == [(u, "done") for u in range(4)]
+    assert sum(u["frames"] for u in results["units"]) == 70
+    assert sum(d["units"] for d in results["devices"]) == 4 and len(results["devices"]) == 3
+    assert [v["status"] for v in results["videos"]] == ["merged"]
     for fmt in ("npz", "npy", "exr"):
         target = out if fmt == "npz" else tmp_path / fmt
         if fmt != "npz":
@@ -114,7 +139,7 @@ def test_separate_processes_and_float_formats(tmp_path, checkpoint, parity, fixt
 
 @pytest.mark.parametrize(("fmt", "levels"), [("png16", 65535), ("png8", 255)])
 def test_png_round_trip_within_quantisation_step(tmp_path, checkpoint, fmt, levels, fixture_frames_dir):
-    _, exact = pipeline(fixture_frames_dir, tmp_path / "run", tmp_path / "f", checkpoint, ["cpu"])
+    _, exact = pipeline(fixture_frames_dir, tmp_path / "run", tmp_path / "f", checkpoint)
     meta = merge(tmp_path / "run", tmp_path / fmt, fmt, workers=1)
     q = meta.quantization
     assert q["levels"] == levels and q["lo"] <= exact.min() and q["hi"] >= exact.max()
@@ -124,35 +149,52 @@ def test_png_round_trip_within_quantisation_step(tmp_path, checkpoint, fmt, leve
 
 
 def test_plan_json_is_versioned_and_complete(tmp_path, checkpoint, fixture_frames_dir):
-    plan, _ = create_plan(fixture_frames_dir, tmp_path / "run", ["cpu", "cpu"], checkpoint=str(checkpoint))
+    plan, resumed = create_plan(fixture_frames_dir, tmp_path / "run", checkpoint=str(checkpoint), unit_size=3)
     data = json.loads((tmp_path / "run" / "plan.json").read_text())
-    assert data["schema_version"] == 1
+    assert data["schema_version"] == 2 and not resumed
     assert data["input"]["frame_count"] == 70 and data["input"]["fps"] == "30"
-    assert {"encoder", "metric", "input_size", "precision", "mode"} <= data["settings"].keys()
-    assert [c["units"] for c in data["chunks"]] == [[0, 2], [2, 4]]
+    assert {"encoder", "metric", "input_size", "precision", "mode", "unit_size", "stream_warmup"} <= data[
+        "settings"
+    ].keys()
+    assert data["settings"]["unit_size"] == 3 and "devices" not in data and "chunks" not in data
+    assert [u["span"] for u in data["units"]] == [[0, 3], [3, 4]]
+    assert [u["produces"] for u in data["units"]] == [[0, 68], [68, 70]]
+    assert data["units"][1]["decode"] == [[0, 1], [56, 57], [68, 70]]  # window 3: its two key frames, its new frames
     assert Plan.load(tmp_path / "run") == plan
+    # Units depend on the video and the settings only: planning again (for any devices) finds the same plan.
+    again, resumed = create_plan(fixture_frames_dir, tmp_path / "run", checkpoint=str(checkpoint), unit_size=3)
+    assert resumed and again == plan
 
 
 def test_worker_rerun_skips_finished_windows(tmp_path, checkpoint, fixture_frames_dir):
-    create_plan(fixture_frames_dir, tmp_path / "run", ["cpu"], checkpoint=str(checkpoint), input_size=126)
-    assert run_chunk(tmp_path / "run", 0, checkpoint=str(checkpoint)) == 4
-    before = unit_path(tmp_path / "run", 0, "window", 2).stat().st_mtime_ns
-    assert run_chunk(tmp_path / "run", 0, checkpoint=str(checkpoint)) == 0
-    assert unit_path(tmp_path / "run", 0, "window", 2).stat().st_mtime_ns == before
+    run = RunDir(tmp_path / "run")
+    create_plan(fixture_frames_dir, run.path, checkpoint=str(checkpoint), input_size=126, unit_size=2)
+    assert work_runs([run.path], "cpu", checkpoint=str(checkpoint)) == 2
+    before = run.piece("window", 2).stat().st_mtime_ns
+    assert work_runs([run.path], "cpu", checkpoint=str(checkpoint)) == 0
+    assert run.piece("window", 2).stat().st_mtime_ns == before
+    # A unit assigned again (a retry whose first attempt had stored it) is reported done, with nothing computed.
+    seen = []
+    serve(DeviceWorker("cpu", seen.append, checkpoint=str(checkpoint)), run.path, [1])
+    (done,) = [m for m in seen if isinstance(m, events.Done)]
+    assert (done.unit, done.frames, done.computed) == (1, 24, 0)
+    assert run.piece("window", 2).stat().st_mtime_ns == before
 
 
-def test_merge_refuses_unfinished_chunks(tmp_path, checkpoint, fixture_frames_dir):
-    create_plan(fixture_frames_dir, tmp_path / "run", ["cpu", "cpu"], checkpoint=str(checkpoint), input_size=126)
-    run_chunk(tmp_path / "run", 0, checkpoint=str(checkpoint))
-    with pytest.raises(Exception, match="unfinished chunks .*chunk 1"):
-        merge(tmp_path / "run", tmp_path / "out", "npy")
+def test_merge_refuses_unfinished_units(tmp_path, checkpoint, fixture_frames_dir):
+    run = RunDir(tmp_path / "run")
+    create_plan(fixture_frames_dir, run.path, checkpoint=str(checkpoint), input_size=126, unit_size=2)
+    serve(DeviceWorker("cpu", lambda m: None, checkpoint=str(checkpoint)), run.path, [0])
+    with pytest.raises(Exception, match=r"2 window\(s\) not computed yet, from window 2; compute them"):
+        merge(run.path, tmp_path / "out", "npy")
+    assert not (tmp_path / "out").exists()
 
 
 def test_create_video_at_source_fps(tmp_path, checkpoint):
     from fractions import Fraction
 
     src = write_video(tmp_path / "v.mp4", synthetic_frames(30, 64, 48), fps=Fraction(25))
-    pipeline(src, tmp_path / "run", tmp_path / "out", checkpoint, ["cpu"], input_size=28)
+    pipeline(src, tmp_path / "run", tmp_path / "out", checkpoint, input_size=28)
     merge(tmp_path / "run", tmp_path / "out", "png8", create_video=True, workers=2)
     info = probe(tmp_path / "out" / "depth_vis.mp4")
     assert info.frame_count == 30 and info.fps_fraction == Fraction(25)
@@ -162,7 +204,7 @@ def test_portrait_phone_video_gives_upright_depth(tmp_path, checkpoint, model):
     from conftest import portrait_phone_video
 
     src = portrait_phone_video(tmp_path / "portrait.mp4", n=30)
-    plan, out = pipeline(src, tmp_path / "run", tmp_path / "out", checkpoint, ["cpu", "cpu"], input_size=56)
+    plan, out = pipeline(src, tmp_path / "run", tmp_path / "out", checkpoint, 1, input_size=56)
     assert out.shape == (30, 64, 48)  # upright: 48 wide, 64 high, as a player shows it
     assert (plan.settings.frame_width, plan.settings.frame_height) == (48, 64)
     assert rel_err(out, single_pass(model, src, 56)) <= TOL  # the single pass reads the same upright frames
@@ -173,7 +215,7 @@ def _camera_file(kind: str, folder):
     if kind == "odd_size":
         return write_video(folder / "odd.mkv", list(synthetic_scene(50, 39, 67)), codec="ffv1")
     frames = list(synthetic_scene(50, 48, 64))
-    if kind == "bframes_long_gop":  # one keyframe: the second device decodes from the start
+    if kind == "bframes_long_gop":  # one keyframe: the later units decode from the start
         return write_video(folder / "bf.mp4", frames, gop=250, bframes=3)
     if kind == "audio":
         return write_video(folder / "audio.mp4", frames, gop=12, bframes=2, audio=True)
@@ -185,6 +227,6 @@ def _camera_file(kind: str, folder):
 def test_camera_files_split_equals_single_pass(tmp_path, checkpoint, model, kind):
     src = _camera_file(kind, tmp_path)
     info = probe(src)
-    plan, out = pipeline(src, tmp_path / "run", tmp_path / "out", checkpoint, ["cpu", "cpu"], input_size=28)
-    assert len(plan.chunks) == 2 and out.shape == (50, info.height, info.width)
+    plan, out = pipeline(src, tmp_path / "run", tmp_path / "out", checkpoint, 1, input_size=28)
+    assert len(plan.units) == 3 and out.shape == (50, info.height, info.width)  # 50 frames: 3 windows
     assert rel_err(out, single_pass(model, src, 28)) <= TOL

@@ -1,16 +1,14 @@
-"""The progress bar: units, frames/s and time left, from the workers' @progress lines."""
+"""The batch's progress bar: units, frames/s and time left, videos for a batch, and the one-off notes."""
 
 from __future__ import annotations
 
 import io
-import json
 
 import pytest
 from conftest import synthetic_frames, write_images
 
 from orchestrator.planning import create_plan
-from orchestrator.scheduler import Progress
-from vda.worker import PROGRESS_PREFIX, units_of
+from orchestrator.progress import BatchProgress, _duration
 
 
 class Clock:
@@ -21,56 +19,92 @@ class Clock:
         return self.now
 
 
-def event(**fields) -> str:
-    return PROGRESS_PREFIX + json.dumps(fields)
-
-
 @pytest.fixture(scope="module")
-def plan(tmp_path_factory, checkpoint):
+def plans(tmp_path_factory, checkpoint):
+    """Two plans of 5 units each (100 frames, one window per unit)."""
     tmp = tmp_path_factory.mktemp("progress")
     src = write_images(tmp / "imgs", synthetic_frames(100, 32, 24))
-    return create_plan(src, tmp / "run", ["cpu", "cpu"], checkpoint=str(checkpoint), input_size=28)[0]
+    common = dict(checkpoint=str(checkpoint), input_size=28, unit_size=1)
+    return [create_plan(src, tmp / name, **common)[0] for name in ("a", "b")]
 
 
-def test_rate_and_time_left_count_only_this_runs_units(plan):
+def test_rate_and_time_left_count_only_this_runs_units(plans):
     clock, out = Clock(), io.StringIO()
-    bar = Progress(plan, stream=out, clock=clock)
-    per_chunk = [len(units_of(plan, c.index)) for c in plan.chunks]
-    assert per_chunk == [3, 2]  # 100 frames: 5 windows over 2 devices
-    bar.line(0, event(chunk=0, done=1, total=3, event="start"))  # one unit done by an earlier run
-    bar.line(1, event(chunk=1, done=0, total=2, event="start"))
+    bar = BatchProgress(plans[:1], stream=out, clock=clock)
+    assert len(plans[0].units) == 5
+    bar.stored(1)  # one unit stored by an earlier run
     assert bar.text() == "[######........................] 1/5 units, 0s"  # no rate before a unit of this run
     clock.now += 10
-    bar.line(0, event(chunk=0, done=2, total=3, frames=22, event="unit"))
-    bar.line(1, event(chunk=1, done=1, total=2, frames=22, event="unit"))
-    # 2 fresh units in 10 s, 2 left: about 10 s; 44 frames in 10 s
+    bar.unit_done(0, 22, 0, "cpu")
+    bar.unit_done(0, 22, 0, "cuda:0")
+    # 2 fresh units in 10 s, 2 left: about 10 s; 44 frames in 10 s (the stored unit's frames do not count)
     assert bar.text() == "[##################............] 3/5 units, 4.4 frames/s, about 10s left, 10s"
     clock.now += 10
-    bar.line(0, event(chunk=0, done=3, total=3, frames=22, event="unit"))
-    bar.line(1, event(chunk=1, done=2, total=2, frames=34, event="unit"))
+    bar.unit_done(0, 22, 0, "cpu")
+    bar.unit_done(0, 34, 0, "cpu")
     assert bar.text() == "[##############################] 5/5 units, 5.0 frames/s, 20s"
+    assert bar.by_device == {"cpu": 3, "cuda:0": 1}
 
 
-def test_a_retried_chunk_keeps_its_first_base(plan):
-    clock = Clock()
-    bar = Progress(plan, stream=io.StringIO(), clock=clock)
-    bar.line(0, event(chunk=0, done=0, total=3, event="start"))
-    clock.now += 5
-    bar.line(0, event(chunk=0, done=1, total=3, frames=24, event="unit"))
-    bar.line(0, event(chunk=0, done=1, total=3, event="start"))  # the retry starts after the finished unit
-    clock.now += 5
-    assert "1/5 units, 2.4 frames/s, about 40s left" in bar.text()  # 1 fresh unit in 10 s, 4 left
+def test_videos_are_counted_only_for_a_batch(plans):
+    clock, out = Clock(), io.StringIO()
+    single = BatchProgress(plans[:1], stream=io.StringIO(), clock=clock)
+    assert "videos" not in single.text()
+    bar = BatchProgress(plans, stream=out, clock=clock)
+    assert bar.text() == "[..............................] 0/2 videos, 0/10 units, 0s"
+    bar.stored(5)
+    clock.now += 4
+    bar.video_finished("vda: a: merged 100 frames into out/a (npy) in 0.1 s")
+    bar.video_failed(1)
+    assert bar.text() == "[###############...............] 1/2 videos, 5/10 units, 4s"
+    lines = out.getvalue().splitlines()  # not a terminal: whole lines, the video's own line, then the bar
+    assert lines == ["vda: a: merged 100 frames into out/a (npy) in 0.1 s", bar.text()]
+
+
+def test_the_fp32_recompute_is_said_once(plans):
+    out = io.StringIO()
+    bar = BatchProgress(plans, stream=out, clock=Clock())
+    bar.unit_done(0, 22, 0, "cuda:0")
+    bar.unit_done(0, 22, 2, "cuda:0")
+    bar.unit_done(1, 22, 3, "cuda:1")
+    notes = [line for line in out.getvalue().splitlines() if "recomputed in fp32" in line]
+    assert len(notes) == 1 and "processing_results.json" in notes[0]
+    assert bar.recomputes == 5
+
+
+def test_the_bar_is_drawn_at_most_twice_a_second_and_always_at_the_end(plans):
+    clock, out = Clock(), io.StringIO()
+    bar = BatchProgress(plans[:1], stream=out, clock=clock)
+    bar.unit_done(0, 22, 0, "cpu")  # drawn: the first
+    clock.now += 0.2
+    bar.unit_done(0, 22, 0, "cpu")  # not drawn: too soon
+    clock.now += 0.4
+    bar.unit_done(0, 22, 0, "cpu")  # drawn
+    bar.render(final=True)  # drawn, however soon
+    assert [line.split("] ")[1].split(",")[0] for line in out.getvalue().splitlines()] == [
+        "1/5 units",
+        "3/5 units",
+        "3/5 units",
+    ]
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_on_a_terminal_the_bar_redraws_one_line(plans):
+    clock, out = Clock(), Terminal()
+    bar = BatchProgress(plans, stream=out, clock=clock)
+    bar.unit_done(0, 22, 0, "cpu")
+    bar.video_finished("vda: a: merged")
+    bar.render(final=True)
+    text = out.getvalue()
+    assert text.startswith("\r[") and "\r\033[Kvda: a: merged\n" in text  # the line erases the bar first
+    assert text.endswith("\r[###" + "." * 27 + "] 1/2 videos, 1/10 units, 0s\n")  # the final bar ends its line
+    assert text.count("\n") == 2  # the video's line and the final bar; the other draws stay on one line
 
 
 @pytest.mark.parametrize(("seconds", "text"), [(59.4, "59s"), (61, "1m01s"), (3725, "1h02m")])
 def test_durations(seconds, text):
-    from orchestrator.scheduler import _duration
-
     assert _duration(seconds) == text
-
-
-def test_lines_that_are_not_progress_are_ignored(plan):
-    bar = Progress(plan, stream=io.StringIO(), clock=Clock())
-    bar.line(0, "some log line")
-    bar.line(0, PROGRESS_PREFIX + "{not json")
-    assert bar.text().startswith("[..............................] 0/5 units")

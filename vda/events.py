@@ -62,11 +62,16 @@ def encode(message: Message) -> str:
 
 
 def decode(line: str) -> Message | None:
-    """The message on a line, or None for a log line. A line with the prefix that does not parse is an error."""
-    if not line.startswith(PREFIX):
+    """The message on a line, or None for a log line. A line with the prefix that does not parse is an error.
+
+    A message is written with one write() call, which a pipe never splits, and ends its line; but the worker's stderr
+    shares the pipe, so a partial line of it may come first: the message is read from its prefix on.
+    """
+    start = line.find(PREFIX)
+    if start < 0:
         return None
     try:
-        data = json.loads(line[len(PREFIX) :])
+        data = json.loads(line[start + len(PREFIX) :])
         cls = KINDS[data.pop("kind")]
         names = {f.name for f in fields(cls)}
         if set(data) != names:

@@ -205,7 +205,7 @@ def _maybe_fail(run: RunDir, video: str, unit: int) -> None:
         return
     counter.write_text(str(fired + 1))
     mode = os.environ.get(FAIL_MODE_ENV, "raise")
-    print(f"injecting fault ({FAIL_ENV}={spec}, {mode}) at {video}, unit {unit}", flush=True)
+    say(f"injecting fault ({FAIL_ENV}={spec}, {mode}) at {video}, unit {unit}")
     if mode == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     if mode == "exit":
@@ -311,7 +311,7 @@ class DeviceWorker:
                 return
             host, event = _to_host(depth, "fp32" if fresh else runtime.precision)  # a recomputed piece stays fp32
             if fresh:
-                print(f"{task.video} piece {piece}: depth not finite in {runtime.precision}; recomputed in fp32")
+                say(f"{task.video} piece {piece}: depth not finite in {runtime.precision}; recomputed in fp32")
             path = run.piece(s.mode, piece)
             self.store.submit(lambda: _store(path, host, event, started, piece))
 
@@ -359,20 +359,23 @@ def _compute_unit(plan: Plan, unit: Unit, model, runtime: Runtime, save, recompu
         frames.close()
 
 
-class _Emitter:
-    """Writes messages to stdout, one whole line at a time, from the worker's thread and its store thread."""
+_STDOUT = threading.Lock()  # the worker's thread and its store thread both write lines to stdout
 
-    def __init__(self, stream=None):
-        self.stream, self.lock = stream or sys.stdout, threading.Lock()
 
-    def __call__(self, message: events.Message) -> None:
-        with self.lock:
-            print(events.encode(message), file=self.stream, flush=True)
+def say(line: str) -> None:
+    """One whole line to stdout: a message to the host must never share a line with log text."""
+    with _STDOUT:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
+def _emit(message: events.Message) -> None:
+    say(events.encode(message))
 
 
 def serve_stdin(device: str, **options) -> None:
     """`vda work --device D`: serve the host over stdin and stdout until it says Stop or goes away."""
-    DeviceWorker(device, _Emitter(), **options).serve(sys.stdin)
+    DeviceWorker(device, _emit, **options).serve(sys.stdin)
 
 
 def work_runs(run_dirs: list[str], device: str, *, input_path: str | None = None, **options) -> int:
