@@ -75,7 +75,7 @@ ROWS: list[tuple[str, str, str]] = []
 
 def row(figure: str, value: str, note: str = "") -> None:
     ROWS.append((figure, value, note))
-    print(f"  {figure:<44} {value:>12}  {note}", flush=True)
+    print(f"  {figure:<52} {value:>12}  {note}", flush=True)
 
 
 def section(title: str) -> None:
@@ -133,7 +133,7 @@ def many_against_one(tmp: Path, ckpt: Path, args) -> dict:
         row(
             f"wall, {name}",
             f"{seconds:.1f} s",
-            f"{total / seconds:.1f} frames/s; {len(res['units'])} units ({split} per worker), computed / produced "
+            f"{total / seconds:.1f} frames/s; {len(res['units'])} unit(s) ({split} per worker), computed / produced "
             f"{res['computed_over_produced']:.3f}",
         )
     row(f"ratio {args.videos} videos / 1 video", f"{batch_s / single_s:.2f}", "same frames, same devices")
@@ -185,15 +185,13 @@ def merge_latency(run: dict, args) -> None:
         f"{last[2] - computing_until:.2f} s",
         f"{sum(m >= computing_until for _, _, m in videos)} merge(s) finished after the devices were done",
     )
-    # the same merge again, on an idle machine: with vda's pool of processes (spawned per merge) and in-process
-    for workers in (args.merge_workers or usable_cpus(), 1):
+    # the same merge again, after the run: as vda's default does it (a pool of processes, spawned for each merge, when
+    # the machine has more than one core) and in the calling process
+    for workers in (None, 1):
         t = time.perf_counter()
         merge(out / "_run" / first, out / f"remerge{workers}", args.format, workers=workers, log=lambda text: None)
-        row(
-            f"{first} merged again, {workers} process(es)",
-            f"{time.perf_counter() - t:.2f} s",
-            "idle machine, pass 1 done; " + ("a spawned pool" if workers > 1 else "in the calling process"),
-        )
+        how = "in the calling process" if workers == 1 else f"vda's default, up to {usable_cpus()} processes"
+        row(f"{first} merged again, {how}", f"{time.perf_counter() - t:.2f} s", "after the run, pass 1 done")
 
 
 # -- (b): per-unit overhead ------------------------------------------------------------------------------------------
@@ -257,7 +255,7 @@ def decode_start(clip: Path, size: tuple[int, int], samples: int = 5) -> tuple[f
         frames = read_frames(info, wanted, size)
         got = sum(1 for _ in zip(range(stitch.WINDOW), frames))
         frames.close()
-        extra.append(time.perf_counter() - t - got * per_frame)
+        extra.append(max(0.0, time.perf_counter() - t - got * per_frame))  # below 0: timing noise
     return statistics.mean(extra), max(extra), per_frame, gop
 
 
@@ -383,9 +381,9 @@ def record(args) -> None:
     lines = [
         f"\n## bench_queue.py, {datetime.date.today()}, commit {commit.strip()}\n",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {device}, "
-        f"torch {torch.__version__}, load average {load()} at the end. `vda depth` local backend, --devices {args.devices}, {args.size} x264, input "
-        f"size {args.input_size}, {args.format}, --merge-workers {args.merge_workers or 'default'}; {args.videos} "
-        f"videos of {args.frames} frames; decode start on "
+        f"torch {torch.__version__}, load average {load()} at the end. `vda depth` local backend, --devices "
+        f"{args.devices}, {args.size} x264, input size {args.input_size}, {args.format}, --merge-workers "
+        f"{args.merge_workers or 'default'}; {args.videos} videos of {args.frames} frames; decode start on "
         f"{args.seek_size or '-'} GOP {args.gop}.\n",
         "| figure | value | note |",
         "|---|---:|---|",

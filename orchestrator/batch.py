@@ -172,12 +172,17 @@ class MergeLine:
         self._queue.put(video)
 
     def finish(self) -> None:
-        """Wait for every merge submitted so far."""
+        """Wait for every merge submitted so far (after `cancel`, only for the one running)."""
         self._queue.put(None)
         self._thread.join()
 
+    def cancel(self) -> None:
+        self._cancelled = True
+
+    _cancelled = False
+
     def _loop(self) -> None:
-        while (video := self._queue.get()) is not None:
+        while (video := self._queue.get()) is not None and not self._cancelled:
             self.follower.release(video.run.run.path)
             started, out, r = time.perf_counter(), self.outs[video.name], self.request
             request = MergeRequest(video.run.run, out, r.fmt, r.create_video, r.overwrite, r.merge_workers)
@@ -234,6 +239,10 @@ def run_depth(request: DepthRequest, backend: Backend, stream=sys.stderr) -> int
             work.refused = [{"input": r.source, "status": "refused", "error": r.error} for r in refused]
             try:
                 work.run()
+            except KeyboardInterrupt:  # stop now: no merge waits for another, and a running merge container goes
+                merges.cancel()
+                backend.close()
+                raise
             finally:
                 merges.finish()
     finally:

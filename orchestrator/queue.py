@@ -1,8 +1,10 @@
 """The work queue: every unit of every video of a batch, shared by one long-lived worker per device.
 
-A worker asks for work (events.Ready) and gets the next unit; a fast device therefore takes more units than a slow
-one, and a run of many short videos keeps every device busy. Units are handed out in batch order, so the first
-video is done first and its merge (`on_computed`) runs on spare CPU while the devices go on with the others.
+A worker asks for work (events.Ready) as it starts a unit and gets the next one, which it starts decoding ahead; a
+fast device therefore takes more units than a slow one, and a run of many short videos keeps every device busy. A
+device much slower than the fastest (SLOW_FACTOR) gets no unit ahead, so that it never sits on one. Units are
+handed out in batch order, so the first video is done first and its merge (`on_computed`) runs on spare CPU while
+the devices go on with the others.
 
 Failures stay as small as they can be:
 - A unit that fails (events.Failed) or whose worker dies goes back to the front of the queue and is retried, on a
@@ -34,6 +36,7 @@ from vda.writers import write_json
 
 RESULTS_SCHEMA = 1
 STOP_WAIT_S = 60  # how long workers get to finish their stores after Stop
+SLOW_FACTOR = 1.5  # a device this many times slower per unit than the fastest gets no unit ahead
 
 
 class RunFailed(Exception):
@@ -171,9 +174,9 @@ class WorkQueue:
         )
         self.workers[slot] = _Worker(handle, streak=self.workers[slot].streak if slot in self.workers else 0)
 
-    def _drain(self) -> None:
+    def _drain(self, wait: bool = True) -> None:
         """Handle the messages the workers sent since the last round (waiting up to one poll interval for one)."""
-        timeout = self.poll_interval
+        timeout = self.poll_interval if wait else 0
         while True:
             try:
                 slot, generation, line = self.inbox.get(timeout=timeout)
@@ -275,6 +278,7 @@ class WorkQueue:
             code = worker.handle.poll()
             if code is None:
                 continue
+            self._drain(wait=False)  # what it said before it exited (poll() has read all its output)
             record = self.records[slot]
             record.exit_codes.append(code)
             del self.workers[slot]
@@ -297,10 +301,12 @@ class WorkQueue:
 
     def _assign(self) -> None:
         for slot, worker in self.workers.items():
-            if not worker.wants or not self.pending:
+            if not worker.wants or not self.pending or (worker.running and self._slow(slot)):
                 continue
             device = self.records[slot].device
-            key = next((k for k in self.pending if self._may_run(k, device)), None)
+            # A unit that failed here goes to another device when one asks; here only when nothing else is left.
+            allowed = [k for k in self.pending if self._may_run(k, device)]
+            key = next((k for k in allowed if device not in self.units[k].devices), allowed[0] if allowed else None)
             if key is None:
                 continue
             self.pending.remove(key)
@@ -314,6 +320,12 @@ class WorkQueue:
                 video.name, self.backend.worker_path(path.run.path), self.backend.worker_path(path.input), key[1]
             )
             worker.handle.send(message)
+
+    def _slow(self, slot: int) -> bool:
+        """Whether a device is so much slower than the fastest that it should not hold a unit ahead (the worker asks
+        for its next unit as it starts one, to decode it in time; a slow device would sit on it)."""
+        rates = {r.slot: r.seconds / r.units for r in self.records if r.units}
+        return slot in rates and rates[slot] > SLOW_FACTOR * min(rates.values())
 
     def _may_run(self, key: tuple[int, int], device: str) -> bool:
         """A unit that ran out of memory waits for a device it has not tried; others run anywhere."""

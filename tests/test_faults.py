@@ -1,13 +1,15 @@
-"""Faults and bad input (issue 5): each test injects the fault for real.
+"""Faults and bad input (issues 5 and 13): each test injects the fault for real.
 
-Workers are real processes killed with real signals; the disk-full test mounts a real tmpfs (root only).
-The only stand-in is the device-choice test, whose fake backend pretends to have GPUs (none exist here).
+Workers are real `vda work` processes, killed with real signals or by the fault injection of vda.worker
+(VDA_FAIL_AT_UNIT, VDA_FAIL_MODE, VDA_FAIL_TIMES); the disk-full test mounts a real tmpfs (root only). Nothing is
+faked here: the tests that need distinct GPUs to move a unit between are in test_gpu_logic.py.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,17 +20,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, synthetic_frames, write_images, write_video
+from conftest import ROOT, TOL, rel_err, synthetic_frames, write_images, write_video
 
 from orchestrator.planning import create_plan
-from orchestrator.scheduler import RunFailed, run_chunks
+from vda import events
+from vda.inference import infer_video
 from vda.merge import merge
 from vda.plan import Plan, PlanError
-from vda.worker import InjectedFault, run_chunk, unit_path
+from vda.rundir import RunDir
+from vda.video import probe, read_frames
+from vda.worker import DeviceWorker, work_runs
 from vda.writers import DepthMeta, read_depth
 
 SMALL = ["--input-size", "56"]
-
+UNIT = 2  # windows per unit: the 90-frame clip is 5 windows, so 3 units ([0, 2), [2, 4), [4, 5))
 
 # Every run here uses one thread per worker, so interrupted and uninterrupted runs are compared bit for bit
 # (another thread count changes the float summation order, hence the last bits).
@@ -48,14 +53,40 @@ def vda(*args, env=None, timeout=600):
     return proc.returncode, proc.stdout, proc.stderr
 
 
-def depth_args(video, out, checkpoint, devices="cpu,cpu") -> list:
+def depth_args(video, out, checkpoint, devices="cpu,cpu", unit_size=UNIT, mode="window", size=56) -> list:
     """`vda depth` arguments shared by the runs that are compared with `reference`."""
-    return ["depth", video, "-o", out, "--devices", devices, "--checkpoint", checkpoint, "--format", "npy", *SMALL]
+    common = ["--checkpoint", checkpoint, "--format", "npy", "--unit-size", unit_size, "--mode", mode]
+    common += ["--input-size", size]
+    return ["depth", video, "-o", out, "--devices", devices, *common]
 
 
 def outputs(out: Path) -> np.ndarray:
     meta = DepthMeta.load(out)
     return np.stack([read_depth(out, i, meta) for i in range(meta.frame_count)])
+
+
+def results(out: Path) -> dict:
+    return json.loads((out / "_run" / "processing_results.json").read_text())
+
+
+def stored_pieces(run: RunDir, mode: str = "window") -> dict[str, int]:
+    """Finished pieces (array and marker) by file name, with their modification times."""
+    folder = run.piece(mode, 0).parent
+    return {p.name: p.stat().st_mtime_ns for p in folder.glob("*.npy") if p.with_suffix(".done").is_file()}
+
+
+def error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("vda: error:")]
+
+
+def one_thread(fn, *args, **kwargs):
+    """Run `fn` here at one torch thread, as the workers of `reference` run."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -73,123 +104,138 @@ def reference(tmp_path_factory, video, checkpoint) -> np.ndarray:
 
 
 def test_sigkilled_worker_resumes_and_matches(tmp_path, video, checkpoint, reference):
-    run = tmp_path / "run"
-    create_plan(video, run, ["cpu"], checkpoint=str(checkpoint), input_size=56)
+    """A hostless `vda work RUN_DIR` killed from outside mid-unit: every file under a final name is whole, and the
+    resume stores only what is missing (a half-done unit is recomputed from its start, its stored windows kept)."""
+    run = RunDir(tmp_path / "run")
+    plan, _ = create_plan(video, run.path, checkpoint=str(checkpoint), input_size=56, unit_size=UNIT)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "run-chunk", run, "--chunk", "0", "--checkpoint", checkpoint],
+        [sys.executable, "-m", "orchestrator.cli", "work", run.path, "--device", "cpu", "--checkpoint", checkpoint],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env={**os.environ, **ONE_THREAD},
     )
-    marker = unit_path(run, 0, "window", 1).with_suffix(".done")
+    marker = run.piece("window", 2).with_suffix(".done")  # the first window of unit 1
     deadline = time.time() + 300
     while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    stored = unit_path(run, 0, "window", 0).parent
-    done = sorted(p.name for p in stored.glob("*.done"))
-    assert 2 <= len(done) < 5, done  # killed mid-chunk
-    for npy in stored.glob("win_*.npy"):
+    done = stored_pieces(run)
+    assert 3 <= len(done) < plan.num_windows, done  # killed in unit 1 (or 2)
+    for npy in run.piece("window", 0).parent.glob("win_*.npy"):
         np.load(npy)  # every file under a final name is complete
-    mtimes = {p.name: p.stat().st_mtime_ns for p in stored.glob("win_*.npy") if p.with_suffix(".done").exists()}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert run_chunk(run, 0, checkpoint=str(checkpoint)) == 5 - len(done)  # only unfinished windows
-    finally:
-        torch.set_num_threads(threads)
-    assert all((stored / name).stat().st_mtime_ns == t for name, t in mtimes.items())
-    merge(run, tmp_path / "out", "npy", workers=1)
+    unfinished = run.unfinished_units(plan)
+    assert unfinished and unfinished[-1].index == 2
+    assert one_thread(work_runs, [run.path], "cpu", checkpoint=str(checkpoint)) == len(unfinished)
+    now = stored_pieces(run)
+    assert {name: now[name] for name in done} == done  # the stored windows were not written again
+    assert len(now) == plan.num_windows
+    merge(run.path, tmp_path / "out", "npy", workers=1)
     assert np.array_equal(outputs(tmp_path / "out"), reference)
 
 
-def test_injected_failure_is_retried_and_recorded(tmp_path, video, checkpoint, reference):
+def test_killed_worker_unit_is_retried_and_recorded(tmp_path, video, checkpoint, reference):
+    """VDA_FAIL_MODE=kill: the worker dies by SIGKILL (as the OOM killer does) at unit 1, once; the unit is redone,
+    the worker restarted, everything recorded, and the output is the uninterrupted run's."""
     out = tmp_path / "out"
-    env = {"VDA_FAIL_AT_UNIT": "1:3", "VDA_FAIL_TIMES": "1", "VDA_FAIL_MODE": "kill"}  # like an OOM kill, once
+    env = {"VDA_FAIL_AT_UNIT": "1", "VDA_FAIL_TIMES": "1", "VDA_FAIL_MODE": "kill"}
     code, _, err = vda(*depth_args(video, out, checkpoint), env=env)
     assert code == 0, err
-    assert "chunk 1 failed on cpu (exit -9); retrying" in err
-    results = json.loads((out / "_run" / "processing_results.json").read_text())["chunks"]
-    assert [r["status"] for r in results] == ["done", "done"]
-    assert results[1]["attempts"] == 2 and results[1]["exit_codes"] == [-9, 0]
-    assert results[0]["frames"] + results[1]["frames"] == 90
-    assert "injecting fault" in (out / "_run" / "logs" / "chunk_1.log").read_text()
+    assert "vda: clip: unit 1 failed on cpu (the worker on cpu stopped (exit -9)); retrying (1/2)" in err
+    record = results(out)
+    units = record["units"]
+    assert [u["status"] for u in units] == ["done", "done", "done"]
+    assert units[1]["attempts"] == 2 and units[1]["errors"] == ["cpu: the worker on cpu stopped (exit -9)"]
+    assert [u["attempts"] for u in (units[0], units[2])] == [1, 1]
+    assert sum(u["frames"] for u in units) == 90
+    (killed,) = [d for d in record["devices"] if -9 in d["exit_codes"]]
+    assert killed["exit_codes"][0] == -9 and killed["worker_starts"] == 2 and killed["failures"] == 1
+    assert "injecting fault" in (out / "_run" / killed["log"]).read_text()
+    assert "unit 1 attempt 1 on cpu: the worker on cpu stopped (exit -9)" in (out / "_run/logs/video.log").read_text()
     assert np.array_equal(outputs(out), reference)
+
+
+def test_dead_worker_unit_goes_to_the_free_worker(tmp_path, checkpoint, model):
+    """A one-unit video on two workers: the worker given the unit dies (VDA_FAIL_MODE=exit, once); the other
+    worker, idle and ready, takes the unit while the dead one restarts."""
+    src = write_video(tmp_path / "short.mp4", synthetic_frames(40, 64, 48, seed=4))  # 2 windows: one unit
+    out = tmp_path / "out"
+    env = {"VDA_FAIL_AT_UNIT": "short:0", "VDA_FAIL_TIMES": "1", "VDA_FAIL_MODE": "exit"}
+    code, _, err = vda(*depth_args(src, out, checkpoint), env=env)
+    assert code == 0, err
+    record = results(out)
+    (unit,) = record["units"]
+    assert unit["status"] == "done" and unit["attempts"] == 2
+    assert unit["errors"] == ["cpu: the worker on cpu stopped (exit 3)"]
+    (dead,) = [d for d in record["devices"] if 3 in d["exit_codes"]]
+    (other,) = [d for d in record["devices"] if d is not dead]
+    assert dead["exit_codes"][0] == 3 and dead["worker_starts"] == 2 and dead["units"] == 0
+    assert other["units"] == 1 and other["worker_starts"] == 1
+    done = '@vda {"kind": "done", "video": "short", "unit": 0'
+    assert done in (out / "_run" / other["log"]).read_text()
+    assert done not in (out / "_run" / dead["log"]).read_text()
+    info = probe(src)
+    frames = (f for _, f in read_frames(info, range(info.frame_count)))
+    assert rel_err(outputs(out), np.stack(list(infer_video(model, frames, input_size=56)))) <= TOL
 
 
 def test_failure_after_retries_names_the_log_and_resumes(tmp_path, video, checkpoint, reference):
     out = tmp_path / "out"
     args = [*depth_args(video, out, checkpoint, devices="cpu"), "--retries", "1"]
-    code, _, err = vda(*args, env={"VDA_FAIL_AT_UNIT": "2"})
-    assert code == 2
-    assert err.strip().splitlines()[-1].startswith("vda: error: chunk 0 failed 2 time(s)")
-    assert "chunk_0.log" in err and "Traceback" not in err
+    code, _, err = vda(*args, env={"VDA_FAIL_AT_UNIT": "2"})  # VDA_FAIL_MODE=raise: the unit fails, the worker goes on
+    assert code == 2 and "Traceback" not in err, err
+    (line,) = error_lines(err)
+    assert line.startswith(f"vda: error: {video}: unit 2 failed 2 time(s), last on cpu: injected fault")
+    assert line.endswith(f"; log: {out / '_run' / 'logs' / 'worker_0.log'}")
+    assert err.strip().splitlines()[-1].startswith("vda: 0 of 1 input(s) done")
     assert not (out / "depth_meta.json").exists()
+    units = results(out)["units"]
+    assert [u["status"] for u in units] == ["done", "done", "failed"]
+    assert units[2]["attempts"] == 2 and len(units[2]["errors"]) == 2
+    assert all("injected fault" in e for e in units[2]["errors"])
+    assert results(out)["videos"][0]["status"] == "failed"
     code, _, err = vda(*args)  # fixed: the same command resumes
     assert code == 0, err
-    assert "resuming" in err
+    assert [(u["status"], u["attempts"]) for u in results(out)["units"]] == [("stored", 0), ("stored", 0), ("done", 1)]
     assert np.array_equal(outputs(out), reference)
-
-
-class _FakeGpuBackend:
-    """Stand-in for GPU workers (no GPU exists here): chunk 0 fails on its first device."""
-
-    def __init__(self):
-        self.starts = []
-
-    def start(self, plan, run_dir, chunk, device, log_path, on_line):
-        self.starts.append((chunk, device))
-        code = 1 if (chunk == 0 and len([s for s in self.starts if s[0] == 0]) == 1) else 0
-
-        class H:
-            def poll(self):
-                return code
-
-            def stop(self):
-                pass
-
-        return H()
-
-
-def test_failed_chunk_moves_to_another_device(tmp_path, video, checkpoint):
-    plan, _ = create_plan(video, tmp_path / "run", ["cpu", "cpu", "cpu"], checkpoint=str(checkpoint))
-    backend = _FakeGpuBackend()
-    results = run_chunks(
-        plan, tmp_path / "run", backend, ["cuda:0", "cuda:1", "cuda:2", "cuda:3"], retries=1, poll_interval=0
-    )
-    first, retry = [d for c, d in backend.starts if c == 0]
-    assert first != retry and results[0].devices_tried == [first, retry]
-    with pytest.raises(RunFailed, match="chunk 0 failed 1 time"):
-        run_chunks(plan, tmp_path / "run2", _FakeGpuBackend(), ["cuda:0"], retries=0, poll_interval=0)
 
 
 def test_sigterm_stops_local_workers_and_resumes(tmp_path, video, checkpoint, reference):
     out = tmp_path / "out"
-    args = [sys.executable, "-m", "orchestrator.cli", *depth_args(video, out, checkpoint)]
+    args = [sys.executable, "-m", "orchestrator.cli", *depth_args(video, out, checkpoint, devices="cpu")]
     proc = subprocess.Popen(
         list(map(str, args)),
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, **ONE_THREAD},
+        env={**os.environ, **ONE_THREAD, "VDA_WORKER_DELAY": "0:5"},  # 5 s before each unit: stopped between
     )
-    logs = out / "_run" / "logs"
+    run = RunDir(out / "_run")
+    done = '@vda {"kind": "done", "video": "clip", "unit": 0'
     deadline = time.time() + 120
-    while time.time() < deadline and "@progress" not in "".join(p.read_text() for p in logs.glob("*.log")):
-        time.sleep(0.1)
+    while time.time() < deadline and proc.poll() is None:
+        if run.worker_log(0).is_file() and done in run.worker_log(0).read_text():
+            break
+        time.sleep(0.05)
+    time.sleep(1)  # the host records unit 0 as done; the worker waits out its delay before unit 1
     proc.send_signal(signal.SIGTERM)
     text, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, text
-    assert "interrupted" in text
-    left = subprocess.run(["pgrep", "-f", f"run-chunk {out / '_run'}"], capture_output=True, text=True).stdout
-    assert left == ""  # no orphaned worker
-    results = json.loads((out / "_run" / "processing_results.json").read_text())["chunks"]
-    assert {r["status"] for r in results} <= {"stopped", "done"}
+    assert "interrupted" in text and "Traceback" not in text
+    pids = [int(p) for p in re.findall(r'@vda \{"kind": "ready", "pid": (\d+)\}', run.worker_log(0).read_text())]
+    assert pids
+    for pid in pids:  # no orphaned worker: gone, or at most a zombie no one waits for
+        stat = Path(f"/proc/{pid}/stat")
+        assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    record = json.loads(run.results.read_text())
+    assert record["units"][0]["status"] == "done"
+    assert {u["status"] for u in record["units"][1:]} <= {"running", "pending"}
+    assert record["videos"][0]["status"] == "pending"
     code, _, err = vda(*args[3:])
     assert code == 0, err
+    assert results(out)["units"][0]["status"] == "stored"
     assert np.array_equal(outputs(out), reference)
 
 
@@ -198,19 +244,22 @@ def test_changes_between_plan_and_run_are_refused(tmp_path, checkpoint):
 
     src = write_video(tmp_path / "v.mp4", synthetic_frames(30, 64, 48))
     run = tmp_path / "run"
-    create_plan(src, run, ["cpu"], checkpoint=str(checkpoint), input_size=56)
+    create_plan(src, run, checkpoint=str(checkpoint), input_size=56)
     other = tmp_path / "other.pth"
     torch.save(synth_state_dict("vits", 1), other)
     with pytest.raises(PlanError, match="checkpoint .* differs from the one planned"):
-        run_chunk(run, 0, checkpoint=str(other))
+        work_runs([run], "cpu", checkpoint=str(other))
     write_video(src, synthetic_frames(30, 64, 48, seed=5))  # the video is replaced in place
     with pytest.raises(PlanError, match="changed since it was planned"):
-        run_chunk(run, 0, checkpoint=str(checkpoint))
+        work_runs([run], "cpu", checkpoint=str(checkpoint))
+    assert not RunDir(run).is_stored("window", 0)
     with pytest.raises(PlanError, match="holds a different run \\(a different input video\\)"):
-        create_plan(src, run, ["cpu"], checkpoint=str(checkpoint), input_size=56)
-    create_plan(src, tmp_path / "run2", ["cpu"], checkpoint=str(checkpoint), input_size=56)
+        create_plan(src, run, checkpoint=str(checkpoint), input_size=56)
+    create_plan(src, tmp_path / "run2", checkpoint=str(checkpoint), input_size=56)
     with pytest.raises(PlanError, match="holds a different run \\(different input_size, net_height, net_width\\)"):
-        create_plan(src, tmp_path / "run2", ["cpu"], checkpoint=str(checkpoint), input_size=112)
+        create_plan(src, tmp_path / "run2", checkpoint=str(checkpoint), input_size=112)
+    with pytest.raises(PlanError, match="holds a different run \\(different unit_size\\)"):
+        create_plan(src, tmp_path / "run2", checkpoint=str(checkpoint), input_size=56, unit_size=1)
 
 
 def test_output_folder_of_another_run_is_refused(tmp_path, checkpoint):
@@ -232,8 +281,8 @@ def test_output_folder_of_another_run_is_refused(tmp_path, checkpoint):
 def test_disk_full_is_clean_and_resumable(tmp_path, checkpoint):
     src = write_images(tmp_path / "imgs", synthetic_frames(40, 64, 48))
     run = tmp_path / "run"
-    create_plan(src, run, ["cpu"], checkpoint=str(checkpoint), input_size=56)
-    run_chunk(run, 0, checkpoint=str(checkpoint))
+    create_plan(src, run, checkpoint=str(checkpoint), input_size=56)
+    work_runs([run], "cpu", checkpoint=str(checkpoint))
     small = tmp_path / "small"
     small.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
@@ -323,26 +372,18 @@ def test_bad_checkpoints(tmp_path, vits_state, video):
 def test_unwritable_output(tmp_path, checkpoint, video):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    code, _, err = vda(
-        "depth",
-        video,
-        "-o",
-        blocker / "out",
-        "--devices",
-        "cpu",
-        "--checkpoint",
-        checkpoint,
-    )
+    code, _, err = vda("depth", video, "-o", blocker / "out", "--devices", "cpu", "--checkpoint", checkpoint)
     assert code == 2 and "is not writable" in err and "choose another -o" in err
 
 
 def test_plan_paths_cannot_escape_run_dir(tmp_path, checkpoint, video):
+    """Piece paths are built from unit indexes: a plan whose index is anything but 0..N-1 is refused on load."""
     run = tmp_path / "run"
-    create_plan(video, run, ["cpu"], checkpoint=str(checkpoint))
+    create_plan(video, run, checkpoint=str(checkpoint))
     data = json.loads((run / "plan.json").read_text())
-    data["chunks"][0]["index"] = "../../etc"
+    data["units"][0]["index"] = "../../etc"
     (run / "plan.json").write_text(json.dumps(data))
-    with pytest.raises(PlanError, match="bad chunk index"):
+    with pytest.raises(PlanError, match="units are not numbered 0..0"):
         Plan.load(run)
 
 
@@ -352,63 +393,92 @@ def test_compile_without_a_compiler_is_refused_before_any_work(tmp_path, checkpo
     bare.mkdir()
     env = {"PATH": str(bare), "CC": ""}
     code, _, err = vda(*depth_args(video, tmp_path / "o", checkpoint, "cpu"), "--compile", env=env)
-    assert code == 2 and len(err.strip().splitlines()) == 2, err  # the "planned ..." line, then the refusal
+    assert code == 2 and len(err.strip().splitlines()) == 2, err  # the "90 frames in 3 units" line, then the refusal
     assert err.strip().splitlines()[-1].startswith("vda: error: --compile needs a C compiler")
     assert not list((tmp_path / "o").rglob("win_*.npy"))
 
 
 def test_out_of_memory_is_one_line_and_not_retried_on_the_same_device(tmp_path, checkpoint, video):
-    """torch's OutOfMemoryError, raised by the fault injection as a GPU would raise it, through the real CLI."""
+    """torch's OutOfMemoryError, raised by the fault injection as a GPU would raise it, through the real CLI. Both
+    workers run on the one device `cpu`: out of memory there is not retried by the other, the video fails at once."""
     out = tmp_path / "o"
-    env = {"VDA_FAIL_AT_UNIT": "0:1", "VDA_FAIL_MODE": "oom"}
-    code, _, err = vda(*depth_args(video, out, checkpoint, "cpu"), "--micro-batch", "2", env=env)
+    env = {"VDA_FAIL_AT_UNIT": "clip:1", "VDA_FAIL_MODE": "oom"}
+    code, _, err = vda(*depth_args(video, out, checkpoint), "--micro-batch", "2", env=env)
     assert code == 2 and "Traceback" not in err, err
-    last = err.strip().splitlines()[-1]
-    assert last.startswith("vda: error: chunk 0 ran out of device memory on cpu (the GPU ran out of memory running")
-    assert "micro-batch 2" in last and "lower --micro-batch (e.g. 1)" in last
-    (chunk,) = json.loads((out / "_run" / "processing_results.json").read_text())["chunks"]
-    assert (chunk["attempts"], chunk["exit_codes"]) == (1, [4])  # the worker's exit code; no retry on cpu again
+    (line,) = error_lines(err)
+    assert line.startswith(
+        f"vda: error: {video}: unit 1 out of memory on every device, last on cpu: the GPU ran out of memory running"
+    )
+    assert "micro-batch 2" in line and "lower --micro-batch (e.g. 1)" in line
+    assert re.search(r"; log: .*worker_[01]\.log$", line), line
+    units = results(out)["units"]
+    assert (units[1]["status"], units[1]["attempts"], units[1]["device_bound"]) == ("failed", 1, True)
+    assert len(units[1]["errors"]) == 1 and "lower --micro-batch" in units[1]["errors"][0]
+    assert results(out)["videos"][0]["status"] == "failed"
 
 
-def test_rerun_on_any_device_count_reuses_every_finished_window(tmp_path, video, checkpoint, reference, monkeypatch):
-    """Windows are stored by window: after a 2-device run that finished some windows, a rerun on 1 device computes
-    only the missing ones (here with finished windows on both sides), leaves the finished files alone, and gives the
-    uninterrupted run's output bit for bit (one thread); a rerun on 3 devices then computes nothing."""
+def test_rerun_on_any_device_count_reuses_every_finished_window(tmp_path, video, checkpoint, reference):
+    """Windows are stored by window and units do not depend on devices: after units 2 and 0 were computed (finished
+    windows on both sides of a gap), a rerun on 1 device computes only unit 1, leaves the finished files alone, and
+    gives the uninterrupted run's output bit for bit (one thread); a rerun on 3 devices then computes nothing."""
     out = tmp_path / "out"
-    run, windows = out / "_run", out / "_run" / "windows"
-    plan, _ = create_plan(video, run, ["cpu", "cpu"], checkpoint=str(checkpoint), input_size=56)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        run_chunk(run, 1, checkpoint=str(checkpoint))  # the last windows
-        monkeypatch.setenv("VDA_FAIL_AT_UNIT", "0:1")
-        with pytest.raises(InjectedFault):
-            run_chunk(run, 0, checkpoint=str(checkpoint))  # window 0, then a failure before window 1
-    finally:
-        torch.set_num_threads(threads)
-        monkeypatch.delenv("VDA_FAIL_AT_UNIT")
-    last = range(*plan.chunks[1].units)
-    finished = {p.name: p.stat().st_mtime_ns for p in windows.glob("win_*.npy") if p.with_suffix(".done").exists()}
-    assert sorted(finished) == [f"win_{w:06d}.npy" for w in (0, *last)]
+    run = RunDir(out / "_run")
+    plan, _ = create_plan(video, run.path, checkpoint=str(checkpoint), input_size=56, unit_size=UNIT)
+    said: list[events.Message] = []
+    worker = DeviceWorker("cpu", said.append, checkpoint=str(checkpoint))
+    lines = [events.encode(events.Assign("clip", str(run.path), str(video), u)) for u in (2, 0)]
+    one_thread(worker.serve, [*lines, events.encode(events.Stop())])
+    assert [(m.unit, m.frames) for m in said if isinstance(m, events.Done)] == [(2, 0), (0, 46)]
+    finished = stored_pieces(run)
+    assert sorted(finished) == [f"win_{w:06d}.npy" for w in (0, 1, 4)]
 
     code, _, err = vda(*depth_args(video, out, checkpoint, devices="cpu"))
     assert code == 0, err
-    assert "resuming" in err and len(Plan.load(run).chunks) == 1
-    assert all((windows / name).stat().st_mtime_ns == t for name, t in finished.items())
-    assert len(list(windows.glob("win_*.done"))) == plan.num_windows
+    assert [u["status"] for u in results(out)["units"]] == ["stored", "done", "stored"]
+    assert {name: stored_pieces(run)[name] for name in finished} == finished
+    assert len(stored_pieces(run)) == plan.num_windows
     assert np.array_equal(outputs(out), reference)
 
-    everything = {p.name: p.stat().st_mtime_ns for p in windows.glob("win_*.npy")}
+    everything = stored_pieces(run)
     code, _, err = vda(*depth_args(video, out, checkpoint, devices="cpu,cpu,cpu"))
     assert code == 0, err
-    assert {p.name: p.stat().st_mtime_ns for p in windows.glob("win_*.npy")} == everything  # nothing recomputed
+    assert stored_pieces(run) == everything  # nothing recomputed
+    record = results(out)
+    assert {u["status"] for u in record["units"]} == {"stored"}
+    assert [d["worker_starts"] for d in record["devices"]] == [0, 0, 0]  # no worker was even started
     assert np.array_equal(outputs(out), reference)
 
 
-def test_stream_mode_refuses_another_split(tmp_path, video, checkpoint):
-    """Stream segments depend on where their chunk starts (the warm-up), so they are not reused across splits."""
-    run = tmp_path / "run"
-    create_plan(video, run, ["cpu", "cpu"], checkpoint=str(checkpoint), input_size=56, mode="stream")
-    create_plan(video, run, ["cpu", "cpu"], checkpoint=str(checkpoint), input_size=56, mode="stream")  # same: kept
-    with pytest.raises(PlanError, match="a different split over devices, which stream mode cannot reuse"):
-        create_plan(video, run, ["cpu"] * 3, checkpoint=str(checkpoint), input_size=56, mode="stream")
+def test_stream_rerun_on_another_device_count_reuses_every_stored_segment(tmp_path, video, checkpoint):
+    """Stream units replay their own warm-up, so their segments do not depend on the devices: a worker killed
+    mid-unit keeps its finished 32-frame segments, and a rerun on 2 devices reuses them, bit for bit."""
+    clean = RunDir(tmp_path / "clean")
+    flags = {"checkpoint": str(checkpoint), "input_size": 28, "mode": "stream", "unit_size": 64}
+    create_plan(video, clean.path, **flags)
+    assert one_thread(work_runs, [clean.path], "cpu", checkpoint=str(checkpoint)) == 2
+    merge(clean.path, tmp_path / "clean_out", "npy", workers=1)
+
+    out = tmp_path / "out"
+    run = RunDir(out / "_run")
+    plan, _ = create_plan(video, run.path, **flags)
+    assert [plan.pieces(u) for u in plan.units] == [[0, 32], [64]]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "work", run.path, "--device", "cpu", "--checkpoint", checkpoint],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **ONE_THREAD},
+    )
+    deadline = time.time() + 300
+    while not run.is_stored("stream", 0) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    kept = stored_pieces(run, "stream")
+    assert "seg_000000.npy" in kept and len(kept) < 3, kept  # killed in unit 0 or 1, segment 0 kept
+
+    code, _, err = vda(*depth_args(video, out, checkpoint, "cpu,cpu", unit_size=64, mode="stream", size=28))
+    assert code == 0, err
+    assert {name: stored_pieces(run, "stream")[name] for name in kept} == kept  # reused, not recomputed
+    assert len(stored_pieces(run, "stream")) == 3
+    assert np.array_equal(outputs(out), outputs(tmp_path / "clean_out"))

@@ -1,28 +1,38 @@
-"""GPU-only logic, tested here without a GPU (issue 12).
+"""GPU-only logic, tested here without a GPU (issues 12 and 13).
 
 No GPU exists on CI. Where a test needs `torch.cuda`, it passes a fake in its place and says so; what a fake cannot
 prove is left to `make gpu-check` on a GPU host. The fp16 NaN guard is exercised for real in bf16 on the CPU (autocast
-runs there), with NaN injected into the model's output, since no GPU here produces it.
+runs there), with NaN injected into the model's output, since no GPU here produces it. Where the queue needs distinct
+GPUs to move a unit between, real worker processes compute on the CPU under the names cuda:0, cuda:1 (CpuAsGpus).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
 
 import numpy as np
 import pytest
 import torch
-from conftest import TOL, rel_err, synthetic_frames, write_images
+from conftest import ROOT, TOL, rel_err, synthetic_frames, write_images
 
-from orchestrator.local import LocalBackend, worker_threads
-from orchestrator.planning import create_plan, parse_devices
-from orchestrator.scheduler import RunFailed, run_chunks
-from vda import inference
+from orchestrator.backend import VideoRun
+from orchestrator.batch import DepthRequest, run_depth
+from orchestrator.launch import WorkerOptions, inner_device, worker_command, worker_env, worker_threads
+from orchestrator.local import LocalBackend
+from orchestrator.planning import check_precision, create_plan, parse_devices
+from orchestrator.progress import BatchProgress
+from orchestrator.queue import QueuedVideo, WorkQueue
+from vda import events, inference
 from vda.inference import (
     DeviceError,
     FrameFeed,
-    NonFiniteDepth,
     Runtime,
     WindowRunner,
     check_compiler,
@@ -34,8 +44,10 @@ from vda.inference import (
 from vda.model import VideoDepthAnything
 from vda.plan import PlanError
 from vda.preprocess import normalisation, preprocess
+from vda.rundir import RunDir
 from vda.system import gpu_env, usable_cpus
-from vda.worker import EXIT_OUT_OF_MEMORY, DeviceOutOfMemory, _store, copy_done_event, run_chunk, unit_path
+from vda.worker import EXIT_OUT_OF_MEMORY, DeviceWorker, _store, copy_done_event
+from vda.writers import DepthMeta, read_depth
 
 pytestmark = pytest.mark.gpu_logic
 
@@ -124,20 +136,61 @@ def test_gpu_ids_outside_the_parents_visible_set_are_refused():
     assert "0..-1" not in str(err.value)
 
 
-def test_local_gpu_worker_command_and_environment(tmp_path, checkpoint):
-    """The plan names cuda:2 and cpu (no GPU is used: only the command and environment are built)."""
-    src = write_images(tmp_path / "imgs", synthetic_frames(30, 32, 24))
-    plan, _ = create_plan(src, tmp_path / "run", ["cuda:2", "cpu"], checkpoint=str(checkpoint), input_size=28)
-    backend = LocalBackend(checkpoint=str(checkpoint), micro_batch=2, compile=True)
-    cmd = backend.command(plan, tmp_path / "run", 0, "cuda:2")
-    assert cmd[cmd.index("--device") + 1] == "cuda:0" and cmd[cmd.index("--micro-batch") + 1] == "2"
+def test_local_gpu_worker_command_and_environment(checkpoint):
+    """A run over cuda:2 and cpu (no GPU is used: only the command and environment are built)."""
+    devices = ["cuda:2", "cpu"]
+    backend = LocalBackend(devices, WorkerOptions(str(checkpoint), micro_batch=2, compile=True))
+    cmd = backend.command(0, "cuda:2")
+    assert cmd[: len(LocalBackend.PROGRAM)] == LocalBackend.PROGRAM and cmd[len(LocalBackend.PROGRAM)] == "work"
+    assert cmd[cmd.index("--device") + 1] == "cuda:0" and cmd[cmd.index("--slot") + 1] == "0"
+    assert cmd[cmd.index("--checkpoint") + 1] == str(checkpoint) and cmd[cmd.index("--micro-batch") + 1] == "2"
     assert "--compile" in cmd
-    env = backend.environment(plan, "cuda:2", {"PATH": "/bin"})
+    assert backend.command(1, "cpu")[len(LocalBackend.PROGRAM) :][:5] == ["work", "--device", "cpu", "--slot", "1"]
+    env = backend.environment("cuda:2", {"PATH": "/bin", "VDA_FAIL_AT_UNIT": "3", "OTHER": "x"})
     assert (env["CUDA_VISIBLE_DEVICES"], env["CUDA_DEVICE_ORDER"]) == ("2", "PCI_BUS_ID")
-    assert env["VDA_THREADS"] == str(worker_threads(plan, "cuda:2", usable_cpus()))
-    assert worker_threads(plan, "cuda:0", 16) == 16 and worker_threads(plan, "cpu", 1) == 1
-    cpu_env = backend.environment(plan, "cpu", {"PATH": "/bin"})
-    assert "CUDA_VISIBLE_DEVICES" not in cpu_env
+    assert env["VDA_THREADS"] == str(worker_threads(devices, "cuda:2", usable_cpus()))
+    assert env["VDA_FAIL_AT_UNIT"] == "3" and env["OTHER"] == "x" and env["PYTHONUNBUFFERED"] == "1"
+    assert backend.environment("cuda:1", {"CUDA_VISIBLE_DEVICES": "4,6"})["CUDA_VISIBLE_DEVICES"] == "6"
+    assert "CUDA_VISIBLE_DEVICES" not in backend.environment("cpu", {"PATH": "/bin"})
+    # A thread count set for the run wins over the default share: the tests pin one thread this way.
+    assert backend.environment("cpu", {"VDA_THREADS": "1"})["VDA_THREADS"] == "1"
+    pinned = LocalBackend(devices, WorkerOptions(threads=3))
+    assert pinned.environment("cpu", {"VDA_THREADS": "1"})["VDA_THREADS"] == "3"
+
+
+def test_worker_launch_pieces():
+    """orchestrator.launch, which every backend builds its workers from."""
+    assert [inner_device(d) for d in ("cuda:3", "cuda", "cpu")] == ["cuda:0", "cuda:0", "cpu"]
+    options = WorkerOptions(micro_batch=4)
+    assert worker_command(["vda"], "cuda:1", 2, options, "/models/x.pth") == [
+        "vda", "work", "--device", "cuda:0", "--slot", "2", "--checkpoint", "/models/x.pth", "--micro-batch", "4"
+    ]  # fmt: skip
+    assert worker_command(["vda"], "cpu", 0, WorkerOptions(), None) == ["vda", "work", "--device", "cpu", "--slot", "0"]
+    assert worker_threads(["cuda:0", "cpu"], "cuda:0", 16) == 16 and worker_threads(["cpu"], "cpu", 1) == 1
+    assert worker_threads(["cpu", "cpu", "cuda:0"], "cpu", 16) == 8
+    assert worker_threads(["cuda:0", "cuda:1", "cuda:2", "cpu"], "cuda:1", 16) == 5
+    env = worker_env(["cpu", "cpu"], "cpu", WorkerOptions(), {"VDA_FAIL_MODE": "kill", "HOME": "/root"})
+    assert env == {"PYTHONUNBUFFERED": "1", "VDA_THREADS": str(max(1, usable_cpus() // 2)), "VDA_FAIL_MODE": "kill"}
+
+
+def test_the_local_worker_command_starts_a_worker(tmp_path, checkpoint):
+    """The command and environment built above, run for real on the CPU: the worker says Ready, then stops on Stop."""
+    backend = LocalBackend(["cpu"], WorkerOptions(str(checkpoint), micro_batch=2))
+    lines: list[str] = []
+    log = tmp_path / "logs" / "worker_0.log"
+    handle = backend.start_worker(0, "cpu", log, lines.append)
+    deadline = time.time() + 120
+    while not any(events.decode(line) for line in lines) and handle.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    (ready,) = [events.decode(line) for line in lines if events.decode(line)]
+    assert ready == events.Ready(handle.proc.pid)
+    handle.send(events.Stop())
+    deadline = time.time() + 60
+    while handle.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert handle.poll() == 0
+    text = log.read_text()
+    assert text.startswith("$ VDA_THREADS=") and "work --device cpu --slot 0" in text and "# on cpu" in text
 
 
 # ------------------------------------------------------------------------------------------ 3. precision per device
@@ -151,23 +204,31 @@ def test_auto_precision_is_per_device_kind():
     assert Runtime.create("cpu", "bf16").precision == "bf16"
 
 
-def test_mixed_devices_plan_auto_and_the_cpu_chunk_computes_fp32(tmp_path, checkpoint, model):
-    """A plan over cpu and cuda:0: the CPU chunk runs (fp32) and matches the single pass; no GPU is used."""
+def test_mixed_devices_run_auto_and_the_cpu_worker_computes_fp32(tmp_path, checkpoint, model):
+    """A run over cuda:0 and cpu plans precision auto; the CPU worker's unit (here unit 1, window 2, which starts
+    from its own first window) is fp32, stored as such, and matches the single pass. No GPU is used."""
     frames = synthetic_frames(50, 32, 24)
     src = write_images(tmp_path / "imgs", frames)
-    plan, _ = create_plan(src, tmp_path / "run", ["cuda:0", "cpu"], checkpoint=str(checkpoint), input_size=28)
-    assert plan.settings.precision == "auto"
-    run_chunk(tmp_path / "run", 1, device="cpu", checkpoint=str(checkpoint))
-    w = plan.chunks[1].units[0]
-    stored = np.load(unit_path(tmp_path / "run", 1, "window", w))
+    precision = check_precision(None, ["cuda:0", "cpu"])
+    plan, _ = create_plan(src, tmp_path / "run", checkpoint=str(checkpoint), input_size=28, unit_size=2)
+    assert precision == plan.settings.precision == "auto" and [u.span for u in plan.units] == [(0, 2), (2, 3)]
+    said: list[events.Message] = []
+    worker = DeviceWorker("cpu", said.append, checkpoint=str(checkpoint))
+    assign = events.Assign("imgs", str(tmp_path / "run"), str(src), 1)
+    worker.serve([events.encode(assign), events.encode(events.Stop())])
+    (done,) = [m for m in said if isinstance(m, events.Done)]
+    assert (done.unit, done.fp32_recomputes) == (1, 0) and done.computed == plan.units[1].computed_frames
+    run = RunDir(tmp_path / "run")
+    assert [w for w in range(3) if run.is_stored("window", w)] == [2]
+    stored = np.load(run.piece("window", 2))
     assert stored.dtype == np.float32  # fp32 on the CPU, stored as such
     feed = FrameFeed(enumerate(frames), total=50)
     runner = WindowRunner(model, Runtime.create("cpu", "fp32"), (28, 42))
-    for k in range(w):
+    for k in range(2):
         runner.run(k, feed, 50)
-    assert rel_err(stored, runner.run(w, feed, 50).numpy()) <= TOL
+    assert rel_err(stored, runner.run(2, feed, 50).numpy()) <= TOL
     with pytest.raises(PlanError, match="fp16 needs CUDA devices"):
-        create_plan(src, tmp_path / "r2", ["cuda:0", "cpu"], checkpoint=str(checkpoint), precision="fp16")
+        check_precision("fp16", ["cuda:0", "cpu"])
 
 
 # ------------------------------------------------------------------------------------------ 4. NaN guard, bf16 rule
@@ -208,11 +269,19 @@ def test_non_finite_window_is_recomputed_once_in_fp32(model, nan_in_half_precisi
 
 
 def test_non_finite_even_in_fp32_is_an_error_not_a_file(tmp_path, checkpoint, nan_in_half_precision):
+    """The worker reports the unit failed (not device-bound: another device would compute the same), stores
+    nothing, and goes on: it asks for the next unit."""
     nan_in_half_precision["always"] = True
     src = write_images(tmp_path / "imgs", synthetic_frames(30, 32, 24))
-    create_plan(src, tmp_path / "run", ["cpu"], checkpoint=str(checkpoint), input_size=28, precision="bf16")
-    with pytest.raises(NonFiniteDepth, match="window 0 gives non-finite depth even in fp32"):
-        run_chunk(tmp_path / "run", 0, checkpoint=str(checkpoint))
+    create_plan(src, tmp_path / "run", checkpoint=str(checkpoint), input_size=28, precision="bf16")
+    said: list[events.Message] = []
+    worker = DeviceWorker("cpu", said.append, checkpoint=str(checkpoint))
+    assign = events.encode(events.Assign("imgs", str(tmp_path / "run"), str(src), 0))
+    worker.serve([assign, events.encode(events.Stop())])
+    ready = events.Ready(os.getpid())
+    assert said[0] == ready and said[2] == ready and len(said) == 3
+    assert isinstance(said[1], events.Failed) and (said[1].unit, said[1].device_bound) == (0, False)
+    assert "window 0 gives non-finite depth even in fp32" in said[1].reason
     assert not list((tmp_path / "run").rglob("win_*.npy"))
 
 
@@ -230,34 +299,56 @@ def test_stream_mode_recomputes_a_non_finite_frame(model, nan_in_half_precision)
     assert rel_err(np.stack([d for _, d in out[5:]]), np.stack([d for _, d in clean[5:]])) <= 0.05
 
 
-def test_recomputes_are_said_once_and_counted_per_chunk(tmp_path, checkpoint):
-    """A fake backend stands in for workers on two GPUs that report fp32 recomputes in their progress lines."""
-    src = write_images(tmp_path / "imgs", synthetic_frames(70, 32, 24))
-    plan, _ = create_plan(src, tmp_path / "run", ["cuda:0", "cuda:1"], checkpoint=str(checkpoint), input_size=28)
+class InProcessWorkers(LocalBackend):
+    """The real DeviceWorker, served in a thread of this process instead of a child process, over the same messages:
+    the NaN is injected into this process's model (the fixture above), since no GPU here gives NaN in fp16."""
 
-    class Handle:
-        reason = None
+    def start_worker(self, slot, device, log_path, on_line):
+        class Handle:
+            reason = None
 
-        def poll(self):
-            return 0
+            def __init__(self):
+                self.lines: queue.Queue = queue.Queue()
 
-        def stop(self):
-            pass
+            def send(self, message):
+                self.lines.put(events.encode(message))
 
-    class Backend:
-        def start(self, plan, run_dir, chunk, device, log_path, on_line):
-            for _ in range(2):
-                on_line('@progress {"event": "unit", "done": 1, "frames": 22, "fp32_recomputes": 1}')
-            return Handle()
+            def poll(self):
+                return None if thread.is_alive() else 0
 
-    from orchestrator.scheduler import Progress
+            def stop(self):
+                self.lines.put(None)
 
+        handle = Handle()
+        worker = DeviceWorker(device, lambda m: on_line(events.encode(m)), self.options.checkpoint, slot=slot)
+        thread = threading.Thread(target=worker.serve, args=(iter(handle.lines.get, None),), daemon=True)
+        thread.start()
+        return handle
+
+
+def test_recomputes_are_said_once_and_counted_per_unit(tmp_path, checkpoint, nan_in_half_precision):
+    """bf16 on the CPU, NaN in the 1st and 3rd window computed: the queue records one fp32 recompute on units 0 and
+    2 (one window each, unit size 1), and the progress says it once for the run."""
+    nan_in_half_precision["poison"] = {1, 3}
+    src = write_images(tmp_path / "imgs", synthetic_frames(70, 32, 24))  # 4 windows
+    root = RunDir(tmp_path / "run")
+    plan, _ = create_plan(src, root.path, checkpoint=str(checkpoint), input_size=28, precision="bf16", unit_size=1)
+    backend = InProcessWorkers(["cpu"], WorkerOptions(str(checkpoint)))
+    video = QueuedVideo(VideoRun("imgs", root, src), plan)
+    backend.open(root, [video.run])
     shown = io.StringIO()
-    results = run_chunks(plan, tmp_path / "run", Backend(), ["cuda:0", "cuda:1"], progress=Progress(plan, shown))
-    assert [r.fp32_recomputes for r in results.values()] == [2, 2]
-    saved = json.loads((tmp_path / "run" / "processing_results.json").read_text())
-    assert [c["fp32_recomputes"] for c in saved["chunks"]] == [2, 2]
-    assert shown.getvalue().count("was recomputed in fp32") == 1
+    work = WorkQueue([video], backend, ["cpu"], root, progress=BatchProgress([plan], shown), poll_interval=0.01)
+    work.run()
+    saved = json.loads(root.results.read_text())
+    assert [(u["unit"], u["status"], u["fp32_recomputes"]) for u in saved["units"]] == [
+        (0, "done", 1),
+        (1, "done", 0),
+        (2, "done", 1),
+        (3, "done", 0),
+    ]
+    assert shown.getvalue().count("recomputed in fp32") == 1 and "4/4 units" in shown.getvalue()
+    for w in range(4):  # the recomputed windows are stored in fp32 like the others (bf16 stores fp32)
+        assert np.isfinite(np.load(root.piece("window", w))).all()
 
 
 def test_bf16_is_refused_below_compute_capability_8():
@@ -273,53 +364,77 @@ def test_bf16_is_refused_below_compute_capability_8():
 # ------------------------------------------------------------------------------------------ 6. out of memory
 
 
-def test_out_of_memory_is_one_line_naming_what_to_lower(tmp_path, checkpoint, monkeypatch):
-    """torch's own OutOfMemoryError, raised by the fault injection as a GPU would raise it."""
+def test_out_of_memory_is_one_line_naming_what_to_lower(tmp_path, checkpoint):
+    """torch's own OutOfMemoryError, raised by the fault injection as a GPU would raise it, in `vda work RUN_DIR`:
+    one line naming what to lower, and exit code 4."""
     src = write_images(tmp_path / "imgs", synthetic_frames(30, 32, 24))
-    create_plan(src, tmp_path / "run", ["cpu"], checkpoint=str(checkpoint), input_size=28)
-    monkeypatch.setenv("VDA_FAIL_AT_UNIT", "0")
+    create_plan(src, tmp_path / "run", checkpoint=str(checkpoint), input_size=28)
+    cmd = [sys.executable, "-m", "orchestrator.cli", "work", str(tmp_path / "run"), "--device", "cpu"]
+    cmd += ["--checkpoint", str(checkpoint), "--micro-batch", "2"]
+    env = {**os.environ, "VDA_FAIL_AT_UNIT": "0", "VDA_FAIL_MODE": "oom"}
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == EXIT_OUT_OF_MEMORY and "Traceback" not in done.stderr, done.stderr
+    (text,) = done.stderr.strip().splitlines()
+    assert text.startswith("vda: error: the GPU ran out of memory running vits at input size 28")
+    assert all(s in text for s in ("micro-batch 2", "lower --micro-batch (e.g. 1)", "--input-size or --max-res"))
+    assert not list((tmp_path / "run").rglob("win_*.npy"))
+
+
+class CpuAsGpus(LocalBackend):
+    """Stands in for GPUs (none here): the real local backend, whose workers compute on the CPU while the queue
+    knows them as cuda:0, cuda:1, ..., so that a run has distinct devices to move a unit between."""
+
+    def command(self, slot, device):
+        return super().command(slot, "cpu")
+
+    def environment(self, device, parent_env=os.environ):
+        return super().environment("cpu", parent_env)
+
+
+def _gpu_run(tmp_path, checkpoint, monkeypatch, devices, retries=2):
+    """`vda depth` on CpuAsGpus over `devices`, in this process: exit code, stderr, processing_results.json."""
+    monkeypatch.setenv("VDA_THREADS", "1")  # the workers share this machine's cores, not one GPU each
+    src = write_images(tmp_path / "imgs", synthetic_frames(50, 32, 24))  # 3 windows: units [0, 2), [2, 3)
+    out = tmp_path / "out"
+    options = WorkerOptions(str(checkpoint), micro_batch=2)
+    request = DepthRequest(
+        [str(src)], out, devices, checkpoint=str(checkpoint), input_size=28, unit_size=2, fmt="npy", retries=retries
+    )
+    shown = io.StringIO()
+    code = run_depth(request, CpuAsGpus(devices, options), stream=shown)
+    return code, shown.getvalue(), json.loads((out / "_run" / "processing_results.json").read_text())
+
+
+def test_out_of_memory_moves_to_an_untried_gpu(tmp_path, checkpoint, monkeypatch):
+    """Unit 1 runs out of memory once, wherever it runs first: it is not retried there but on the other GPU."""
+    for name, value in {"VDA_FAIL_AT_UNIT": "1", "VDA_FAIL_MODE": "oom", "VDA_FAIL_TIMES": "1"}.items():
+        monkeypatch.setenv(name, value)
+    code, shown, record = _gpu_run(tmp_path, checkpoint, monkeypatch, ["cuda:0", "cuda:1"])
+    assert code == 0, shown
+    unit = record["units"][1]
+    assert unit["status"] == "done" and unit["attempts"] == 2
+    first, second = unit["devices"]
+    assert first != second and unit["errors"][0].startswith(f"{first}: the GPU ran out of memory running vits")
+    assert f"unit 1 failed on {first} (the GPU ran out of memory" in shown
+    meta = DepthMeta.load(tmp_path / "out")
+    assert meta.frame_count == 50 and all(np.isfinite(read_depth(tmp_path / "out", i, meta)).all() for i in range(50))
+
+
+@pytest.mark.parametrize("devices", [["cuda:0"], ["cuda:0", "cuda:1"]])
+def test_out_of_memory_on_every_gpu_fails_the_video_in_one_line(tmp_path, checkpoint, monkeypatch, devices):
+    """Unit 1 always runs out of memory: it is tried once per GPU, whatever --retries allows, and then its video
+    fails with one line naming what to lower."""
+    monkeypatch.setenv("VDA_FAIL_AT_UNIT", "1")
     monkeypatch.setenv("VDA_FAIL_MODE", "oom")
-    with pytest.raises(DeviceOutOfMemory) as err:
-        run_chunk(tmp_path / "run", 0, checkpoint=str(checkpoint), micro_batch=2)
-    text = str(err.value)
-    assert len(text.splitlines()) == 1
-    assert all(s in text for s in ("vits", "input size 28", "micro-batch 2", "lower --micro-batch (e.g. 1)"))
-
-
-def _fake_backend(codes: dict[str, int]):
-    """Workers that exit with a fixed code per device (no GPU here): what the scheduler sees of an OOM."""
-
-    class Handle:
-        def __init__(self, code):
-            self.code, self.reason = code, "cuda:0 ran out of memory running vits" if code else None
-
-        def poll(self):
-            return self.code
-
-        def stop(self):
-            pass
-
-    class Backend:
-        started: list[str] = []
-
-        def start(self, plan, run_dir, chunk, device, log_path, on_line):
-            self.started.append(device)
-            return Handle(codes[device])
-
-    return Backend()
-
-
-def test_out_of_memory_moves_to_an_untried_gpu_or_stops(tmp_path, checkpoint):
-    src = write_images(tmp_path / "imgs", synthetic_frames(30, 32, 24))
-    plan, _ = create_plan(src, tmp_path / "run", ["cuda:0"], checkpoint=str(checkpoint), input_size=28)
-    with pytest.raises(RunFailed, match="ran out of device memory on cuda:0 .*ran out of memory running vits"):
-        run_chunks(plan, tmp_path / "run", _fake_backend({"cuda:0": EXIT_OUT_OF_MEMORY}), ["cuda:0"], retries=2)
-    saved = json.loads((tmp_path / "run" / "processing_results.json").read_text())
-    assert saved["chunks"][0]["attempts"] == 1  # not retried on the same device with the same settings
-    backend = _fake_backend({"cuda:0": EXIT_OUT_OF_MEMORY, "cuda:1": 0})
-    plan1, _ = create_plan(src, tmp_path / "run1", ["cuda:0"], checkpoint=str(checkpoint), input_size=28)
-    results = run_chunks(plan1, tmp_path / "run1", backend, ["cuda:0", "cuda:1"], retries=2)
-    assert backend.started == ["cuda:0", "cuda:1"] and results[0].status == "done"
+    code, shown, record = _gpu_run(tmp_path, checkpoint, monkeypatch, devices, retries=5)
+    assert code == 2
+    unit = record["units"][1]
+    assert (unit["status"], unit["attempts"], unit["device_bound"]) == ("failed", len(devices), True)
+    assert sorted(unit["devices"]) == devices
+    (line,) = [x for x in shown.splitlines() if x.startswith("vda: error:")]
+    assert line.startswith(f"vda: error: {tmp_path / 'imgs'}: unit 1 out of memory on every device, last on cuda:")
+    assert "with micro-batch 2 in fp32; lower --micro-batch (e.g. 1), --input-size or --max-res" in line
+    assert record["videos"][0]["status"] == "failed" and not (tmp_path / "out" / "depth_meta.json").exists()
 
 
 # ------------------------------------------------------------------------------------------ 8. --compile

@@ -5,53 +5,82 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
-from conftest import synthetic_frames, write_images
-from test_faults import vda
+from conftest import ROOT, synthetic_frames, write_images
 
 from orchestrator.planning import create_plan
 from orchestrator.space import check_space, estimate, unit_bytes
 from vda.merge import merge
-from vda.worker import run_chunk, units_of
+from vda.rundir import RunDir
+from vda.worker import work_runs
+
+CPU = ["cpu"]
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, checkpoint):
-    tmp = tmp_path_factory.mktemp("space")
+def vda(*args, env=None):
+    """The real CLI in a subprocess, one thread per worker: exit code, stdout, stderr."""
+    full_env = {**os.environ, "VDA_THREADS": "1", **(env or {})}
+    cmd = [sys.executable, "-m", "orchestrator.cli", *map(str, args)]
+    proc = subprocess.run(cmd, cwd=ROOT, text=True, capture_output=True, timeout=600, env=full_env)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+@pytest.fixture(scope="module", params=["window", "stream"])
+def finished_run(request, tmp_path_factory, checkpoint):
+    """A computed and merged run; stream units of 40 frames end in segments shorter than 32 frames."""
+    mode = request.param
+    tmp = tmp_path_factory.mktemp(f"space_{mode}")
     src = write_images(tmp / "imgs", synthetic_frames(50, 64, 48))
-    plan, _ = create_plan(src, tmp / "run", ["cpu", "cpu"], checkpoint=str(checkpoint), input_size=56)
-    for chunk in plan.chunks:
-        run_chunk(tmp / "run", chunk.index, checkpoint=str(checkpoint))
-    merge(tmp / "run", tmp / "out", "npy", workers=1)
-    return tmp, plan
+    run = RunDir(tmp / "run")
+    unit_size = 2 if mode == "window" else 40
+    plan, _ = create_plan(src, run.path, checkpoint=str(checkpoint), input_size=56, mode=mode, unit_size=unit_size)
+    work_runs([run.path], "cpu", checkpoint=str(checkpoint))
+    merge(run.path, tmp / "out", "npy", workers=1)
+    return tmp, plan, run
 
 
-def test_the_estimate_covers_the_stored_windows_and_frames(finished_run):
-    tmp, plan = finished_run
-    units = [u for c in plan.chunks for u in units_of(plan, c.index)]
-    need = estimate(plan, "npy", units, plan.frame_count)
-    stored = sum(p.stat().st_size for p in (tmp / "run" / "windows").rglob("win_*"))  # .npy and .done
+def test_the_estimate_covers_the_stored_pieces_and_frames(finished_run):
+    tmp, plan, run = finished_run
+    need = estimate(plan, "npy", plan.all_pieces(), plan.frame_count, CPU)
+    folder = "windows" if plan.settings.mode == "window" else "segments"
+    stored = sum(p.stat().st_size for p in (run.path / folder).iterdir())  # .npy and .done
     assert stored <= need.run_bytes <= stored * 1.01
     written = sum(p.stat().st_size for p in (tmp / "out").glob("depth_*.npy"))
     assert need.out_bytes == written  # npy frames: the estimate is exact
 
 
-def test_fp16_units_take_half(finished_run):
-    _, plan = finished_run
+def test_half_precision_pieces_take_half(finished_run):
+    """fp16 stores float16; auto computes fp16 on a GPU and fp32 on a CPU, and a piece may go to either device."""
+    _, plan, _ = finished_run
+    assert plan.settings.precision == "auto"
+    full = unit_bytes(plan, 0, CPU)
+    half = unit_bytes(plan, 0, ["cuda:0"])
+    assert abs(2 * half - full) < 1024
+    assert unit_bytes(plan, 0, ["cuda:0", "cpu"]) == full  # the largest over the devices
     plan.settings.precision = "fp16"
     try:
-        half = unit_bytes(plan, 0)
+        assert unit_bytes(plan, 0, ["cuda:0", "cuda:1"]) == half
     finally:
-        plan.settings.precision = "fp32"
-    assert abs(2 * half - unit_bytes(plan, 0)) < 1024
+        plan.settings.precision = "auto"
 
 
 def test_a_finished_run_needs_no_more_space(finished_run):
-    tmp, plan = finished_run
-    need = check_space(plan, tmp / "run", tmp / "out", "npy")
+    tmp, plan, run = finished_run
+    need = check_space([(plan, run, tmp / "out")], "npy", CPU)
     assert (need.run_bytes, need.out_bytes) == (0, 0)
+
+
+def test_a_batch_needs_the_sum_of_its_videos(finished_run, tmp_path, checkpoint):
+    tmp, plan, run = finished_run
+    s = plan.settings
+    fresh, _ = create_plan(plan.input.path, tmp_path / "run", checkpoint=str(checkpoint), input_size=s.input_size)
+    alone = check_space([(fresh, RunDir(tmp_path / "run"), tmp_path / "out")], "npy", CPU)
+    assert alone == estimate(fresh, "npy", fresh.all_pieces(), fresh.frame_count, CPU)
+    runs = [(plan, run, tmp / "out"), (fresh, RunDir(tmp_path / "run"), tmp_path / "out")]
+    assert check_space(runs, "npy", CPU) == alone  # the finished video adds nothing
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="mounting a tmpfs needs root")
@@ -73,8 +102,8 @@ def test_too_small_a_disk_is_refused_before_any_work(tmp_path, checkpoint):
 
 
 def test_the_estimate_scales_with_the_format(finished_run):
-    _, plan = finished_run
-    sizes = {fmt: estimate(plan, fmt, [], 10).out_bytes for fmt in ("png8", "png16", "npy", "exr")}
+    _, plan, _ = finished_run
+    sizes = {fmt: estimate(plan, fmt, [], 10, CPU).out_bytes for fmt in ("png8", "png16", "npy", "exr")}
     assert sizes["png8"] < sizes["png16"] < sizes["npy"] < sizes["exr"]
     assert np.isclose(sizes["npy"], 10 * (64 * 48 * 4 + 128))
 
@@ -82,12 +111,13 @@ def test_the_estimate_scales_with_the_format(finished_run):
 def test_clean_deletes_the_windows_only_after_the_merge(tmp_path, checkpoint):
     src = write_images(tmp_path / "imgs", synthetic_frames(30, 64, 48))
     common = [src, "-o", tmp_path / "out", "--devices", "cpu", "--checkpoint", checkpoint, "--input-size", "56"]
-    code, out, err = vda("depth", *common, "--format", "npy", "--clean")
+    common += ["--unit-size", "1", "--format", "npy", "--clean"]
+    code, out, err = vda("depth", *common)
     assert code == 0, err
     assert "needs about" in err and "MB of disk" in err
     assert len(list((tmp_path / "out").glob("depth_*.npy"))) == 30
     run = tmp_path / "out" / "_run"
     assert (run / "plan.json").is_file() and not (run / "windows").exists() and not (run / "first_pass.json").exists()
-    code, _, err = vda("depth", *common, "--format", "npy", "--clean", env={"VDA_FAIL_AT_UNIT": "1"})
-    assert code == 2  # a failed run keeps the windows it finished, for the resume
+    code, _, err = vda("depth", *common, "--retries", "0", env={"VDA_FAIL_AT_UNIT": "1"})
+    assert code == 2, err  # a failed run keeps the windows it finished, for the resume
     assert [p.name for p in (run / "windows").rglob("win_*.npy")] == ["win_000000.npy"]

@@ -7,9 +7,13 @@ import threading
 import numpy as np
 import pytest
 import torch
+from conftest import synthetic_frames, write_video
 
+from orchestrator.planning import create_plan
+from vda import events
 from vda.inference import PRECISIONS
-from vda.worker import UnitStore, _store, _to_host
+from vda.rundir import RunDir
+from vda.worker import DeviceWorker, UnitStore, _store, _to_host
 
 
 def test_jobs_run_in_submission_order_off_the_calling_thread():
@@ -49,7 +53,7 @@ def test_an_error_reraises_at_the_next_submit_and_later_jobs_are_skipped():
             store.submit(fail)
             for i in range(50):
                 store.submit(lambda i=i: ran.append(i))
-    assert ran == []  # once a unit failed, no later unit is written: finished units stay a prefix
+    assert ran == []  # once a piece failed, nothing later is written: no later piece, and no unit reported done
 
 
 def test_an_error_in_the_last_job_reraises_at_exit():
@@ -77,3 +81,21 @@ def test_stored_dtype_keeps_every_value_of_its_precision(tmp_path, precision, dt
     assert stored.dtype == dtype
     if precision != "fp16":  # fp16 cannot hold 70000; a fp16 model never produces it
         assert np.array_equal(stored, depth.numpy())
+
+
+def test_a_unit_whose_piece_cannot_be_stored_is_never_reported_done(tmp_path, checkpoint):
+    """A real worker, a unit of two windows, and the second window's file name taken by a folder: the first window
+    is stored, the error ends the worker (the host hands the unit to another), and no Done claims the unit."""
+    src = write_video(tmp_path / "v.mp4", synthetic_frames(40, 32, 24))
+    run = RunDir(tmp_path / "run")
+    plan, _ = create_plan(src, run.path, checkpoint=str(checkpoint), input_size=28, unit_size=2)
+    assert plan.pieces(plan.units[0]) == [0, 1]
+    run.piece("window", 1).mkdir(parents=True)
+    seen = []
+    worker = DeviceWorker("cpu", seen.append, checkpoint=str(checkpoint))
+    assign = events.Assign("v", str(run.path), str(src), 0)
+    with pytest.raises(IsADirectoryError):
+        worker.serve([events.encode(assign), events.encode(events.Stop())])
+    assert not [m for m in seen if isinstance(m, (events.Done, events.Failed))]
+    assert run.is_stored("window", 0) and not run.is_stored("window", 1)
+    assert run.unfinished_units(plan) == [plan.units[0]]  # the whole unit is computed again by its next worker

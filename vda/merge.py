@@ -30,6 +30,10 @@ from vda.system import usable_cpus
 from vda.writers import FORMATS, LEVELS, META_NAME, DepthMeta, colorize, encode, frame_name, write_atomic, write_json
 
 MERGED_MARKER = ".merged"
+# A pool of spawned render processes takes seconds to start (each imports torch): 5.7 s against 0.07 s for rendering a
+# 100-frame 128x72 video in the calling process (bench_queue.py, on a loaded 2-core machine). At about 40 png16 1080p
+# frames/s per core (README, Benchmarks), 120 frames at 1080p are 3 s of work: below that the default is one process.
+POOL_MIN_PIXELS = 120 * 1920 * 1080
 
 
 @dataclass(frozen=True)
@@ -276,6 +280,8 @@ def merge(
         if create_video
         else None
     )
+    if workers is None and plan.frame_count * s.frame_width * s.frame_height < POOL_MIN_PIXELS:
+        workers = 1  # a small video: rendering it here is faster than starting a pool
     workers = max(1, min(workers or usable_cpus(), len(units)))
     try:
         for frames in _map_ordered(job, units, workers):

@@ -258,38 +258,58 @@ class _SeekingReader:
 _END = object()
 
 
-def threaded(items: Iterator, maxsize: int = 8) -> Iterator:
-    """Run `items` in a background thread feeding a bounded queue; its exceptions re-raise here.
+def threaded(items: Iterable, maxsize: int = 8) -> Prefetch:
+    """Run `items` in a background thread feeding a bounded queue, from now on; its exceptions re-raise here.
 
-    Decoding then overlaps with model compute. Closing the consumer early stops the producer.
+    Decoding then overlaps with model compute, and a decoder made for the next unit seeks and fills its queue while
+    the current unit computes. `close()` stops the producer (at its next frame).
     """
-    q: queue.Queue = queue.Queue(maxsize=maxsize)
-    stop = threading.Event()
+    return Prefetch(items, maxsize)
 
-    def produce():
+
+class Prefetch:
+    """The iterator `threaded` returns (see there)."""
+
+    def __init__(self, items: Iterable, maxsize: int):
+        self._queue: queue.Queue = queue.Queue(maxsize=maxsize)
+        self._stop = threading.Event()
+        self._finished = False
+        self._thread = threading.Thread(target=self._produce, args=(iter(items),), name="vda-decode", daemon=True)
+        self._thread.start()
+
+    def _produce(self, items: Iterator) -> None:
         try:
             for item in items:
-                while not stop.is_set():
+                while not self._stop.is_set():
                     try:
-                        q.put((None, item), timeout=0.1)
+                        self._queue.put((None, item), timeout=0.1)
                         break
                     except queue.Full:
                         continue
-                if stop.is_set():
+                if self._stop.is_set():
                     return
-            q.put((None, _END))
+            self._queue.put((None, _END))
         except BaseException as err:  # handed to the consumer, which re-raises it
-            q.put((err, None))
+            self._queue.put((err, None))
 
-    thread = threading.Thread(target=produce, name="vda-decode", daemon=True)
-    thread.start()
-    try:
-        while True:
-            err, item = q.get()
-            if err is not None:
-                raise err
-            if item is _END:
-                return
-            yield item
-    finally:
-        stop.set()
+    def __iter__(self) -> Prefetch:
+        return self
+
+    def __next__(self):
+        if self._finished:
+            raise StopIteration
+        err, item = self._queue.get()
+        if err is not None:
+            self.close()
+            raise err
+        if item is _END:
+            self._finished = True
+            raise StopIteration
+        return item
+
+    def close(self) -> None:
+        self._finished = True
+        self._stop.set()
+
+    def __del__(self) -> None:
+        self._stop.set()

@@ -33,12 +33,13 @@ from vda.inference import FrameError, FrameFeed, NonFiniteDepth, Runtime, Window
 from vda.model import load_model
 from vda.plan import SEGMENT, Plan, PlanError, Unit
 from vda.rundir import RunDir
-from vda.video import VideoError, head_hash, read_frames, threaded
+from vda.video import Prefetch, VideoError, head_hash, read_frames, threaded
 from vda.writers import write_atomic, write_json
 
 # Decoded frames held ahead of the model: a window takes its 22 new frames at once, so a shorter queue would make
 # the device wait for the decoder at every window (bench_stages.py, "decode overlap"). 44 frames at 720p: 120 MB.
 DECODE_AHEAD = 2 * stitch.STRIDE
+PREFETCH_WAIT_S = 0.05  # how long a worker waits for its next unit before it computes without decoding it ahead
 # Fault injection, to rehearse failures: VDA_FAIL_AT_UNIT="U" fails unit U of any video ("NAME:U": of video NAME);
 # VDA_FAIL_TIMES=N fails only the first N times (counted in the video's RUN_DIR/faults/); VDA_FAIL_MODE=raise (the
 # unit fails, the worker goes on), exit (the worker exits 3), kill (SIGKILL, as the OOM killer does) or oom (torch's
@@ -247,24 +248,55 @@ class DeviceWorker:
     _models: dict[tuple, tuple] = field(default_factory=dict)  # (encoder, metric, sha, precision) -> (model, runtime)
 
     def serve(self, lines: Iterable[str]) -> None:
-        """Compute every unit assigned on `lines` until Stop or the end of input; stores finish before it returns."""
+        """Compute every unit assigned on `lines` until Stop or the end of input; stores finish before it returns.
+
+        The worker asks for its next unit (Ready) as it starts computing one, and starts that unit's decoder as soon as
+        it is assigned: the seek to a unit's first frame (up to a GOP of decoding, 0.66 s at 1080p with 250-frame GOPs,
+        bench_queue.py) then overlaps the current unit's compute instead of idling the device.
+        """
+        inbox: queue.Queue = queue.Queue()
+        threading.Thread(target=_read_messages, args=(lines, inbox), name="vda-inbox", daemon=True).start()
         with UnitStore() as self.store:
             self.emit(events.Ready(os.getpid()))
-            for line in lines:
-                message = events.decode(line.strip())
-                if isinstance(message, events.Stop):
-                    break
-                if isinstance(message, events.Assign):
-                    self.run(message)
-                    self.emit(events.Ready(os.getpid()))
+            task = inbox.get()
+            ahead = self._decode_ahead(task)
+            while isinstance(task, events.Assign):
+                self.emit(events.Ready(os.getpid()))
+                try:
+                    following = inbox.get(timeout=PREFETCH_WAIT_S)
+                except queue.Empty:
+                    following = None
+                following_ahead = self._decode_ahead(following)
+                self.run(task, ahead)
+                if following is None:
+                    following = inbox.get()
+                    following_ahead = self._decode_ahead(following)
+                task, ahead = following, following_ahead
 
-    def run(self, task: events.Assign) -> None:
+    def _decode_ahead(self, task) -> Prefetch | None:
+        """Start decoding an assigned unit's frames now; None when there is nothing to decode (or it cannot be: the
+        unit then fails in `run`, with the reason)."""
+        if not isinstance(task, events.Assign):
+            return None
+        try:
+            video = self._video(task)
+            unit = video.plan.units[task.unit]
+            if not video.run.unfinished_pieces(video.plan, unit):
+                return None
+            return _frames(video.plan, unit)
+        except (*UNIT_ERRORS, IndexError):
+            return None
+
+    def run(self, task: events.Assign, frames: Prefetch | None = None) -> None:
         """Compute one unit; a unit error (UNIT_ERRORS) is reported as Failed, anything else ends the worker."""
         try:
-            self._compute(task)
+            self._compute(task, frames)
         except UNIT_ERRORS as err:
             device_bound = isinstance(err, DeviceOutOfMemory)
             self.emit(events.Failed(task.video, task.unit, str(err).strip(), device_bound))
+        finally:
+            if frames is not None:
+                frames.close()
 
     def _video(self, task: events.Assign) -> _Video:
         if task.run_dir not in self._videos:
@@ -289,7 +321,7 @@ class DeviceWorker:
             self._models = {key: (model, runtime)}  # one model per device: a new one replaces the old
         return self._models[key]
 
-    def _compute(self, task: events.Assign) -> None:
+    def _compute(self, task: events.Assign, frames: Prefetch | None) -> None:
         video = self._video(task)
         plan, run, s = video.plan, video.run, video.plan.settings
         if not 0 <= task.unit < len(plan.units):
@@ -300,7 +332,10 @@ class DeviceWorker:
         if not todo:  # stored by an earlier run or attempt
             self.emit(events.Done(task.video, unit.index, unit.produced_frames, 0, 0.0))
             return
-        _maybe_fail(run, task.video, unit.index)
+        try:
+            _maybe_fail(run, task.video, unit.index)
+        except torch.OutOfMemoryError:  # injected (VDA_FAIL_MODE=oom): reported as a real one is, below
+            raise _out_of_memory(s, self._model(plan)[1], "running") from None
         time.sleep(_delay(self.slot))
         model, runtime = self._model(plan)
         run.piece(s.mode, unit.span[0]).parent.mkdir(parents=True, exist_ok=True)
@@ -316,7 +351,7 @@ class DeviceWorker:
             self.store.submit(lambda: _store(path, host, event, started, piece))
 
         try:
-            _compute_unit(plan, unit, model, runtime, save, recomputed)
+            _compute_unit(plan, unit, model, runtime, save, recomputed, frames or _frames(plan, unit))
         except torch.OutOfMemoryError:
             raise _out_of_memory(s, runtime, "running") from None
         done = events.Done(task.video, unit.index, unit.produced_frames, unit.computed_frames, 0.0, len(recomputed))
@@ -330,12 +365,28 @@ def _stamped(done: events.Done, started: float) -> events.Done:
     )
 
 
-def _compute_unit(plan: Plan, unit: Unit, model, runtime: Runtime, save, recomputed: list[int]) -> None:
+def _frames(plan: Plan, unit: Unit) -> Prefetch:
+    """A unit's frames, decoded in a thread that starts now."""
+    s = plan.settings
+    wanted = (i for a, b in unit.decode for i in range(a, b))
+    return threaded(read_frames(plan.input, wanted, (s.frame_width, s.frame_height)), DECODE_AHEAD)
+
+
+def _read_messages(lines: Iterable[str], inbox: queue.Queue) -> None:
+    """The host's messages, in order; the end of input (the host went away) is a Stop."""
+    try:
+        for line in lines:
+            message = events.decode(line.strip())
+            if message is not None:
+                inbox.put(message)
+    finally:
+        inbox.put(events.Stop())
+
+
+def _compute_unit(plan: Plan, unit: Unit, model, runtime: Runtime, save, recomputed: list[int], frames) -> None:
     """Compute one unit from its own start, calling save(piece, depth [k, h, w], fp32_recomputes) per piece."""
     s, n = plan.settings, plan.frame_count
-    shape, size = (s.net_height, s.net_width), (s.frame_width, s.frame_height)
-    wanted = (i for a, b in unit.decode for i in range(a, b))
-    frames = threaded(read_frames(plan.input, wanted, size), DECODE_AHEAD)
+    shape = (s.net_height, s.net_width)
     try:
         if s.mode == "window":
             feed, runner = FrameFeed(frames, total=n), WindowRunner(model, runtime, shape)
