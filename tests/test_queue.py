@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -228,3 +229,44 @@ def test_rerun_on_another_device_count_reuses_every_stored_piece_bitwise(tmp_pat
     record = results(out)
     assert [u["unit"] for u in record["units"] if u["status"] == "done"] == left  # only what was missing
     np.testing.assert_array_equal(read_all(out), read_all(clean))
+
+
+def test_host_killed_with_sigkill_leaves_no_worker_and_the_same_command_resumes(tmp_path, checkpoint):
+    src = write_video(tmp_path / "v.mp4", synthetic_frames(160, 48, 32))  # 8 windows: 8 units of 1
+    flags = ["--devices", "cpu,cpu", "--unit-size", "1"]
+    clean = tmp_path / "clean"
+    depth([src], clean, checkpoint, *flags)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "orchestrator.cli", "depth", str(src), "-o", str(out), "--checkpoint", str(checkpoint)]
+    cmd += ["--input-size", SIZE, "--format", "npy", *flags]
+    env = {**os.environ, "VDA_THREADS": "1", "VDA_WORKER_DELAY": "0:1.5"}
+    host = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    windows = out / "_run" / "windows"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(windows.glob("*.done"))) < 2:
+        time.sleep(0.1)
+    host.kill()  # kill -9: no cleanup of any kind in the host
+    host.wait()
+    logs = [(out / "_run" / "logs" / f"worker_{k}.log").read_text() for k in (0, 1)]
+    pids = {events.decode(line).pid for log in logs for line in log.splitlines() if '"kind": "ready"' in line}
+    assert len(pids) == 2
+    deadline = time.time() + 60  # the workers see their stdin close, finish what they hold, and exit
+    while time.time() < deadline and any(_alive(pid) for pid in pids):
+        time.sleep(0.2)
+    assert not any(_alive(pid) for pid in pids)
+    run = RunDir(out / "_run")
+    plan = Plan.load(run.path)
+    stored = {p: run.piece("window", p).stat().st_mtime_ns for p in plan.all_pieces() if run.is_stored("window", p)}
+    assert 2 <= len(stored)
+    depth([src], out, checkpoint, *flags)
+    assert {p: run.piece("window", p).stat().st_mtime_ns for p in stored} == stored
+    np.testing.assert_array_equal(read_all(out), read_all(clean))
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process runs (a zombie, dead but not yet reaped by init, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
