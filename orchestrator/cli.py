@@ -110,7 +110,7 @@ def parser() -> argparse.ArgumentParser:
     _model_flags(p)
     p.add_argument("--format", choices=["png16", "png8", "npy", "npz", "exr"], default="png16")
     p.add_argument("--create-video", action="store_true")
-    p.add_argument("--retries", type=int, default=2, help="retries per failed unit (and worker restarts per device)")
+    p.add_argument("--retries", type=int, default=2, help="retries per failed unit, then its video fails")
     p.add_argument("--overwrite", action="store_true", help="replace a different run in the output folder")
     p.add_argument("--image", default=None, help="docker backend: image (default vda:latest for GPUs, vda:cpu)")
     p.add_argument("--merge-workers", type=int)

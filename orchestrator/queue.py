@@ -11,8 +11,9 @@ Failures stay as small as they can be:
   device it has not tried when one is free, at most `retries` more times. Out of memory is device-bound: such a unit
   waits for a device it has not tried, and fails once every device has.
 - A unit out of retries fails its video only: the video's other units are dropped, every other video goes on.
-- A worker that dies is restarted on its device, unless it died `retries + 1` times in a row without finishing a
-  unit, or could not start at all (START_FAILED): then the device is retired, and the others carry on.
+- A worker that dies is restarted on its device, unless it died RESTARTS times in a row without finishing a unit,
+  or could not start at all (START_FAILED): then the device is retired, and the others carry on. A unit it had only
+  been handed ahead, and not begun, goes back to the queue without counting as an attempt.
 
 The backend is only asked to start, message and stop workers (orchestrator.backend). Everything the queue saw is in
 RUN_DIR/processing_results.json: per device, per video and per unit.
@@ -36,6 +37,7 @@ from vda.writers import write_json
 
 RESULTS_SCHEMA = 1
 STOP_WAIT_S = 60  # how long workers get to finish their stores after Stop
+RESTARTS = 3  # a device whose worker dies this many times in a row, finishing no unit in between, is retired
 SLOW_FACTOR = 1.5  # a device this many times slower per unit than the fastest gets no unit ahead
 
 
@@ -94,6 +96,7 @@ class _Worker:
     handle: WorkerHandle
     wants: bool = False  # said Ready and has not been given a unit since
     running: list[tuple[int, int]] = field(default_factory=list)  # (video, unit) assigned and not yet Done/Failed
+    started: set[tuple[int, int]] = field(default_factory=set)  # of those, the ones it began (a Ready followed)
     streak: int = 0  # deaths in a row without a Done in between
 
 
@@ -190,8 +193,10 @@ class WorkQueue:
             except ValueError as err:
                 print(f"\nvda: worker {slot}: {err}", file=self.stream)
                 continue
-            if isinstance(message, events.Ready):
-                self.workers[slot].wants = True
+            if isinstance(message, events.Ready):  # it wants a unit, having begun the oldest one it held
+                worker = self.workers[slot]
+                worker.wants = True
+                worker.started.update(next(([k] for k in worker.running if k not in worker.started), []))
             elif isinstance(message, events.Done):
                 self._done(slot, message)
             elif isinstance(message, events.Failed):
@@ -205,6 +210,7 @@ class WorkQueue:
         if key is None:
             return
         worker.running.remove(key)
+        worker.started.discard(key)
         worker.streak = 0
         unit, video = self.units[key], self.videos[key[0]]
         if unit.status not in ("running", "dropped"):
@@ -231,6 +237,7 @@ class WorkQueue:
         if key is None:
             return
         worker.running.remove(key)
+        worker.started.discard(key)
         self._retry(key, record, reason, device_bound)
 
     def _retry(self, key: tuple[int, int], record: DeviceRecord, reason: str, device_bound: bool) -> None:
@@ -283,14 +290,20 @@ class WorkQueue:
             record.exit_codes.append(code)
             del self.workers[slot]
             why = f"exit {code}: {worker.handle.reason}" if worker.handle.reason else f"exit {code}"
-            for key in worker.running:
-                self._retry(key, record, f"the worker on {record.device} stopped ({why})", False)
+            for key in reversed(worker.running):
+                if key in worker.started:
+                    self._retry(key, record, f"the worker on {record.device} stopped ({why})", False)
+                elif self.units[key].status == "running":  # handed ahead and never begun: not an attempt
+                    unit = self.units[key]
+                    unit.status, unit.attempts = "pending", unit.attempts - 1
+                    unit.devices.pop()
+                    self.pending.appendleft(key)
             if not worker.running:
                 record.failures += 1
             streak = worker.streak + 1
             if code == START_FAILED:
                 record.retired = f"the worker could not start ({why})"
-            elif streak > self.retries:
+            elif streak >= RESTARTS:
                 record.retired = f"its worker stopped {streak} times in a row ({why})"
             if record.retired:
                 print(f"\nvda: {record.device}: {record.retired}; the other devices go on", file=self.stream)

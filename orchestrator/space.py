@@ -29,10 +29,15 @@ class SpaceNeed:
 
 
 def unit_bytes(plan: Plan, piece: int, devices: list[str]) -> int:
-    """Bytes of one stored piece: network-resolution maps, in the store dtype of the precision its device computes in
-    (float16 for fp16, float32 otherwise); the largest over the devices, as any of them may compute it."""
+    """Bytes of one stored piece (a window, or the stream segment starting at frame `piece`): network-resolution maps,
+    in the store dtype of the precision its device computes in (float16 for fp16, float32 otherwise); the largest over
+    the devices, as any of them may compute it."""
     s = plan.settings
-    frames = 32 if s.mode == "window" else min(SEGMENT, plan.frame_count - piece)
+    if s.mode == "window":
+        frames = 32
+    else:  # a segment ends at SEGMENT frames or at its unit's end, whichever comes first
+        stop = next(u.span[1] for u in plan.units if u.span[0] <= piece < u.span[1])
+        frames = min(SEGMENT, stop - piece)
     kinds = {"cuda" if d.startswith("cuda") else "cpu" for d in devices}
     itemsize = max(store_dtype(resolve_precision(s.precision, kind)).itemsize for kind in kinds)
     return frames * s.net_height * s.net_width * itemsize + NPY_HEADER + MARKER

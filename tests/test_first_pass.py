@@ -4,6 +4,7 @@ one go."""
 from __future__ import annotations
 
 import json
+import shutil
 import time
 
 import numpy as np
@@ -11,13 +12,14 @@ import pytest
 from conftest import synthetic_frames, write_video
 
 from orchestrator.planning import create_plan
-from vda import events
 from vda.merge import FirstPass, Follower, _job, merge
 from vda.plan import Plan
 from vda.rundir import RunDir
-from vda.worker import DeviceWorker, work_runs
+from vda.worker import work_runs
 
-UNIT_SIZE = {"window": 2, "stream": 40}  # 100 frames: 3 units either way (windows 0-1, 2-3, 4; frames 0, 40, 80)
+# 3 units either way: 100 frames in windows 0-1, 2-3, 4; 80 frames in stream frames 0-35 (segments at 0 and 32),
+# 36-71 (36, 68) and 72-79 (72)
+FRAMES, UNIT_SIZE = {"window": 100, "stream": 80}, {"window": 2, "stream": 36}
 
 
 def _cached_units(run: RunDir) -> list:
@@ -41,37 +43,41 @@ def outputs(out_dir, n):
 @pytest.fixture(scope="module", params=["window", "stream"])
 def runs(request, tmp_path_factory, checkpoint):
     """The same 3-unit run twice: `a` merged in one go, `b` merged after a `Follower` went through the units stored
-    while it watched: unit 0 before it started, unit 1 while it ran; unit 2 only after it stopped."""
+    while it watched: unit 0 before it started, unit 1 while it ran, unit 2 only after it stopped.
+
+    A real worker computes `a`; `b`'s units arrive as copies of `a`'s stored files (array, then marker, as a worker
+    stores them), so the worker runs once: the follower only sees what is stored."""
     mode = request.param
     tmp = tmp_path_factory.mktemp(f"first_pass_{mode}")
-    src = write_video(tmp / "v.mp4", synthetic_frames(100, 64, 48))
+    src = write_video(tmp / "v.mp4", synthetic_frames(FRAMES[mode], 64, 48))
     plans, runs = {}, {name: RunDir(tmp / name) for name in ("a", "b")}
-    common = dict(checkpoint=str(checkpoint), input_size=56, mode=mode, unit_size=UNIT_SIZE[mode])
+    common = dict(checkpoint=str(checkpoint), input_size=28, mode=mode, unit_size=UNIT_SIZE[mode], stream_warmup=4)
     for name, run in runs.items():
         plans[name], _ = create_plan(src, run.path, **common)
-    worker = DeviceWorker("cpu", lambda m: None, checkpoint=str(checkpoint))
-
-    def compute(run: RunDir, unit: int) -> None:
-        assign = events.Assign(run.path.name, str(run.path), str(src), unit)
-        worker.serve([events.encode(assign), events.encode(events.Stop())])
-
-    for run in runs.values():
-        compute(run, 0)
-    plan, b = plans["b"], runs["b"]
+    a, b, plan = runs["a"], runs["b"], plans["b"]
+    assert work_runs([a.path], "cpu", checkpoint=str(checkpoint)) == 3
     pieces = [plan.pieces(u) for u in plan.units]
+
+    def store(unit: int) -> None:
+        for p in pieces[unit]:
+            target = b.piece(mode, p)
+            target.parent.mkdir(exist_ok=True)
+            shutil.copyfile(a.piece(mode, p), target)
+            shutil.copyfile(a.piece(mode, p).with_suffix(".done"), target.with_suffix(".done"))
+
+    store(0)
     seen = {}
     # A run folder without a plan is skipped: the follower goes on with the others.
     with Follower([tmp / "not_planned", b.path], poll_s=0.01):
         wait_for(lambda: len(_cached_units(b)) == len(pieces[0]))
         time.sleep(0.5)  # had it gone past unit 0, it would do so now
         seen["after unit 0"] = [e["unit"] for e in _cached_units(b)]
-        compute(b, 1)
+        store(1)
         wait_for(lambda: len(_cached_units(b)) == len(pieces[0]) + len(pieces[1]))
         time.sleep(0.5)
         seen["after unit 1"] = [e["unit"] for e in _cached_units(b)]
     cached = json.loads(b.first_pass.read_text())
-    for run in runs.values():
-        work_runs([run.path], "cpu", checkpoint=str(checkpoint))
+    store(2)
     logs = {}
     for name, run in runs.items():
         lines = []

@@ -270,18 +270,19 @@ def test_non_finite_window_is_recomputed_once_in_fp32(model, nan_in_half_precisi
 
 def test_non_finite_even_in_fp32_is_an_error_not_a_file(tmp_path, checkpoint, nan_in_half_precision):
     """The worker reports the unit failed (not device-bound: another device would compute the same), stores
-    nothing, and goes on: it asks for the next unit."""
+    nothing, and goes on with the next unit (here one it cannot have: a second, instant failure)."""
     nan_in_half_precision["always"] = True
     src = write_images(tmp_path / "imgs", synthetic_frames(30, 32, 24))
     create_plan(src, tmp_path / "run", checkpoint=str(checkpoint), input_size=28, precision="bf16")
     said: list[events.Message] = []
     worker = DeviceWorker("cpu", said.append, checkpoint=str(checkpoint))
-    assign = events.encode(events.Assign("imgs", str(tmp_path / "run"), str(src), 0))
-    worker.serve([assign, events.encode(events.Stop())])
-    ready = events.Ready(os.getpid())
-    assert said[0] == ready and said[2] == ready and len(said) == 3
-    assert isinstance(said[1], events.Failed) and (said[1].unit, said[1].device_bound) == (0, False)
-    assert "window 0 gives non-finite depth even in fp32" in said[1].reason
+    assigns = [events.encode(events.Assign("imgs", str(tmp_path / "run"), str(src), u)) for u in (0, 7)]
+    worker.serve([*assigns, events.encode(events.Stop())])
+    failed = [m for m in said if isinstance(m, events.Failed)]
+    assert [(m.unit, m.device_bound) for m in failed] == [(0, False), (7, False)]
+    assert "window 0 gives non-finite depth even in fp32" in failed[0].reason
+    assert "imgs has units 0..0, not 7" in failed[1].reason
+    assert not [m for m in said if isinstance(m, events.Done)]
     assert not list((tmp_path / "run").rglob("win_*.npy"))
 
 

@@ -50,20 +50,28 @@ def serve(worker: DeviceWorker, run_dir, units) -> None:
     worker.serve([*lines, events.encode(events.Stop())])
 
 
+@pytest.fixture(scope="module")
+def fixture_single_pass(model, fixture_frames_dir):
+    return single_pass(model, fixture_frames_dir, 126)
+
+
 @pytest.mark.parametrize("unit_size", [1, 3, 8])
-def test_unit_sizes_match_fixture_and_single_pass(tmp_path, checkpoint, model, parity, fixture_frames_dir, unit_size):
+def test_unit_sizes_match_fixture_and_single_pass(
+    tmp_path, checkpoint, parity, fixture_frames_dir, fixture_single_pass, unit_size
+):
     plan, out = pipeline(fixture_frames_dir, tmp_path / "run", tmp_path / "out", checkpoint, unit_size)
     assert len(plan.units) == -(-4 // unit_size)  # 70 frames: 4 windows
     assert rel_err(out, parity["window_out"]) <= TOL
-    assert rel_err(out, single_pass(model, fixture_frames_dir, 126)) <= TOL
+    assert rel_err(out, fixture_single_pass) <= TOL
 
 
-def test_units_dealt_to_several_workers_store_the_same_bits(tmp_path, checkpoint, fixture_frames_dir):
+def test_units_dealt_to_several_workers_store_the_same_bits(tmp_path, checkpoint):
     """Three workers, each with its own model, take the units round-robin and backwards: every stored window has
     the bits one worker computing them in order stores, since a unit never depends on the units before it."""
+    src = write_video(tmp_path / "v.mp4", synthetic_frames(70, 32, 24))
     one, many = RunDir(tmp_path / "one"), RunDir(tmp_path / "many")
     for run in (one, many):
-        plan, _ = create_plan(fixture_frames_dir, run.path, checkpoint=str(checkpoint), input_size=126, unit_size=1)
+        plan, _ = create_plan(src, run.path, checkpoint=str(checkpoint), input_size=28, unit_size=1)
     work_runs([one.path], "cpu", checkpoint=str(checkpoint))
     seen = []
     workers = [DeviceWorker("cpu", seen.append, checkpoint=str(checkpoint), slot=s) for s in range(3)]
@@ -77,9 +85,8 @@ def test_units_dealt_to_several_workers_store_the_same_bits(tmp_path, checkpoint
     merge(one.path, tmp_path / "out_one", "npy", workers=1)
     merge(many.path, tmp_path / "out_many", "npy", workers=1)
     for i in range(plan.frame_count):
-        assert np.array_equal(
-            np.load(tmp_path / "out_one" / f"depth_{i:06d}.npy"), np.load(tmp_path / "out_many" / f"depth_{i:06d}.npy")
-        )
+        name = f"depth_{i:06d}.npy"
+        assert np.array_equal(np.load(tmp_path / "out_one" / name), np.load(tmp_path / "out_many" / name)), i
 
 
 def test_small_units_on_a_longer_video(tmp_path, checkpoint, model):
@@ -137,10 +144,18 @@ def test_separate_processes_and_float_formats(tmp_path, checkpoint, parity, fixt
         assert rel_err(depth, parity["window_out"]) <= TOL, fmt
 
 
+@pytest.fixture(scope="module")
+def float_run(tmp_path_factory, checkpoint, fixture_frames_dir):
+    """The fixture's frames computed once and merged to float frames: (run folder, depth)."""
+    tmp = tmp_path_factory.mktemp("float_run")
+    _, exact = pipeline(fixture_frames_dir, tmp / "run", tmp / "f", checkpoint, input_size=28)
+    return tmp / "run", exact
+
+
 @pytest.mark.parametrize(("fmt", "levels"), [("png16", 65535), ("png8", 255)])
-def test_png_round_trip_within_quantisation_step(tmp_path, checkpoint, fmt, levels, fixture_frames_dir):
-    _, exact = pipeline(fixture_frames_dir, tmp_path / "run", tmp_path / "f", checkpoint)
-    meta = merge(tmp_path / "run", tmp_path / fmt, fmt, workers=1)
+def test_png_round_trip_within_quantisation_step(tmp_path, fmt, levels, float_run):
+    run, exact = float_run
+    meta = merge(run, tmp_path / fmt, fmt, workers=1)
     q = meta.quantization
     assert q["levels"] == levels and q["lo"] <= exact.min() and q["hi"] >= exact.max()
     back = np.stack([read_depth(tmp_path / fmt, i, meta) for i in range(70)])
@@ -168,7 +183,7 @@ def test_plan_json_is_versioned_and_complete(tmp_path, checkpoint, fixture_frame
 
 def test_worker_rerun_skips_finished_windows(tmp_path, checkpoint, fixture_frames_dir):
     run = RunDir(tmp_path / "run")
-    create_plan(fixture_frames_dir, run.path, checkpoint=str(checkpoint), input_size=126, unit_size=2)
+    create_plan(fixture_frames_dir, run.path, checkpoint=str(checkpoint), input_size=28, unit_size=2)
     assert work_runs([run.path], "cpu", checkpoint=str(checkpoint)) == 2
     before = run.piece("window", 2).stat().st_mtime_ns
     assert work_runs([run.path], "cpu", checkpoint=str(checkpoint)) == 0
@@ -183,7 +198,7 @@ def test_worker_rerun_skips_finished_windows(tmp_path, checkpoint, fixture_frame
 
 def test_merge_refuses_unfinished_units(tmp_path, checkpoint, fixture_frames_dir):
     run = RunDir(tmp_path / "run")
-    create_plan(fixture_frames_dir, run.path, checkpoint=str(checkpoint), input_size=126, unit_size=2)
+    create_plan(fixture_frames_dir, run.path, checkpoint=str(checkpoint), input_size=28, unit_size=2)
     serve(DeviceWorker("cpu", lambda m: None, checkpoint=str(checkpoint)), run.path, [0])
     with pytest.raises(Exception, match=r"2 window\(s\) not computed yet, from window 2; compute them"):
         merge(run.path, tmp_path / "out", "npy")

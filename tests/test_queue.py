@@ -270,3 +270,20 @@ def _alive(pid: int) -> bool:
             return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_a_crash_does_not_charge_the_unit_handed_ahead(tmp_path, checkpoint, model):
+    """The worker holds a unit of b ahead while a's unit crashes it: b's unit is not an attempt, and b is done."""
+    a = write_video(tmp_path / "a.mp4", synthetic_frames(20, 48, 32, seed=4))  # one window: one unit
+    b = write_video(tmp_path / "b.mp4", synthetic_frames(45, 48, 32, seed=5))
+    out = tmp_path / "out"
+    env = {"VDA_FAIL_AT_UNIT": "a:0", "VDA_FAIL_MODE": "exit"}
+    done = depth([a, b], out, checkpoint, "--devices", "cpu", "--retries", "0", env=env, check=False)
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("vda: error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"vda: error: {a}: unit 0 failed 1 time(s)")
+    record = results(out)
+    assert [v["status"] for v in record["videos"]] == ["failed", "merged"]
+    assert all(u["attempts"] == 1 for u in record["units"] if u["video"] == "b")
+    assert record["devices"][0]["worker_starts"] == 2
+    assert rel_err(read_all(out / "b"), single_pass(model, b)) <= TOL

@@ -36,7 +36,8 @@ def finished_run(request, tmp_path_factory, checkpoint):
     src = write_images(tmp / "imgs", synthetic_frames(50, 64, 48))
     run = RunDir(tmp / "run")
     unit_size = 2 if mode == "window" else 40
-    plan, _ = create_plan(src, run.path, checkpoint=str(checkpoint), input_size=56, mode=mode, unit_size=unit_size)
+    common = dict(checkpoint=str(checkpoint), input_size=56, mode=mode, unit_size=unit_size, stream_warmup=4)
+    plan, _ = create_plan(src, run.path, **common)
     work_runs([run.path], "cpu", checkpoint=str(checkpoint))
     merge(run.path, tmp / "out", "npy", workers=1)
     return tmp, plan, run
