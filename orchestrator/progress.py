@@ -68,7 +68,8 @@ class BatchProgress:
         fill = width * self.units_done // max(self.total_units, 1)
         text = f"[{'#' * fill}{'.' * (width - fill)}] "
         if self.total_videos > 1:
-            text += f"{self.videos_done}/{self.total_videos} videos, "
+            failed = f" ({self.videos_failed} failed)" if self.videos_failed else ""
+            text += f"{self.videos_done}/{self.total_videos} videos{failed}, "
         text += f"{self.units_done}/{self.total_units} units"
         if self.fresh_units > 0 and elapsed > 0:
             text += f", {self.frames / elapsed:.1f} frames/s"

@@ -222,7 +222,10 @@ class WorkQueue:
         record.computed_frames += message.computed
         record.seconds += message.seconds
         video.units_done += 1
-        self.progress.unit_done(key[0], message.frames, message.fp32_recomputes, record.device)
+        if message.computed:
+            self.progress.unit_done(key[0], message.frames, message.fp32_recomputes, record.device)
+        else:  # stored by an earlier attempt: not this run's work, so not in its rate
+            self.progress.stored(1)
         if video.units_done == len(video.plan.units):
             self._computed(key[0])
 
