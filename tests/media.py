@@ -59,7 +59,7 @@ def write_video(
 ) -> Path:
     """Encode with a real encoder through PyAV; decoding it back is what the tests exercise.
 
-    - libx264 (yuv420p, even sizes) by default, keyframes every `gop` frames so that chunk workers really seek;
+    - libx264 (yuv420p, even sizes) by default, keyframes every `gop` frames so that workers really seek;
       `bframes` > 0 adds B-frames (decode order differs from presentation order).
     - codec="ffv1" writes lossless RGB (bgr0), at any size, odd ones included; use a .mkv path.
     - audio=True muxes a 1 kHz AAC tone beside the video, interleaved as a real file has it.

@@ -55,10 +55,10 @@ def test_videos_are_counted_only_for_a_batch(plans):
     bar.stored(5)
     clock.now += 4
     bar.video_finished("vda: a: merged 100 frames into out/a (npy) in 0.1 s")
-    bar.video_failed(1)
-    assert bar.text() == "[###############...............] 1/2 videos, 5/10 units, 4s"
     lines = out.getvalue().splitlines()  # not a terminal: whole lines, the video's own line, then the bar
     assert lines == ["vda: a: merged 100 frames into out/a (npy) in 0.1 s", bar.text()]
+    bar.video_failed(1)
+    assert bar.text() == "[###############...............] 1/2 videos (1 failed), 5/10 units, 4s"
 
 
 def test_the_fp32_recompute_is_said_once(plans):

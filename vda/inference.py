@@ -26,8 +26,8 @@ from vda.preprocess import network_shape, preprocess
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # "auto" is a per-device choice made where the model runs: fp16 on a GPU, fp32 on a CPU. A plan over cpu and
-# cuda devices then computes each window in what its device does well, and a chunk retried on the other kind
-# still runs (an fp16 chunk on a CPU would fail).
+# cuda devices then computes each window in what its device does well, and a unit retried on the other kind
+# still runs (an fp16 unit on a CPU would fail).
 AUTO = "auto"
 PRECISION_CHOICES = (AUTO, *PRECISIONS)
 MODES = ("window", "stream")
