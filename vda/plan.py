@@ -21,9 +21,11 @@ SCHEMA_VERSION = 2
 PLAN_NAME = "plan.json"
 # Stream mode: frames a unit replays before its range, to warm the temporal cache (README: chunked stream accuracy).
 STREAM_WARMUP = 96
-# Default unit sizes (bench/bench_queue.py, "unit size"). A window-mode unit of 8 windows is 176 frames: 2-6 s of
-# GPU work from vits to vitl, while claiming, seeking and storing a unit cost about 0.1 s on the CPU here. Its first
-# window encodes all 32 frames, so 8 windows encode 186 frames for 176 produced (1.06).
+# Default unit sizes (bench/bench_queue.py, bench/RESULTS.md). A unit costs its device the host's round trip (0.4 ms),
+# the seek to its first frame (314 ms at 1080p with 250-frame GOPs, hidden by decoding one unit ahead: 0 ms left) and
+# its first window's 10 re-encoded overlap frames: 5.7% of the compute of 8 windows, at any device speed. 5 windows
+# would be the smallest unit under 10%; 8 windows (176 frames) are 1.3 s of vits at the published A100 speed, and
+# keep the last unit of a batch short enough that no device waits long for another.
 UNIT_WINDOWS = 8
 # A stream unit replays 1 + STREAM_WARMUP frames: 400 frames per unit keep frames computed over frames produced at
 # (400 + 97) / 400 = 1.24, under the 1.25 the README promises.
