@@ -223,7 +223,8 @@ def run_depth(request: DepthRequest, backend: Backend, stream=sys.stderr) -> int
     progress = BatchProgress([v.plan for v in videos], stream=stream)
     work = None
     try:
-        backend.open(root, [v.run for v in videos])
+        if videos:  # every input refused: nothing for the backend to prepare (nor to fail at)
+            backend.open(root, [v.run for v in videos])
         with Follower([v.run.run.path for v in videos]) as follower:
             merges = MergeLine(backend, request, outs, follower, progress)
             work = WorkQueue(

@@ -26,6 +26,7 @@ from vda import events
 RUN_MOUNT, OUT_MOUNT, INPUT_MOUNT, MODELS_MOUNT, CKPT_MOUNT = "/work/run", "/work/out", "/input", "/models", "/ckpt"
 LABEL_RUN, LABEL_SLOT, LABEL_ROLE = "vda.run", "vda.slot", "vda.role"  # vda.run: the run folder on the host
 PROGRAM = ["vda"]  # how `vda` is run inside the image
+CONTAINER_GONE = 137  # the code a worker gets when its container vanished (as if killed)
 NVIDIA_HINT = (
     "Docker has no NVIDIA runtime: install nvidia-container-toolkit "
     "(https://docs.nvidia.com/datacenter/cloud-native/container-toolkit/latest/install-guide.html), "
@@ -85,10 +86,15 @@ class DockerHandle:
             pass
 
     def poll(self) -> int | None:
-        self.container.reload()
-        if self.container.status not in ("exited", "dead"):
-            return None
-        code = int(self.container.wait(timeout=30).get("StatusCode", 1))
+        try:
+            self.container.reload()
+            if self.container.status not in ("exited", "dead"):
+                return None
+            code = int(self.container.wait(timeout=30).get("StatusCode", 1))
+        except Exception as err:  # removed by hand, or the engine restarted: the worker is gone either way
+            self.reason = self.reason or f"its container is gone ({type(err).__name__})"
+            self._close_stdin()
+            return CONTAINER_GONE
         self.pump.join(timeout=10)
         self._close_stdin()
         _remove(self.container)

@@ -11,9 +11,10 @@ Failures stay as small as they can be:
   device it has not tried when one is free, at most `retries` more times. Out of memory is device-bound: such a unit
   waits for a device it has not tried, and fails once every device has.
 - A unit out of retries fails its video only: the video's other units are dropped, every other video goes on.
-- A worker that dies is restarted on its device, unless it died RESTARTS times in a row without finishing a unit,
-  or could not start at all (START_FAILED): then the device is retired, and the others carry on. A unit it had only
-  been handed ahead, and not begun, goes back to the queue without counting as an attempt.
+- A worker that dies is restarted on its device. A death during a unit is charged to that unit (an attempt, so a
+  video whose units crash workers fails alone); a unit it had only been handed ahead, and not begun, goes back to the
+  queue without counting. A device whose worker dies RESTARTS times in a row outside any unit, or cannot start at
+  all (START_FAILED), is retired, and the others carry on.
 
 The backend is only asked to start, message and stop workers (orchestrator.backend). Everything the queue saw is in
 RUN_DIR/processing_results.json: per device, per video and per unit.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import queue
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -37,7 +39,7 @@ from vda.writers import write_json
 
 RESULTS_SCHEMA = 1
 STOP_WAIT_S = 60  # how long workers get to finish their stores after Stop
-RESTARTS = 3  # a device whose worker dies this many times in a row, finishing no unit in between, is retired
+RESTARTS = 3  # a device whose worker dies this many times in a row outside any unit is retired
 SLOW_FACTOR = 1.5  # a device this many times slower per unit than the fastest gets no unit ahead
 
 
@@ -97,7 +99,6 @@ class _Worker:
     wants: bool = False  # said Ready and has not been given a unit since
     running: list[tuple[int, int]] = field(default_factory=list)  # (video, unit) assigned and not yet Done/Failed
     started: set[tuple[int, int]] = field(default_factory=set)  # of those, the ones it began (a Ready followed)
-    streak: int = 0  # deaths in a row without a Done in between
 
 
 class WorkQueue:
@@ -139,6 +140,7 @@ class WorkQueue:
         self.progress.stored(sum(v.units_done for v in videos))
         self.workers: dict[int, _Worker] = {}
         self._generation = dict.fromkeys(range(len(devices)), 0)
+        self._streak = dict.fromkeys(range(len(devices)), 0)  # deaths in a row, outside any unit, per slot
         self._saved = 0.0
 
     # -- the loop ------------------------------------------------------------------------------------
@@ -149,21 +151,18 @@ class WorkQueue:
             if video.units_done == len(video.plan.units):
                 self._computed(vi)
         try:
-            for slot in range(len(self.devices)):
-                if self.pending:
-                    self._start(slot)
             while self.pending or any(w.running for w in self.workers.values()):
+                self._staff()
                 self._drain()
                 self._reap()
                 self._assign()
-                if not self.workers and self.pending:
+                if self.pending and all(r.retired for r in self.records):
                     self._out_of_devices()
                 self._give_up_unrunnable()
                 self._save()
             self._shutdown()
         finally:
-            for worker in self.workers.values():
-                worker.handle.stop()
+            _stop_all([w.handle for w in self.workers.values()])
             self._save(force=True)
         self.progress.render(final=True)
 
@@ -175,7 +174,14 @@ class WorkQueue:
         handle = self.backend.start_worker(
             slot, record.device, self.root.worker_log(slot), lambda line: self.inbox.put((slot, generation, line))
         )
-        self.workers[slot] = _Worker(handle, streak=self.workers[slot].streak if slot in self.workers else 0)
+        self.workers[slot] = _Worker(handle)
+
+    def _staff(self) -> None:
+        """A worker on every device not retired, while there is work: at the start, and after a worker died."""
+        if self.pending:
+            for slot, record in enumerate(self.records):
+                if slot not in self.workers and not record.retired:
+                    self._start(slot)
 
     def _drain(self, wait: bool = True) -> None:
         """Handle the messages the workers sent since the last round (waiting up to one poll interval for one)."""
@@ -197,6 +203,7 @@ class WorkQueue:
                 worker = self.workers[slot]
                 worker.wants = True
                 worker.started.update(next(([k] for k in worker.running if k not in worker.started), []))
+                self._assign()  # at once: the worker decodes its next unit ahead only if it comes in time
             elif isinstance(message, events.Done):
                 self._done(slot, message)
             elif isinstance(message, events.Failed):
@@ -211,7 +218,7 @@ class WorkQueue:
             return
         worker.running.remove(key)
         worker.started.discard(key)
-        worker.streak = 0
+        self._streak[slot] = 0
         unit, video = self.units[key], self.videos[key[0]]
         if unit.status not in ("running", "dropped"):
             return
@@ -256,9 +263,9 @@ class WorkQueue:
         if unit.status != "running":
             return
         tried_all = all(d in unit.devices for d in self.devices)
-        if (device_bound and tried_all) or unit.attempts > self.retries:
+        if (device_bound and tried_all) or (not device_bound and unit.attempts > self.retries):
             why = "out of memory on every device" if device_bound and tried_all else f"failed {unit.attempts} time(s)"
-            self._fail_video(key[0], f"unit {unit.unit} {why}, last on {record.device}: {reason}", record)
+            self._fail_video(key, f"unit {unit.unit} {why}, last on {record.device}: {reason}", record)
             return
         unit.status = "pending"
         self.pending.appendleft(key)
@@ -268,16 +275,15 @@ class WorkQueue:
             file=self.stream,
         )
 
-    def _fail_video(self, vi: int, error: str, record: DeviceRecord | None) -> None:
+    def _fail_video(self, culprit: tuple[int, int], error: str, record: DeviceRecord | None) -> None:
+        vi = culprit[0]
         video = self.videos[vi]
         video.status, video.error = "failed", error
         video.log = str(self.root.path / record.log) if record else str(video.run.run.video_log)
         for key, unit in self.units.items():
             if key[0] == vi and unit.status in ("pending", "running"):
                 unit.status = "dropped"
-        unit_key = next((k for k, u in self.units.items() if k[0] == vi and u.errors and u.status == "dropped"), None)
-        if unit_key:
-            self.units[unit_key].status = "failed"
+        self.units[culprit].status = "failed"
         self.pending = deque(k for k in self.pending if k[0] != vi)
         self.progress.video_failed(vi)
         print(f"\nvda: {video.name} failed: {error}; the other videos go on", file=self.stream)
@@ -301,19 +307,17 @@ class WorkQueue:
                     unit.status, unit.attempts = "pending", unit.attempts - 1
                     unit.devices.pop()
                     self.pending.appendleft(key)
-            if not worker.running:
+            if not worker.started:  # it died outside any unit: the device, not a unit, is the suspect
                 record.failures += 1
-            streak = worker.streak + 1
+                self._streak[slot] += 1
             if code == START_FAILED:
                 record.retired = f"the worker could not start ({why})"
-            elif streak >= RESTARTS:
-                record.retired = f"its worker stopped {streak} times in a row ({why})"
+            elif self._streak[slot] >= RESTARTS:
+                record.retired = f"its worker stopped {self._streak[slot]} times in a row outside any unit ({why})"
             if record.retired:
                 print(f"\nvda: {record.device}: {record.retired}; the other devices go on", file=self.stream)
-            elif self.pending:
+            elif self.pending:  # _staff starts another
                 print(f"\nvda: the worker on {record.device} stopped ({why}); starting another", file=self.stream)
-                self._start(slot)
-                self.workers[slot].streak = streak
 
     def _assign(self) -> None:
         for slot, worker in self.workers.items():
@@ -349,17 +353,20 @@ class WorkQueue:
         return not unit.device_bound or device not in unit.devices
 
     def _give_up_unrunnable(self) -> None:
-        """Units that ran out of memory on every device still running a worker cannot run anywhere: fail them."""
-        live = [self.records[slot].device for slot in self.workers]
+        """Units that ran out of memory on every device not retired cannot run anywhere: fail them."""
+        live = [r.device for r in self.records if not r.retired]
         for key in list(self.pending):
             if key in self.pending and not any(self._may_run(key, d) for d in live):
                 unit = self.units[key]
-                self._fail_video(key[0], f"unit {unit.unit} ran out of memory on {', '.join(unit.devices)}", None)
+                self._fail_video(key, f"unit {unit.unit} ran out of memory on {', '.join(unit.devices)}", None)
 
     def _out_of_devices(self) -> None:
         reasons = "; ".join(f"{r.device}: {r.retired}" for r in self.records if r.retired)
         logs = ", ".join(str(self.root.path / r.log) for r in self.records)
-        raise RunFailed(f"no device is left to run the work ({reasons}); see {logs}")
+        raise RunFailed(
+            f"no device is left to run the work ({reasons}); see {logs}, fix the cause and run the same command "
+            "again to resume"
+        )
 
     def _shutdown(self) -> None:
         """Every unit is accounted for: tell the workers to stop, and give them time to finish their stores."""
@@ -407,3 +414,12 @@ class WorkQueue:
         if force or now - self._saved >= 1.0:
             self._saved = now
             write_json(self.root.results, self.results())
+
+
+def _stop_all(handles: list[WorkerHandle]) -> None:
+    """Stop every worker at once: one after another, each with its grace period, could outlast a SIGTERM's."""
+    threads = [threading.Thread(target=h.stop, daemon=True) for h in handles]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()

@@ -5,7 +5,7 @@ ordinary log lines; each message is one line, PREFIX followed by JSON with a `ki
 The same types travel as Python objects where no pipe is involved.
 
     host -> worker   Assign   compute one unit of one video        Stop     finish the stored work and exit
-    worker -> host   Ready    give me a unit (sent at start and as soon as a unit's compute ends, while it stores)
+    worker -> host   Ready    give me a unit (sent at start, and as it begins each unit: it decodes the next ahead)
                      Done     a unit is stored, every piece of it  Failed   a unit could not be computed; why
 """
 

@@ -288,9 +288,18 @@ class Prefetch:
                         continue
                 if self._stop.is_set():
                     return
-            self._queue.put((None, _END))
+            self._put((None, _END))
         except BaseException as err:  # handed to the consumer, which re-raises it
-            self._queue.put((err, None))
+            self._put((err, None))
+
+    def _put(self, entry) -> None:
+        """Hand on the end or an error, unless the consumer has gone (then the queue may stay full forever)."""
+        while not self._stop.is_set():
+            try:
+                self._queue.put(entry, timeout=0.1)
+                return
+            except queue.Full:
+                continue
 
     def __iter__(self) -> Prefetch:
         return self

@@ -162,13 +162,13 @@ class UnitStore:
                 except BaseException as err:  # handed to the caller, which re-raises it
                     self._error = err
 
-    def _raise_pending(self) -> None:
+    def raise_pending(self) -> None:
         if self._error is not None and not self._reported:
             self._reported = True
             raise self._error
 
     def submit(self, job) -> None:
-        self._raise_pending()
+        self.raise_pending()
         self._queue.put(job)
 
     def __enter__(self) -> UnitStore:
@@ -178,7 +178,7 @@ class UnitStore:
         self._queue.put(None)
         self._thread.join()
         if exc[0] is None:
-            self._raise_pending()
+            self.raise_pending()
 
 
 def _out_of_memory(s, runtime: Runtime, doing: str) -> DeviceOutOfMemory:
@@ -258,7 +258,7 @@ class DeviceWorker:
         threading.Thread(target=_read_messages, args=(lines, inbox), name="vda-inbox", daemon=True).start()
         with UnitStore() as self.store:
             self.emit(events.Ready(os.getpid()))
-            task = inbox.get()
+            task = self._wait(inbox)
             ahead = self._decode_ahead(task)
             while isinstance(task, events.Assign):
                 self.emit(events.Ready(os.getpid()))
@@ -269,9 +269,19 @@ class DeviceWorker:
                 following_ahead = self._decode_ahead(following)
                 self.run(task, ahead)
                 if following is None:
-                    following = inbox.get()
+                    following = self._wait(inbox)
                     following_ahead = self._decode_ahead(following)
                 task, ahead = following, following_ahead
+
+    def _wait(self, inbox: queue.Queue):
+        """The next message; while waiting, a failed store (a full disk) ends the worker at once with its error, so
+        that the host, which waits for that unit's Done, hears of it and gives the unit to another worker."""
+        while True:
+            self.store.raise_pending()
+            try:
+                return inbox.get(timeout=0.5)
+            except queue.Empty:
+                continue
 
     def _decode_ahead(self, task) -> Prefetch | None:
         """Start decoding an assigned unit's frames now; None when there is nothing to decode (or it cannot be: the
