@@ -316,8 +316,8 @@ class WorkQueue:
                 record.retired = f"its worker stopped {self._streak[slot]} times in a row outside any unit ({why})"
             if record.retired:
                 print(f"\nvda: {record.device}: {record.retired}; the other devices go on", file=self.stream)
-            elif self.pending:  # _staff starts another
-                print(f"\nvda: the worker on {record.device} stopped ({why}); starting another", file=self.stream)
+            else:  # _staff starts another while there is work
+                print(f"\nvda: the worker on {record.device} stopped ({why})", file=self.stream)
 
     def _assign(self) -> None:
         for slot, worker in self.workers.items():
