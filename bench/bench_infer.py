@@ -12,7 +12,11 @@ the same forward on the same input and weights, and the ratio is printed.
 from __future__ import annotations
 
 import argparse
+import datetime
+import os
+import platform
 import resource
+import subprocess
 import sys
 import time
 import types
@@ -55,6 +59,23 @@ def depth_cmd(video, out, checkpoint, devices: str, *extra: str) -> list[str]:
         str(checkpoint),
         *extra,
     ]
+
+
+def append_results(script: str, setup: str, columns: tuple[str, str, str], rows: list[tuple[str, str, str]]) -> None:
+    """Append a table of (name, value, note) rows to bench/RESULTS.md, under the script's name, the date, the commit
+    and the machine, followed by `setup` (what the figures were measured on)."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    lines = [
+        f"\n## {script}, {datetime.date.today()}, commit {commit.strip()}\n",
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {device}, "
+        f"torch {torch.__version__}. {setup}\n",
+        f"| {' | '.join(columns)} |",
+        "|---|---:|---|",
+    ]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    with open(ROOT / "bench" / "RESULTS.md", "a") as fh:
+        fh.write("\n".join(lines) + "\n")
 
 
 def sliding_frames(n: int, width: int, height: int, shift: int, block: int = 1) -> Iterator[np.ndarray]:

@@ -35,12 +35,10 @@ Sizes are small so that the whole script takes a few minutes on 2 CPU cores (abo
 from __future__ import annotations
 
 import argparse
-import datetime
 import io
 import json
 import math
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -51,7 +49,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_infer import sliding_frames, synthetic_checkpoint, synthetic_video, write_x264
+from bench_infer import append_results, sliding_frames, synthetic_checkpoint, synthetic_video, write_x264
 
 from orchestrator.backend import VideoRun
 from orchestrator.launch import WorkerOptions
@@ -395,21 +393,12 @@ def computed_over_produced(args) -> None:
 
 # -- record ----------------------------------------------------------------------------------------------------------
 def record(args) -> None:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    lines = [
-        f"\n## bench_queue.py, {datetime.date.today()}, commit {commit.strip()}\n",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {device}, "
-        f"torch {torch.__version__}, load average {load()} at the end. `vda depth` local backend, --devices "
-        f"{args.devices}, {args.size} x264, input size {args.input_size}, {args.format}, --merge-workers "
-        f"{args.merge_workers or 'default'}; {args.videos} videos of {args.frames} frames; decode start on "
-        f"{args.seek_size or '-'} GOP {args.gop}.\n",
-        "| figure | value | note |",
-        "|---|---:|---|",
-    ]
-    lines += [f"| {a} | {b} | {c} |" for a, b, c in ROWS]
-    with open(ROOT / "bench" / "RESULTS.md", "a") as fh:
-        fh.write("\n".join(lines) + "\n")
+    setup = (
+        f"Load average {load()} at the end. `vda depth` local backend, --devices {args.devices}, {args.size} x264, "
+        f"input size {args.input_size}, {args.format}, --merge-workers {args.merge_workers or 'default'}; "
+        f"{args.videos} videos of {args.frames} frames; decode start on {args.seek_size or '-'} GOP {args.gop}."
+    )
+    append_results("bench_queue.py", setup, ("figure", "value", "note"), ROWS)
 
 
 def main() -> None:

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
-import datetime
 import os
-import platform
 import subprocess
 import tempfile
 import time
@@ -27,7 +25,7 @@ import av
 import cv2
 import numpy as np
 import torch
-from bench_infer import depth_cmd, synthetic_checkpoint, synthetic_state, synthetic_video
+from bench_infer import append_results, depth_cmd, synthetic_checkpoint, synthetic_state, synthetic_video
 
 from vda import stitch
 from vda.inference import WindowAligner, chain_step
@@ -296,18 +294,7 @@ def bench_end_to_end(video: Path, frames: int) -> None:
 
 
 def record(args) -> None:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    lines = [
-        f"\n## bench_stages.py, {datetime.date.today()}, commit {commit.strip()}\n",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {device}, "
-        f"torch {torch.__version__}. Input {W}x{H}.\n",
-        "| stage | frames/s | note |",
-        "|---|---:|---|",
-    ]
-    lines += [f"| {a} | {b} | {c} |" for a, b, c in ROWS]
-    with open(ROOT / "bench" / "RESULTS.md", "a") as fh:
-        fh.write("\n".join(lines) + "\n")
+    append_results("bench_stages.py", f"Input {W}x{H}.", ("stage", "frames/s", "note"), ROWS)
 
 
 def cores_needed(merge_fps: float, png16_fps: float, gpus: list[int]) -> None:

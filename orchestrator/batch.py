@@ -164,6 +164,7 @@ class MergeLine:
     def __init__(self, backend: Backend, request: DepthRequest, outs: dict[str, Path], follower: Follower, progress):
         self.backend, self.request, self.outs, self.follower, self.progress = backend, request, outs, follower, progress
         self.errors: dict[str, Exception] = {}
+        self._cancelled = False
         self._queue: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="vda-merge", daemon=True)
         self._thread.start()
@@ -178,8 +179,6 @@ class MergeLine:
 
     def cancel(self) -> None:
         self._cancelled = True
-
-    _cancelled = False
 
     def _loop(self) -> None:
         while (video := self._queue.get()) is not None and not self._cancelled:

@@ -72,14 +72,15 @@ class ModelChoice:
 
 def choose_model(checkpoint: str | None = None, encoder: str | None = None, metric: bool = False) -> ModelChoice:
     """Resolve and check the checkpoint: fail here, on the host, once, not in every worker."""
-    if checkpoint and encoder is None:
-        encoder = infer_encoder(read_state_dict(checkpoint))
+    state = read_state_dict(checkpoint) if checkpoint and encoder is None else None  # read once, used twice
+    if state is not None:
+        encoder = infer_encoder(state)
     encoder = encoder or "vits"
     if encoder not in CONFIGS:
         raise PlanError(f"unknown encoder {encoder!r}; choose one of {', '.join(CONFIGS)}")
     find(encoder, metric)
     path = resolve(encoder, metric, checkpoint)
-    check_layout(read_state_dict(path), encoder)
+    check_layout(state if state is not None else read_state_dict(path), encoder)
     return ModelChoice(encoder, metric, path, file_sha256(path))
 
 

@@ -210,14 +210,9 @@ class WorkQueue:
                 self._failed(slot, message.video, message.unit, message.reason, message.device_bound)
 
     def _done(self, slot: int, message: events.Done) -> None:
-        worker, record = self.workers[slot], self.records[slot]
-        key = next(
-            (k for k in worker.running if self.videos[k[0]].name == message.video and k[1] == message.unit), None
-        )
+        record, key = self.records[slot], self._settle(slot, message.video, message.unit)
         if key is None:
             return
-        worker.running.remove(key)
-        worker.started.discard(key)
         self._streak[slot] = 0
         unit, video = self.units[key], self.videos[key[0]]
         if unit.status not in ("running", "dropped"):
@@ -242,13 +237,18 @@ class WorkQueue:
         self.on_computed(video)
 
     def _failed(self, slot: int, video_name: str, unit_index: int, reason: str, device_bound: bool) -> None:
-        worker, record = self.workers[slot], self.records[slot]
+        key = self._settle(slot, video_name, unit_index)
+        if key is not None:
+            self._retry(key, self.records[slot], reason, device_bound)
+
+    def _settle(self, slot: int, video_name: str, unit_index: int) -> tuple[int, int] | None:
+        """The unit a worker reports on, no longer held by it; None if it holds no such unit."""
+        worker = self.workers[slot]
         key = next((k for k in worker.running if self.videos[k[0]].name == video_name and k[1] == unit_index), None)
-        if key is None:
-            return
-        worker.running.remove(key)
-        worker.started.discard(key)
-        self._retry(key, record, reason, device_bound)
+        if key is not None:
+            worker.running.remove(key)
+            worker.started.discard(key)
+        return key
 
     def _retry(self, key: tuple[int, int], record: DeviceRecord, reason: str, device_bound: bool) -> None:
         """A unit failed on `record`'s device: back to the front of the queue, or, out of retries, fail its video."""

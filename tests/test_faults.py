@@ -102,18 +102,19 @@ def reference(tmp_path_factory, video, checkpoint) -> np.ndarray:
     return outputs(out)
 
 
+def hostless_worker(run: RunDir, checkpoint) -> subprocess.Popen:
+    """`vda work RUN_DIR` on one CPU thread, as a process to kill from outside."""
+    cmd = [sys.executable, "-m", "orchestrator.cli", "work", run.path, "--device", "cpu", "--checkpoint", checkpoint]
+    env = {**os.environ, **ONE_THREAD}
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+
+
 def test_sigkilled_worker_resumes_and_matches(tmp_path, video, checkpoint, reference):
     """A hostless `vda work RUN_DIR` killed from outside mid-unit: every file under a final name is whole, and the
     resume stores only what is missing (a half-done unit is recomputed from its start, its stored windows kept)."""
     run = RunDir(tmp_path / "run")
     plan, _ = create_plan(video, run.path, checkpoint=str(checkpoint), input_size=56, unit_size=UNIT)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "work", run.path, "--device", "cpu", "--checkpoint", checkpoint],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, **ONE_THREAD},
-    )
+    proc = hostless_worker(run, checkpoint)
     marker = run.piece("window", 2).with_suffix(".done")  # the first window of unit 1
     deadline = time.time() + 300
     while not marker.exists() and proc.poll() is None and time.time() < deadline:
@@ -446,13 +447,7 @@ def test_stream_rerun_on_another_device_count_reuses_every_stored_segment(tmp_pa
     run = RunDir(out / "_run")
     plan, _ = create_plan(video, run.path, **flags)
     assert [plan.pieces(u) for u in plan.units] == [[0, 32], [64]]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "work", run.path, "--device", "cpu", "--checkpoint", checkpoint],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, **ONE_THREAD},
-    )
+    proc = hostless_worker(run, checkpoint)
     deadline = time.time() + 300
     while not run.is_stored("stream", 0) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)

@@ -13,6 +13,7 @@ with the next one; anything else ends the worker, and the host hands its unit to
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import os
@@ -370,9 +371,7 @@ class DeviceWorker:
 
 def _stamped(done: events.Done, started: float) -> events.Done:
     """The Done message with the unit's time, taken when its last piece is stored."""
-    return events.Done(
-        done.video, done.unit, done.frames, done.computed, round(time.time() - started, 3), done.fp32_recomputes
-    )
+    return dataclasses.replace(done, seconds=round(time.time() - started, 3))
 
 
 def _frames(plan: Plan, unit: Unit) -> Prefetch:
