@@ -44,8 +44,8 @@ $(VENV)/.stamp: pyproject.toml requirements.txt requirements-dev.txt
 setup: $(VENV)/.stamp ## build .venv from nothing (torch $(TORCH_SPEC), deps, vda in editable mode)
 
 lint: setup ## ruff lint and format check
-	$(VENV)/bin/ruff check vda orchestrator models tests bench
-	$(VENV)/bin/ruff format --check vda orchestrator models tests bench
+	$(VENV)/bin/ruff check vda tests bench
+	$(VENV)/bin/ruff format --check vda tests bench
 
 test: setup ## run the tests in a copy of the repo alone; builds the CPU image first (CI requires Docker)
 	@if [ "$$CI" = "true" ]; then \

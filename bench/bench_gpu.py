@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from bench_infer import sliding_frames, synthetic_state
 
-from vda.inference import PRECISIONS, Runtime, infer_video
-from vda.model import load_model
+from vda.model.network import load_model
+from vda.pipeline.inference import PRECISIONS, Runtime, infer_video
 
 ROOT = Path(__file__).resolve().parents[1]
 # The authors' README: one A100, input 1 x 32 x 518 x 518; latency in ms (per frame), VRAM in GB.

@@ -3,7 +3,7 @@
     python bench/bench_infer.py --encoder vits --input-size 518 --precision fp32 --frames 64
     python bench/bench_infer.py ... --reference /path/to/Video-Depth-Anything   # also time the authors' forward
 
-Frames are synthetic 1920x1080 RGB unless --video is given. Weights are made on the spot by `vda.synth` unless
+Frames are synthetic 1920x1080 RGB unless --video is given. Weights are made on the spot by `vda.model.synth` unless
 --checkpoint is given: speed and memory do not depend on the values.
 With --reference, the authors' model (from a checkout of their repository, not part of this project) runs
 the same forward on the same input and weights, and the ratio is printed.
@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vda.inference import infer_video
-from vda.model import CONFIGS, load_model
-from vda.preprocess import network_shape
-from vda.synth import save_checkpoint, synth_state_dict
+from vda.core.preprocess import network_shape
+from vda.model.network import CONFIGS, load_model
+from vda.model.synth import save_checkpoint, synth_state_dict
+from vda.pipeline.inference import infer_video
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,7 +48,7 @@ def depth_cmd(video, out, checkpoint, devices: str, *extra: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "orchestrator.cli",
+        "vda.cli.main",
         "depth",
         str(video),
         "-o",
@@ -113,7 +113,7 @@ def synthetic_video(path: Path, n: int, width: int, height: int, block: int = 1,
 
 def frames_source(args):
     if args.video:
-        from vda.video import probe, read_frames
+        from vda.io.video import probe, read_frames
 
         info = probe(args.video)
         n = min(args.frames, info.frame_count)

@@ -27,9 +27,9 @@ from pathlib import Path
 
 from bench_infer import depth_cmd, synthetic_checkpoint, synthetic_video
 
-from vda import stitch
-from vda.plan import UNIT_WINDOWS
-from vda.rundir import RunDir
+from vda.core import stitch
+from vda.core.plan import UNIT_WINDOWS
+from vda.io.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 

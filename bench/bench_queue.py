@@ -4,7 +4,7 @@ justifies, frames computed over frames produced, and how soon a video is merged 
     python bench/bench_queue.py [--videos 20] [--frames 100] [--devices cpu,cpu] [--size 128x72] [--input-size 56]
                                 [--seek-size 1920x1080] [--gop 250] [--target 0.1] [--record]
 
-Everything is measured here, for real, with the synthetic vits weights (`vda.synth`) and synthetic x264 clips
+Everything is measured here, for real, with the synthetic vits weights (`vda.model.synth`) and synthetic x264 clips
 (bench_infer.synthetic_video); it prints figures and ratios, no verdict.
 
 (a) `vda depth v00.mp4 ... v19.mp4 -o OUT --devices cpu,cpu` (the local backend) against one video of the same total
@@ -17,11 +17,12 @@ Everything is measured here, for real, with the synthetic vits weights (`vda.syn
       before the unit's first frame, decode up to it) over decoding 32 frames in a running decoder, for units at
       evenly spread positions of a GOP; on the bench clip and on a --seek-size clip with a --gop keyframe interval
       (x264's default is 250), decoded to the size a worker would (--max-res 1280);
-    - store: vda.worker's store of one piece (np.save to a temporary name, rename, `.done` marker) at the bench's
+    - store: vda.pipeline.worker's store of one piece (np.save to a temporary name, rename, `.done` marker) at the
+      bench's
       network size and for a 1920x1080 frame at input size 518 in fp16 (a GPU run). It runs in the worker's store
       thread, and it is paid per piece (window or stream segment) whatever the unit size.
     From the claim and the decode start (what a device waits for at each unit) and the first window's re-encoded
-    overlap (10 frames per unit), it prints the overhead at the default unit size (vda.plan.UNIT_WINDOWS) and the
+    overlap (10 frames per unit), it prints the overhead at the default unit size (vda.core.plan.UNIT_WINDOWS) and the
     smallest unit whose overhead is at most --target of its compute: here (CPU, the windows' seconds of (a)) and on a
     GPU at the authors' published vits fp16 speed (7.5 ms per frame on an A100) with the --seek-size decode start.
     Also frames computed over frames produced for window mode and stream mode at their default unit sizes.
@@ -51,20 +52,21 @@ from pathlib import Path
 import torch
 from bench_infer import append_results, sliding_frames, synthetic_checkpoint, synthetic_video, write_x264
 
-from orchestrator.backend import VideoRun
-from orchestrator.launch import WorkerOptions
-from orchestrator.local import LocalBackend
-from orchestrator.planning import create_plan
-from orchestrator.queue import QueuedVideo, WorkQueue
-from vda import events, stitch
-from vda.merge import merge
-from vda.plan import STREAM_WARMUP, UNIT_WINDOWS, default_unit_size, make_units
-from vda.preprocess import network_shape
-from vda.rundir import RunDir
+from vda import events
+from vda.core import stitch
+from vda.core.plan import STREAM_WARMUP, UNIT_WINDOWS, default_unit_size, make_units
+from vda.core.preprocess import network_shape
+from vda.io.rundir import RunDir
+from vda.io.video import fit_max_res, probe, read_frames, threaded
+from vda.io.writers import META_NAME
+from vda.orchestrator.backends.base import VideoRun
+from vda.orchestrator.backends.local import LocalBackend
+from vda.orchestrator.launch import WorkerOptions
+from vda.orchestrator.planning import create_plan
+from vda.orchestrator.queue import QueuedVideo, WorkQueue
+from vda.pipeline.merge import merge
+from vda.pipeline.worker import DECODE_AHEAD, _store, _to_host
 from vda.system import usable_cpus
-from vda.video import fit_max_res, probe, read_frames, threaded
-from vda.worker import DECODE_AHEAD, _store, _to_host
-from vda.writers import META_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED_VITS_MS = 7.5  # authors' README: vits, fp16, A100, 1x32x518x518, per frame (as bench_stages.py)
@@ -83,7 +85,7 @@ def section(title: str) -> None:
 # -- (a) and (c): real `vda depth` runs ------------------------------------------------------------------------------
 def vda_depth(inputs: list[Path], out: Path, ckpt: Path, args) -> tuple[float, float, list[tuple[float, str]]]:
     """Run `vda depth` (local backend); (start time, wall seconds, [(time, stderr line)])."""
-    cmd = [sys.executable, "-m", "orchestrator.cli", "depth", *map(str, inputs), "-o", str(out)]
+    cmd = [sys.executable, "-m", "vda", "depth", *map(str, inputs), "-o", str(out)]
     cmd += ["--devices", args.devices, "--checkpoint", str(ckpt), "--input-size", str(args.input_size)]
     cmd += ["--max-res", "0", "--format", args.format]
     if args.merge_workers:
@@ -239,8 +241,8 @@ def decode_start(
     """(mean, max extra seconds of a unit's first 32 frames over a running decoder, per-frame decode s, GOP).
 
     `ahead`: seconds the unit's decoder runs before its frames are wanted, as a worker starts the decoder of the unit
-    it was handed ahead while the current one computes (vda.worker.DeviceWorker.serve); 0 for a decoder started when
-    the frames are wanted."""
+    it was handed ahead while the current one computes (vda.pipeline.worker.DeviceWorker.serve); 0 for a decoder
+    started when the frames are wanted."""
     info = probe(clip)
     t = time.perf_counter()
     n = sum(1 for _ in read_frames(info, range(info.frame_count), size))
@@ -269,7 +271,7 @@ def decode_start(
 
 
 def store_seconds(shape: tuple[int, ...], precision: str, folder: Path, repeats: int = 5) -> tuple[float, float]:
-    """(median seconds of vda.worker's store of one piece of `shape`, MB on disk)."""
+    """(median seconds of vda.pipeline.worker's store of one piece of `shape`, MB on disk)."""
     depth = torch.rand(*shape)
     folder.mkdir(parents=True, exist_ok=True)
     seconds = []

@@ -27,13 +27,13 @@ import numpy as np
 import torch
 from bench_infer import append_results, depth_cmd, synthetic_checkpoint, synthetic_state, synthetic_video
 
-from vda import stitch
-from vda.inference import WindowAligner, chain_step
-from vda.model import load_model
-from vda.pngenc import DEFLATE, encode_gray
-from vda.preprocess import network_shape, preprocess
-from vda.video import probe, read_frames, threaded
-from vda.writers import FORMATS, colorize, encode, quantize
+from vda.core import stitch
+from vda.core.preprocess import network_shape, preprocess
+from vda.io.pngenc import DEFLATE, encode_gray
+from vda.io.video import probe, read_frames, threaded
+from vda.io.writers import FORMATS, colorize, encode, quantize
+from vda.model.network import load_model
+from vda.pipeline.inference import WindowAligner, chain_step
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED_VITS_MS = 7.5  # authors' README: vits, fp16, A100, 1x32x518x518, per frame
@@ -74,7 +74,7 @@ def bench_overlap(tmp: Path, compute_ratio: float = 1.25, windows: int = 12) -> 
     The device is simulated by a sleep (it holds no GIL, as CUDA work does not) lasting `compute_ratio` times the
     time the decoder needs for a window's frames; with perfect overlap it is busy 100% of the time.
     """
-    from vda.worker import DECODE_AHEAD
+    from vda.pipeline.worker import DECODE_AHEAD
 
     info = probe(synthetic_video(tmp / "overlap.mp4", windows * stitch.STRIDE, W, H, block=8, shift=9))
     t = time.perf_counter()
@@ -188,7 +188,7 @@ def bench_merge(windows: int = 3) -> float:
 
 def bench_store(windows: int = 4) -> None:
     """The worker's store of one window (network resolution) to the run folder, which overlaps the next window."""
-    from vda.worker import UnitStore, _store, _to_host
+    from vda.pipeline.worker import UnitStore, _store, _to_host
 
     shape = network_shape(H, W, 518)
     depth = torch.rand(stitch.WINDOW, *shape)
@@ -257,7 +257,7 @@ def bench_writers() -> dict[str, float]:
 
 def bench_video(n: int = 20) -> None:
     """The merge's colourised video (its own sink: x264 veryfast), colourising included, against x264's default."""
-    from vda.merge import _VideoSink
+    from vda.pipeline.merge import _VideoSink
 
     rng = np.random.RandomState(2)
     depth = cv2.resize(rng.rand(H // 16, W // 16).astype(np.float32), (W, H))  # smooth, as depth maps are

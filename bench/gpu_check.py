@@ -4,14 +4,15 @@
     python gpu_check.py --device cpu           # the same steps at a tiny size, without a GPU (the tests run this)
 
 Nothing of this project had run on a GPU when it was written. Sized to finish within 8 minutes on one GPU, with
-synthetic vits weights made on the spot (`vda.synth`; nothing is read from ../shared or downloaded), it checks:
+synthetic vits weights made on the spot (`vda.model.synth`; nothing is read from ../shared or downloaded), it checks:
 
 1. video: a short procedural scene encoded with x264 through PyAV (48 frames at 320x180), decoded back as the
    workers decode it;
 2. parity: `infer_video` in window mode on CUDA in fp32 against the CPU in fp32 on those frames, as the relative
    max error `max|cuda - cpu| / max|cpu|`: PASS at or below 1e-4. The fp16 and bf16 (where the GPU supports it)
    deviations from CPU fp32 are printed for information, without a threshold. vda computes fp32 on CUDA with TF32
-   off (`vda.inference.ieee_fp32`: by default cuDNN runs fp32 convolutions in TF32 on Ampere and newer GPUs, which
+   off (`vda.pipeline.inference.ieee_fp32`: by default cuDNN runs fp32 convolutions in TF32 on Ampere and newer GPUs,
+   which
    alone may exceed 1e-4); a FAIL line still prints torch's TF32 settings;
 3. depth-local: `vda depth --devices cuda:0,cuda:0 --unit-size 1` (two worker processes on one GPU sharing the queue
    one window per unit: process isolation, the event and merge paths) in fp32 against the single pass on the same
@@ -58,12 +59,12 @@ from bench_gpu import (
 )
 from bench_infer import depth_cmd, sliding_frames, write_x264
 
-from vda.inference import BF16_MIN_CAPABILITY, infer_video
-from vda.model import load_model
-from vda.rundir import RunDir
-from vda.synth import save_checkpoint, synth_state_dict, synthetic_scene
-from vda.video import probe, read_frames
-from vda.writers import DepthMeta, read_depth
+from vda.io.rundir import RunDir
+from vda.io.video import probe, read_frames
+from vda.io.writers import DepthMeta, read_depth
+from vda.model.network import load_model
+from vda.model.synth import save_checkpoint, synth_state_dict, synthetic_scene
+from vda.pipeline.inference import BF16_MIN_CAPABILITY, infer_video
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-4  # max |ours - reference| <= TOL * max |reference|, as the test suite compares
@@ -172,7 +173,7 @@ def tf32_note() -> str:
 
 
 def bf16_supported(device: torch.device) -> bool:
-    """bf16 in hardware, as `vda.inference.Runtime` requires it (torch would also report emulated bf16)."""
+    """bf16 in hardware, as `vda.pipeline.inference.Runtime` requires it (torch would also report emulated bf16)."""
     if device.type != "cuda":
         return False
     try:

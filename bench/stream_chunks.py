@@ -6,11 +6,12 @@ warm-up, and the error at the first frame of each unit after the first (the seam
 
     python bench/stream_chunks.py [--video V] [--frames 150] [--unit-size 50] [--input-size 126] [--checkpoint PATH]
 
-The run is planned as `vda depth --mode stream --unit-size N` plans it (orchestrator.planning.create_plan), its units
-are computed in this process (vda.worker.work_runs, as `vda work RUN_DIR` does) and merged to npy.
+The run is planned as `vda depth --mode stream --unit-size N` plans it
+(vda.orchestrator.planning.create_plan), its units are computed in this process (vda.pipeline.worker.work_runs,
+as `vda work RUN_DIR` does) and merged to npy.
 
 Without --video it encodes a synthetic clip (random blocks sliding sideways) on the spot. Without --checkpoint it
-uses the synthetic vits weights of `vda.synth` (the real weights cannot be downloaded on the build machines); the
+uses the synthetic vits weights of `vda.model.synth` (the real weights cannot be downloaded on the build machines); the
 figures then describe the mechanism, not the published model's accuracy.
 """
 
@@ -24,13 +25,13 @@ from pathlib import Path
 import numpy as np
 from bench_infer import synthetic_checkpoint, synthetic_video
 
-from orchestrator.planning import create_plan
-from vda.inference import infer_video
-from vda.merge import merge
-from vda.model import load_model
-from vda.video import probe, read_frames
-from vda.worker import work_runs
-from vda.writers import read_depth
+from vda.io.video import probe, read_frames
+from vda.io.writers import read_depth
+from vda.model.network import load_model
+from vda.orchestrator.planning import create_plan
+from vda.pipeline.inference import infer_video
+from vda.pipeline.merge import merge
+from vda.pipeline.worker import work_runs
 
 
 def main() -> None:
@@ -52,7 +53,7 @@ def main() -> None:
         info = probe(video)
         import cv2
 
-        from vda.video import fit_max_res
+        from vda.io.video import fit_max_res
 
         size = fit_max_res(info.width, info.height, args.max_res)
         for i, f in read_frames(info, range(min(args.frames, info.frame_count)), size):

@@ -60,7 +60,7 @@ def parity() -> dict:
 
 @pytest.fixture(scope="session")
 def vits_state() -> dict[str, torch.Tensor]:
-    from vda.synth import synth_state_dict
+    from vda.model.synth import synth_state_dict
 
     return synth_state_dict("vits", 0)
 
@@ -75,7 +75,7 @@ def checkpoint(tmp_path_factory, vits_state) -> Path:
 
 @pytest.fixture(scope="session")
 def model(vits_state):
-    from vda.model import load_model
+    from vda.model.network import load_model
 
     return load_model(vits_state)
 

@@ -22,14 +22,14 @@ import numpy as np
 import pytest
 from conftest import ROOT, synthetic_frames, write_video
 
-from orchestrator.backend import START_FAILED, VideoRun
-from orchestrator.docker_backend import DockerBackend
-from orchestrator.launch import WorkerOptions
-from orchestrator.planning import create_plan
-from orchestrator.queue import QueuedVideo, WorkQueue
-from vda.rundir import RunDir
-from vda.synth import synthetic_scene
-from vda.writers import DepthMeta, read_depth
+from vda.io.rundir import RunDir
+from vda.io.writers import DepthMeta, read_depth
+from vda.model.synth import synthetic_scene
+from vda.orchestrator.backends.base import START_FAILED, VideoRun
+from vda.orchestrator.backends.docker import DockerBackend
+from vda.orchestrator.launch import WorkerOptions
+from vda.orchestrator.planning import create_plan
+from vda.orchestrator.queue import QueuedVideo, WorkQueue
 
 pytestmark = pytest.mark.docker
 
@@ -92,7 +92,7 @@ def _depth_cmd(inputs, out, backend: str, checkpoint, *extra: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "orchestrator.cli",
+        "vda.cli.main",
         "depth",
         *map(str, inputs),
         "-o",
@@ -273,7 +273,7 @@ def test_container_that_cannot_start_retires_only_its_device(client, tmp_path, c
 
 
 def test_cuda_only_run_fails_with_the_advice(client, tmp_path, checkpoint, tiny):
-    from orchestrator.queue import RunFailed
+    from vda.orchestrator.queue import RunFailed
 
     _no_nvidia_runtime(client)
     run_dir = tmp_path / "run"

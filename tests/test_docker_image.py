@@ -164,7 +164,7 @@ def test_image_cpu_torch(cpu_image):
 
 
 def test_image_imports(cpu_image):
-    r = _in_image(cpu_image, "python", "-c", "import torch, numpy, av, cv2, docker, vda, orchestrator")
+    r = _in_image(cpu_image, "python", "-c", "import torch, numpy, av, cv2, docker, vda.cli.main")
     assert r.returncode == 0, r.stderr
 
 
@@ -234,7 +234,7 @@ def _mount(service: dict, target: str) -> dict:
 @pytest.mark.parametrize("with_vars", [False, True], ids=["defaults", "env-set"])
 def test_compose_config(compose, tmp_path, with_vars):
     """Both services run `vda depth` on the input folder, as the CLI of this tree parses it."""
-    from orchestrator.cli import parser
+    from vda.cli.main import parser
 
     if with_vars:
         env = _compose_env(

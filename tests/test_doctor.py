@@ -17,7 +17,10 @@ import pytest
 import torch
 from conftest import ROOT, synthetic_frames, write_video
 
-from orchestrator.doctor import (
+from vda.core import stitch
+from vda.core.preprocess import network_shape
+from vda.model.synth import save_checkpoint
+from vda.orchestrator.doctor import (
     Check,
     Gpu,
     Options,
@@ -32,10 +35,7 @@ from orchestrator.doctor import (
     draft_plan,
     query_gpus,
 )
-from orchestrator.space import human_size
-from vda import stitch
-from vda.preprocess import network_shape
-from vda.synth import save_checkpoint
+from vda.orchestrator.space import human_size
 
 MARKS = ("✓ ", "✗ ", "- ")
 ENGINE_OK = Check("Docker engine", True, "version test, reachable")
@@ -128,7 +128,7 @@ def doctor(*args, models_dir: Path, home: Path, path_first: Path | None = None, 
         env["PATH"] = f"{path_first}{os.pathsep}{env['PATH']}"
     cpus = sorted(os.sched_getaffinity(0))[:cores] if cores else None
     proc = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "doctor", *map(str, args)],
+        [sys.executable, "-m", "vda", "doctor", *map(str, args)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -174,7 +174,7 @@ def test_a_ready_cpu_host_passes(tmp_path, models, clip):
     assert vits == f"✓ vits checkpoint: {models / 'video_depth_anything_vits.pth'} (Apache-2.0), layout ok"
     assert line_of(lines, "vitb checkpoint").startswith("- vitb checkpoint: video_depth_anything_vitb.pth not found")
     assert line_of(lines, "disk").startswith("✓ disk: 60 frames at 320x240 need about ")
-    assert "vda: using" not in err  # no licence banner from models.registry.resolve
+    assert "vda: using" not in err  # no licence banner from vda.model.registry.resolve
     if shutil.which("nvidia-smi") is None:
         assert line_of(lines, "NVIDIA container runtime") == "- NVIDIA container runtime: not checked: no GPU"
         assert line_of(lines, "GPUs").startswith("- GPUs: no NVIDIA GPU is visible")

@@ -1,6 +1,6 @@
 """Faults and bad input (issues 5 and 13): each test injects the fault for real.
 
-Workers are real `vda work` processes, killed with real signals or by the fault injection of vda.worker
+Workers are real `vda work` processes, killed with real signals or by the fault injection of vda.pipeline.worker
 (VDA_FAIL_AT_UNIT, VDA_FAIL_MODE, VDA_FAIL_TIMES); the disk-full test mounts a real tmpfs (root only). Nothing is
 faked here: the tests that need distinct GPUs to move a unit between are in test_gpu_logic.py.
 """
@@ -22,13 +22,13 @@ import pytest
 import torch
 from conftest import ROOT, synthetic_frames, write_images, write_video
 
-from orchestrator.planning import create_plan
 from vda import events
-from vda.merge import merge
-from vda.plan import Plan, PlanError
-from vda.rundir import RunDir
-from vda.worker import DeviceWorker, work_runs
-from vda.writers import DepthMeta, read_depth
+from vda.core.plan import Plan, PlanError
+from vda.io.rundir import RunDir
+from vda.io.writers import DepthMeta, read_depth
+from vda.orchestrator.planning import create_plan
+from vda.pipeline.merge import merge
+from vda.pipeline.worker import DeviceWorker, work_runs
 
 SMALL = ["--input-size", "56"]
 UNIT = 2  # windows per unit: the 90-frame clip is 5 windows, so 3 units ([0, 2), [2, 4), [4, 5))
@@ -42,7 +42,7 @@ ONE_THREAD = {"VDA_THREADS": "1"}
 def vda(*args, env=None, timeout=600):
     """The real CLI in a subprocess: exit code, stdout, stderr."""
     proc = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", *map(str, args)],
+        [sys.executable, "-m", "vda", *map(str, args)],
         cwd=ROOT,
         text=True,
         capture_output=True,
@@ -104,7 +104,7 @@ def reference(tmp_path_factory, video, checkpoint) -> np.ndarray:
 
 def hostless_worker(run: RunDir, checkpoint) -> subprocess.Popen:
     """`vda work RUN_DIR` on one CPU thread, as a process to kill from outside."""
-    cmd = [sys.executable, "-m", "orchestrator.cli", "work", run.path, "--device", "cpu", "--checkpoint", checkpoint]
+    cmd = [sys.executable, "-m", "vda", "work", run.path, "--device", "cpu", "--checkpoint", checkpoint]
     env = {**os.environ, **ONE_THREAD}
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
 
@@ -188,7 +188,7 @@ def test_failure_after_retries_names_the_log_and_resumes(tmp_path, video, checkp
 
 def test_sigterm_stops_local_workers_and_resumes(tmp_path, video, checkpoint, reference):
     out = tmp_path / "out"
-    args = [sys.executable, "-m", "orchestrator.cli", *depth_args(video, out, checkpoint, devices="cpu")]
+    args = [sys.executable, "-m", "vda", *depth_args(video, out, checkpoint, devices="cpu")]
     proc = subprocess.Popen(
         list(map(str, args)),
         cwd=ROOT,
@@ -225,7 +225,7 @@ def test_sigterm_stops_local_workers_and_resumes(tmp_path, video, checkpoint, re
 
 
 def test_changes_between_plan_and_run_are_refused(tmp_path, checkpoint):
-    from vda.synth import synth_state_dict
+    from vda.model.synth import synth_state_dict
 
     src = write_video(tmp_path / "v.mp4", synthetic_frames(30, 64, 48))
     run = tmp_path / "run"

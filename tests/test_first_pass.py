@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from conftest import synthetic_frames, write_video
 
-from orchestrator.planning import create_plan
-from vda.merge import FirstPass, Follower, _job, merge
-from vda.plan import Plan
-from vda.rundir import RunDir
-from vda.worker import work_runs
+from vda.core.plan import Plan
+from vda.io.rundir import RunDir
+from vda.orchestrator.planning import create_plan
+from vda.pipeline.merge import FirstPass, Follower, _job, merge
+from vda.pipeline.worker import work_runs
 
 # 3 units either way: 100 frames in windows 0-1, 2-3, 4; 80 frames in stream frames 0-35 (segments at 0 and 32),
 # 36-71 (36, 68) and 72-79 (72)

@@ -22,15 +22,21 @@ import pytest
 import torch
 from conftest import ROOT, TOL, rel_err, synthetic_frames, write_images
 
-from orchestrator.backend import VideoRun
-from orchestrator.batch import DepthRequest, run_depth
-from orchestrator.launch import WorkerOptions, inner_device, worker_command, worker_env, worker_threads
-from orchestrator.local import LocalBackend
-from orchestrator.planning import check_precision, create_plan, parse_devices
-from orchestrator.progress import BatchProgress
-from orchestrator.queue import QueuedVideo, WorkQueue
-from vda import events, inference
-from vda.inference import (
+from vda import events
+from vda.core.plan import PlanError
+from vda.core.preprocess import normalisation, preprocess
+from vda.io.rundir import RunDir
+from vda.io.writers import DepthMeta, read_depth
+from vda.model.network import VideoDepthAnything
+from vda.orchestrator.backends.base import VideoRun
+from vda.orchestrator.backends.local import LocalBackend
+from vda.orchestrator.batch import DepthRequest, run_depth
+from vda.orchestrator.launch import WorkerOptions, inner_device, worker_command, worker_env, worker_threads
+from vda.orchestrator.planning import check_precision, create_plan, parse_devices
+from vda.orchestrator.progress import BatchProgress
+from vda.orchestrator.queue import QueuedVideo, WorkQueue
+from vda.pipeline import inference
+from vda.pipeline.inference import (
     DeviceError,
     FrameFeed,
     Runtime,
@@ -41,13 +47,8 @@ from vda.inference import (
     resolve_precision,
     same_device,
 )
-from vda.model import VideoDepthAnything
-from vda.plan import PlanError
-from vda.preprocess import normalisation, preprocess
-from vda.rundir import RunDir
+from vda.pipeline.worker import EXIT_OUT_OF_MEMORY, DeviceWorker, _store, copy_done_event
 from vda.system import gpu_env, usable_cpus
-from vda.worker import EXIT_OUT_OF_MEMORY, DeviceWorker, _store, copy_done_event
-from vda.writers import DepthMeta, read_depth
 
 pytestmark = pytest.mark.gpu_logic
 
@@ -159,7 +160,7 @@ def test_local_gpu_worker_command_and_environment(checkpoint):
 
 
 def test_worker_launch_pieces():
-    """orchestrator.launch, which every backend builds its workers from."""
+    """vda.orchestrator.launch, which every backend builds its workers from."""
     assert [inner_device(d) for d in ("cuda:3", "cuda", "cpu")] == ["cuda:0", "cuda:0", "cpu"]
     options = WorkerOptions(micro_batch=4)
     assert worker_command(["vda"], "cuda:1", 2, options, "/models/x.pth") == [
@@ -370,7 +371,7 @@ def test_out_of_memory_is_one_line_naming_what_to_lower(tmp_path, checkpoint):
     one line naming what to lower, and exit code 4."""
     src = write_images(tmp_path / "imgs", synthetic_frames(30, 32, 24))
     create_plan(src, tmp_path / "run", checkpoint=str(checkpoint), input_size=28)
-    cmd = [sys.executable, "-m", "orchestrator.cli", "work", str(tmp_path / "run"), "--device", "cpu"]
+    cmd = [sys.executable, "-m", "vda", "work", str(tmp_path / "run"), "--device", "cpu"]
     cmd += ["--checkpoint", str(checkpoint), "--micro-batch", "2"]
     env = {**os.environ, "VDA_FAIL_AT_UNIT": "0", "VDA_FAIL_MODE": "oom"}
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)

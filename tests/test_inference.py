@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from conftest import TOL, rel_err, synthetic_frames
 
-from vda.inference import FrameError, StreamCache, infer_video
-from vda.preprocess import effective_input_size, network_shape
+from vda.core.preprocess import effective_input_size, network_shape
+from vda.pipeline.inference import FrameError, StreamCache, infer_video
 
 
 @pytest.mark.parametrize("mode", ["window", "stream"])

@@ -15,16 +15,17 @@ import numpy as np
 import pytest
 from conftest import ROOT, TOL, rel_err, synthetic_frames, write_images, write_video
 
-from orchestrator.planning import create_plan
-from vda import events, stitch
-from vda.inference import infer_video
-from vda.merge import merge
-from vda.plan import Plan
-from vda.rundir import RunDir
-from vda.synth import synthetic_scene
-from vda.video import probe, read_frames
-from vda.worker import DeviceWorker, work_runs
-from vda.writers import DepthMeta, read_depth
+from vda import events
+from vda.core import stitch
+from vda.core.plan import Plan
+from vda.io.rundir import RunDir
+from vda.io.video import probe, read_frames
+from vda.io.writers import DepthMeta, read_depth
+from vda.model.synth import synthetic_scene
+from vda.orchestrator.planning import create_plan
+from vda.pipeline.inference import infer_video
+from vda.pipeline.merge import merge
+from vda.pipeline.worker import DeviceWorker, work_runs
 
 
 def pipeline(src, run_dir, out_dir, checkpoint, unit_size=None, fmt="npy", input_size=126, **kw):
@@ -124,7 +125,7 @@ def test_frame_counts_in_equal_out(tmp_path, checkpoint, model, n, kind):
 def test_separate_processes_and_float_formats(tmp_path, checkpoint, parity, fixture_frames_dir):
     """`vda depth` with three worker processes sharing four units, then the merge again in every float format."""
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "orchestrator.cli", "depth", str(fixture_frames_dir), "-o", str(out)]
+    cmd = [sys.executable, "-m", "vda", "depth", str(fixture_frames_dir), "-o", str(out)]
     cmd += ["--devices", "cpu,cpu,cpu", "--checkpoint", str(checkpoint), "--input-size", "126"]
     cmd += ["--unit-size", "1", "--format", "npz"]
     env = {**os.environ, "VDA_THREADS": "1"}

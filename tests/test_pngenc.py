@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from vda.pngenc import encode_gray
-from vda.writers import encode, quantize
+from vda.io.pngenc import encode_gray
+from vda.io.writers import encode, quantize
 
 SHAPES = [(1, 1), (1, 7), (5, 1), (37, 53), (64, 48)]
 

@@ -9,10 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
-from orchestrator import tools_cli
-from vda.pointcloud import PointCloudError, frame_points, ply_bytes, ply_name, read_ply, write_pointclouds
-from vda.track import Intrinsics, IntrinsicsError
-from vda.writers import LEVELS, DepthMeta, encode, frame_name, write_atomic
+from vda.analysis.pointcloud import PointCloudError, frame_points, ply_bytes, ply_name, read_ply, write_pointclouds
+from vda.analysis.track import Intrinsics, IntrinsicsError
+from vda.cli import tools as tools_cli
+from vda.io.writers import LEVELS, DepthMeta, encode, frame_name, write_atomic
 
 DW, DH = 8, 6  # depth maps
 VW, VH = 16, 12  # video frames: twice the depth size, as after --max-res

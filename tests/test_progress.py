@@ -7,8 +7,8 @@ import io
 import pytest
 from conftest import synthetic_frames, write_images
 
-from orchestrator.planning import create_plan
-from orchestrator.progress import BatchProgress, _duration
+from vda.orchestrator.planning import create_plan
+from vda.orchestrator.progress import BatchProgress, _duration
 
 
 class Clock:

@@ -1,8 +1,8 @@
 """The work queue (issue 13): many videos share one queue of small units on long-lived device workers.
 
 Every run here is real: `vda depth` subprocesses with CPU workers, real encoded videos, and the Docker engine for the
-cross-backend resume. Fault and delay injection (VDA_FAIL_*, VDA_WORKER_DELAY, vda.worker) stand for a crashing or a
-slow device.
+cross-backend resume. Fault and delay injection (VDA_FAIL_*, VDA_WORKER_DELAY, vda.pipeline.worker) stand for a
+crashing or a slow device.
 """
 
 from __future__ import annotations
@@ -17,19 +17,20 @@ import numpy as np
 import pytest
 from conftest import ROOT, TOL, rel_err, synthetic_frames, write_images, write_video
 
-from orchestrator.batch import expand_inputs, name_inputs
-from vda import events, stitch
-from vda.inference import infer_video
-from vda.plan import STREAM_UNIT_FRAMES, STREAM_WARMUP, UNIT_WINDOWS, Plan, PlanError, make_units
-from vda.rundir import RunDir
-from vda.video import probe, read_frames
-from vda.writers import DepthMeta, read_depth
+from vda import events
+from vda.core import stitch
+from vda.core.plan import STREAM_UNIT_FRAMES, STREAM_WARMUP, UNIT_WINDOWS, Plan, PlanError, make_units
+from vda.io.rundir import RunDir
+from vda.io.video import probe, read_frames
+from vda.io.writers import DepthMeta, read_depth
+from vda.orchestrator.batch import expand_inputs, name_inputs
+from vda.pipeline.inference import infer_video
 
 SIZE = "28"  # network input: tiny, the queue is what is tested
 
 
 def depth(inputs, out, checkpoint, *flags, env=None, check=True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "orchestrator.cli", "depth", *map(str, inputs), "-o", str(out)]
+    cmd = [sys.executable, "-m", "vda", "depth", *map(str, inputs), "-o", str(out)]
     cmd += ["--checkpoint", str(checkpoint), "--input-size", SIZE, "--format", "npy", *flags]
     full_env = {**os.environ, "VDA_THREADS": "1", **(env or {})}
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=full_env, timeout=600)
@@ -237,7 +238,7 @@ def test_host_killed_with_sigkill_leaves_no_worker_and_the_same_command_resumes(
     clean = tmp_path / "clean"
     depth([src], clean, checkpoint, *flags)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "orchestrator.cli", "depth", str(src), "-o", str(out), "--checkpoint", str(checkpoint)]
+    cmd = [sys.executable, "-m", "vda", "depth", str(src), "-o", str(out), "--checkpoint", str(checkpoint)]
     cmd += ["--input-size", SIZE, "--format", "npy", *flags]
     env = {**os.environ, "VDA_THREADS": "1", "VDA_WORKER_DELAY": "0:1.5"}
     host = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from models import CHECKPOINTS, WeightsError, find, resolve
+from vda.model.registry import CHECKPOINTS, WeightsError, find, resolve
 
 
 def test_six_published_checkpoints_with_licences():

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from conftest import ROOT, synthetic_frames, write_images
 
-from orchestrator.planning import create_plan
-from orchestrator.space import check_space, estimate, unit_bytes
-from vda.merge import merge
-from vda.rundir import RunDir
-from vda.worker import work_runs
+from vda.io.rundir import RunDir
+from vda.orchestrator.planning import create_plan
+from vda.orchestrator.space import check_space, estimate, unit_bytes
+from vda.pipeline.merge import merge
+from vda.pipeline.worker import work_runs
 
 CPU = ["cpu"]
 
@@ -23,7 +23,7 @@ CPU = ["cpu"]
 def vda(*args, env=None):
     """The real CLI in a subprocess, one thread per worker: exit code, stdout, stderr."""
     full_env = {**os.environ, "VDA_THREADS": "1", **(env or {})}
-    cmd = [sys.executable, "-m", "orchestrator.cli", *map(str, args)]
+    cmd = [sys.executable, "-m", "vda", *map(str, args)]
     proc = subprocess.run(cmd, cwd=ROOT, text=True, capture_output=True, timeout=600, env=full_env)
     return proc.returncode, proc.stdout, proc.stderr
 

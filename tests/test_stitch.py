@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vda import stitch
+from vda.core import stitch
 
 LENGTHS = [1, 2, 21, 22, 23, 31, 32, 33, 44, 45, 70, 100, 1000]
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from conftest import SHARED, TOL, rel_err
 
-from vda.model import load_model
-from vda.synth import save_checkpoint, state_digest, synth_state_dict, tensor_values
+from vda.model.network import load_model
+from vda.model.synth import save_checkpoint, state_digest, synth_state_dict, tensor_values
 
 
 def test_digest_is_that_of_the_reference_weights(parity, vits_state):
@@ -56,7 +56,7 @@ def test_same_bits_as_the_shared_generator(encoder, seed):
 @pytest.mark.shared
 def test_matches_the_shared_reference_outputs(model):
     """Optional: the reference outputs on ../shared's frames (the authors' example clip) still match."""
-    from vda.inference import infer_video
+    from vda.pipeline.inference import infer_video
 
     ref = np.load(SHARED / "fixtures" / "vda_parity" / "public_vits_seed0.npz")
     with torch.inference_mode():
@@ -67,7 +67,7 @@ def test_matches_the_shared_reference_outputs(model):
 
 
 def test_reference_frames_are_our_synthetic_scene(parity):
-    """tests/data/README.md's claim: the reference ran on vda.synth.synthetic_scene(70, 72, 128), our own footage."""
-    from vda.synth import synthetic_scene
+    """tests/data/README.md: the reference ran on vda.model.synth.synthetic_scene(70, 72, 128), our own footage."""
+    from vda.model.synth import synthetic_scene
 
     assert np.array_equal(parity["frames"], synthetic_scene(70, 72, 128))

@@ -12,9 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
-from orchestrator import tools_cli
-from vda import plots
-from vda.track import (
+from vda.analysis import plots
+from vda.analysis.track import (
     CLOSED_TOL,
     Intrinsics,
     IntrinsicsError,
@@ -32,7 +31,8 @@ from vda.track import (
     run_track,
     tortuosity,
 )
-from vda.writers import LEVELS, DepthMeta, encode, frame_name, write_atomic
+from vda.cli import tools as tools_cli
+from vda.io.writers import LEVELS, DepthMeta, encode, frame_name, write_atomic
 
 W, H = 64, 48
 K = Intrinsics(fx=50.0, fy=55.0, cx=31.5, cy=23.5, width=W, height=H)

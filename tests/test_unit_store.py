@@ -9,11 +9,11 @@ import pytest
 import torch
 from conftest import synthetic_frames, write_video
 
-from orchestrator.planning import create_plan
 from vda import events
-from vda.inference import PRECISIONS
-from vda.rundir import RunDir
-from vda.worker import DeviceWorker, UnitStore, _store, _to_host
+from vda.io.rundir import RunDir
+from vda.orchestrator.planning import create_plan
+from vda.pipeline.inference import PRECISIONS
+from vda.pipeline.worker import DeviceWorker, UnitStore, _store, _to_host
 
 
 def test_jobs_run_in_submission_order_off_the_calling_thread():

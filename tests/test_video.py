@@ -9,8 +9,8 @@ import pytest
 from conftest import SHARED, numbered_frames, portrait_phone_video, synthetic_frames, write_images, write_video
 from media import frame_number
 
-from vda.synth import synthetic_scene
-from vda.video import VideoError, fit_max_res, probe, read_frames, threaded
+from vda.io.video import VideoError, fit_max_res, probe, read_frames, threaded
+from vda.model.synth import synthetic_scene
 
 
 @pytest.mark.shared

@@ -3,9 +3,9 @@
     python tests/data/make_reference.py --reference /path/to/Video-Depth-Anything [--out tests/data/...]
 
 `--reference` is a checkout of github.com/DepthAnything/Video-Depth-Anything (not part of this project; it needs
-`einops` and `easydict` importable). It runs on CPU in fp32 with `vda.synth.synth_state_dict("vits", 0)`:
+`einops` and `easydict` importable). It runs on CPU in fp32 with `vda.model.synth.synth_state_dict("vits", 0)`:
 
-- `frames`: `vda.synth.synthetic_scene(70, 72, 128)`, uint8 [70, 72, 128, 3] RGB, our own procedural footage;
+- `frames`: `vda.model.synth.synthetic_scene(70, 72, 128)`, uint8 [70, 72, 128, 3] RGB, our own procedural footage;
 - `forward_out` [1, 32, 70, 126]: one model forward of `forward_input(frames)` (a crop to multiples of 14 and the
   ImageNet normalisation, in float32 numpy, so the tests rebuild the exact input bit for bit);
 - `window_out` [70, 72, 128]: the authors' long-video inference (`infer_video_depth`, input size 126);
@@ -66,7 +66,7 @@ def main() -> None:
     ap.add_argument("--reference", required=True, type=Path, help="checkout of DepthAnything/Video-Depth-Anything")
     ap.add_argument("--out", type=Path, default=HERE / "reference_vits_seed0.npz")
     args = ap.parse_args()
-    from vda.synth import state_digest, synth_state_dict, synthetic_scene
+    from vda.model.synth import state_digest, synth_state_dict, synthetic_scene
 
     torch.set_num_threads(1)
     batch, stream = _import_reference(args.reference)

@@ -1,1 +1,0 @@
-"""Host side: planning, backends (local, docker), scheduling, progress and the `vda` CLI."""

@@ -1,0 +1,302 @@
+"""The `vda` command: plan, work (a device worker), merge and the one-shot depth.
+
+Every expected failure ends in one line `vda: error: <problem>; <fix>` and a non-zero exit;
+`--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import signal
+import sys
+from pathlib import Path
+
+from vda.cli import tools as tools_cli
+from vda.orchestrator import doctor
+
+EXIT_ERROR, EXIT_INTERRUPTED = (
+    2,
+    130,
+)  # and EXIT_OUT_OF_MEMORY (4, vda.pipeline.worker) when a device runs out of memory
+# The backends `vda depth --backend` offers: module and class, imported only when chosen.
+BACKENDS = {
+    "local": ("vda.orchestrator.backends.local", "LocalBackend"),
+    "docker": ("vda.orchestrator.backends.docker", "DockerBackend"),
+}
+
+
+def _positive(text: str) -> int:
+    """argparse type for counts that must be at least 1 (a 0 would silently mean the default)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", help="path of a .pth file (default: the published one for --encoder/--metric)")
+    p.add_argument(
+        "--encoder",
+        "--model-size",
+        dest="encoder",
+        choices=["vits", "vitb", "vitl"],
+        help="encoder (default: inferred from --checkpoint, else vits)",
+    )
+    p.add_argument("--metric", action="store_true", help="use the metric-depth checkpoint")
+    p.add_argument("--input-size", type=int, default=518, help="network input size (multiple of 14)")
+    p.add_argument("--max-res", type=int, default=1280, help="downscale frames whose long side exceeds this; 0 keeps")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "fp16", "bf16"],
+        help="auto (default): fp16 on each GPU, fp32 on each CPU; bf16 needs compute capability 8.0",
+    )
+    p.add_argument("--mode", choices=["window", "stream"], default="window")
+    p.add_argument(
+        "--unit-size",
+        type=_positive,
+        help="work per queue unit: windows in window mode (default 8, 176 frames), frames in stream mode (default 400)",
+    )
+
+
+def _device_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--devices", help="comma-separated devices, e.g. cpu,cpu or cuda:0,cuda:1")
+    g.add_argument("--gpus", type=int, help="use the first N visible GPUs")
+    g.add_argument("--gpu-ids", type=int, nargs="+", help="use these GPU ids")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="vda", description="Video Depth Anything over long videos on many devices.")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("plan", help="probe the input and cut it into queue units (RUN_DIR/plan.json)")
+    p.add_argument("video", help="video file or folder of images (sorted by name)")
+    p.add_argument("-o", "--run-dir", required=True)
+    _device_flags(p)
+    _model_flags(p)
+    p.add_argument("--overwrite", action="store_true", help="replace a different run in RUN_DIR")
+
+    p = sub.add_parser("work", help="a device worker: compute queue units (what each worker process or container runs)")
+    p.add_argument(
+        "run_dirs",
+        nargs="*",
+        metavar="RUN_DIR",
+        help="compute every unfinished unit of these run folders here; without any, take units from the host on stdin",
+    )
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--slot", type=int, default=0, help="this worker's number in the run (for its log and tests)")
+    p.add_argument("--checkpoint", help="checkpoint path (default: resolved from the plan through models/)")
+    p.add_argument("--input", help="RUN_DIR: where the planned input is now (e.g. in a container); verified by hash")
+    p.add_argument("--micro-batch", type=_positive, help="frames per encoder batch, to bound GPU memory")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the encoder (faster after the first window; needs a C compiler)",
+    )
+
+    p = sub.add_parser("merge", help="replay alignment and blending over the stored windows; write one file per frame")
+    p.add_argument("run_dir")
+    p.add_argument("-o", "--out", required=True)
+    p.add_argument("--format", choices=["png16", "png8", "npy", "npz", "exr"], default="png16")
+    p.add_argument("--create-video", action="store_true", help="also write a colourised depth video")
+    p.add_argument("--workers", type=int, help="merge processes (default: all CPU cores)")
+    p.add_argument("--overwrite", action="store_true", help="replace another run's output in OUT")
+
+    p = sub.add_parser("depth", help="plan, compute every unit on the devices, merge: the one-shot command")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="video files, folders of images, folders of videos")
+    p.add_argument("-o", "--out", required=True, help="output folder (several inputs: OUT/<name> each)")
+    p.add_argument("--run-dir", help="working folder (default: OUT/_run)")
+    p.add_argument("--backend", choices=sorted(BACKENDS), default="local")
+    _device_flags(p)
+    _model_flags(p)
+    p.add_argument("--format", choices=["png16", "png8", "npy", "npz", "exr"], default="png16")
+    p.add_argument("--create-video", action="store_true")
+    p.add_argument("--retries", type=int, default=2, help="retries per failed unit, then its video fails")
+    p.add_argument("--overwrite", action="store_true", help="replace a different run in the output folder")
+    p.add_argument("--image", default=None, help="docker backend: image (default vda:latest for GPUs, vda:cpu)")
+    p.add_argument("--merge-workers", type=int)
+    p.add_argument(
+        "--micro-batch", type=_positive, help="frames per encoder batch in the workers (default 4); lower on OOM"
+    )
+    p.add_argument("--no-space-check", action="store_true", help="start even if the disks look too small")
+    p.add_argument("--clean", action="store_true", help="delete the stored windows after a successful merge")
+    p.add_argument(
+        "--compile", action="store_true", help="workers torch.compile the encoder (needs a C compiler where they run)"
+    )
+    tools_cli.add_parsers(sub)
+    doctor.add_parser(sub)
+    return ap
+
+
+def _devices(args, backend: str = "local") -> list[str]:
+    from vda.orchestrator.planning import parse_devices
+
+    needs_gpu = args.gpus is not None or args.gpu_ids is not None or "cuda" in (args.devices or "")
+    visible = _backend(backend).visible_gpus() if needs_gpu else None
+    return parse_devices(args.devices, args.gpus, args.gpu_ids, visible)
+
+
+def _backend(name: str):
+    module, cls = BACKENDS[name]
+    return getattr(importlib.import_module(module), cls)
+
+
+def cmd_plan(args) -> int:
+    from vda.orchestrator.planning import check_precision, create_plan
+
+    devices = _devices(args)
+    plan, resumed = create_plan(
+        args.video,
+        args.run_dir,
+        checkpoint=args.checkpoint,
+        encoder=args.encoder,
+        metric=args.metric,
+        input_size=args.input_size,
+        max_res=args.max_res,
+        precision=check_precision(args.precision, devices),
+        mode=args.mode,
+        unit_size=args.unit_size,
+        overwrite=args.overwrite,
+    )
+    word = "kept existing" if resumed else "wrote"
+    print(f"{word} {Path(args.run_dir) / 'plan.json'}: {plan.frame_count} frames, {len(plan.units)} unit(s)")
+    return 0
+
+
+def cmd_work(args) -> int:
+    import torch
+
+    from vda.pipeline.worker import serve_stdin, work_runs
+
+    if os.environ.get("VDA_THREADS"):
+        torch.set_num_threads(int(os.environ["VDA_THREADS"]))
+    options = {"checkpoint": args.checkpoint, "micro_batch": args.micro_batch, "compile": args.compile}
+    if args.run_dirs:
+        work_runs(args.run_dirs, args.device, input_path=args.input, slot=args.slot, **options)
+    else:
+        serve_stdin(args.device, slot=args.slot, **options)
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from vda.pipeline.merge import merge
+
+    merge(
+        args.run_dir,
+        args.out,
+        args.format,
+        create_video=args.create_video,
+        workers=args.workers,
+        overwrite=args.overwrite,
+    )
+    return 0
+
+
+def cmd_depth(args) -> int:
+    from vda.orchestrator.batch import DepthRequest, run_depth
+    from vda.orchestrator.launch import WorkerOptions
+
+    out = Path(args.out)
+    _check_writable(out)
+    devices = _devices(args, args.backend)
+    options = WorkerOptions(args.checkpoint, args.micro_batch, args.compile)
+    request = DepthRequest(
+        args.inputs,
+        out,
+        devices,
+        Path(args.run_dir) if args.run_dir else None,
+        args.checkpoint,
+        args.encoder,
+        args.metric,
+        args.input_size,
+        args.max_res,
+        args.precision,
+        args.mode,
+        args.unit_size,
+        args.format,
+        args.create_video,
+        args.retries,
+        args.overwrite,
+        args.merge_workers,
+        not args.no_space_check,
+        args.clean,
+        options,
+    )
+    return run_depth(request, _backend(args.backend)(devices, options, args.image))
+
+
+def _check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".vda_write_test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise OSError(f"output folder {out} is not writable ({err.strerror}); choose another -o") from None
+
+
+COMMANDS = {"plan": cmd_plan, "work": cmd_work, "merge": cmd_merge, "depth": cmd_depth, **tools_cli.COMMANDS}
+COMMANDS["doctor"] = doctor.cmd_doctor
+
+
+def _on_sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("\nvda: interrupted; every worker was stopped. Run the same command again to resume.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as err:
+        if args.debug or not _expected(err):
+            raise
+        print(f"vda: error: {str(err).strip()}", file=sys.stderr)
+        from vda.pipeline.worker import EXIT_OUT_OF_MEMORY, DeviceOutOfMemory
+
+        return EXIT_OUT_OF_MEMORY if isinstance(err, DeviceOutOfMemory) else EXIT_ERROR
+
+
+def _expected(err: Exception) -> bool:
+    from vda.core.plan import PlanError
+    from vda.io.video import VideoError
+    from vda.model.network import CheckpointError
+    from vda.model.registry import WeightsError
+    from vda.orchestrator.queue import RunFailed
+    from vda.pipeline.inference import FrameError, NonFiniteDepth
+    from vda.pipeline.worker import DeviceOutOfMemory, InjectedFault
+
+    known = (
+        WeightsError,
+        RunFailed,
+        FrameError,
+        CheckpointError,
+        PlanError,
+        VideoError,
+        OSError,
+        ValueError,
+        InjectedFault,
+        DeviceOutOfMemory,
+        NonFiniteDepth,
+    )
+    extra = ()
+    try:
+        from vda.orchestrator.backends.docker import DockerError
+
+        extra = (DockerError,)
+    except ImportError:
+        pass
+    return isinstance(err, known + extra)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""RUN_DIR: one type owns every path, marker and cleanup of a run folder.
+
+A video's run folder holds its plan, the raw depth of every stored piece (a window in window mode, a SEGMENT-frame
+segment in stream mode), the merge's first pass and the host's notes. A batch's run folder holds one such folder per
+video, plus what belongs to the batch: the per-device worker logs and processing_results.json. With a single input
+both are the same folder, which is the layout a single video has always had.
+
+    RUN_DIR/plan.json                 the plan (vda.core.plan)
+    RUN_DIR/windows/win_000012.npy    window 12, raw network-resolution depth; `.done` marker beside it
+    RUN_DIR/segments/seg_000416.npy   stream mode: frames 416..447
+    RUN_DIR/first_pass.json           the merge's pass 1, kept while it follows the workers
+    RUN_DIR/logs/worker_<slot>.log    one long-lived worker's output (batch level)
+    RUN_DIR/logs/video.log            what went wrong with this video's units, with the worker log to read
+    RUN_DIR/processing_results.json   per device, per video and per unit (batch level)
+
+A piece is finished when its `.npy` and its `.done` marker both exist; the worker writes the array under a temporary
+name, renames it, then writes the marker, so a killed worker never leaves a half-written piece that counts.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from vda.core.plan import Plan, Unit
+
+WINDOWS_DIR, SEGMENTS_DIR, LOGS_DIR, FAULTS_DIR = "windows", "segments", "logs", "faults"
+FIRST_PASS_NAME = "first_pass.json"
+RESULTS_NAME = "processing_results.json"
+
+
+class RunDir:
+    """The paths of one run folder (see the module docstring); no state besides the folder itself."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    @property
+    def logs(self) -> Path:
+        return self.path / LOGS_DIR
+
+    @property
+    def results(self) -> Path:
+        return self.path / RESULTS_NAME
+
+    @property
+    def first_pass(self) -> Path:
+        return self.path / FIRST_PASS_NAME
+
+    def worker_log(self, slot: int) -> Path:
+        return self.logs / f"worker_{slot}.log"
+
+    @property
+    def video_log(self) -> Path:
+        return self.logs / "video.log"
+
+    def fault_counter(self, name: str) -> Path:
+        return self.path / FAULTS_DIR / name
+
+    def piece(self, mode: str, index: int) -> Path:
+        """Where a piece is stored. Both kinds are keyed by their index alone: units depend on the video and the
+        settings only, so a rerun on any devices finds every piece where the first run put it."""
+        if mode == "window":
+            return self.path / WINDOWS_DIR / f"win_{index:06d}.npy"
+        return self.path / SEGMENTS_DIR / f"seg_{index:06d}.npy"
+
+    def is_stored(self, mode: str, index: int) -> bool:
+        path = self.piece(mode, index)
+        return path.with_suffix(".done").is_file() and path.is_file()
+
+    def unfinished_pieces(self, plan: Plan, unit: Unit) -> list[int]:
+        return [p for p in plan.pieces(unit) if not self.is_stored(plan.settings.mode, p)]
+
+    def unfinished_units(self, plan: Plan) -> list[Unit]:
+        return [u for u in plan.units if self.unfinished_pieces(plan, u)]
+
+    def missing_pieces(self, plan: Plan) -> list[int]:
+        return [p for p in plan.all_pieces() if not self.is_stored(plan.settings.mode, p)]
+
+    def discard_results(self) -> None:
+        """Delete what the workers and pass 1 stored (not the plan or the logs): the run starts over, or is done."""
+        shutil.rmtree(self.path / WINDOWS_DIR, ignore_errors=True)
+        shutil.rmtree(self.path / SEGMENTS_DIR, ignore_errors=True)
+        shutil.rmtree(self.path / FAULTS_DIR, ignore_errors=True)
+        self.first_pass.unlink(missing_ok=True)

@@ -1,0 +1,1 @@
+"""The network (DINOv2 encoder, temporal DPT head), checkpoint loading, the published checkpoints, synthetic weights."""

@@ -1,0 +1,114 @@
+"""The backend contract: how the host starts a device worker, talks to it, stops it, and runs a merge.
+
+The queue (vda.orchestrator.queue) and the CLI see only this; the local backend runs processes, the Docker backend runs
+containers from one image, and a cluster backend implements the same four steps. A backend is opened for a batch,
+so that it can prepare what its workers must see (Docker mounts every input once, for the whole run).
+
+Worker output is read line by line (`LinePump`): every line goes to the worker's log, messages (vda.events) go to the
+queue, and the worker's own `vda: error:` line becomes the reason the run reports for it.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from vda import events
+from vda.io.rundir import RunDir
+from vda.orchestrator.launch import WorkerOptions
+
+ERROR_PREFIX = "vda: error: "
+START_FAILED = 125  # a worker that could not start on its device (`docker run`'s own code for it)
+
+
+class WorkerHandle(Protocol):
+    """A started worker. `reason` is its last `vda: error:` line (or why it could not start), for the run's report."""
+
+    reason: str | None
+
+    def send(self, message: events.Message) -> None: ...
+
+    def poll(self) -> int | None: ...
+
+    def stop(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class VideoRun:
+    """One input of a batch, as a backend needs it: its run folder and the input on the host."""
+
+    name: str
+    run: RunDir
+    input: Path
+
+
+@dataclass(frozen=True)
+class MergeRequest:
+    run: RunDir
+    out: Path
+    fmt: str = "png16"
+    create_video: bool = False
+    overwrite: bool = False
+    workers: int | None = None  # merge processes (default: the usable cores)
+
+
+class Backend(ABC):
+    """Start a device worker, stop it, run a merge, close: what every backend implements."""
+
+    name: str
+
+    def __init__(self, devices: list[str], options: WorkerOptions, image: str | None = None):
+        self.devices, self.options, self.image = devices, options, image
+
+    @staticmethod
+    def visible_gpus() -> int:
+        """GPUs this backend's workers can be given, which --gpus and --gpu-ids are checked against."""
+        import torch
+
+        return torch.cuda.device_count()
+
+    def open(self, root: RunDir, videos: list[VideoRun]) -> None:
+        """Prepare for a batch whose batch-level files go to `root` (check what the workers need, before any work)."""
+        self.root, self.videos = root, list(videos)
+
+    @abstractmethod
+    def worker_path(self, path: Path) -> str:
+        """A host path (an input, a run folder) as the backend's workers see it."""
+
+    @abstractmethod
+    def start_worker(self, slot: int, device: str, log_path: Path, on_line: Callable[[str], None]) -> WorkerHandle:
+        """Start the long-lived worker of `slot` on `device`; a worker that cannot start exits START_FAILED."""
+
+    @abstractmethod
+    def merge(self, request: MergeRequest) -> None:
+        """Merge one video's stored pieces into its output folder; raises with one line if it fails."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release everything the batch started (no orphans), whatever state it is in."""
+
+
+class LinePump:
+    """Reads a worker's output in a thread: log every line, hand each line on, keep its `vda: error:` line."""
+
+    def __init__(self, lines: Iterable[str], log_path: Path, on_line: Callable[[str], None], handle: WorkerHandle):
+        self.thread = threading.Thread(target=self._run, args=(lines, log_path, on_line, handle), daemon=True)
+        self.thread.start()
+
+    @staticmethod
+    def _run(lines: Iterable[str], log_path: Path, on_line, handle: WorkerHandle) -> None:
+        with open(log_path, "a", encoding="utf-8", errors="replace") as log:
+            for raw in lines:
+                log.write(raw if raw.endswith("\n") else raw + "\n")
+                log.flush()
+                line = raw.rstrip("\n")
+                if line.startswith(ERROR_PREFIX):
+                    handle.reason = line[len(ERROR_PREFIX) :]
+                on_line(line)
+
+    def join(self, timeout: float) -> None:
+        self.thread.join(timeout)

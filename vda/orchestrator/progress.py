@@ -1,0 +1,96 @@
+"""One progress view for a whole batch: videos done, units done, frames/s and the time left.
+
+Rates count only what this run computed, not units an earlier run had stored. The queue reports units and failed
+videos; the batch reports each finished video, which gets a line of its own.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+from vda.core.plan import Plan
+
+
+class BatchProgress:
+    def __init__(self, plans: list[Plan], stream=sys.stderr, clock=time.time):
+        self.total_units = sum(len(p.units) for p in plans)
+        self.total_videos = len(plans)
+        self.units_done = 0  # stored by this run or an earlier one
+        self.fresh_units = 0  # computed by this run
+        self.frames = 0  # output frames of the units this run computed
+        self.videos_done = 0
+        self.videos_failed = 0
+        self.recomputes = 0
+        self.by_device: dict[str, int] = {}
+        self.stream, self.clock, self.lock = stream, clock, threading.Lock()
+        self.started, self._last = clock(), 0.0
+
+    def stored(self, units: int) -> None:
+        """Units an earlier run had stored."""
+        with self.lock:
+            self.units_done += units
+
+    def unit_done(self, video: int, frames: int, fp32_recomputes: int, device: str) -> None:
+        with self.lock:
+            self.units_done += 1
+            self.fresh_units += 1
+            self.frames += frames
+            self.by_device[device] = self.by_device.get(device, 0) + 1
+            if fp32_recomputes and not self.recomputes:  # said once per run; processing_results.json counts them
+                self._say(
+                    "depth was not finite in half precision (fp16/bf16) and was recomputed in fp32; "
+                    "processing_results.json counts these per unit"
+                )
+            self.recomputes += fp32_recomputes
+        self.render()
+
+    def video_failed(self, video: int) -> None:
+        with self.lock:
+            self.videos_failed += 1
+
+    def video_finished(self, line: str) -> None:
+        """A video is merged: its own line, then the bar again."""
+        with self.lock:
+            self.videos_done += 1
+            self._say(line)
+        self.render(final=False, force=True)
+
+    def _say(self, line: str) -> None:
+        tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        print(("\r\033[K" if tty else "") + line, file=self.stream, flush=True)
+
+    def text(self) -> str:
+        now = self.clock()
+        elapsed, left = now - self.started, self.total_units - self.units_done
+        width = 30
+        fill = width * self.units_done // max(self.total_units, 1)
+        text = f"[{'#' * fill}{'.' * (width - fill)}] "
+        if self.total_videos > 1:
+            failed = f" ({self.videos_failed} failed)" if self.videos_failed else ""
+            text += f"{self.videos_done}/{self.total_videos} videos{failed}, "
+        text += f"{self.units_done}/{self.total_units} units"
+        if self.fresh_units > 0 and elapsed > 0:
+            text += f", {self.frames / elapsed:.1f} frames/s"
+            if left > 0:
+                text += f", about {_duration(left * elapsed / self.fresh_units)} left"
+        return text + f", {elapsed:.0f}s"
+
+    def render(self, final: bool = False, force: bool = False) -> None:
+        now = self.clock()
+        if not (final or force) and now - self._last < 0.5:
+            return
+        self._last = now
+        tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        end = "" if tty and not final else "\n"
+        print(("\r" if tty else "") + self.text(), end=end, file=self.stream, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

@@ -1,0 +1,89 @@
+"""Disk space, checked before any GPU time is spent: a long video needs tens of GB for windows and frames.
+
+The estimate is a pure function of the plan; only `check_space` looks at the disks.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from vda.core.plan import SEGMENT, Plan, PlanError
+from vda.io.rundir import RunDir
+from vda.io.writers import frame_name
+from vda.pipeline.inference import resolve_precision, store_dtype
+
+NPY_HEADER = 128
+MARKER = 512  # a unit's .done marker, generously
+# Bytes per pixel of a written frame, as an estimate. PNG: depth maps are smooth, and bench_stages.py measured
+# 2.53 MB for a 1080p png16 frame (0.61 of the 4.15 MB raw); 0.75 leaves room for less smooth scenes.
+OUTPUT_BYTES_PER_PIXEL = {"png16": 2 * 0.75, "png8": 1 * 0.75, "npy": 4, "npz": 4, "exr": 4 * 1.01}
+
+
+@dataclass(frozen=True)
+class SpaceNeed:
+    run_bytes: int  # windows (or segments) still to be stored in RUN_DIR
+    out_bytes: int  # frames still to be written in OUT
+
+
+def unit_bytes(plan: Plan, piece: int, devices: list[str]) -> int:
+    """Bytes of one stored piece (a window, or the stream segment starting at frame `piece`): network-resolution maps,
+    in the store dtype of the precision its device computes in (float16 for fp16, float32 otherwise); the largest over
+    the devices, as any of them may compute it."""
+    s = plan.settings
+    if s.mode == "window":
+        frames = 32
+    else:  # a segment ends at SEGMENT frames or at its unit's end, whichever comes first
+        stop = next(u.span[1] for u in plan.units if u.span[0] <= piece < u.span[1])
+        frames = min(SEGMENT, stop - piece)
+    kinds = {"cuda" if d.startswith("cuda") else "cpu" for d in devices}
+    itemsize = max(store_dtype(resolve_precision(s.precision, kind)).itemsize for kind in kinds)
+    return frames * s.net_height * s.net_width * itemsize + NPY_HEADER + MARKER
+
+
+def estimate(plan: Plan, fmt: str, pending_pieces: list[int], pending_frames: int, devices: list[str]) -> SpaceNeed:
+    """Space still needed for `pending_pieces` and `pending_frames` output frames in format `fmt`."""
+    s = plan.settings
+    per_frame = int(s.frame_width * s.frame_height * OUTPUT_BYTES_PER_PIXEL[fmt]) + NPY_HEADER
+    return SpaceNeed(sum(unit_bytes(plan, p, devices) for p in pending_pieces), pending_frames * per_frame)
+
+
+def human_size(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+
+
+def check_space(runs: list[tuple[Plan, RunDir, Path]], fmt: str, devices: list[str]) -> SpaceNeed:
+    """Refuse to start when the disks cannot hold what is left to write for every (plan, run folder, output folder)
+    of a batch (one line: sizes, where, and the fix)."""
+    by_disk: dict[int, tuple[Path, int, dict[str, int]]] = {}  # one entry per filesystem: run and out may share one
+    run_total = out_total = 0
+    for plan, run, out_dir in runs:
+        existing = sum(
+            p.stat().st_size for i in range(plan.frame_count) if (p := out_dir / frame_name(i, fmt)).is_file()
+        )
+        need = estimate(plan, fmt, run.missing_pieces(plan), plan.frame_count, devices)
+        out_bytes = max(0, need.out_bytes - existing)  # a rerun replaces frames in place
+        run_total, out_total = run_total + need.run_bytes, out_total + out_bytes
+        for folder, size, what in ((run.path, need.run_bytes, "windows"), (out_dir, out_bytes, f"{fmt} frames")):
+            folder = _existing_parent(folder)
+            first, total, parts = by_disk.get(os.stat(folder).st_dev, (folder, 0, {}))
+            parts[what] = parts.get(what, 0) + size
+            by_disk[os.stat(folder).st_dev] = (first, total + size, parts)
+    for folder, size, parts in by_disk.values():
+        free = shutil.disk_usage(folder).free
+        if free < size:
+            listing = " + ".join(f"{human_size(n)} of {what}" for what, n in parts.items())
+            raise PlanError(
+                f"not enough disk space: {folder} has {human_size(free)} free, this run needs about {human_size(size)} "
+                f"({listing}); free space, choose another -o / --run-dir, or pass --no-space-check"
+            )
+    return SpaceNeed(run_total, out_total)
+
+
+def _existing_parent(path: Path) -> Path:
+    path = Path(path).absolute()
+    while not path.exists():
+        path = path.parent
+    return path

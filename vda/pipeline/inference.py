@@ -1,0 +1,467 @@
+"""Long-video inference as generators: window mode (the authors' batch method) and stream mode.
+
+Memory is bounded by one window whatever the video length: frames are pulled lazily, encoder features
+are kept only for the frames the next window reuses, and each depth map is yielded once it is final.
+
+Speed beyond the reference: the DINOv2 encoder is per frame, so the features of the 10 frames a
+window shares with the previous one (8 overlap frames, 2 keyframes) are reused instead of recomputed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sysconfig
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vda.core import stitch
+from vda.core.preprocess import network_shape, preprocess
+from vda.model.network import PATCH, VideoDepthAnything
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# "auto" is a per-device choice made where the model runs: fp16 on a GPU, fp32 on a CPU. A plan over cpu and
+# cuda devices then computes each window in what its device does well, and a unit retried on the other kind
+# still runs (an fp16 unit on a CPU would fail).
+AUTO = "auto"
+PRECISION_CHOICES = (AUTO, *PRECISIONS)
+MODES = ("window", "stream")
+BF16_MIN_CAPABILITY = (8, 0)  # bf16 tensor cores arrived with Ampere; older GPUs emulate it slowly or not at all
+# Frames per batch through the encoder and the full-resolution part of the head. The window is still 32
+# frames for the temporal layers; only memory changes (the head's last layers hold 32 full-size maps).
+DEFAULT_MICRO_BATCH = 4
+STREAM_CACHE = 2 * stitch.STRIDE - stitch.ALIGN  # 42 cached frames: frame 0, then a sliding 41-frame reach
+
+
+class FrameError(ValueError):
+    """A frame that cannot be processed; the message names the frame and the fix."""
+
+
+class DeviceError(ValueError):
+    """A device that cannot run what was asked (precision, compiler, placement); the message says what to use."""
+
+
+class NonFiniteDepth(RuntimeError):
+    """Depth that is NaN or infinite even in fp32: never written; the message names the window."""
+
+
+def resolve_precision(precision: str | None, device_type: str) -> str:
+    """The precision a device of `device_type` ("cpu", "cuda") computes in, for a planned `precision`."""
+    if precision in (None, AUTO):
+        return "fp16" if device_type == "cuda" else "fp32"
+    return precision
+
+
+def store_dtype(precision: str) -> torch.dtype:
+    """dtype a unit is stored in: float16 for fp16 runs (half the disk and copy); float32 otherwise, because numpy has
+    no bfloat16 and float16's range (65504) could clip bf16 maps."""
+    return torch.float16 if precision == "fp16" else torch.float32
+
+
+def same_device(a: torch.device, b: torch.device, current_cuda: int | None = None) -> bool:
+    """Whether two devices are the same; "cuda" without an index means the current CUDA device."""
+    if a.type != b.type:
+        return False
+    if a.type != "cuda":
+        return True
+    return (a.index if a.index is not None else current_cuda) == (b.index if b.index is not None else current_cuda)
+
+
+def check_compiler(which=shutil.which, environ=os.environ, gpu: bool = False, include: str | None = None) -> None:
+    """torch.compile builds kernels with a C compiler where the model runs (Triton's launcher on a GPU, C++ on CPU).
+
+    Without one it fails deep in the first window with a long traceback; refuse in one line before any work.
+    """
+    cc = environ.get("CC")
+    if not ((cc and which(cc)) or which("cc") or which("gcc") or which("clang")):
+        raise DeviceError(
+            "--compile needs a C compiler where the workers run (torch.compile builds kernels), and there is none; "
+            "install gcc there (e.g. in the image), or run without --compile"
+        )
+    include = include or sysconfig.get_paths()["include"]
+    if gpu and not os.path.isfile(os.path.join(include, "Python.h")):  # Triton builds its launcher against it
+        raise DeviceError(
+            f"--compile on a GPU needs the Python headers (no Python.h in {include}); install python3-dev (or the "
+            "matching python*-dev package), or run without --compile"
+        )
+
+
+def check_frame(index: int, frame, size: tuple[int, int] | None) -> np.ndarray:
+    if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+        got = f"shape {getattr(frame, 'shape', None)} dtype {getattr(frame, 'dtype', type(frame).__name__)}"
+        raise FrameError(f"frame {index}: expected an HxWx3 uint8 RGB array, got {got}; convert frames to RGB uint8")
+    if size is not None and frame.shape[:2] != size:
+        raise FrameError(
+            f"frame {index} is {frame.shape[1]}x{frame.shape[0]} but frame 0 is {size[1]}x{size[0]}; "
+            "all frames of a video must have one size (resize them first)"
+        )
+    return frame
+
+
+class FrameFeed:
+    """Lazily pulls (index, frame) pairs, in increasing index order, and hands out frames by index.
+
+    Only frames asked for but not yet consumed are held. `total` is the frame count when the caller
+    knows it (a planned unit); otherwise it is learnt when the source runs dry.
+    """
+
+    def __init__(self, pairs: Iterable[tuple[int, np.ndarray]], total: int | None = None):
+        self._pairs = iter(pairs)
+        self._held: dict[int, np.ndarray] = {}
+        self._last = -1
+        self.size: tuple[int, int] | None = None
+        self.total = total
+        self._exhausted = False
+
+    def _pull_until(self, index: int) -> None:
+        while self._last < index and not self._exhausted:
+            try:
+                i, frame = next(self._pairs)
+            except StopIteration:
+                self._exhausted = True
+                if self.total is None:
+                    self.total = self._last + 1
+                elif self._last + 1 < self.total and index < self.total:
+                    raise FrameError(
+                        f"the video ended before frame {index} of {self.total}; it may be truncated"
+                    ) from None
+                return
+            if i <= self._last:
+                raise FrameError(f"frames out of order: {i} after {self._last}")
+            self._held[i] = check_frame(i, frame, self.size)
+            self.size = self.size or frame.shape[:2]
+            self._last = i
+
+    def frame_count_hint(self, upto: int) -> int:
+        """The frame count if known, else a lower bound after making frames up to `upto` available."""
+        self._pull_until(upto)
+        return self.total if self.total is not None else self._last + 1
+
+    def first(self) -> np.ndarray:
+        self._pull_until(0)
+        if 0 not in self._held:
+            raise FrameError("no frames: the video (or iterable) is empty")
+        return self._held[0]
+
+    def take(self, index: int) -> np.ndarray:
+        """The frame at `index` (consumed: asking again is an error)."""
+        self._pull_until(index)
+        if index not in self._held:
+            raise FrameError(f"frame {index} is not available from the source")
+        return self._held.pop(index)
+
+    def indexed(self) -> Iterator[tuple[int, np.ndarray]]:
+        """All frames in order (for stream mode)."""
+        i = 0
+        while True:
+            self._pull_until(i)
+            if i not in self._held:
+                return
+            yield i, self._held.pop(i)
+            i += 1
+
+
+@contextlib.contextmanager
+def ieee_fp32():
+    """fp32 that is fp32 on CUDA: torch runs fp32 convolutions through cuDNN in TF32 by default on Ampere and newer
+    (a 10-bit mantissa), which alone moves depth by more than the 1e-4 parity we hold CUDA fp32 to against CPU fp32.
+    Process-wide flags, so they are restored on exit."""
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    saved = conv.fp32_precision, matmul.fp32_precision
+    conv.fp32_precision = matmul.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        conv.fp32_precision, matmul.fp32_precision = saved
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how the model runs; shared by the single pass, the device worker and the benchmarks."""
+
+    device: torch.device
+    precision: str = "fp32"
+    micro_batch: int | None = DEFAULT_MICRO_BATCH  # frames per encoder / head-tail batch (None: the whole window)
+    compile: bool = False  # torch.compile the encoder (most of the compute); pays a compile on the first window
+
+    @classmethod
+    def create(cls, device="cpu", precision="fp32", micro_batch=None, compile=False, cuda=torch.cuda) -> Runtime:
+        """Check the combination before any work. `cuda` is torch.cuda; tests pass a fake (no GPU on CI)."""
+        micro_batch = micro_batch or DEFAULT_MICRO_BATCH  # the CLI and infer_video default to 4, not to None
+        device = torch.device(device)
+        if precision not in PRECISION_CHOICES:
+            raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
+        precision = resolve_precision(precision, device.type)
+        if micro_batch < 1:
+            raise ValueError(f"--micro-batch must be at least 1, got {micro_batch}")
+        if device.type == "cpu" and precision == "fp16":
+            raise DeviceError("fp16 needs a CUDA device; use --precision auto (fp32 on CPU) or bf16 on CPU")
+        if device.type == "cuda":
+            if not cuda.is_available():
+                raise DeviceError(f"device {device} requested but CUDA is not available here; use --device cpu")
+            if precision == "bf16" and tuple(cuda.get_device_capability(device)) < BF16_MIN_CAPABILITY:
+                major, minor = cuda.get_device_capability(device)
+                raise DeviceError(
+                    f"bf16 needs a GPU of compute capability 8.0 or newer, and {cuda.get_device_name(device)} "
+                    f"({device}) has {major}.{minor}; use --precision fp16 or fp32"
+                )
+        if compile:
+            check_compiler(gpu=device.type == "cuda")
+        return cls(device, precision, micro_batch, compile)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the model computes in (autocast's), which cached features are kept in."""
+        return PRECISIONS[self.precision]
+
+    def encoder(self, model: VideoDepthAnything):
+        """model.encode, compiled when asked; frames are independent, so compiling changes no result.
+
+        Compiled, every batch has exactly `micro_batch` frames: the last one is padded with copies of its last frame
+        and the padding's features dropped, so one compiled graph serves every window (22 new frames, 32 at the
+        start, fewer at the end) instead of one recompilation per batch size.
+        """
+        if not self.compile:
+            return model.encode
+        compiled = torch.compile(model.pretrained, dynamic=False)
+
+        def encode(x: torch.Tensor, micro_batch: int | None = None) -> list[torch.Tensor]:
+            step = micro_batch or x.shape[0]  # stream mode encodes one frame at a time: its fixed shape is 1
+            parts = []
+            for i in range(0, x.shape[0], step):
+                batch = x[i : i + step]
+                pad = step - batch.shape[0]
+                if pad:
+                    batch = torch.cat([batch, batch[-1:].expand(pad, *batch.shape[1:])])
+                parts.append([level[: step - pad] for level in compiled(batch)])
+            return [torch.cat(level) for level in zip(*parts)]
+
+        return encode
+
+    def autocast(self, precision: str | None = None):
+        """The context the model runs in: autocast for fp16/bf16; for fp32 on CUDA, true fp32 (see ieee_fp32)."""
+        precision = precision or self.precision
+        if precision == "fp32":
+            return ieee_fp32() if self.device.type == "cuda" else contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=PRECISIONS[precision])
+
+    def to_device(self, frames: list[np.ndarray]) -> torch.Tensor:
+        batch = torch.from_numpy(np.stack(frames))
+        if self.device.type == "cuda":
+            batch = batch.pin_memory()
+        return batch.to(self.device, non_blocking=True)
+
+
+def upsample(depth: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """[k, h, w] -> [k, H, W], bilinear with aligned corners as the authors do."""
+    return F.interpolate(depth.float()[:, None], size=size, mode="bilinear", align_corners=True)[:, 0]
+
+
+class WindowRunner:
+    """Computes raw window depths [32, h, w] (network resolution, float32) in window order.
+
+    Keeps encoder features per source frame and evicts those the next window does not read. They are compact copies
+    in the compute dtype: slices of the batch tensor would keep the whole batch alive (frame 0's features would pin
+    all of window 0), and on CUDA autocast's layer norm returns them in float32, twice the memory.
+
+    fp16 guard: a window whose depth is not finite in fp16 or bf16 (a known failure on some GPUs, e.g. GTX 16xx) is
+    recomputed once from its frames in fp32. So the frames of the current window are kept too (raw uint8, one
+    window at most) when not in fp32. `recomputed` lists the windows that needed it; if fp32 is not finite either,
+    NonFiniteDepth is raised: NaN depth is never handed on.
+    """
+
+    def __init__(self, model: VideoDepthAnything, runtime: Runtime, shape: tuple[int, int]):
+        self.model, self.rt, self.shape = model, runtime, shape
+        self.grid = (shape[0] // PATCH, shape[1] // PATCH)
+        self._features: dict[int, list[torch.Tensor]] = {}
+        self._frames: dict[int, np.ndarray] = {}  # raw frames of the current window, for the fp32 recompute
+        self._encode = runtime.encoder(model)
+        self.recomputed: list[int] = []
+
+    @torch.inference_mode()
+    def run(self, w: int, feed: FrameFeed, n_frames: int) -> torch.Tensor:
+        inputs = stitch.window_inputs(w, n_frames)
+        new = sorted(set(inputs) - self._features.keys())
+        with self.rt.autocast():
+            if new:
+                feats = self._encode(preprocess(self._take(feed, new), self.shape), self.rt.micro_batch)
+                for k, i in enumerate(new):
+                    self._features[i] = [level[k].to(self.rt.dtype, copy=True) for level in feats]
+            depth = self._decode([torch.stack([self._features[i][lv] for i in inputs]) for lv in range(4)])
+        if self.rt.precision != "fp32" and not bool(torch.isfinite(depth).all()):
+            depth = self._recompute_fp32(w, inputs)
+        keep = set(stitch.window_inputs(w + 1, max(n_frames, (w + 1) * stitch.STRIDE + stitch.WINDOW)))
+        keep |= {min(i, n_frames - 1) for i in keep}
+        self._features = {i: f for i, f in self._features.items() if i in keep}
+        self._frames = {i: f for i, f in self._frames.items() if i in keep}
+        return depth.float()  # [32, h, w]
+
+    def _take(self, feed: FrameFeed, new: list[int]) -> torch.Tensor:
+        """The new frames as one uint8 batch on the device. The decoded frames are let go here, before preprocessing
+        (which makes float copies of the batch), unless the fp32 recompute may need them."""
+        frames = [feed.take(i) for i in new]
+        if self.rt.precision != "fp32":
+            self._frames.update(zip(new, frames))
+        return self.rt.to_device(frames)
+
+    def _decode(self, window: list[torch.Tensor]) -> torch.Tensor:
+        depth, _ = self.model.decode(window, self.grid, stitch.WINDOW, micro_batch=self.rt.micro_batch)
+        return depth
+
+    def _recompute_fp32(self, w: int, inputs: list[int]) -> torch.Tensor:
+        self.recomputed.append(w)
+        unique = sorted(set(inputs))
+        x = preprocess(self.rt.to_device([self._frames[i] for i in unique]), self.shape)
+        with self.rt.autocast("fp32"):
+            feats = self.model.encode(x, self.rt.micro_batch)  # eager and in fp32: this is the fallback path
+            row = {i: k for k, i in enumerate(unique)}
+            depth = self._decode([level[[row[i] for i in inputs]] for level in feats])
+        if not bool(torch.isfinite(depth).all()):
+            raise NonFiniteDepth(
+                f"window {w} gives non-finite depth even in fp32; the checkpoint or the frames are broken "
+                "(check the checkpoint file and the input)"
+            )
+        return depth
+
+
+CHAIN_OUTPUTS = [0, 1, stitch.KEYFRAME]  # the outputs of a window the alignment chain reads
+
+
+def chain_maps(picked: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """A window's outputs CHAIN_OUTPUTS ([3, h, w], network resolution) at full resolution: [3, H, W]."""
+    return upsample(picked, size).cpu().numpy()
+
+
+def chain_step(
+    chain: stitch.AlignmentChain, picked: torch.Tensor, size: tuple[int, int]
+) -> tuple[np.float32, np.float32]:
+    """Scale and shift of the next window from its outputs CHAIN_OUTPUTS ([3, h, w], network resolution)."""
+    first, second, key = chain_maps(picked, size)
+    return chain.step(first, second, key)
+
+
+class WindowAligner:
+    """Turns raw windows and their scale/shift into final full-resolution frames (the authors' stitching).
+
+    Holds the last two windows only, at network resolution.
+    """
+
+    def __init__(self, size: tuple[int, int]):
+        self.size = size
+        self._windows: dict[int, tuple[torch.Tensor, np.float32, np.float32]] = {}
+
+    def add(self, w: int, depth: torch.Tensor, scale: np.float32, shift: np.float32) -> None:
+        self._windows[w] = (depth, scale, shift)
+        self._windows.pop(w - 2, None)
+
+    def aligned(self, w: int, i: int) -> np.ndarray:
+        depth, scale, shift = self._windows[w]
+        return stitch.apply_scale_shift(upsample(depth[i : i + 1], self.size)[0].cpu().numpy(), scale, shift)
+
+    def frames(self, w: int, n_frames: int) -> Iterator[tuple[int, np.ndarray]]:
+        """(frame index, depth) for the frames window w makes final."""
+        for f in stitch.window_outputs(w, n_frames):
+            src = stitch.frame_source(f, n_frames)
+            newer = self.aligned(src.w, src.i)
+            if src.weight == 1.0:
+                yield f, newer
+            else:
+                yield f, stitch.blend(self.aligned(src.w - 1, src.i + stitch.STRIDE), newer, src.weight)
+
+
+class StreamCache:
+    """The authors' streaming context: frame 0 plus a sliding reach of 41 frames, per temporal layer.
+
+    At start the list is filled with copies of frame 0's entry, as if a window of it had been seen.
+    """
+
+    def __init__(self):
+        self.entries: list[list[torch.Tensor]] = []
+
+    def context(self) -> list[torch.Tensor] | None:
+        if not self.entries:
+            return None
+        picked = self.entries[: stitch.ALIGN] + self.entries[-(stitch.WINDOW - 1 - stitch.ALIGN) :]  # 31 frames
+        return [torch.cat([e[k] for e in picked], dim=1) for k in range(len(picked[0]))]
+
+    def push(self, fresh: list[torch.Tensor]) -> None:
+        self.entries = self.entries + [fresh] if self.entries else [fresh] * stitch.WINDOW
+        if len(self.entries) > STREAM_CACHE:
+            del self.entries[1]
+
+
+@torch.inference_mode()
+def stream_depths(
+    model: VideoDepthAnything,
+    runtime: Runtime,
+    pairs: Iterable[tuple[int, np.ndarray]],
+    shape: tuple[int, int],
+    recomputed: list[int] | None = None,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """(index, depth [h, w]) per frame, in network resolution, carrying the cache through `pairs`.
+
+    A frame whose depth is not finite in fp16/bf16 is recomputed once in fp32 (with the same cache, upcast) and its
+    index appended to `recomputed`; NonFiniteDepth if fp32 does not help either.
+    """
+    cache = StreamCache()
+    grid = (shape[0] // PATCH, shape[1] // PATCH)
+    encode = runtime.encoder(model)
+    for i, frame in pairs:
+        x = preprocess(runtime.to_device([frame]), shape)
+        context = cache.context()
+        with runtime.autocast():
+            depth, fresh = model.decode(encode(x), grid, 1, cache=context)
+        if runtime.precision != "fp32" and not bool(torch.isfinite(depth).all()):
+            dtype = fresh[0].dtype
+            upcast = None if context is None else [c.float() for c in context]
+            with runtime.autocast("fp32"):
+                depth, fresh = model.decode(model.encode(x), grid, 1, cache=upcast)
+            if not bool(torch.isfinite(depth).all()):
+                raise NonFiniteDepth(f"frame {i} gives non-finite depth even in fp32; check the checkpoint and input")
+            fresh = [f.to(dtype) for f in fresh]  # the cache stays in one dtype
+            if recomputed is not None:
+                recomputed.append(i)
+        cache.push(fresh)
+        yield i, depth[0].float()
+
+
+def infer_video(
+    model: VideoDepthAnything,
+    frames: Iterable[np.ndarray],
+    *,
+    input_size: int = 518,
+    mode: str = "window",
+    precision: str = "fp32",
+    device="cpu",
+    micro_batch: int | None = None,
+    compile: bool = False,
+) -> Iterator[np.ndarray]:
+    """Yield one float32 HxW depth map per input frame, in order, at the frame's resolution."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    runtime = Runtime.create(device, precision, micro_batch, compile)
+    model_device = next(model.parameters()).device
+    current = torch.cuda.current_device() if runtime.device.type == "cuda" else None
+    if not same_device(model_device, runtime.device, current):
+        raise DeviceError(f"model is on {model_device} but device={runtime.device}; load it with device={device!r}")
+    feed = FrameFeed(enumerate(frames))
+    size = feed.first().shape[:2]
+    shape = network_shape(*size, input_size)
+    if mode == "stream":
+        for _, depth in stream_depths(model, runtime, feed.indexed(), shape):
+            yield upsample(depth[None], size)[0].cpu().numpy()
+        return
+    runner = WindowRunner(model, runtime, shape)
+    chain, aligner = stitch.AlignmentChain(metric=model.config.metric), WindowAligner(size)
+    w = 0
+    while w == 0 or w * stitch.STRIDE < feed.frame_count_hint(w * stitch.STRIDE):
+        n = feed.frame_count_hint(w * stitch.STRIDE + stitch.WINDOW - 1)
+        depth = runner.run(w, feed, n)
+        aligner.add(w, depth, *chain_step(chain, depth[CHAIN_OUTPUTS], size))
+        yield from (d for _, d in aligner.frames(w, n))
+        w += 1

@@ -1,0 +1,473 @@
+"""The device worker: `vda work --device cuda:0|cpu`, one long-lived process (or container) per device.
+
+It loads the model once, then computes the units the host hands it, one at a time, until told to stop: the host
+sends `Assign` lines on stdin, the worker answers with `Ready`, `Done` and `Failed` lines on stdout (vda.events).
+A unit's raw depth, at network resolution, is stored piece by piece in its video's run folder (vda.io.rundir): under a
+temporary name, renamed, then a `.done` marker. Stores run in a background thread while the next unit computes.
+
+A unit always starts from its own first window (or its warm-up, in stream mode), whichever worker computed the units
+before it, so its depth depends on the video and the settings only: any split, any device count, any retry gives the
+same bits at one thread. A unit's failure (an unreadable frame, out of memory) is reported and the worker goes on
+with the next one; anything else ends the worker, and the host hands its unit to another.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vda import events
+from vda.core import stitch
+from vda.core.plan import SEGMENT, Plan, PlanError, Unit
+from vda.io.rundir import RunDir
+from vda.io.video import Prefetch, VideoError, head_hash, read_frames, threaded
+from vda.io.writers import write_atomic, write_json
+from vda.model.network import load_model
+from vda.pipeline.inference import (
+    FrameError,
+    FrameFeed,
+    NonFiniteDepth,
+    Runtime,
+    WindowRunner,
+    store_dtype,
+    stream_depths,
+)
+
+# Decoded frames held ahead of the model: a window takes its 22 new frames at once, so a shorter queue would make
+# the device wait for the decoder at every window (bench_stages.py, "decode overlap"). 44 frames at 720p: 120 MB.
+DECODE_AHEAD = 2 * stitch.STRIDE
+PREFETCH_WAIT_S = 0.05  # how long a worker waits for its next unit before it computes without decoding it ahead
+# Fault injection, to rehearse failures: VDA_FAIL_AT_UNIT="U" fails unit U of any video ("NAME:U": of video NAME);
+# VDA_FAIL_TIMES=N fails only the first N times (counted in the video's RUN_DIR/faults/); VDA_FAIL_MODE=raise (the
+# unit fails, the worker goes on), exit (the worker exits 3), kill (SIGKILL, as the OOM killer does) or oom (torch's
+# out-of-memory error, as a GPU raises it). VDA_WORKER_DELAY="SLOT:SECONDS" slows worker SLOT by SECONDS per unit,
+# a slow device for the tests of the queue.
+FAIL_ENV, FAIL_TIMES_ENV, FAIL_MODE_ENV, DELAY_ENV = (
+    "VDA_FAIL_AT_UNIT",
+    "VDA_FAIL_TIMES",
+    "VDA_FAIL_MODE",
+    "VDA_WORKER_DELAY",
+)
+FAULT_ENV = (FAIL_ENV, FAIL_TIMES_ENV, FAIL_MODE_ENV, DELAY_ENV)
+
+
+class InjectedFault(RuntimeError):
+    pass
+
+
+class DeviceOutOfMemory(RuntimeError):
+    """The device ran out of memory: expected, one line naming what to lower, and not retried with the same settings.
+
+    Retrying the same unit on the same device with the same settings would fail the same way: the worker reports it as
+    device-bound (events.Failed), and the queue hands the unit to a device that has not tried it, or gives it up.
+    """
+
+
+EXIT_OUT_OF_MEMORY = 4  # `vda` exits so when a device ran out of memory (vda work on run folders, no host)
+# What fails a unit and not the worker: the worker reports it (events.Failed) and goes on with the next unit.
+UNIT_ERRORS = (VideoError, FrameError, PlanError, NonFiniteDepth, InjectedFault, DeviceOutOfMemory)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_input(plan: Plan, input_path: str | None) -> None:
+    """Refuse to mix results: the input must be the one that was planned."""
+    path = Path(input_path or plan.input.path)
+    if not path.exists():
+        raise VideoError(f"input {path} not found; it was planned as {plan.input.path}")
+    size = path.stat().st_size if path.is_file() else None
+    if (size is not None and size != plan.input.size_bytes) or head_hash(path) != plan.input.head_sha256:
+        raise PlanError(f"input {path} changed since it was planned; plan again into a new run folder")
+    plan.input.path = str(path)
+
+
+def verify_checkpoint(plan: Plan, checkpoint: Path) -> None:
+    if file_sha256(checkpoint) != plan.settings.checkpoint_sha256:
+        raise PlanError(f"checkpoint {checkpoint} differs from the one planned; plan again into a new run folder")
+
+
+def copy_done_event(device: torch.device, cuda=torch.cuda):
+    """A blocking CUDA event after the work queued so far on `device`'s current stream.
+
+    A copy from a tensor on cuda:K is queued on cuda:K's current stream, whatever the current device is; an event
+    recorded on the current device's stream (cuda:0 unless someone called set_device) could complete before the copy
+    lands, and the store thread would read a half-filled buffer: silent garbage on every GPU but the first. Blocking,
+    so that waiting for it sleeps instead of spinning a core. `cuda` is torch.cuda; tests pass a fake (no GPU on CI).
+    """
+    event = cuda.Event(blocking=True)
+    event.record(cuda.current_stream(device))
+    return event
+
+
+def _to_host(depth: torch.Tensor, precision: str) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+    """Start the copy of a unit to host memory without waiting for it; the event marks its end on CUDA.
+
+    Units are stored in `store_dtype(precision)`: float16 for fp16 runs, float32 otherwise.
+    """
+    depth = depth.to(store_dtype(precision))
+    if depth.device.type != "cuda":
+        return depth, None
+    host = torch.empty(depth.shape, dtype=depth.dtype, pin_memory=True)
+    host.copy_(depth, non_blocking=True)
+    return host, copy_done_event(depth.device)
+
+
+def _store(path: Path, host: torch.Tensor, event, started: float, piece: int) -> None:
+    if event is not None:
+        event.synchronize()
+    array = host.numpy()
+    buf = io.BytesIO()
+    np.save(buf, array)
+    write_atomic(path, buf.getvalue())
+    write_json(
+        path.with_suffix(".done"),
+        {
+            "piece": piece,
+            "seconds": round(time.time() - started, 3),
+            "shape": list(array.shape),
+            "dtype": str(array.dtype),
+        },
+    )
+
+
+class UnitStore:
+    """Stores units in a background thread, in submission order, so the device never waits on the disk.
+
+    At most `depth` units wait in host memory. An error in the thread (a full disk) re-raises in the caller
+    at its next submit or at exit. Units submitted before an error or interrupt are still written on exit:
+    they are finished work a rerun would otherwise redo.
+    """
+
+    def __init__(self, depth: int = 2):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None  # stays set: no unit after a failed one is written
+        self._reported = False
+        self._thread = threading.Thread(target=self._drain, name="vda-store", daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while (job := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    job()
+                except BaseException as err:  # handed to the caller, which re-raises it
+                    self._error = err
+
+    def raise_pending(self) -> None:
+        if self._error is not None and not self._reported:
+            self._reported = True
+            raise self._error
+
+    def submit(self, job) -> None:
+        self.raise_pending()
+        self._queue.put(job)
+
+    def __enter__(self) -> UnitStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if exc[0] is None:
+            self.raise_pending()
+
+
+def _out_of_memory(s, runtime: Runtime, doing: str) -> DeviceOutOfMemory:
+    """The one line for an OOM. It does not name the device: an isolated worker sees its GPU as cuda:0, and the
+    queue, which knows which GPU that is, names it."""
+    return DeviceOutOfMemory(
+        f"the GPU ran out of memory {doing} {s.encoder} at input size {s.input_size} ({s.net_width}x{s.net_height}) "
+        f"with micro-batch {runtime.micro_batch} in {runtime.precision}; lower --micro-batch "
+        f"(e.g. {max(1, runtime.micro_batch // 2)}), --input-size or --max-res, or use a GPU with more memory"
+    )
+
+
+def _maybe_fail(run: RunDir, video: str, unit: int) -> None:
+    """Fault injection (FAIL_ENV above): rehearses what the queue does when a unit or a worker fails."""
+    spec = os.environ.get(FAIL_ENV, "")
+    if not spec:
+        return
+    name, _, u = spec.rpartition(":")
+    if int(u) != unit or (name and name != video):
+        return
+    counter = run.fault_counter(f"unit{unit}")
+    counter.parent.mkdir(exist_ok=True)
+    fired = int(counter.read_text() or 0) if counter.exists() else 0
+    if FAIL_TIMES_ENV in os.environ and fired >= int(os.environ[FAIL_TIMES_ENV]):
+        return
+    counter.write_text(str(fired + 1))
+    mode = os.environ.get(FAIL_MODE_ENV, "raise")
+    say(f"injecting fault ({FAIL_ENV}={spec}, {mode}) at {video}, unit {unit}")
+    if mode == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if mode == "exit":
+        os._exit(3)
+    if mode == "oom":
+        raise torch.OutOfMemoryError(f"CUDA out of memory (injected by {FAIL_ENV}={spec})")
+    raise InjectedFault(f"injected fault ({FAIL_ENV}={spec}) at {video}, unit {unit}")
+
+
+def _delay(slot: int) -> float:
+    """Seconds this worker sleeps per unit (DELAY_ENV): a slow device, for tests only."""
+    spec = os.environ.get(DELAY_ENV, "")
+    which, _, seconds = spec.partition(":")
+    return float(seconds) if spec and int(which) == slot else 0.0
+
+
+@dataclass
+class _Video:
+    """What a worker keeps per video between its units: the plan, read and verified once."""
+
+    plan: Plan
+    run: RunDir
+
+
+@dataclass
+class DeviceWorker:
+    """One device's worker: the model, loaded once, and the store thread, shared by every unit it computes.
+
+    `emit` sends a message to the host (events); it may be called from the store thread, so it must be thread-safe.
+    """
+
+    device: str
+    emit: Callable[[events.Message], None]
+    checkpoint: str | None = None  # default: the plan's, resolved through models/
+    micro_batch: int | None = None
+    compile: bool = False
+    slot: int = 0
+    _videos: dict[str, _Video] = field(default_factory=dict)
+    _models: dict[tuple, tuple] = field(default_factory=dict)  # (encoder, metric, sha, precision) -> (model, runtime)
+
+    def serve(self, lines: Iterable[str]) -> None:
+        """Compute every unit assigned on `lines` until Stop or the end of input; stores finish before it returns.
+
+        The worker asks for its next unit (Ready) as it starts computing one, and starts that unit's decoder as soon as
+        it is assigned: the seek to a unit's first frame (up to a GOP of decoding, 0.66 s at 1080p with 250-frame GOPs,
+        bench_queue.py) then overlaps the current unit's compute instead of idling the device.
+        """
+        inbox: queue.Queue = queue.Queue()
+        threading.Thread(target=_read_messages, args=(lines, inbox), name="vda-inbox", daemon=True).start()
+        with UnitStore() as self.store:
+            self.emit(events.Ready(os.getpid()))
+            task = self._wait(inbox)
+            ahead = self._decode_ahead(task)
+            while isinstance(task, events.Assign):
+                self.emit(events.Ready(os.getpid()))
+                try:
+                    following = inbox.get(timeout=PREFETCH_WAIT_S)
+                except queue.Empty:
+                    following = None
+                following_ahead = self._decode_ahead(following)
+                self.run(task, ahead)
+                if following is None:
+                    following = self._wait(inbox)
+                    following_ahead = self._decode_ahead(following)
+                task, ahead = following, following_ahead
+
+    def _wait(self, inbox: queue.Queue):
+        """The next message; while waiting, a failed store (a full disk) ends the worker at once with its error, so
+        that the host, which waits for that unit's Done, hears of it and gives the unit to another worker."""
+        while True:
+            self.store.raise_pending()
+            try:
+                return inbox.get(timeout=0.5)
+            except queue.Empty:
+                continue
+
+    def _decode_ahead(self, task) -> Prefetch | None:
+        """Start decoding an assigned unit's frames now; None when there is nothing to decode (or it cannot be: the
+        unit then fails in `run`, with the reason)."""
+        if not isinstance(task, events.Assign):
+            return None
+        try:
+            video = self._video(task)
+            unit = video.plan.units[task.unit]
+            if not video.run.unfinished_pieces(video.plan, unit):
+                return None
+            return _frames(video.plan, unit)
+        except (*UNIT_ERRORS, IndexError):
+            return None
+
+    def run(self, task: events.Assign, frames: Prefetch | None = None) -> None:
+        """Compute one unit; a unit error (UNIT_ERRORS) is reported as Failed, anything else ends the worker."""
+        try:
+            self._compute(task, frames)
+        except UNIT_ERRORS as err:
+            device_bound = isinstance(err, DeviceOutOfMemory)
+            self.emit(events.Failed(task.video, task.unit, str(err).strip(), device_bound))
+        finally:
+            if frames is not None:
+                frames.close()
+
+    def _video(self, task: events.Assign) -> _Video:
+        if task.run_dir not in self._videos:
+            plan = Plan.load(Path(task.run_dir))
+            verify_input(plan, task.input)
+            self._videos[task.run_dir] = _Video(plan, RunDir(task.run_dir))
+        return self._videos[task.run_dir]
+
+    def _model(self, plan: Plan) -> tuple[torch.nn.Module, Runtime]:
+        from vda.model.registry import resolve
+
+        s = plan.settings
+        key = (s.encoder, s.metric, s.checkpoint_sha256, s.precision)
+        if key not in self._models:
+            ckpt = resolve(s.encoder, s.metric, self.checkpoint)
+            verify_checkpoint(plan, ckpt)
+            runtime = Runtime.create(self.device, s.precision, self.micro_batch, self.compile)  # auto: fp16 on GPUs
+            try:
+                model = load_model(ckpt, encoder=s.encoder, metric=s.metric, device=runtime.device)
+            except torch.OutOfMemoryError:
+                raise _out_of_memory(s, runtime, "loading the weights") from None
+            self._models = {key: (model, runtime)}  # one model per device: a new one replaces the old
+        return self._models[key]
+
+    def _compute(self, task: events.Assign, frames: Prefetch | None) -> None:
+        video = self._video(task)
+        plan, run, s = video.plan, video.run, video.plan.settings
+        if not 0 <= task.unit < len(plan.units):
+            raise PlanError(f"{task.video} has units 0..{len(plan.units) - 1}, not {task.unit}; plan again")
+        unit = plan.units[task.unit]
+        started = time.time()
+        todo = set(run.unfinished_pieces(plan, unit))
+        if not todo:  # stored by an earlier run or attempt
+            self.emit(events.Done(task.video, unit.index, unit.produced_frames, 0, 0.0))
+            return
+        try:
+            _maybe_fail(run, task.video, unit.index)
+        except torch.OutOfMemoryError:  # injected (VDA_FAIL_MODE=oom): reported as a real one is, below
+            raise _out_of_memory(s, self._model(plan)[1], "running") from None
+        time.sleep(_delay(self.slot))
+        model, runtime = self._model(plan)
+        run.piece(s.mode, unit.span[0]).parent.mkdir(parents=True, exist_ok=True)
+        recomputed: list[int] = []  # windows (or frames) recomputed in fp32 because fp16/bf16 gave NaN or inf
+
+        def save(piece: int, depth: torch.Tensor, fresh: int) -> None:
+            if piece not in todo:
+                return
+            host, event = _to_host(depth, "fp32" if fresh else runtime.precision)  # a recomputed piece stays fp32
+            if fresh:
+                say(f"{task.video} piece {piece}: depth not finite in {runtime.precision}; recomputed in fp32")
+            path = run.piece(s.mode, piece)
+            self.store.submit(lambda: _store(path, host, event, started, piece))
+
+        try:
+            _compute_unit(plan, unit, model, runtime, save, recomputed, frames or _frames(plan, unit))
+        except torch.OutOfMemoryError:
+            raise _out_of_memory(s, runtime, "running") from None
+        done = events.Done(task.video, unit.index, unit.produced_frames, unit.computed_frames, 0.0, len(recomputed))
+        self.store.submit(lambda: self.emit(_stamped(done, started)))
+
+
+def _stamped(done: events.Done, started: float) -> events.Done:
+    """The Done message with the unit's time, taken when its last piece is stored."""
+    return dataclasses.replace(done, seconds=round(time.time() - started, 3))
+
+
+def _frames(plan: Plan, unit: Unit) -> Prefetch:
+    """A unit's frames, decoded in a thread that starts now."""
+    s = plan.settings
+    wanted = (i for a, b in unit.decode for i in range(a, b))
+    return threaded(read_frames(plan.input, wanted, (s.frame_width, s.frame_height)), DECODE_AHEAD)
+
+
+def _read_messages(lines: Iterable[str], inbox: queue.Queue) -> None:
+    """The host's messages, in order; the end of input (the host went away) is a Stop."""
+    try:
+        for line in lines:
+            message = events.decode(line.strip())
+            if message is not None:
+                inbox.put(message)
+    finally:
+        inbox.put(events.Stop())
+
+
+def _compute_unit(plan: Plan, unit: Unit, model, runtime: Runtime, save, recomputed: list[int], frames) -> None:
+    """Compute one unit from its own start, calling save(piece, depth [k, h, w], fp32_recomputes) per piece."""
+    s, n = plan.settings, plan.frame_count
+    shape = (s.net_height, s.net_width)
+    try:
+        if s.mode == "window":
+            feed, runner = FrameFeed(frames, total=n), WindowRunner(model, runtime, shape)
+            for w in range(*unit.span):
+                before = len(runner.recomputed)
+                depth = runner.run(w, feed, n)
+                save(w, depth, len(runner.recomputed) - before)
+            recomputed.extend(runner.recomputed)
+            return
+        first, stop = unit.span
+        segment, seg_start, before = [], first, 0
+        for i, depth in stream_depths(model, runtime, frames, shape, recomputed):
+            if i < first:
+                before = len(recomputed)  # recomputes in the warm-up belong to no piece of this unit
+                continue
+            segment.append(depth)
+            if len(segment) == SEGMENT or i == stop - 1:
+                save(seg_start, torch.stack(segment), len(recomputed) - before)
+                segment, seg_start, before = [], i + 1, len(recomputed)
+    finally:
+        frames.close()
+
+
+_STDOUT = threading.Lock()  # the worker's thread and its store thread both write lines to stdout
+
+
+def say(line: str) -> None:
+    """One whole line to stdout: a message to the host must never share a line with log text."""
+    with _STDOUT:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
+def _emit(message: events.Message) -> None:
+    say(events.encode(message))
+
+
+def serve_stdin(device: str, **options) -> None:
+    """`vda work --device D`: serve the host over stdin and stdout until it says Stop or goes away."""
+    DeviceWorker(device, _emit, **options).serve(sys.stdin)
+
+
+def work_runs(run_dirs: list[str], device: str, *, input_path: str | None = None, **options) -> int:
+    """`vda work RUN_DIR... --device D`: compute every unfinished unit of these runs here, without a host.
+
+    The first unit error ends the command, as one line; returns the number of units computed.
+    """
+    failures: list[events.Failed] = []
+
+    def emit(message: events.Message) -> None:
+        if isinstance(message, events.Failed):
+            failures.append(message)
+
+    worker = DeviceWorker(device, emit, **options)
+    count = 0
+    with UnitStore() as worker.store:
+        for run_dir in run_dirs:
+            run = RunDir(run_dir)
+            plan = Plan.load(run.path)
+            for unit in run.unfinished_units(plan):
+                worker.run(events.Assign(run.path.name, str(run.path), input_path or plan.input.path, unit.index))
+                if failures:
+                    error = DeviceOutOfMemory if failures[0].device_bound else PlanError
+                    raise error(failures[0].reason)
+                count += 1
+    return count
