@@ -13,13 +13,12 @@ import signal
 import sys
 from pathlib import Path
 
-from vda.cli import tools as tools_cli
+from vda.cli import tools
+from vda.errors import EXIT_ERROR, EXIT_INTERRUPTED
+from vda.io.writers import FORMATS
 from vda.orchestrator import doctor
 
-EXIT_ERROR, EXIT_INTERRUPTED = (
-    2,
-    130,
-)  # and EXIT_OUT_OF_MEMORY (4, vda.pipeline.worker) when a device runs out of memory
+FORMAT_CHOICES = list(FORMATS)
 # The backends `vda depth --backend` offers: module and class, imported only when chosen.
 BACKENDS = {
     "local": ("vda.orchestrator.backends.local", "LocalBackend"),
@@ -72,9 +71,19 @@ def _device_flags(p: argparse.ArgumentParser) -> None:
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="vda", description="Video Depth Anything over long videos on many devices.")
-    ap.add_argument("--debug", action="store_true", help="show tracebacks")
+    ap.add_argument("-v", "--verbose", action="store_true", help="log what vda does (stderr and RUN_DIR/logs/vda.log)")
+    ap.add_argument("--debug", action="store_true", help="log everything, and show tracebacks")
     sub = ap.add_subparsers(dest="command", required=True)
+    _plan_parser(sub)
+    _work_parser(sub)
+    _merge_parser(sub)
+    _depth_parser(sub)
+    tools.add_parsers(sub)
+    doctor.add_parser(sub)
+    return ap
 
+
+def _plan_parser(sub) -> None:
     p = sub.add_parser("plan", help="probe the input and cut it into queue units (RUN_DIR/plan.json)")
     p.add_argument("video", help="video file or folder of images (sorted by name)")
     p.add_argument("-o", "--run-dir", required=True)
@@ -82,6 +91,8 @@ def parser() -> argparse.ArgumentParser:
     _model_flags(p)
     p.add_argument("--overwrite", action="store_true", help="replace a different run in RUN_DIR")
 
+
+def _work_parser(sub) -> None:
     p = sub.add_parser("work", help="a device worker: compute queue units (what each worker process or container runs)")
     p.add_argument(
         "run_dirs",
@@ -100,14 +111,18 @@ def parser() -> argparse.ArgumentParser:
         help="torch.compile the encoder (faster after the first window; needs a C compiler)",
     )
 
+
+def _merge_parser(sub) -> None:
     p = sub.add_parser("merge", help="replay alignment and blending over the stored windows; write one file per frame")
     p.add_argument("run_dir")
     p.add_argument("-o", "--out", required=True)
-    p.add_argument("--format", choices=["png16", "png8", "npy", "npz", "exr"], default="png16")
+    p.add_argument("--format", choices=FORMAT_CHOICES, default="png16")
     p.add_argument("--create-video", action="store_true", help="also write a colourised depth video")
     p.add_argument("--workers", type=int, help="merge processes (default: all CPU cores)")
     p.add_argument("--overwrite", action="store_true", help="replace another run's output in OUT")
 
+
+def _depth_parser(sub) -> None:
     p = sub.add_parser("depth", help="plan, compute every unit on the devices, merge: the one-shot command")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="video files, folders of images, folders of videos")
     p.add_argument("-o", "--out", required=True, help="output folder (several inputs: OUT/<name> each)")
@@ -115,7 +130,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=sorted(BACKENDS), default="local")
     _device_flags(p)
     _model_flags(p)
-    p.add_argument("--format", choices=["png16", "png8", "npy", "npz", "exr"], default="png16")
+    p.add_argument("--format", choices=FORMAT_CHOICES, default="png16")
     p.add_argument("--create-video", action="store_true")
     p.add_argument("--retries", type=int, default=2, help="retries per failed unit, then its video fails")
     p.add_argument("--overwrite", action="store_true", help="replace a different run in the output folder")
@@ -129,9 +144,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--compile", action="store_true", help="workers torch.compile the encoder (needs a C compiler where they run)"
     )
-    tools_cli.add_parsers(sub)
-    doctor.add_parser(sub)
-    return ap
 
 
 def _devices(args, backend: str = "local") -> list[str]:
@@ -241,7 +253,7 @@ def _check_writable(out: Path) -> None:
         raise OSError(f"output folder {out} is not writable ({err.strerror}); choose another -o") from None
 
 
-COMMANDS = {"plan": cmd_plan, "work": cmd_work, "merge": cmd_merge, "depth": cmd_depth, **tools_cli.COMMANDS}
+COMMANDS = {"plan": cmd_plan, "work": cmd_work, "merge": cmd_merge, "depth": cmd_depth, **tools.COMMANDS}
 COMMANDS["doctor"] = doctor.cmd_doctor
 
 

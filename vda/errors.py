@@ -1,0 +1,59 @@
+"""The one error type users see: `VdaError`, and the kinds of it.
+
+The contract: an expected failure raises a `VdaError` whose message is one line we wrote, `<what went wrong>; <what
+to do>`. The CLI prints it as `vda: error: <message>` and exits with `exit_code` (2, or 4 for out of memory). Any
+other exception is a bug: the CLI prints one "this is a bug" line and exits 70, with the traceback under `--debug`
+and in the run's log. So an error relayed from a library (a `ValueError` from numpy, torch's multi-sentence
+`UnpicklingError`) is caught where it happens and re-raised as one of these, in our words.
+
+Modules define their own narrow kinds next to the code that raises them (`vda.io.video.VideoError`,
+`vda.core.plan.PlanError`, ...), each a subclass of one of the kinds here, so that `except VdaError` catches them all.
+Some kinds also subclass `ValueError` where callers in Python code reasonably expect one (a bad argument value).
+"""
+
+from __future__ import annotations
+
+EXIT_ERROR = 2  # an expected failure: the one line says what to do
+EXIT_OUT_OF_MEMORY = 4  # a device ran out of memory: lower --micro-batch or --input-size
+EXIT_BUG = 70  # anything else (EX_SOFTWARE): a bug in vda, reported with its traceback
+EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM
+
+
+class VdaError(Exception):
+    """An expected failure. `str(err)` is one line, `<what>; <what to do>`, written by us."""
+
+    exit_code = EXIT_ERROR
+
+
+class UsageError(VdaError, ValueError):
+    """A flag or argument value that cannot work (a device that is not there, a size that is not positive)."""
+
+
+class InputError(VdaError):
+    """An input that cannot be used: a video, an image folder, a detections file, a depth folder."""
+
+
+class WeightsError(VdaError):
+    """A checkpoint that cannot be found, read or loaded."""
+
+
+class DeviceError(VdaError):
+    """A device that cannot compute: absent, the wrong kind, or out of memory."""
+
+
+class OutOfMemory(DeviceError):
+    """The device ran out of memory: retrying the same work with the same settings there would fail the same way."""
+
+    exit_code = EXIT_OUT_OF_MEMORY
+
+
+class StorageError(VdaError):
+    """A folder that cannot be written, or a disk that is full."""
+
+
+class BackendError(VdaError):
+    """The machinery that runs workers (the Docker engine, a Ray cluster) is missing or refused."""
+
+
+class RunError(VdaError):
+    """Work that failed after its retries: units, a worker that could not start, a merge."""
