@@ -257,7 +257,7 @@ def bench_writers() -> dict[str, float]:
 
 def bench_video(n: int = 20) -> None:
     """The merge's colourised video (its own sink: x264 veryfast), colourising included, against x264's default."""
-    from vda.pipeline.merge import _VideoSink
+    from vda.pipeline.merge.sinks import VideoSink as _VideoSink
 
     rng = np.random.RandomState(2)
     depth = cv2.resize(rng.rand(H // 16, W // 16).astype(np.float32), (W, H))  # smooth, as depth maps are

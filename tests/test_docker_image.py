@@ -185,6 +185,25 @@ def test_cpu_build_accepts_cpu_torch(offline_build_inputs):
     assert not CPU_TORCH_REFUSED.search(out)
 
 
+def test_weights_stage_reads_the_registry_table(offline_build_inputs):
+    """CHECKPOINT=<name> is looked up in vda/model/registry.json, the table the code reads: a known name gets its
+    repository and file from there (the download itself then fails: no network), an unknown one lists the table."""
+    from vda.model.registry import CHECKPOINTS
+
+    dockerfile = (REPO / "docker" / "Dockerfile").read_text()
+    assert "COPY vda/model/registry.json" in dockerfile and ".pth" not in dockerfile  # no second table
+    build = ("WHEELHOUSE=only", "TORCH_BUILD=cpu")
+    ck = next(c for c in CHECKPOINTS if c.name == "metric-vitb")
+    r = _offline_build(offline_build_inputs, *build, f"CHECKPOINT={ck.name}", target="weights")
+    out = r.stdout + r.stderr
+    baking = f"baking {ck.repo_id}/{ck.filename} into /opt/vda/models (license: {ck.license})"
+    assert r.returncode != 0 and baking in out, out[-3000:]
+    r = _offline_build(offline_build_inputs, *build, "CHECKPOINT=vitz", target="weights")
+    out = r.stdout + r.stderr
+    names = "|".join(c.name for c in CHECKPOINTS)
+    assert r.returncode != 0 and f"unknown CHECKPOINT 'vitz' ({names}|custom|none)" in out, out[-3000:]
+
+
 def test_plain_build_never_takes_the_wheelhouse(offline_build_inputs):
     """No build args but the base: WHEELHOUSE defaults to off, so offline it fails on the network, not on wheels."""
     r = _offline_build(offline_build_inputs, timeout=600)

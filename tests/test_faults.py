@@ -345,7 +345,7 @@ def test_bad_checkpoints(tmp_path, vits_state, video):
     torch.save({k: v for k, v in vits_state.items() if "motion" not in k}, wrong)
     cases = [
         (tmp_path / "none.pth", "checkpoint not found"),
-        (corrupt, "cannot read checkpoint"),
+        (corrupt, "is not a PyTorch .pth file"),
         (wrong, "does not match the model"),
     ]
     for path, message in cases:

@@ -14,7 +14,9 @@ from conftest import synthetic_frames, write_video
 from vda.core.plan import Plan
 from vda.io.rundir import RunDir
 from vda.orchestrator.planning import create_plan
-from vda.pipeline.merge import FirstPass, Follower, _job, merge
+from vda.pipeline.merge import merge
+from vda.pipeline.merge.first_pass import FirstPass, Follower
+from vda.pipeline.merge.render import job_for as _job
 from vda.pipeline.worker import work_runs
 
 # 3 units either way: 100 frames in windows 0-1, 2-3, 4; 80 frames in stream frames 0-35 (segments at 0 and 32),

@@ -23,8 +23,10 @@ import torch
 from conftest import ROOT, TOL, rel_err, synthetic_frames, write_images
 
 from vda import events
+from vda.config import Config
 from vda.core.plan import PlanError
 from vda.core.preprocess import normalisation, preprocess
+from vda.errors import EXIT_OUT_OF_MEMORY
 from vda.io.rundir import RunDir
 from vda.io.writers import DepthMeta, read_depth
 from vda.model.network import VideoDepthAnything
@@ -47,7 +49,7 @@ from vda.pipeline.inference import (
     resolve_precision,
     same_device,
 )
-from vda.pipeline.worker import EXIT_OUT_OF_MEMORY, DeviceWorker, _store, copy_done_event
+from vda.pipeline.worker import DeviceWorker, _store, copy_done_event
 from vda.system import gpu_env, usable_cpus
 
 pytestmark = pytest.mark.gpu_logic
@@ -170,7 +172,9 @@ def test_worker_launch_pieces():
     assert worker_threads(["cuda:0", "cpu"], "cuda:0", 16) == 16 and worker_threads(["cpu"], "cpu", 1) == 1
     assert worker_threads(["cpu", "cpu", "cuda:0"], "cpu", 16) == 8
     assert worker_threads(["cuda:0", "cuda:1", "cuda:2", "cpu"], "cuda:1", 16) == 5
-    env = worker_env(["cpu", "cpu"], "cpu", WorkerOptions(), {"VDA_FAIL_MODE": "kill", "HOME": "/root"})
+    env = worker_env(
+        ["cpu", "cpu"], "cpu", WorkerOptions(), Config.from_env({"VDA_FAIL_MODE": "kill", "HOME": "/root"})
+    )
     assert env == {"PYTHONUNBUFFERED": "1", "VDA_THREADS": str(max(1, usable_cpus() // 2)), "VDA_FAIL_MODE": "kill"}
 
 

@@ -73,8 +73,13 @@ def test_missing_and_corrupt_files(tmp_path):
         load_model(tmp_path / "nope.pth")
     bad = tmp_path / "corrupt.pth"
     bad.write_bytes(b"this is not a checkpoint")
-    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+    with pytest.raises(CheckpointError, match="is not a PyTorch .pth file"):
         load_model(bad)
+    truncated = tmp_path / "truncated.pth"
+    torch.save({"w": torch.zeros(1000)}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:2000])
+    with pytest.raises(CheckpointError, match="is not a PyTorch .pth file"):
+        load_model(truncated)
 
 
 class _Exploit:
@@ -85,10 +90,15 @@ class _Exploit:
 def test_pickle_with_code_is_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "evil.pth"
-    with open(path, "wb") as fh:
-        pickle.dump({"pretrained.pos_embed": _Exploit()}, fh)
-    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+    torch.save({"pretrained.pos_embed": _Exploit()}, path)  # the zip archive torch writes, carrying code
+    with pytest.raises(CheckpointError, match="holds Python objects or code besides tensors") as caught:
         load_model(path)
+    assert "\n" not in str(caught.value) and "Weights only" not in str(caught.value)  # our one line, not torch's
+    legacy = tmp_path / "legacy.pth"
+    with open(legacy, "wb") as fh:  # a bare pickle (no zip archive) is refused before any unpickling
+        pickle.dump({"pretrained.pos_embed": _Exploit()}, fh)
+    with pytest.raises(CheckpointError, match="is not a PyTorch .pth file"):
+        load_model(legacy)
     assert not (tmp_path / "PWNED_MARKER").exists()
 
 

@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
+from vda.analysis.camera import Intrinsics, IntrinsicsError
 from vda.analysis.pointcloud import PointCloudError, frame_points, ply_bytes, ply_name, read_ply, write_pointclouds
-from vda.analysis.track import Intrinsics, IntrinsicsError
 from vda.cli import tools as tools_cli
 from vda.io.writers import LEVELS, DepthMeta, encode, frame_name, write_atomic
 

@@ -20,6 +20,7 @@ from conftest import ROOT, TOL, rel_err, synthetic_frames, write_images, write_v
 from vda import events
 from vda.core import stitch
 from vda.core.plan import STREAM_UNIT_FRAMES, STREAM_WARMUP, UNIT_WINDOWS, Plan, PlanError, make_units
+from vda.errors import InputError
 from vda.io.rundir import RunDir
 from vda.io.video import probe, read_frames
 from vda.io.writers import DepthMeta, read_depth
@@ -116,7 +117,7 @@ def test_inputs_folders_and_names(tmp_path, clips):
     mixed.mkdir()
     (mixed / "a.mp4").write_bytes(b"")
     (mixed / "b.png").write_bytes(b"")
-    with pytest.raises(PlanError, match="holds both images and video files; give a folder of images"):
+    with pytest.raises(InputError, match="holds both images and video files; give a folder of images"):
         expand_inputs([str(mixed)])
     said = []
     names = name_inputs([videos / "x.mp4", tmp_path / "x.mkv", tmp_path / "x", tmp_path / "_run.mp4"], said.append)

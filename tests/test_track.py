@@ -13,25 +13,23 @@ import numpy as np
 import pytest
 
 from vda.analysis import plots
+from vda.analysis.camera import Intrinsics, IntrinsicsError, backproject, resolve_intrinsics
+from vda.analysis.detections import TrackError
 from vda.analysis.track import (
     CLOSED_TOL,
-    Intrinsics,
-    IntrinsicsError,
-    TrackError,
-    TrackOptions,
-    backproject,
     box_region,
     hampel,
     median_filter,
     path_length,
-    plot_path,
     point_region,
-    resolve_intrinsics,
     robust_value,
     run_track,
+    summarize,
     tortuosity,
 )
+from vda.analysis.track_io import Track, TrackOptions, TrackPoint, TrackResult, plot_path
 from vda.cli import tools as tools_cli
+from vda.errors import InputError
 from vda.io.writers import LEVELS, DepthMeta, encode, frame_name, write_atomic
 
 W, H = 64, 48
@@ -73,8 +71,8 @@ def trajectory_scene(tmp_path: Path, points: np.ndarray, fmt: str = "npy") -> tu
     return write_dets(tmp_path / "det.json", dets), out
 
 
-def xyz_of(doc: dict, track: int = 0) -> np.ndarray:
-    return np.array([[p["x"], p["y"], p["z"]] for p in doc["tracks"][track]["points"] if p["valid"]])
+def xyz_of(res: TrackResult, track: int = 0) -> np.ndarray:
+    return np.array([[p.x, p.y, p.z] for p in res.tracks[track].valid_points])
 
 
 # --- pure maths ---------------------------------------------------------------------------------------------------
@@ -149,51 +147,51 @@ def test_plane_backprojection_error_against_closed_form(tmp_path):
     dets = [{"frame": 0, "track": i, "point": list(p)} for i, p in enumerate(pts)]
     dets.append({"frame": 1, "track": 9, "box": [20, 30, 60, 70]})
     o = TrackOptions(image_size=(2 * W, 2 * H), fx=k2.fx, fy=k2.fy, cx=k2.cx, cy=k2.cy, plots=False)
-    doc = run_track(write_dets(tmp_path / "d.json", dets), out, tmp_path / "t.json", o)
-    got = np.array([xyz_of(doc, i)[0] for i in range(5)])
+    res = run_track(write_dets(tmp_path / "d.json", dets), out, tmp_path / "t.json", o)
+    got = np.array([xyz_of(res, i)[0] for i in range(5)])
     uv = np.array([*pts, (40, 50)])
     want = np.stack([(uv[:, 0] - k2.cx) * z0 / k2.fx, (uv[:, 1] - k2.cy) * z0 / k2.fy, np.full(5, z0)], 1)
     assert np.abs(got - want).max() < 1e-12
-    assert doc["depth"]["units"] == "m" and doc["camera"]["image_size"] == [2 * W, 2 * H]
+    assert res.units == "m" and (res.camera.width, res.camera.height) == (2 * W, 2 * H)
 
 
 def test_straight_line_has_tortuosity_one_and_closed_form_length(tmp_path):
     p0, step = np.array([-0.4, 0.1, 2.0]), np.array([0.05, -0.02, 0.1])
     points = p0 + np.arange(12)[:, None] * step
-    doc = run_track(*trajectory_scene(tmp_path, points), tmp_path / "t.json", opts())
-    s = doc["tracks"][0]["summary"]
-    assert np.abs(xyz_of(doc) - points).max() < 1e-6
-    assert s["path_length"] == pytest.approx(11 * np.linalg.norm(step), rel=1e-6)
-    assert s["tortuosity"] == pytest.approx(1.0, abs=1e-6) and s["valid_depth_ratio"] == 1.0
-    assert s["duration_s"] == pytest.approx(1.1) and s["mean_speed"] == pytest.approx(s["path_length"] / 1.1)
+    res = run_track(*trajectory_scene(tmp_path, points), tmp_path / "t.json", opts())
+    s = res.tracks[0].summary
+    assert np.abs(xyz_of(res) - points).max() < 1e-6
+    assert s.path_length == pytest.approx(11 * np.linalg.norm(step), rel=1e-6)
+    assert s.tortuosity == pytest.approx(1.0, abs=1e-6) and s.valid_depth_ratio == 1.0
+    assert s.duration_s == pytest.approx(1.1) and s.mean_speed == pytest.approx(s.path_length / 1.1)
 
 
 def test_full_circle_length_and_undefined_tortuosity(tmp_path):
     r, z0, n = 0.5, 4.0, 48  # circle in the X-Y plane at constant depth, closed: last sample = first
     th = np.linspace(0, 2 * np.pi, n + 1)
     points = np.stack([r * np.cos(th), r * np.sin(th), np.full(n + 1, z0)], 1)
-    doc = run_track(*trajectory_scene(tmp_path, points), tmp_path / "t.json", opts())
-    s = doc["tracks"][0]["summary"]
-    assert s["path_length"] == pytest.approx(n * 2 * r * np.sin(np.pi / n), rel=1e-6)  # the inscribed polygon
-    assert s["path_length"] == pytest.approx(2 * np.pi * r, rel=np.pi**2 / (6 * n**2))  # 2 pi r - its discretisation
-    assert s["tortuosity"] is None and "returns to its start" in s["tortuosity_note"]
+    res = run_track(*trajectory_scene(tmp_path, points), tmp_path / "t.json", opts())
+    s = res.tracks[0].summary
+    assert s.path_length == pytest.approx(n * 2 * r * np.sin(np.pi / n), rel=1e-6)  # the inscribed polygon
+    assert s.path_length == pytest.approx(2 * np.pi * r, rel=np.pi**2 / (6 * n**2))  # 2 pi r - its discretisation
+    assert s.tortuosity is None and "returns to its start" in s.tortuosity_note
 
 
 def test_half_circle_tortuosity_is_pi_over_two(tmp_path):
     r, z0, n = 0.8, 3.0, 64  # half circle in the X-Z plane: depth changes along the path
     th = np.linspace(0, np.pi, n + 1)
     points = np.stack([r * np.cos(th), np.zeros(n + 1), z0 + r * np.sin(th)], 1)
-    doc = run_track(*trajectory_scene(tmp_path, points), tmp_path / "t.json", opts())
-    s = doc["tracks"][0]["summary"]
-    assert s["tortuosity"] == pytest.approx(n * np.sin(np.pi / (2 * n)), rel=1e-6)
-    assert s["tortuosity"] == pytest.approx(np.pi / 2, rel=1e-3)
+    res = run_track(*trajectory_scene(tmp_path, points), tmp_path / "t.json", opts())
+    s = res.tracks[0].summary
+    assert s.tortuosity == pytest.approx(n * np.sin(np.pi / (2 * n)), rel=1e-6)
+    assert s.tortuosity == pytest.approx(np.pi / 2, rel=1e-3)
 
 
 def test_png16_depth_read_back_through_meta_quantisation(tmp_path):
     points = np.stack([np.zeros(6), np.zeros(6), np.linspace(1.0, 7.3, 6)], 1)
-    doc = run_track(*trajectory_scene(tmp_path, points, "png16"), tmp_path / "t.json", opts())
+    res = run_track(*trajectory_scene(tmp_path, points, "png16"), tmp_path / "t.json", opts())
     half_step = (7.3 - 1.0) / 65535 / 2
-    got = [p["depth"] for p in doc["tracks"][0]["points"]]
+    got = [p.depth for p in res.tracks[0].points]
     assert np.abs(np.array(got) - points[:, 2]).max() <= half_step * 1.01
     assert np.abs(np.array(got) - points[:, 2]).max() > 0  # really quantised, really read back through the meta
 
@@ -203,13 +201,13 @@ def test_hampel_on_a_track_reports_one_cleaned_point(tmp_path):
     det, out = trajectory_scene(tmp_path, points)
     spike = np.full((H, W), 9.0, np.float32)  # frame 7 reads 9 m instead of 2 m
     write_atomic(out / frame_name(7, "npy"), encode(spike, "npy"))
-    doc = run_track(det, out, tmp_path / "t.json", opts(clean="hampel"))
-    t = doc["tracks"][0]
-    assert t["summary"]["outliers"] == 1 and doc["cleaning"]["changed"] == 1
-    p7 = t["points"][7]
-    assert p7["cleaned"] and p7["depth_raw"] == 9.0 and p7["depth"] == pytest.approx(2.0)
-    assert np.abs(xyz_of(doc) - points).max() < 1e-6  # the spike's 3D point is back on the line
-    assert run_track(det, out, tmp_path / "n.json", opts())["tracks"][0]["summary"]["outliers"] == 0
+    res = run_track(det, out, tmp_path / "t.json", opts(clean="hampel"))
+    t = res.tracks[0]
+    assert t.summary.outliers == 1 and res.changed == 1
+    p7 = t.points[7]
+    assert p7.cleaned and p7.depth_raw == 9.0 and p7.depth == pytest.approx(2.0)
+    assert np.abs(xyz_of(res) - points).max() < 1e-6  # the spike's 3D point is back on the line
+    assert run_track(det, out, tmp_path / "n.json", opts()).tracks[0].summary.outliers == 0
 
 
 def test_relative_model_scale_from_ref_depth(tmp_path):
@@ -218,13 +216,13 @@ def test_relative_model_scale_from_ref_depth(tmp_path):
     dets = [{"frame": f, "track": "ball", "point": [K.cx, K.cy]} for f in range(3)]
     det = write_dets(tmp_path / "d.json", dets)
     rel = run_track(det, out, tmp_path / "r.json", opts())
-    assert rel["depth"]["units"] == "relative" and rel["depth"]["scale"] == 1.0
-    assert [p["depth"] for p in rel["tracks"][0]["points"]] == pytest.approx([2.0, 4.0, 5.0])  # 1/float32
-    doc = run_track(det, out, tmp_path / "m.json", opts(ref_depth=1.5))  # frame 0 is really 1.5 m away
-    assert doc["depth"]["units"] == "m" and doc["depth"]["scale"] == pytest.approx(0.75)
-    assert doc["depth"]["reference"] == {"track": "ball", "frame": 0, "depth_m": 1.5, "disparity": 0.5}
-    assert [p["depth"] for p in doc["tracks"][0]["points"]] == pytest.approx([1.5, 3.0, 3.75])
-    assert doc["tracks"][0]["points"][1]["disparity"] == 0.25
+    assert rel.units == "relative" and rel.scale == 1.0
+    assert [p.depth for p in rel.tracks[0].points] == pytest.approx([2.0, 4.0, 5.0])  # 1/float32
+    res = run_track(det, out, tmp_path / "m.json", opts(ref_depth=1.5))  # frame 0 is really 1.5 m away
+    assert res.units == "m" and res.scale == pytest.approx(0.75)
+    assert res.reference == {"track": "ball", "frame": 0, "depth_m": 1.5, "disparity": 0.5}
+    assert [p.depth for p in res.tracks[0].points] == pytest.approx([1.5, 3.0, 3.75])
+    assert res.tracks[0].points[1].disparity == 0.25
     metric = write_depth_out(tmp_path / "metric", disparity)
     with pytest.raises(TrackError, match="this output is metric"):
         run_track(det, metric, tmp_path / "x.json", opts(ref_depth=1.5))
@@ -241,11 +239,11 @@ def test_invalid_depth_lowers_the_valid_ratio_and_boxes_ignore_background(tmp_pa
         {"frame": 0, "track": 2, "point": [50, 10]},
         {"frame": 1, "track": 2, "point": [20, 10]},
     ]
-    doc = run_track(write_dets(tmp_path / "d.json", dets), out, tmp_path / "t.json", opts())
-    box_pts = doc["tracks"][0]["points"]
-    assert [p["depth"] for p in box_pts] == [7.0, 7.0] and box_pts[1]["pixels"] == 117
-    s2 = doc["tracks"][1]["summary"]
-    assert s2["valid_depth_ratio"] == 0.5 and s2["tortuosity"] is None
+    res = run_track(write_dets(tmp_path / "d.json", dets), out, tmp_path / "t.json", opts())
+    box_pts = res.tracks[0].points
+    assert [p.depth for p in box_pts] == [7.0, 7.0] and box_pts[1].pixels == 117
+    s2 = res.tracks[1].summary
+    assert s2.valid_depth_ratio == 0.5 and s2.tortuosity is None
     rows = list(csv.DictReader((tmp_path / "t.csv").open()))
     assert len(rows) == 4 and rows[2]["valid"] == "False" and rows[2]["depth"] == ""
 
@@ -284,13 +282,20 @@ def test_malformed_detections_name_the_line_or_entry(tmp_path, name, text, messa
     assert message in str(info.value) and "\n" not in str(info.value) and "; " in str(info.value)
 
 
+def test_missing_detections_file_is_a_track_error_and_still_a_file_not_found(tmp_path):
+    out = write_depth_out(tmp_path / "out", [np.full((H, W), 2.0, np.float32)])
+    with pytest.raises(TrackError, match="detections file not found: .*nope.json; check the path") as info:
+        run_track(tmp_path / "nope.json", out, tmp_path / "t.json", opts())
+    assert isinstance(info.value, FileNotFoundError) and isinstance(info.value, InputError)
+
+
 def test_csv_and_json_detections_give_the_same_tracks(tmp_path):
     out = write_depth_out(tmp_path / "out", [np.full((H, W), 2.0 + f, np.float32) for f in range(2)])
     (tmp_path / "d.csv").write_text("frame,track,x,y,x1,y1,x2,y2,score\n0,7,10,20,,,,,0.9\n1,7,,,5,6,15,26,0.8\n")
     entries = [{"frame": 0, "track": 7, "point": [10, 20]}, {"frame": 1, "track": "7", "box": [5, 6, 15, 26]}]
     a = run_track(tmp_path / "d.csv", out, tmp_path / "a.json", opts())
     b = run_track(write_dets(tmp_path / "d.json", entries), out, tmp_path / "b.json", opts())
-    assert a["tracks"] == b["tracks"] and a["tracks"][0]["track"] == 7
+    assert a.tracks == b.tracks and a.tracks[0].id == 7
 
 
 def test_cli_writes_json_csv_and_plots(tmp_path, capsys):
@@ -313,10 +318,7 @@ def test_cli_writes_json_csv_and_plots(tmp_path, capsys):
 
 
 def test_plot_of_a_track_without_depth_is_still_drawn():
-    track = {
-        "track": 3,
-        "points": [{"valid": False}],
-        "summary": {"path_length": 0.0, "tortuosity": None, "valid_depth_ratio": 0.0, "outliers": 0},
-    }
+    point = TrackPoint(0, 0.0, 1.0, 1.0, None, 0, None, None, None)
+    track = Track(3, summarize(np.zeros((0, 3)), 1, 0, []), (point,))
     img = plots.trajectory_figure(track, units="relative", title="empty")
     assert img.dtype == np.uint8 and img.shape[2] == 3

@@ -10,6 +10,7 @@ import torch
 from conftest import synthetic_frames, write_video
 
 from vda import events
+from vda.errors import StorageError
 from vda.io.rundir import RunDir
 from vda.orchestrator.planning import create_plan
 from vda.pipeline.inference import PRECISIONS
@@ -94,7 +95,7 @@ def test_a_unit_whose_piece_cannot_be_stored_is_never_reported_done(tmp_path, ch
     seen = []
     worker = DeviceWorker("cpu", seen.append, checkpoint=str(checkpoint))
     assign = events.Assign("v", str(run.path), str(src), 0)
-    with pytest.raises(IsADirectoryError):
+    with pytest.raises(StorageError, match=r"\(Is a directory\); choose a folder you can write to"):
         worker.serve([events.encode(assign), events.encode(events.Stop())])
     assert not [m for m in seen if isinstance(m, (events.Done, events.Failed))]
     assert run.is_stored("window", 0) and not run.is_stored("window", 1)

@@ -4,7 +4,9 @@ The contract: an expected failure raises a `VdaError` whose message is one line 
 to do>`. The CLI prints it as `vda: error: <message>` and exits with `exit_code` (2, or 4 for out of memory). Any
 other exception is a bug: the CLI prints one "this is a bug" line and exits 70, with the traceback under `--debug`
 and in the run's log. So an error relayed from a library (a `ValueError` from numpy, torch's multi-sentence
-`UnpicklingError`) is caught where it happens and re-raised as one of these, in our words.
+`UnpicklingError`) is caught where it happens and re-raised as one of these, in our words. One exception: an
+`OSError` that names a file (missing, unreadable, unwritable) gets `vda: error: <file>: <the OS's reason>; check the
+path and its permissions` and exit 2, since any path a user gives can fail so; an `OSError` without a file is a bug.
 
 Modules define their own narrow kinds next to the code that raises them (`vda.io.video.VideoError`,
 `vda.core.plan.PlanError`, ...), each a subclass of one of the kinds here, so that `except VdaError` catches them all.

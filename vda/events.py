@@ -14,6 +14,13 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields
 
+from vda.errors import BackendError
+
+
+class ProtocolError(BackendError, ValueError):
+    """A worker line that does not parse: the host and the worker run different versions of vda."""
+
+
 PREFIX = "@vda "
 
 
@@ -78,4 +85,6 @@ def decode(line: str) -> Message | None:
             raise KeyError(f"fields {sorted(data)} instead of {sorted(names)}")
         return cls(**data)
     except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"malformed line {line!r} ({err}); are the worker and host different vda versions?") from None
+        raise ProtocolError(
+            f"malformed line {line!r} ({err}); are the worker and host different vda versions?"
+        ) from None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+from vda.errors import UsageError
+
 
 def usable_cpus() -> int:
     """CPUs this process may run on: a cpuset (docker --cpuset-cpus, taskset, Slurm) can allow fewer than exist.
@@ -29,9 +31,9 @@ def gpu_env(index: int, parent_env: Mapping[str, str] = os.environ) -> dict[str,
     if "CUDA_VISIBLE_DEVICES" in parent_env:
         visible = [v.strip() for v in parent_env["CUDA_VISIBLE_DEVICES"].split(",") if v.strip()]
         if not visible:
-            raise ValueError("CUDA_VISIBLE_DEVICES is empty, so no GPU is visible; unset it, or use --devices cpu")
+            raise UsageError("CUDA_VISIBLE_DEVICES is empty, so no GPU is visible; unset it, or use --devices cpu")
         if not 0 <= index < len(visible):
-            raise ValueError(
+            raise UsageError(
                 f"GPU {index} requested but CUDA_VISIBLE_DEVICES={parent_env['CUDA_VISIBLE_DEVICES']!r} shows "
                 f"{len(visible)} GPU(s); use ids 0..{len(visible) - 1} or unset CUDA_VISIBLE_DEVICES"
             )

@@ -1,5 +1,8 @@
 """Trajectory plots drawn with OpenCV: top view, side view and depth over time, one PNG per track.
 
+`trajectory_figure` draws one `vda.analysis.track_io.Track` (its attributes, not TRACK.json's keys) as a BGR image
+and `encode_png` turns that into the bytes of TRACK_track<ID>.png.
+
 OpenCV instead of a plotting library keeps the container's dependencies as they are; the tick and range maths
 are pure functions (tested), the drawing only turns them into lines and text.
 """
@@ -11,6 +14,8 @@ from collections.abc import Sequence
 
 import cv2
 import numpy as np
+
+from vda.analysis.track_io import Track
 
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 WHITE, BLACK, GRID, GREY = (255, 255, 255), (0, 0, 0), (228, 228, 228), (170, 170, 170)
@@ -144,22 +149,22 @@ def draw_panel(
             cv2.drawMarker(img, (int(pts[-1][0]), int(pts[-1][1])), END, cv2.MARKER_SQUARE, 10, 2)
 
 
-def trajectory_figure(track: dict, *, units: str, title: str) -> np.ndarray:
+def trajectory_figure(track: Track, *, units: str, title: str) -> np.ndarray:
     """BGR image: top view (X, Z), side view (Z, Y with Y down) and depth over time, for one track of vda track."""
-    pts = [p for p in track["points"] if p["valid"]]
-    x = [p["x"] for p in pts]
-    y = [p["y"] for p in pts]
-    z = [p["z"] for p in pts]
-    t = [p["time_s"] for p in pts]
-    raw = [p["depth_raw"] for p in pts]
-    cleaned = [p["cleaned"] for p in pts]
+    pts = track.valid_points
+    x = [p.x for p in pts]
+    y = [p.y for p in pts]
+    z = [p.z for p in pts]
+    t = [p.time_s for p in pts]
+    raw = [p.depth_raw for p in pts]
+    cleaned = [p.cleaned for p in pts]
     u = "m" if units == "m" else "rel."
     img = np.full((TITLE_H + PANEL_H, 3 * PANEL_W, 3), WHITE, np.uint8)
-    s = track["summary"]
-    tort = "undefined" if s["tortuosity"] is None else f"{s['tortuosity']:.3g}"
+    s = track.summary
+    tort = "undefined" if s.tortuosity is None else f"{s.tortuosity:.3g}"
     head = (
-        f"{title}: path {s['path_length']:.4g} {u}, tortuosity {tort}, depth valid "
-        f"{100 * s['valid_depth_ratio']:.0f}%, cleaned {s['outliers']}"
+        f"{title}: path {s.path_length:.4g} {u}, tortuosity {tort}, depth valid "
+        f"{100 * s.valid_depth_ratio:.0f}%, cleaned {s.outliers}"
     )
     _text(img, head, (16, 30), 0.6)
     legend = "green dot: start, red square: end, red ring: cleaned"

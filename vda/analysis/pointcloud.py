@@ -8,7 +8,9 @@ Z forward, OpenCV), in metres for metric outputs. Pixel (i, j) of the depth map 
 Intrinsics flags are pixels of the video's frames (as for a calibrated camera) and are rescaled to the depth
 maps' resolution, which can be smaller (--max-res). Colours are the video frames resized to the depth resolution.
 Relative outputs (disparity, no unit) are refused unless --allow-relative: then Z = scale / disparity, with
---scale from `vda track --ref-depth` (TRACK.json, depth.scale) or 1 (shape up to an unknown factor).
+--scale from `vda track --ref-depth` (TRACK.json, depth.scale) or 1 (shape up to an unknown factor). Inputs or
+options that cannot make clouds raise `PointCloudError` (a `vda.errors.InputError`) naming the fix; the camera model
+and its flag errors are `vda.analysis.camera`'s.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vda.analysis.track import Intrinsics, resolve_intrinsics
-from vda.io.video import probe, read_frames
+from vda.analysis.camera import Intrinsics, resolve_intrinsics
+from vda.errors import InputError
+from vda.io.video import VideoInfo, probe, read_frames
 from vda.io.writers import DepthMeta, read_depth, write_atomic
 
 PLY_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
@@ -27,7 +30,7 @@ PLY_TYPES = {"float": "<f4", "float32": "<f4", "double": "<f8", "uchar": "u1", "
 ASPECT_TOL = 0.02  # --max-res rounds sizes; a larger aspect difference means another video
 
 
-class PointCloudError(ValueError):
+class PointCloudError(InputError, ValueError):
     """Unusable input or options; the message names the problem and the fix."""
 
 
@@ -100,6 +103,73 @@ def frames_to_write(frame_count: int, every: int) -> list[int]:
     return list(range(0, frame_count, every))
 
 
+def _check_steps(stride: int, every: int) -> None:
+    if stride < 1:
+        raise PointCloudError(f"--stride {stride} must be >= 1 (1 keeps every pixel); pass e.g. --stride 4")
+    if every < 1:
+        raise PointCloudError(f"--every {every} must be >= 1 (1 writes every frame); pass e.g. --every 10")
+
+
+def _check_depth(depth_dir: Path, meta: DepthMeta, allow_relative: bool, scale: float | None) -> None:
+    """Refuse relative disparity unless asked for (it is not metres), and a --scale that cannot apply."""
+    if not meta.metric and not allow_relative:
+        raise PointCloudError(
+            f"{depth_dir} holds relative inverse depth (disparity) from a relative model, not metres; recompute with "
+            "`vda depth --metric`, or pass --allow-relative (Z = scale / disparity, --scale from vda track --ref-depth)"
+        )
+    if scale is not None:
+        if meta.metric:
+            raise PointCloudError("--scale converts relative disparity, but this output is metric (metres); remove it")
+        if not (math.isfinite(scale) and scale > 0):
+            raise PointCloudError(f"--scale {scale} is not a positive number; pass depth.scale from TRACK.json")
+
+
+def _check_video(video: Path, info: VideoInfo, depth_dir: Path, meta: DepthMeta) -> None:
+    """The colours must come from the video the depth was computed from: same frame count and aspect ratio."""
+    if info.frame_count != meta.frame_count:
+        raise PointCloudError(
+            f"{video} has {info.frame_count} frames but {depth_dir} has {meta.frame_count} depth maps; pass the "
+            "video the depth was computed from"
+        )
+    if abs(info.width / info.height - meta.width / meta.height) > ASPECT_TOL * meta.width / meta.height:
+        raise PointCloudError(
+            f"{video} is {info.width}x{info.height} but the depth maps are {meta.width}x{meta.height} (another "
+            "aspect ratio); pass the video the depth was computed from"
+        )
+
+
+def _write_clouds(
+    info: VideoInfo,
+    depth_dir: Path,
+    meta: DepthMeta,
+    out_dir: Path,
+    indices: list[int],
+    k: Intrinsics,
+    *,
+    stride: int,
+    scale: float | None,
+    units: str,
+    log,
+) -> int:
+    """One PLY per index, with the frame, units and intrinsics in its header comments; returns the points written."""
+    total = 0
+    for n, (i, rgb) in enumerate(read_frames(info, indices, (meta.width, meta.height)), 1):
+        depth = read_depth(depth_dir, i, meta)
+        xyz, colours = frame_points(depth, rgb, k, stride, not meta.metric, 1.0 if scale is None else scale)
+        comments = [
+            f"vda pointcloud frame {i} of {depth_dir.name}",
+            f"units {units}; camera axes X right, Y down, Z forward (OpenCV)",
+            f"intrinsics fx {k.fx:.6g} fy {k.fy:.6g} cx {k.cx:.6g} cy {k.cy:.6g} at {k.width}x{k.height}",
+        ]
+        write_atomic(out_dir / ply_name(i), ply_bytes(xyz, colours, comments))
+        total += len(xyz)
+        if log is not None:
+            print(f"\rvda pointcloud: {n}/{len(indices)} frames", end="", file=log, flush=True)
+    if log is not None:
+        print(file=log)
+    return total
+
+
 def write_pointclouds(
     depth_dir: Path,
     video: Path,
@@ -116,55 +186,19 @@ def write_pointclouds(
     fov: float | None = None,
     log=None,
 ) -> dict:
-    """Write one PLY per every-th frame; returns {"files", "points", "format", "units", "intrinsics"}."""
+    """Write one PLY per every-th frame; returns {"files", "points", "format", "units", "intrinsics", "out_dir"}."""
     depth_dir, out_dir = Path(depth_dir), Path(out_dir)
-    if stride < 1:
-        raise PointCloudError(f"--stride {stride} must be >= 1 (1 keeps every pixel); pass e.g. --stride 4")
-    if every < 1:
-        raise PointCloudError(f"--every {every} must be >= 1 (1 writes every frame); pass e.g. --every 10")
+    _check_steps(stride, every)
     meta = DepthMeta.load(depth_dir)
-    relative = not meta.metric
-    if relative and not allow_relative:
-        raise PointCloudError(
-            f"{depth_dir} holds relative inverse depth (disparity) from a relative model, not metres; recompute with "
-            "`vda depth --metric`, or pass --allow-relative (Z = scale / disparity, --scale from vda track --ref-depth)"
-        )
-    if scale is not None:
-        if meta.metric:
-            raise PointCloudError("--scale converts relative disparity, but this output is metric (metres); remove it")
-        if not (math.isfinite(scale) and scale > 0):
-            raise PointCloudError(f"--scale {scale} is not a positive number; pass depth.scale from TRACK.json")
+    _check_depth(depth_dir, meta, allow_relative, scale)
     info = probe(video)
-    if info.frame_count != meta.frame_count:
-        raise PointCloudError(
-            f"{video} has {info.frame_count} frames but {depth_dir} has {meta.frame_count} depth maps; pass the "
-            "video the depth was computed from"
-        )
-    if abs(info.width / info.height - meta.width / meta.height) > ASPECT_TOL * meta.width / meta.height:
-        raise PointCloudError(
-            f"{video} is {info.width}x{info.height} but the depth maps are {meta.width}x{meta.height} (another "
-            "aspect ratio); pass the video the depth was computed from"
-        )
+    _check_video(video, info, depth_dir, meta)
     k_video = resolve_intrinsics(info.width, info.height, fx=fx, fy=fy, cx=cx, cy=cy, fov=fov)
     k = k_video.scaled(meta.width, meta.height)
     units = "m" if meta.metric else ("relative x scale" if scale is None else "m (from --scale)")
     out_dir.mkdir(parents=True, exist_ok=True)
     indices = frames_to_write(meta.frame_count, every)
-    total = 0
-    for n, (i, rgb) in enumerate(read_frames(info, indices, (meta.width, meta.height)), 1):
-        depth = read_depth(depth_dir, i, meta)
-        xyz, colours = frame_points(depth, rgb, k, stride, relative, 1.0 if scale is None else scale)
-        comments = [
-            f"vda pointcloud frame {i} of {depth_dir.name}",
-            f"units {units}; camera axes X right, Y down, Z forward (OpenCV)",
-            f"intrinsics fx {k.fx:.6g} fy {k.fy:.6g} cx {k.cx:.6g} cy {k.cy:.6g} at {k.width}x{k.height}",
-        ]
-        write_atomic(out_dir / ply_name(i), ply_bytes(xyz, colours, comments))
-        total += len(xyz)
-        if log is not None:
-            print(f"\rvda pointcloud: {n}/{len(indices)} frames", end="", file=log, flush=True)
-    if log is not None:
-        print(file=log)
+    total = _write_clouds(info, depth_dir, meta, out_dir, indices, k, stride=stride, scale=scale, units=units, log=log)
     return {
         "files": len(indices),
         "points": total,

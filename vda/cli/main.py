@@ -1,28 +1,36 @@
-"""The `vda` command: plan, work (a device worker), merge and the one-shot depth.
+"""The `vda` command: plan, work (a device worker), merge, the one-shot depth, and the analysis commands.
 
-Every expected failure ends in one line `vda: error: <problem>; <fix>` and a non-zero exit;
-`--debug` shows the traceback instead.
+The error contract (vda.errors): a `VdaError` ends in one line `vda: error: <problem>; <fix>` and its exit code (2,
+or 4 for out of memory). Any other exception is a bug: one `vda: error: this is a bug in vda (...)` line, exit 70,
+with its traceback on stderr under `--debug` and always in the run's log (vda.logs). Settings are read once
+(vda.config) before any command runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import os
+import logging
 import signal
 import sys
 from pathlib import Path
 
+from vda import config, logs
 from vda.cli import tools
-from vda.errors import EXIT_ERROR, EXIT_INTERRUPTED
+from vda.core.plan import MODES, PRECISION_CHOICES
+from vda.errors import EXIT_BUG, EXIT_ERROR, EXIT_INTERRUPTED, StorageError, VdaError
+from vda.io.rundir import RunDir
 from vda.io.writers import FORMATS
+from vda.model.registry import ENCODERS
 from vda.orchestrator import doctor
 
 FORMAT_CHOICES = list(FORMATS)
+log = logging.getLogger(__name__)
 # The backends `vda depth --backend` offers: module and class, imported only when chosen.
 BACKENDS = {
     "local": ("vda.orchestrator.backends.local", "LocalBackend"),
     "docker": ("vda.orchestrator.backends.docker", "DockerBackend"),
+    "ray": ("vda.orchestrator.backends.ray", "RayBackend"),
 }
 
 
@@ -43,7 +51,7 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
         "--encoder",
         "--model-size",
         dest="encoder",
-        choices=["vits", "vitb", "vitl"],
+        choices=ENCODERS,
         help="encoder (default: inferred from --checkpoint, else vits)",
     )
     p.add_argument("--metric", action="store_true", help="use the metric-depth checkpoint")
@@ -51,10 +59,10 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-res", type=int, default=1280, help="downscale frames whose long side exceeds this; 0 keeps")
     p.add_argument(
         "--precision",
-        choices=["auto", "fp32", "fp16", "bf16"],
+        choices=PRECISION_CHOICES,
         help="auto (default): fp16 on each GPU, fp32 on each CPU; bf16 needs compute capability 8.0",
     )
-    p.add_argument("--mode", choices=["window", "stream"], default="window")
+    p.add_argument("--mode", choices=MODES, default="window")
     p.add_argument(
         "--unit-size",
         type=_positive,
@@ -62,8 +70,8 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _device_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_mutually_exclusive_group(required=True)
+def _device_flags(p: argparse.ArgumentParser, required: bool = True) -> None:
+    g = p.add_mutually_exclusive_group(required=required)
     g.add_argument("--devices", help="comma-separated devices, e.g. cpu,cpu or cuda:0,cuda:1")
     g.add_argument("--gpus", type=int, help="use the first N visible GPUs")
     g.add_argument("--gpu-ids", type=int, nargs="+", help="use these GPU ids")
@@ -128,7 +136,11 @@ def _depth_parser(sub) -> None:
     p.add_argument("-o", "--out", required=True, help="output folder (several inputs: OUT/<name> each)")
     p.add_argument("--run-dir", help="working folder (default: OUT/_run)")
     p.add_argument("--backend", choices=sorted(BACKENDS), default="local")
-    _device_flags(p)
+    p.add_argument(
+        "--ray-address",
+        help="ray backend: the cluster, auto (one started on this machine) or HOST:PORT (default: a private local Ray)",
+    )
+    _device_flags(p, required=False)  # none: --backend ray takes every GPU of its cluster, the others refuse
     _model_flags(p)
     p.add_argument("--format", choices=FORMAT_CHOICES, default="png16")
     p.add_argument("--create-video", action="store_true")
@@ -149,9 +161,19 @@ def _depth_parser(sub) -> None:
 def _devices(args, backend: str = "local") -> list[str]:
     from vda.orchestrator.planning import parse_devices
 
-    needs_gpu = args.gpus is not None or args.gpu_ids is not None or "cuda" in (args.devices or "")
-    visible = _backend(backend).visible_gpus() if needs_gpu else None
-    return parse_devices(args.devices, args.gpus, args.gpu_ids, visible)
+    gpus, needs_gpu = args.gpus, args.gpus is not None or args.gpu_ids is not None or "cuda" in (args.devices or "")
+    if backend == "ray":  # the cluster's GPUs, wherever they are; none asked for: all of them
+        from vda.errors import UsageError
+        from vda.orchestrator.backends.ray import RayBackend
+
+        visible = RayBackend.visible_gpus(args.ray_address) if needs_gpu or not args.devices else None
+        if args.devices is None and gpus is None and args.gpu_ids is None:
+            if not visible:
+                raise UsageError("the Ray cluster offers no GPU; give --devices cpu,cpu for CPU workers, or add GPUs")
+            gpus = visible
+    else:
+        visible = _backend(backend).visible_gpus() if needs_gpu else None
+    return parse_devices(args.devices, gpus, args.gpu_ids, visible)
 
 
 def _backend(name: str):
@@ -163,19 +185,20 @@ def cmd_plan(args) -> int:
     from vda.orchestrator.planning import check_precision, create_plan
 
     devices = _devices(args)
-    plan, resumed = create_plan(
-        args.video,
-        args.run_dir,
-        checkpoint=args.checkpoint,
-        encoder=args.encoder,
-        metric=args.metric,
-        input_size=args.input_size,
-        max_res=args.max_res,
-        precision=check_precision(args.precision, devices),
-        mode=args.mode,
-        unit_size=args.unit_size,
-        overwrite=args.overwrite,
-    )
+    with logs.run_log(RunDir(Path(args.run_dir)).host_log):
+        plan, resumed = create_plan(
+            args.video,
+            args.run_dir,
+            checkpoint=args.checkpoint,
+            encoder=args.encoder,
+            metric=args.metric,
+            input_size=args.input_size,
+            max_res=args.max_res,
+            precision=check_precision(args.precision, devices),
+            mode=args.mode,
+            unit_size=args.unit_size,
+            overwrite=args.overwrite,
+        )
     word = "kept existing" if resumed else "wrote"
     print(f"{word} {Path(args.run_dir) / 'plan.json'}: {plan.frame_count} frames, {len(plan.units)} unit(s)")
     return 0
@@ -186,8 +209,9 @@ def cmd_work(args) -> int:
 
     from vda.pipeline.worker import serve_stdin, work_runs
 
-    if os.environ.get("VDA_THREADS"):
-        torch.set_num_threads(int(os.environ["VDA_THREADS"]))
+    threads = config.current().threads
+    if threads:
+        torch.set_num_threads(threads)
     options = {"checkpoint": args.checkpoint, "micro_batch": args.micro_batch, "compile": args.compile}
     if args.run_dirs:
         work_runs(args.run_dirs, args.device, input_path=args.input, slot=args.slot, **options)
@@ -199,14 +223,15 @@ def cmd_work(args) -> int:
 def cmd_merge(args) -> int:
     from vda.pipeline.merge import merge
 
-    merge(
-        args.run_dir,
-        args.out,
-        args.format,
-        create_video=args.create_video,
-        workers=args.workers,
-        overwrite=args.overwrite,
-    )
+    with logs.run_log(RunDir(Path(args.run_dir)).host_log):
+        merge(
+            args.run_dir,
+            args.out,
+            args.format,
+            create_video=args.create_video,
+            workers=args.workers,
+            overwrite=args.overwrite,
+        )
     return 0
 
 
@@ -240,7 +265,8 @@ def cmd_depth(args) -> int:
         args.clean,
         options,
     )
-    return run_depth(request, _backend(args.backend)(devices, options, args.image))
+    extra = {"address": args.ray_address} if args.backend == "ray" else {}
+    return run_depth(request, _backend(args.backend)(devices, options, args.image, **extra))
 
 
 def _check_writable(out: Path) -> None:
@@ -250,7 +276,7 @@ def _check_writable(out: Path) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as err:
-        raise OSError(f"output folder {out} is not writable ({err.strerror}); choose another -o") from None
+        raise StorageError(f"output folder {out} is not writable ({err.strerror}); choose another -o") from None
 
 
 COMMANDS = {"plan": cmd_plan, "work": cmd_work, "merge": cmd_merge, "depth": cmd_depth, **tools.COMMANDS}
@@ -265,49 +291,45 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
+        logs.setup(config.load(verbose=args.verbose, debug=args.debug))
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("\nvda: interrupted; every worker was stopped. Run the same command again to resume.", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except Exception as err:
-        if args.debug or not _expected(err):
-            raise
-        print(f"vda: error: {str(err).strip()}", file=sys.stderr)
-        from vda.pipeline.worker import EXIT_OUT_OF_MEMORY, DeviceOutOfMemory
+    except VdaError as err:
+        log.debug("failed: %s", err, exc_info=True)
+        print(f"vda: error: {one_line(err)}", file=sys.stderr)
+        return err.exit_code
+    except OSError as err:
+        if not err.filename:
+            return _bug(err, args.debug)
+        # a path the user gave or we made from one: unreadable, unwritable, missing (the OS's words, our fix)
+        log.debug("failed: %s", err, exc_info=True)
+        print(f"vda: error: {err.filename}: {err.strerror}; check the path and its permissions", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as err:  # not one of ours: a bug, whatever it says
+        return _bug(err, args.debug)
 
-        return EXIT_OUT_OF_MEMORY if isinstance(err, DeviceOutOfMemory) else EXIT_ERROR
+
+def _bug(err: Exception, debug: bool) -> int:
+    log.error("bug: %s: %s", type(err).__name__, err, exc_info=err, extra={logs.QUIET: True})
+    print(f"vda: error: {bug_line(err, debug)}", file=sys.stderr)
+    return EXIT_BUG
 
 
-def _expected(err: Exception) -> bool:
-    from vda.core.plan import PlanError
-    from vda.io.video import VideoError
-    from vda.model.network import CheckpointError
-    from vda.model.registry import WeightsError
-    from vda.orchestrator.queue import RunFailed
-    from vda.pipeline.inference import FrameError, NonFiniteDepth
-    from vda.pipeline.worker import DeviceOutOfMemory, InjectedFault
+def one_line(err: BaseException) -> str:
+    """An error's message on one line (a message we wrote is one already; this guards the contract)."""
+    return " ".join(str(err).split()) or type(err).__name__
 
-    known = (
-        WeightsError,
-        RunFailed,
-        FrameError,
-        CheckpointError,
-        PlanError,
-        VideoError,
-        OSError,
-        ValueError,
-        InjectedFault,
-        DeviceOutOfMemory,
-        NonFiniteDepth,
-    )
-    extra = ()
-    try:
-        from vda.orchestrator.backends.docker import DockerError
 
-        extra = (DockerError,)
-    except ImportError:
-        pass
-    return isinstance(err, known + extra)
+def bug_line(err: BaseException, debug: bool) -> str:
+    """The line for an exception that is not a VdaError: short, and where to find the traceback."""
+    where = "the traceback is above" if debug else "rerun with --debug for the traceback"
+    if logs.last_run_log():
+        where += f" (also in {logs.last_run_log()})"
+    what = one_line(err)
+    what = what if len(what) <= 200 else what[:197] + "..."
+    return f"this is a bug in vda ({type(err).__name__}: {what}); {where}, and please report it"
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from vda.analysis.track import BOX_POINTS, CLEANERS
+
 
 def _size(text: str) -> tuple[int, int]:
     try:
@@ -55,7 +57,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--window", type=int, default=5, help="odd window (depth pixels) around a point for the median")
     p.add_argument(
         "--box-point",
-        choices=["center", "bottom"],
+        choices=BOX_POINTS,
         default="center",
         help="the 2D point of a box: its centre, or its bottom centre (where a standing object meets the ground)",
     )
@@ -65,7 +67,7 @@ def add_parsers(sub) -> None:
     g.add_argument("--ref-track", type=_track_id, help="reference track (default: any)")
     g.add_argument("--ref-frame", type=int, help="reference frame (default: the first with a valid depth)")
     g = p.add_argument_group("cleaning", "light outlier removal on each track's depth series")
-    g.add_argument("--clean", choices=["none", "hampel", "median"], default="none")
+    g.add_argument("--clean", choices=CLEANERS, default="none")
     g.add_argument("--clean-window", type=int, default=3, help="samples on each side of the window")
     g.add_argument("--clean-sigmas", type=float, default=3.0, help="hampel: threshold in robust sigmas")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -87,7 +89,8 @@ def add_parsers(sub) -> None:
 
 
 def cmd_track(args) -> int:
-    from vda.analysis.track import TrackOptions, plot_path, run_track, summary_line
+    from vda.analysis.track import run_track
+    from vda.analysis.track_io import TrackOptions, plot_path, summary_line
 
     opts = TrackOptions(
         image_size=args.image_size,
@@ -106,18 +109,14 @@ def cmd_track(args) -> int:
         clean_sigmas=args.clean_sigmas,
         plots=not args.no_plots,
     )
-    doc = run_track(args.detections, args.depth_dir, args.output, opts)
-    units = doc["depth"]["units"]
-    for t in doc["tracks"]:
-        print(summary_line(t, units))
-    if doc["depth"]["model"] == "relative":
-        scale = doc["depth"]["scale"]
-        note = f"scale {scale:.6g} from --ref-depth" if doc["depth"]["reference"] else "relative units (no --ref-depth)"
+    res = run_track(args.detections, args.depth_dir, args.output, opts)
+    for t in res.tracks:
+        print(summary_line(t, res.units))
+    if not res.metric:
+        note = f"scale {res.scale:.6g} from --ref-depth" if res.reference else "relative units (no --ref-depth)"
         print(f"vda track: relative model: depth = scale / disparity, {note}", file=sys.stderr)
     out = Path(args.output)
-    plots = (
-        "" if args.no_plots else f" and {len(doc['tracks'])} plot(s) like {plot_path(out, doc['tracks'][0]['track'])}"
-    )
+    plots = "" if args.no_plots else f" and {len(res.tracks)} plot(s) like {plot_path(out, res.tracks[0].id)}"
     print(f"wrote {out}, {out.with_suffix('.csv')}{plots}")
     return 0
 

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from vda.core import stitch
+from vda.errors import VdaError
 from vda.io.video import VideoInfo, spans
 
 SCHEMA_VERSION = 2
@@ -32,9 +33,15 @@ UNIT_WINDOWS = 8
 STREAM_UNIT_FRAMES = 400
 SEGMENT = 32  # stream mode: frames per stored file, so that a killed worker leaves most of its unit stored
 MODES = ("window", "stream")
+# "auto" is a per-device choice made where the model runs (vda.pipeline.inference.resolve_precision): fp16 on a GPU,
+# fp32 on a CPU. A plan over cpu and cuda devices then computes each window in what its device does well, and a unit
+# retried on the other kind still runs (an fp16 unit on a CPU would fail).
+AUTO = "auto"
+PRECISION_NAMES = ("fp32", "fp16", "bf16")
+PRECISION_CHOICES = (AUTO, *PRECISION_NAMES)
 
 
-class PlanError(Exception):
+class PlanError(VdaError):
     """A plan that cannot be used as is; the message says what to do."""
 
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vda.errors import InputError
+
 WINDOW = 32
 OVERLAP = 10
 BLEND = 8
@@ -31,7 +33,7 @@ assert (WINDOW, OVERLAP, BLEND, STRIDE, ALIGN) == (32, 10, 8, 22, 2), "the publi
 
 def num_windows(n_frames: int) -> int:
     if n_frames < 1:
-        raise ValueError("a video needs at least one frame")
+        raise InputError("a video needs at least one frame; check that the input decodes (vda doctor --video)")
     return math.ceil(n_frames / STRIDE)
 
 

@@ -14,6 +14,8 @@ import zlib
 
 import numpy as np
 
+from vda.errors import UsageError
+
 try:  # ISA-L's deflate: the speed of this module. zlib gives the same files' format, about 6x slower.
     from isal import isal_zlib as _deflate
 
@@ -54,6 +56,6 @@ def encode_gray(image: np.ndarray, level: int = DEFAULT_LEVEL) -> bytes:
     bits = 8 * image.dtype.itemsize
     data = _deflate.compress(filter_up(image), level)
     if len(data) > MAX_CHUNK:
-        raise ValueError(f"a {width}x{height} image is too large for one PNG data chunk; write npy or exr instead")
+        raise UsageError(f"a {width}x{height} image is too large for one PNG data chunk; write npy or exr instead")
     header = struct.pack(">IIBBBBB", width, height, bits, 0, 0, 0, 0)  # grayscale, deflate, adaptive, no interlace
     return SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", data) + _chunk(b"IEND", b"")

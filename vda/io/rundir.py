@@ -60,6 +60,11 @@ class RunDir:
     def video_log(self) -> Path:
         return self.logs / "video.log"
 
+    @property
+    def host_log(self) -> Path:
+        """The host's diagnostics (vda.logs): every command run on this folder appends to it."""
+        return self.logs / "vda.log"
+
     def fault_counter(self, name: str) -> Path:
         return self.path / FAULTS_DIR / name
 

@@ -19,12 +19,14 @@ import av
 import cv2
 import numpy as np
 
+from vda.errors import InputError
+
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 HEAD_BYTES = 1 << 20  # content hash covers the first MiB: cheap, and catches a replaced file
 DEFAULT_IMAGE_FPS = Fraction(30)
 
 
-class VideoError(Exception):
+class VideoError(InputError):
     """Unusable input; the message names the problem and the fix."""
 
 

@@ -14,12 +14,11 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-os.environ.setdefault("OPENCV_IO_ENABLE_OPENEXR", "1")  # read at first EXR use; must precede cv2's import
+import cv2  # cv2 reads OPENCV_IO_ENABLE_OPENEXR at import: vda/__init__.py sets it first
+import numpy as np
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-
-from vda.io.pngenc import encode_gray  # noqa: E402
+from vda.errors import InputError, StorageError, UsageError
+from vda.io.pngenc import encode_gray
 
 FORMATS = {"png16": ".png", "png8": ".png", "npy": ".npy", "npz": ".npz", "exr": ".exr"}
 LEVELS = {"png16": 65535, "png8": 255}
@@ -35,7 +34,11 @@ META_NAME = "depth_meta.json"
 META_SCHEMA = 1
 
 
-class DiskFullError(OSError):
+class DepthFolderError(InputError, FileNotFoundError):
+    """A folder written by `vda merge` that is missing, incomplete or from another version."""
+
+
+class DiskFullError(StorageError, OSError):
     """No space left while writing; nothing partial is left under a final name."""
 
 
@@ -52,6 +55,10 @@ def write_atomic(path: Path, data: bytes) -> None:
             raise DiskFullError(
                 err.errno, f"disk full while writing {path}; free space and run the same command again to resume"
             ) from None
+        if isinstance(err, OSError):
+            raise StorageError(
+                f"cannot write {path} ({err.strerror or err}); choose a folder you can write to, with free space"
+            ) from err
         raise
 
 
@@ -92,9 +99,9 @@ def encode(depth: np.ndarray, fmt: str, lo: float = 0.0, hi: float = 1.0) -> byt
     if fmt == "exr":
         ok, buf = cv2.imencode(".exr", depth.astype(np.float32), EXR_PARAMS)
         if not ok:
-            raise OSError("encoding an exr frame failed")
+            raise StorageError("encoding an exr frame failed; write png16 or npy instead (--format)")
         return buf.tobytes()
-    raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    raise UsageError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 
 @dataclass
@@ -127,10 +134,10 @@ class DepthMeta:
     def load(cls, out_dir: Path) -> DepthMeta:
         path = Path(out_dir) / META_NAME
         if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing; point at a folder written by `vda merge`")
+            raise DepthFolderError(f"{path} is missing; point at a folder written by `vda merge`")
         data = json.loads(path.read_text())
         if data.get("schema_version") != META_SCHEMA:
-            raise ValueError(f"{path}: schema version {data.get('schema_version')} is not {META_SCHEMA}")
+            raise DepthFolderError(f"{path}: schema version {data.get('schema_version')} is not {META_SCHEMA}")
         return cls(**data)
 
 
@@ -140,13 +147,13 @@ def read_depth(out_dir: Path, index: int, meta: DepthMeta) -> np.ndarray:
     if meta.format in LEVELS:
         stored = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if stored is None:
-            raise FileNotFoundError(f"cannot read {path}")
+            raise DepthFolderError(f"cannot read {path}; write it again with `vda merge`")
         q = meta.quantization
         return dequantize(stored, q["lo"], q["hi"], q["levels"])
     if meta.format == "exr":
         data = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if data is None:
-            raise FileNotFoundError(f"cannot read {path}")
+            raise DepthFolderError(f"cannot read {path}; write it again with `vda merge`")
         return data.astype(np.float32)
     if meta.format == "npz":
         with np.load(path) as z:

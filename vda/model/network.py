@@ -11,12 +11,16 @@ The model holds weights and configuration only. Per-video state (the streaming c
 from __future__ import annotations
 
 import math
+import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from vda.errors import WeightsError
 
 PATCH = 14
 PRETRAIN_GRID = 37  # DINOv2 was trained at 518 = 37 * 14; pos_embed holds 37 * 37 + 1 entries
@@ -48,7 +52,7 @@ CONFIGS: dict[str, ModelConfig] = {
 }
 
 
-class CheckpointError(Exception):
+class CheckpointError(WeightsError):
     """A checkpoint that cannot be used; the message says why and what to do."""
 
 
@@ -453,11 +457,26 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}; pass --checkpoint or place it in models/")
+    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since 1.6; the published files are
+        raise CheckpointError(
+            f"checkpoint {path} is not a PyTorch .pth file (not a zip archive: truncated, or another format); "
+            "download it again, or pass the right --checkpoint"
+        )
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"cannot read checkpoint {path}: {first}; use a published .pth file") from err
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # torch's weights-only unpickler met something other than tensors
+        raise CheckpointError(
+            f"checkpoint {path} holds Python objects or code besides tensors, so it was not loaded; use a published "
+            ".pth file, or save a plain state dict (name -> tensor) of the weights"
+        ) from err
+    except Exception as err:  # torch raises RuntimeError, EOFError, ... for a damaged archive
+        raise CheckpointError(
+            f"checkpoint {path} is a damaged PyTorch file ({type(err).__name__}: truncated or corrupt); "
+            "download it again, or pass the right --checkpoint"
+        ) from err
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a state dict; use another file")
+    return state
 
 
 def load_model(checkpoint, *, encoder: str | None = None, metric: bool = False, device="cpu") -> VideoDepthAnything:

@@ -1,25 +1,29 @@
 """Published checkpoints and how a run finds the file.
 
-Resolution order: an explicit path, then the models/ folder (or $VDA_MODELS_DIR), then the
-Hugging Face cache through huggingface-hub (which downloads when online).
+The table of published checkpoints is `registry.json` next to this module: the code reads it here, and
+`docker/Dockerfile` reads the same file to bake weights into an image (CHECKPOINT=<name>). Resolution order: an
+explicit path, then the models folders (vda.config: the checkout's models/, or $VDA_MODELS_DIR), then the Hugging Face
+cache through huggingface-hub (which downloads when online).
 """
 
 from __future__ import annotations
 
-import os
+import json
+import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-MODELS_DIR = Path(__file__).resolve().parents[2] / "models"  # the checkout's models/ (README there)
+from vda import config
+from vda.errors import WeightsError
 
-
-class WeightsError(Exception):
-    """A checkpoint that cannot be found; the message says where to put it."""
+TABLE = Path(__file__).with_name("registry.json")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Checkpoint:
+    name: str  # the table's key, as CHECKPOINT=<name> in the Dockerfile: vits, ..., metric-vitl
     repo_id: str
     filename: str
     encoder: str
@@ -31,19 +35,16 @@ class Checkpoint:
         return f"https://huggingface.co/{self.repo_id}/blob/main/{self.filename}"
 
 
-_SIZES = {"vits": ("Small", "Apache-2.0"), "vitb": ("Base", "CC-BY-NC-4.0"), "vitl": ("Large", "CC-BY-NC-4.0")}
-
-CHECKPOINTS: tuple[Checkpoint, ...] = tuple(
-    Checkpoint(
-        f"depth-anything/{'Metric-' if metric else ''}Video-Depth-Anything-{size}",
-        f"{'metric_' if metric else ''}video_depth_anything_{enc}.pth",
-        enc,
-        metric,
-        lic,
+def read_table(path: Path = TABLE) -> tuple[Checkpoint, ...]:
+    rows = json.loads(path.read_text())["checkpoints"]
+    return tuple(
+        Checkpoint(name, row["repo"], row["file"], row["encoder"], row["metric"], row["license"])
+        for name, row in rows.items()
     )
-    for metric in (False, True)
-    for enc, (size, lic) in _SIZES.items()
-)
+
+
+CHECKPOINTS: tuple[Checkpoint, ...] = read_table()
+ENCODERS = tuple(dict.fromkeys(ck.encoder for ck in CHECKPOINTS))  # vits, vitb, vitl: the --encoder choices
 
 
 def find(encoder: str, metric: bool) -> Checkpoint:
@@ -54,9 +55,8 @@ def find(encoder: str, metric: bool) -> Checkpoint:
 
 
 def models_dirs() -> list[Path]:
-    """Folders searched for checkpoint files: $VDA_MODELS_DIR (colon-separated), else this folder."""
-    env = os.environ.get("VDA_MODELS_DIR")
-    return [Path(p) for p in env.split(os.pathsep) if p] if env else [MODELS_DIR]
+    """Folders searched for checkpoint files (vda.config: $VDA_MODELS_DIR, else the models/ folder)."""
+    return list(config.current().models_dirs)
 
 
 def models_dir() -> Path:
@@ -80,6 +80,7 @@ def resolve(encoder: str, metric: bool, checkpoint: str | Path | None = None, *,
     if local is None:
         local = _from_hub(ck, models_dir() / ck.filename, download)
     print(f"vda: using {ck.filename} ({ck.repo_id}), licence {ck.license}", file=sys.stderr)
+    log.info("checkpoint %s: %s", ck.name, local)
     return local
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vda.errors import UsageError
 from vda.model.network import CONFIGS, ModelConfig, VideoDepthAnything
 
 SEED_STRIDE = 1_000_003  # a prime: (seed, name) pairs of different seeds do not collide for any realistic seed
@@ -37,7 +38,7 @@ OUTPUT_BIAS = 3.0  # the last conv's bias: keeps the final ReLU mostly active, s
 def layout(encoder: str) -> dict[str, tuple[int, ...]]:
     """Tensor name -> shape of the published checkpoint for `encoder`, read off our own module tree."""
     if encoder not in CONFIGS:
-        raise ValueError(f"unknown encoder {encoder!r}; choose one of {', '.join(CONFIGS)}")
+        raise UsageError(f"unknown encoder {encoder!r}; choose one of {', '.join(CONFIGS)}")
     with torch.device("meta"):  # shapes only: no memory, no initialisation
         model = VideoDepthAnything(ModelConfig(**CONFIGS[encoder].__dict__))
     return {name: tuple(t.shape) for name, t in model.state_dict().items()}

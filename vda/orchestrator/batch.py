@@ -11,6 +11,7 @@ after every other input has been computed and merged; the run then exits non-zer
 
 from __future__ import annotations
 
+import logging
 import queue
 import sys
 import threading
@@ -19,20 +20,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vda.core.plan import PlanError
+from vda import logs
+from vda.errors import EXIT_ERROR, InputError, VdaError
 from vda.io.rundir import RunDir
-from vda.io.video import IMAGE_EXTS, VideoError
+from vda.io.video import IMAGE_EXTS
 from vda.orchestrator.backends.base import Backend, MergeRequest, VideoRun
 from vda.orchestrator.launch import WorkerOptions
 from vda.orchestrator.planning import check_precision, choose_model, create_plan
 from vda.orchestrator.progress import BatchProgress
 from vda.orchestrator.queue import QueuedVideo, WorkQueue
-from vda.pipeline.merge import Follower
+from vda.pipeline.merge.first_pass import Follower
 
 # What a folder of videos may hold (anything FFmpeg reads would do; these are the names users give video files).
 VIDEO_EXTS = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".mts", ".wmv", ".flv", ".y4m"}
 RUN_NAME = "_run"  # OUT/_run: the default run folder (and so no input may be named so)
-EXIT_ERROR = 2
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -92,11 +94,11 @@ def expand_inputs(paths: list[str]) -> list[Path]:
             out.extend(videos)
         else:
             what = "both images and video files" if images else "no images and no video files"
-            raise PlanError(
+            raise InputError(
                 f"{path} holds {what}; give a folder of images (one input) or a folder of video files (one input each)"
             )
     if not out:
-        raise PlanError("no input given; name video files, folders of images or folders of videos")
+        raise InputError("no input given; name video files, folders of images or folders of videos")
     return out
 
 
@@ -146,7 +148,7 @@ def plan_videos(request: DepthRequest, say) -> tuple[list[QueuedVideo], dict[str
                 unit_size=request.unit_size,
                 overwrite=request.overwrite,
             )
-        except (VideoError, PlanError, OSError) as err:
+        except (VdaError, OSError) as err:  # this input only (an OSError: its run folder could not be written)
             if len(sources) == 1:
                 raise
             refused.append(Refused(str(src), str(err).strip(), err))
@@ -203,10 +205,15 @@ class MergeLine:
 
 def run_depth(request: DepthRequest, backend: Backend, stream=sys.stderr) -> int:
     """Plan, compute every unit on the devices, merge each video; 0 when every input got its output."""
+    with logs.run_log(request.root.host_log):
+        return _run_batch(request, backend, stream)
+
+
+def _run_batch(request: DepthRequest, backend: Backend, stream) -> int:
     say = lambda line: print(line, file=stream, flush=True)  # noqa: E731
     videos, outs, refused = plan_videos(request, say)
     root = request.root
-    root.path.mkdir(parents=True, exist_ok=True)
+    log.info("vda depth: %d input(s) on %s (%s backend)", len(videos), ", ".join(request.devices), backend.name)
     need = ""
     if request.space_check and videos:
         from vda.orchestrator.space import check_space, human_size

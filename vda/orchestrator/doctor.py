@@ -25,6 +25,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from vda.errors import UsageError
+from vda.model.registry import ENCODERS
+
 FORMATS = ("png16", "png8", "npy", "npz", "exr")
 GPU_IMAGE = "vda:latest"  # what `make depth GPUS=N` runs (docker/docker.mk VDA_IMAGE)
 CPU_IMAGE = "vda:cpu"
@@ -489,7 +492,7 @@ def checks(opts: Options, p: Probes, debug: bool = False) -> Iterator[Check]:
         yield guard("GPUs", check_gpus, gpus, opts.gpus)
     yield guard("CUDA driver vs torch", check_cuda, p, gpus, opts.image, engine)
     for metric in sorted({False, opts.metric}):
-        for encoder in ("vits", "vitb", "vitl"):
+        for encoder in ENCODERS:
             required = (encoder, metric) == (opts.encoder, opts.metric)
             label = f"{'metric ' if metric else ''}{encoder} checkpoint"
             yield guard(label, check_checkpoint, encoder, metric, required)
@@ -525,7 +528,7 @@ def add_parser(sub) -> None:
         "fails, 1 otherwise.",
     )
     p.add_argument("--gpus", type=int, help="GPUs you will use: then a missing GPU fails (default: GPUs only inform)")
-    p.add_argument("--encoder", choices=["vits", "vitb", "vitl"], default="vits", help="the checkpoint that must exist")
+    p.add_argument("--encoder", choices=ENCODERS, default="vits", help="the checkpoint that must exist")
     p.add_argument("--metric", action="store_true", help="also check the metric checkpoints (and require --encoder's)")
     p.add_argument("--video", type=Path, help="compare what a run on this video writes with the free disk space")
     p.add_argument("-o", "--out", type=Path, help="output folder for --video (default: make depth's out/<video>)")
@@ -537,6 +540,6 @@ def add_parser(sub) -> None:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     if args.gpus is not None and args.gpus < 1:
-        raise ValueError(f"--gpus must be at least 1, got {args.gpus}")
+        raise UsageError(f"--gpus must be at least 1, got {args.gpus}")
     opts = Options(args.gpus, args.encoder, args.metric, args.video, args.out, args.fmt, args.image)
     return doctor(opts, debug=getattr(args, "debug", False))

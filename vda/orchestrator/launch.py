@@ -8,14 +8,11 @@ through the host changing its own environment.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 
-from vda.pipeline.worker import FAULT_ENV
+from vda import config
+from vda.config import THREADS_ENV, Config
 from vda.system import usable_cpus
-
-THREADS_ENV = "VDA_THREADS"
 
 
 @dataclass(frozen=True)
@@ -57,11 +54,11 @@ def worker_threads(devices: list[str], device: str, cpus: int) -> int:
     return max(1, cpus // max(1, same_kind))
 
 
-def worker_env(devices: list[str], device: str, options: WorkerOptions, host_env: Mapping[str, str] = os.environ):
+def worker_env(devices: list[str], device: str, options: WorkerOptions, settings: Config | None = None):
     """The variables every worker gets, on top of what its backend adds: unbuffered output, its thread count, and the
-    fault-injection variables (vda.pipeline.worker) when the host has them set, so that failures can be rehearsed
-    anywhere."""
+    host's fault rehearsal (vda.config.Faults) when it has one, so that failures can be rehearsed anywhere."""
+    settings = settings or config.current()
     env = {"PYTHONUNBUFFERED": "1"}
     env[THREADS_ENV] = str(options.threads or worker_threads(devices, device, usable_cpus()))
-    env.update({k: host_env[k] for k in FAULT_ENV if k in host_env})
+    env.update(settings.faults.env())
     return env

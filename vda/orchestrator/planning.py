@@ -7,6 +7,7 @@ units are the same on any devices, so a rerun on other devices reuses every stor
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +22,8 @@ from vda.model.network import CONFIGS, VideoDepthAnything, checkpoint_filter_fn,
 from vda.model.registry import find, resolve
 from vda.pipeline.inference import AUTO
 from vda.pipeline.worker import file_sha256
+
+log = logging.getLogger(__name__)
 
 
 def parse_devices(
@@ -156,6 +159,7 @@ def create_plan(
         if _same_work(old, plan) and not overwrite:
             old.input.path = info.path
             old.save(run.path)
+            log.info("%s: resumed run %s (%d units)", run.path, old.run_id, len(old.units))
             return old, True
         if not overwrite:
             raise PlanError(
@@ -165,6 +169,9 @@ def create_plan(
         run.discard_results()
     run.path.mkdir(parents=True, exist_ok=True)
     plan.save(run.path)
+    log.info(
+        "%s: planned run %s: %d frames in %d units (%s)", run.path, plan.run_id, plan.frame_count, len(units), mode
+    )
     return plan, False
 
 

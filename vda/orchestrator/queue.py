@@ -22,6 +22,7 @@ is in RUN_DIR/processing_results.json: per device, per video and per unit.
 
 from __future__ import annotations
 
+import logging
 import queue
 import sys
 import threading
@@ -32,18 +33,20 @@ from dataclasses import asdict, dataclass, field
 
 from vda import events
 from vda.core.plan import Plan
+from vda.errors import RunError
 from vda.io.rundir import RunDir
 from vda.io.writers import write_json
 from vda.orchestrator.backends.base import START_FAILED, Backend, VideoRun, WorkerHandle
 from vda.orchestrator.progress import BatchProgress
 
 RESULTS_SCHEMA = 1
+log = logging.getLogger(__name__)
 STOP_WAIT_S = 60  # how long workers get to finish their stores after Stop
 RESTARTS = 3  # a device whose worker dies this many times in a row outside any unit is retired
 SLOW_FACTOR = 1.5  # a device this many times slower per unit than the fastest gets no unit ahead
 
 
-class RunFailed(Exception):
+class RunFailed(RunError):
     """The run could not go on (no device left); the message names the cause and the log to read."""
 
 
@@ -70,6 +73,7 @@ class UnitRecord:
     status: str = "pending"  # pending, running, done, stored (by an earlier run), failed, dropped (its video failed)
     attempts: int = 0
     devices: list[str] = field(default_factory=list)  # one entry per attempt
+    nodes: list[str] = field(default_factory=list)  # per attempt, where a backend spans hosts (Ray: the node id)
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
     frames: int = 0
@@ -171,6 +175,7 @@ class WorkQueue:
         self._generation[slot] += 1
         generation = self._generation[slot]
         record.worker_starts += 1
+        log.info("starting worker %d on %s (start %d)", slot, record.device, record.worker_starts)
         handle = self.backend.start_worker(
             slot, record.device, self.root.worker_log(slot), lambda line: self.inbox.put((slot, generation, line))
         )
@@ -210,6 +215,7 @@ class WorkQueue:
                 self._failed(slot, message.video, message.unit, message.reason, message.device_bound)
 
     def _done(self, slot: int, message: events.Done) -> None:
+        log.debug("unit %s:%d done on worker %d", message.video, message.unit, slot)
         record, key = self.records[slot], self._settle(slot, message.video, message.unit)
         if key is None:
             return
@@ -237,6 +243,7 @@ class WorkQueue:
         self.on_computed(video)
 
     def _failed(self, slot: int, video_name: str, unit_index: int, reason: str, device_bound: bool) -> None:
+        log.info("unit %s:%d failed on worker %d: %s", video_name, unit_index, slot, reason)
         key = self._settle(slot, video_name, unit_index)
         if key is not None:
             self._retry(key, self.records[slot], reason, device_bound)
@@ -296,6 +303,7 @@ class WorkQueue:
                 continue
             self._drain(wait=False)  # what it said before it exited (poll() has read all its output)
             record = self.records[slot]
+            log.info("worker %d on %s exited with %s: %s", slot, record.device, code, worker.handle.reason)
             record.exit_codes.append(code)
             del self.workers[slot]
             why = f"exit {code}: {worker.handle.reason}" if worker.handle.reason else f"exit {code}"
@@ -306,6 +314,7 @@ class WorkQueue:
                     unit = self.units[key]
                     unit.status, unit.attempts = "pending", unit.attempts - 1
                     unit.devices.pop()
+                    del unit.nodes[len(unit.devices) :]
                     self.pending.appendleft(key)
             if not worker.started:  # it died outside any unit: the device, not a unit, is the suspect
                 record.failures += 1
@@ -333,6 +342,8 @@ class WorkQueue:
             unit, video = self.units[key], self.videos[key[0]]
             unit.status, unit.attempts = "running", unit.attempts + 1
             unit.devices.append(device)
+            if getattr(worker.handle, "node", None):  # known once the worker said Ready
+                unit.nodes.append(worker.handle.node)
             worker.wants = False
             worker.running.append(key)
             path = video.run
@@ -340,6 +351,7 @@ class WorkQueue:
                 video.name, self.backend.worker_path(path.run.path), self.backend.worker_path(path.input), key[1]
             )
             worker.handle.send(message)
+            log.debug("unit %s:%d -> worker %d on %s", video.name, key[1], slot, device)
 
     def _slow(self, slot: int) -> bool:
         """Whether a device is so much slower than the fastest that it should not hold a unit ahead (the worker asks

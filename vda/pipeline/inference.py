@@ -21,16 +21,13 @@ import torch
 import torch.nn.functional as F
 
 from vda.core import stitch
+from vda.core.plan import AUTO, MODES, PRECISION_CHOICES, PRECISION_NAMES
 from vda.core.preprocess import network_shape, preprocess
+from vda.errors import DeviceError as DeviceKind
+from vda.errors import InputError, RunError, UsageError
 from vda.model.network import PATCH, VideoDepthAnything
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-# "auto" is a per-device choice made where the model runs: fp16 on a GPU, fp32 on a CPU. A plan over cpu and
-# cuda devices then computes each window in what its device does well, and a unit retried on the other kind
-# still runs (an fp16 unit on a CPU would fail).
-AUTO = "auto"
-PRECISION_CHOICES = (AUTO, *PRECISIONS)
-MODES = ("window", "stream")
+PRECISIONS = dict(zip(PRECISION_NAMES, (torch.float32, torch.float16, torch.bfloat16)))
 BF16_MIN_CAPABILITY = (8, 0)  # bf16 tensor cores arrived with Ampere; older GPUs emulate it slowly or not at all
 # Frames per batch through the encoder and the full-resolution part of the head. The window is still 32
 # frames for the temporal layers; only memory changes (the head's last layers hold 32 full-size maps).
@@ -38,15 +35,15 @@ DEFAULT_MICRO_BATCH = 4
 STREAM_CACHE = 2 * stitch.STRIDE - stitch.ALIGN  # 42 cached frames: frame 0, then a sliding 41-frame reach
 
 
-class FrameError(ValueError):
+class FrameError(InputError, ValueError):
     """A frame that cannot be processed; the message names the frame and the fix."""
 
 
-class DeviceError(ValueError):
+class DeviceError(DeviceKind, ValueError):
     """A device that cannot run what was asked (precision, compiler, placement); the message says what to use."""
 
 
-class NonFiniteDepth(RuntimeError):
+class NonFiniteDepth(RunError):
     """Depth that is NaN or infinite even in fp32: never written; the message names the window."""
 
 
@@ -195,10 +192,10 @@ class Runtime:
         micro_batch = micro_batch or DEFAULT_MICRO_BATCH  # the CLI and infer_video default to 4, not to None
         device = torch.device(device)
         if precision not in PRECISION_CHOICES:
-            raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
+            raise UsageError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
         precision = resolve_precision(precision, device.type)
         if micro_batch < 1:
-            raise ValueError(f"--micro-batch must be at least 1, got {micro_batch}")
+            raise UsageError(f"--micro-batch must be at least 1, got {micro_batch}")
         if device.type == "cpu" and precision == "fp16":
             raise DeviceError("fp16 needs a CUDA device; use --precision auto (fp32 on CPU) or bf16 on CPU")
         if device.type == "cuda":
@@ -443,7 +440,7 @@ def infer_video(
 ) -> Iterator[np.ndarray]:
     """Yield one float32 HxW depth map per input frame, in order, at the frame's resolution."""
     if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        raise UsageError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     runtime = Runtime.create(device, precision, micro_batch, compile)
     model_device = next(model.parameters()).device
     current = torch.cuda.current_device() if runtime.device.type == "cuda" else None

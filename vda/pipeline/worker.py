@@ -29,9 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vda import events
+from vda import config, events
 from vda.core import stitch
 from vda.core.plan import SEGMENT, Plan, PlanError, Unit
+from vda.errors import OutOfMemory, RunError
 from vda.io.rundir import RunDir
 from vda.io.video import Prefetch, VideoError, head_hash, read_frames, threaded
 from vda.io.writers import write_atomic, write_json
@@ -50,25 +51,13 @@ from vda.pipeline.inference import (
 # the device wait for the decoder at every window (bench_stages.py, "decode overlap"). 44 frames at 720p: 120 MB.
 DECODE_AHEAD = 2 * stitch.STRIDE
 PREFETCH_WAIT_S = 0.05  # how long a worker waits for its next unit before it computes without decoding it ahead
-# Fault injection, to rehearse failures: VDA_FAIL_AT_UNIT="U" fails unit U of any video ("NAME:U": of video NAME);
-# VDA_FAIL_TIMES=N fails only the first N times (counted in the video's RUN_DIR/faults/); VDA_FAIL_MODE=raise (the
-# unit fails, the worker goes on), exit (the worker exits 3), kill (SIGKILL, as the OOM killer does) or oom (torch's
-# out-of-memory error, as a GPU raises it). VDA_WORKER_DELAY="SLOT:SECONDS" slows worker SLOT by SECONDS per unit,
-# a slow device for the tests of the queue.
-FAIL_ENV, FAIL_TIMES_ENV, FAIL_MODE_ENV, DELAY_ENV = (
-    "VDA_FAIL_AT_UNIT",
-    "VDA_FAIL_TIMES",
-    "VDA_FAIL_MODE",
-    "VDA_WORKER_DELAY",
-)
-FAULT_ENV = (FAIL_ENV, FAIL_TIMES_ENV, FAIL_MODE_ENV, DELAY_ENV)
 
 
-class InjectedFault(RuntimeError):
-    pass
+class InjectedFault(RunError):
+    """A failure injected on purpose (VDA_FAIL_*), to rehearse what the host does with a real one."""
 
 
-class DeviceOutOfMemory(RuntimeError):
+class DeviceOutOfMemory(OutOfMemory):
     """The device ran out of memory: expected, one line naming what to lower, and not retried with the same settings.
 
     Retrying the same unit on the same device with the same settings would fail the same way: the worker reports it as
@@ -76,7 +65,6 @@ class DeviceOutOfMemory(RuntimeError):
     """
 
 
-EXIT_OUT_OF_MEMORY = 4  # `vda` exits so when a device ran out of memory (vda work on run folders, no host)
 # What fails a unit and not the worker: the worker reports it (events.Failed) and goes on with the next unit.
 UNIT_ERRORS = (VideoError, FrameError, PlanError, NonFiniteDepth, InjectedFault, DeviceOutOfMemory)
 
@@ -131,22 +119,30 @@ def _to_host(depth: torch.Tensor, precision: str) -> tuple[torch.Tensor, torch.c
     return host, copy_done_event(depth.device)
 
 
-def _store(path: Path, host: torch.Tensor, event, started: float, piece: int) -> None:
-    if event is not None:
-        event.synchronize()
-    array = host.numpy()
+def write_piece(path: Path, array: np.ndarray, piece: int, seconds: float) -> None:
+    """Store one piece in its run folder: the array under a temporary name, renamed, then its `.done` marker.
+
+    The one writer of pieces: a worker's default store, and the Ray driver's for pieces that came back through the
+    object store (vda.orchestrator.backends.ray), so both leave the same files.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     np.save(buf, array)
     write_atomic(path, buf.getvalue())
     write_json(
         path.with_suffix(".done"),
-        {
-            "piece": piece,
-            "seconds": round(time.time() - started, 3),
-            "shape": list(array.shape),
-            "dtype": str(array.dtype),
-        },
+        {"piece": piece, "seconds": seconds, "shape": list(array.shape), "dtype": str(array.dtype)},
     )
+
+
+# Where a worker's pieces go: (path in the run folder, array, piece index, seconds since the unit began).
+PieceStore = Callable[[Path, np.ndarray, int, float], None]
+
+
+def _store(path: Path, host: torch.Tensor, event, started: float, piece: int, store: PieceStore = write_piece) -> None:
+    if event is not None:
+        event.synchronize()
+    store(path, host.numpy(), piece, round(time.time() - started, 3))
 
 
 class UnitStore:
@@ -202,8 +198,9 @@ def _out_of_memory(s, runtime: Runtime, doing: str) -> DeviceOutOfMemory:
 
 
 def _maybe_fail(run: RunDir, video: str, unit: int) -> None:
-    """Fault injection (FAIL_ENV above): rehearses what the queue does when a unit or a worker fails."""
-    spec = os.environ.get(FAIL_ENV, "")
+    """Fault injection (vda.config.Faults): rehearses what the queue does when a unit or a worker fails."""
+    faults = config.current().faults
+    spec = faults.at_unit
     if not spec:
         return
     name, _, u = spec.rpartition(":")
@@ -212,25 +209,18 @@ def _maybe_fail(run: RunDir, video: str, unit: int) -> None:
     counter = run.fault_counter(f"unit{unit}")
     counter.parent.mkdir(exist_ok=True)
     fired = int(counter.read_text() or 0) if counter.exists() else 0
-    if FAIL_TIMES_ENV in os.environ and fired >= int(os.environ[FAIL_TIMES_ENV]):
+    if faults.times is not None and fired >= faults.times:
         return
     counter.write_text(str(fired + 1))
-    mode = os.environ.get(FAIL_MODE_ENV, "raise")
-    say(f"injecting fault ({FAIL_ENV}={spec}, {mode}) at {video}, unit {unit}")
+    mode = faults.mode or "raise"
+    say(f"injecting fault ({config.FAIL_ENV}={spec}, {mode}) at {video}, unit {unit}")
     if mode == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     if mode == "exit":
         os._exit(3)
     if mode == "oom":
-        raise torch.OutOfMemoryError(f"CUDA out of memory (injected by {FAIL_ENV}={spec})")
-    raise InjectedFault(f"injected fault ({FAIL_ENV}={spec}) at {video}, unit {unit}")
-
-
-def _delay(slot: int) -> float:
-    """Seconds this worker sleeps per unit (DELAY_ENV): a slow device, for tests only."""
-    spec = os.environ.get(DELAY_ENV, "")
-    which, _, seconds = spec.partition(":")
-    return float(seconds) if spec and int(which) == slot else 0.0
+        raise torch.OutOfMemoryError(f"CUDA out of memory (injected by {config.FAIL_ENV}={spec})")
+    raise InjectedFault(f"injected fault ({config.FAIL_ENV}={spec}) at {video}, unit {unit}")
 
 
 @dataclass
@@ -254,6 +244,10 @@ class DeviceWorker:
     micro_batch: int | None = None
     compile: bool = False
     slot: int = 0
+    # Where pieces go and plans come from: the run folder by default; a Ray actor sends pieces back to the driver
+    # and gets plans from it, so that no node but the driver's needs the run folder.
+    store_piece: PieceStore = write_piece
+    load_plan: Callable[[str], Plan] = Plan.load
     _videos: dict[str, _Video] = field(default_factory=dict)
     _models: dict[tuple, tuple] = field(default_factory=dict)  # (encoder, metric, sha, precision) -> (model, runtime)
 
@@ -320,7 +314,7 @@ class DeviceWorker:
 
     def _video(self, task: events.Assign) -> _Video:
         if task.run_dir not in self._videos:
-            plan = Plan.load(Path(task.run_dir))
+            plan = self.load_plan(task.run_dir)
             verify_input(plan, task.input)
             self._videos[task.run_dir] = _Video(plan, RunDir(task.run_dir))
         return self._videos[task.run_dir]
@@ -356,9 +350,8 @@ class DeviceWorker:
             _maybe_fail(run, task.video, unit.index)
         except torch.OutOfMemoryError:  # injected (VDA_FAIL_MODE=oom): reported as a real one is, below
             raise _out_of_memory(s, self._model(plan)[1], "running") from None
-        time.sleep(_delay(self.slot))
+        time.sleep(config.current().faults.delay_of(self.slot))
         model, runtime = self._model(plan)
-        run.piece(s.mode, unit.span[0]).parent.mkdir(parents=True, exist_ok=True)
         recomputed: list[int] = []  # windows (or frames) recomputed in fp32 because fp16/bf16 gave NaN or inf
 
         def save(piece: int, depth: torch.Tensor, fresh: int) -> None:
@@ -368,7 +361,7 @@ class DeviceWorker:
             if fresh:
                 say(f"{task.video} piece {piece}: depth not finite in {runtime.precision}; recomputed in fp32")
             path = run.piece(s.mode, piece)
-            self.store.submit(lambda: _store(path, host, event, started, piece))
+            self.store.submit(lambda: _store(path, host, event, started, piece, self.store_piece))
 
         try:
             _compute_unit(plan, unit, model, runtime, save, recomputed, frames or _frames(plan, unit))

@@ -13,12 +13,14 @@ A worker container that cannot start (no NVIDIA runtime, an NVML error, a GPU th
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
 from pathlib import Path
 
 from vda import events
+from vda.errors import BackendError
 from vda.model.registry import models_dir
 from vda.orchestrator.backends.base import START_FAILED, Backend, LinePump, MergeRequest
 from vda.orchestrator.launch import worker_command, worker_env
@@ -34,8 +36,10 @@ NVIDIA_HINT = (
     "or run on CPU with --devices cpu"
 )
 
+logger = logging.getLogger(__name__)  # `log` names worker log files here
 
-class DockerError(Exception):
+
+class DockerError(BackendError):
     """The Docker side cannot run the job; the message says what to do."""
 
 
@@ -262,6 +266,7 @@ class DockerBackend(Backend):
         """Start the worker container of SLOT on DEVICE. One that cannot start is a FailedStart (exit 125)."""
         checkpoint = f"{CKPT_MOUNT}/{self.checkpoint.name}" if self.checkpoint else None
         command = worker_command(PROGRAM, device, slot, self.options, checkpoint)
+        logger.debug("worker %d on %s: docker run %s %s", slot, device, self.image, " ".join(command))
         log_path.parent.mkdir(parents=True, exist_ok=True)
         try:
             container = self._create(command, device, {LABEL_SLOT: str(slot), LABEL_ROLE: "worker"}, stdin=True)

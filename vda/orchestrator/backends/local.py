@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -9,12 +10,14 @@ import sys
 from pathlib import Path
 
 from vda import events
+from vda.config import THREADS_ENV, Config
 from vda.orchestrator.backends.base import Backend, LinePump, MergeRequest
-from vda.orchestrator.launch import THREADS_ENV, worker_command, worker_env
+from vda.orchestrator.launch import worker_command, worker_env
 from vda.pipeline.inference import check_compiler
 from vda.system import gpu_env
 
 STOP_GRACE_S = 10
+logger = logging.getLogger(__name__)  # `log` is the worker log file below
 
 
 class LocalHandle:
@@ -71,15 +74,17 @@ class LocalBackend(Backend):
         return worker_command(self.PROGRAM, device, slot, self.options, self.options.checkpoint)
 
     def environment(self, device: str, parent_env=os.environ) -> dict[str, str]:
-        env = {**parent_env, **worker_env(self.devices, device, self.options, parent_env)}
-        if parent_env.get(THREADS_ENV) and not self.options.threads:
-            env[THREADS_ENV] = parent_env[THREADS_ENV]  # a thread count set here wins over the default share
+        settings = Config.from_env(parent_env)  # the environment the worker inherits, read as the host reads its own
+        env = {**parent_env, **worker_env(self.devices, device, self.options, settings)}
+        if settings.threads and not self.options.threads:
+            env[THREADS_ENV] = str(settings.threads)  # a thread count set here wins over the default share
         if device.startswith("cuda"):
             env.update(gpu_env(int(device.partition(":")[2] or 0), parent_env))
         return env
 
     def start_worker(self, slot: int, device: str, log_path: Path, on_line) -> LocalHandle:
         cmd, env = self.command(slot, device), self.environment(device)
+        logger.debug("worker %d on %s: %s", slot, device, " ".join(cmd))
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "a") as log:
             shown = " ".join(f"{k}={env[k]}" for k in ("CUDA_VISIBLE_DEVICES", "VDA_THREADS") if k in env)

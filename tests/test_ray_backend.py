@@ -1,0 +1,303 @@
+"""The Ray backend (issue 15) on a real multi-node Ray cluster on this machine.
+
+One `ray.cluster_utils.Cluster` per module: a head node that runs no worker (0 CPUs: the drivers attach to it, so it
+must never be removed) and two worker nodes of one CPU each, every node with its own raylet and a small object
+store, all bound to 127.0.0.1. Each run is a real `vda depth --backend ray --ray-address ...` subprocess (the driver),
+with CPU actors placed by Ray, one per node. A node that cannot read an input is a node whose worker processes start
+in their own mount namespace with a tmpfs over the input's folder (or, without the privilege for that, with the
+folder hidden from Python's os.stat).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT, TOL, rel_err, synthetic_frames, write_video
+
+from vda.io.video import probe, read_frames
+from vda.io.writers import DepthMeta, read_depth
+from vda.pipeline.inference import infer_video
+
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # read as Ray is imported: every node and driver on 127.0.0.1
+ray = pytest.importorskip("ray")  # the `vda[ray]` extra, which `make setup` installs
+from ray.cluster_utils import Cluster  # noqa: E402
+
+pytestmark = pytest.mark.slow
+SIZE = "126"  # network input: small, the cluster is what is tested
+MB = 1 << 20
+# Node deaths are noticed within seconds (Ray's defaults take about 30 s), yet not so fast that a busy 2-core
+# machine makes a live node look dead.
+FAST_DEATH = {"health_check_period_ms": 1000, "health_check_timeout_ms": 2000, "health_check_failure_threshold": 4}
+# The worker entry point of a node that must not see one folder (HIDDEN): see the module docstring.
+BLIND_WORKER = """
+import ctypes, os, runpy, sys
+HIDDEN, WORKER = {hidden!r}, {worker!r}
+libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNS, MS_REC, MS_PRIVATE = 0x00020000, 0x4000, 0x40000
+hidden = (
+    libc.unshare(CLONE_NEWNS) == 0
+    and libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) == 0
+    and libc.mount(b"tmpfs", HIDDEN.encode(), b"tmpfs", 0, None) == 0
+)
+if not hidden:
+    real_stat = os.stat
+    def stat(path, *args, **kwargs):
+        if isinstance(path, (str, os.PathLike)) and os.fspath(path).startswith(HIDDEN):
+            raise FileNotFoundError(2, "No such file or directory", os.fspath(path))
+        return real_stat(path, *args, **kwargs)
+    os.stat = stat
+sys.argv[0] = WORKER
+runpy.run_path(WORKER, run_name="__main__")
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Head (no CPU) + two one-CPU worker nodes; the worker processes import vda from this checkout."""
+    saved = {"PYTHONPATH": os.environ.get("PYTHONPATH")}
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), saved["PYTHONPATH"]) if p)
+    head = {"num_cpus": 0, "object_store_memory": 300 * MB, "_system_config": FAST_DEATH}
+    c = Cluster(initialize_head=True, head_node_args=head)
+    try:
+        for _ in range(2):
+            c.add_node(num_cpus=1, object_store_memory=200 * MB)
+        c.wait_for_nodes()
+        yield c
+    finally:
+        c.shutdown()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture(scope="module", autouse=True)
+def node_cache(checkpoint):
+    """The nodes' weights cache of the test checkpoint (all nodes here share one /tmp): empty at the start, so that
+    the first run fetches the weights from the object store, and removed at the end."""
+    from vda.pipeline.worker import file_sha256
+
+    cached = Path(tempfile.gettempdir()) / "vda-ray" / f"{file_sha256(checkpoint)}.pth"
+    cached.unlink(missing_ok=True)
+    yield cached
+    cached.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("clips")
+    return [
+        write_video(tmp / "a.mp4", synthetic_frames(70, 64, 48, seed=1)),
+        write_video(tmp / "b.mp4", synthetic_frames(50, 48, 64, seed=2)),
+    ]
+
+
+def depth_cmd(inputs, out, checkpoint, cluster, *flags) -> list[str]:
+    cmd = [sys.executable, "-m", "vda", "depth", *map(str, inputs), "-o", str(out), "--backend", "ray"]
+    cmd += ["--ray-address", cluster.address, "--checkpoint", str(checkpoint), "--input-size", SIZE]
+    return cmd + ["--format", "npy", "--devices", "cpu,cpu", "--unit-size", "1", *flags]
+
+
+def env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "VDA_THREADS": "1", **extra}
+
+
+def depth(inputs, out, checkpoint, cluster, *flags, check=True, **extra) -> subprocess.CompletedProcess:
+    cmd = depth_cmd(inputs, out, checkpoint, cluster, *flags)
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env(**extra), timeout=300)
+    if check and done.returncode != 0:
+        raise AssertionError(f"exit {done.returncode}\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def read_all(out) -> np.ndarray:
+    meta = DepthMeta.load(out)
+    return np.stack([read_depth(out, i, meta) for i in range(meta.frame_count)])
+
+
+def single_pass(model, src) -> np.ndarray:
+    info = probe(src)
+    frames = (f for _, f in read_frames(info, range(info.frame_count)))
+    return np.stack(list(infer_video(model, frames, input_size=int(SIZE))))
+
+
+def results(run: Path) -> dict:
+    return json.loads((run / "processing_results.json").read_text())
+
+
+def worker_nodes(cluster) -> dict[str, object]:
+    return {node.node_id: node for node in cluster.worker_nodes}
+
+
+def actor_pids(run: Path) -> set[int]:
+    """The actors' process ids, from the line each worker log starts with."""
+    pids = set()
+    for log in (run / "logs").glob("worker_*.log"):
+        pids.update(int(p) for p in re.findall(r"started on Ray node \w+ \([^)]*\), pid (\d+)", log.read_text()))
+    return pids
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_for(what, timeout: float, step: float = 0.1) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if what():
+            return True
+        time.sleep(step)
+    return bool(what())
+
+
+def stored(run: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in run.glob("**/windows/*.npy") if p.with_suffix(".done").is_file()}
+
+
+@pytest.fixture(scope="module")
+def reference(clips, model) -> dict[str, np.ndarray]:
+    """Each clip's single pass, the result every split must equal (one torch thread: two fight over 2 cores)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return {src.stem: single_pass(model, src) for src in clips}
+    finally:
+        torch.set_num_threads(threads)
+
+
+def same_as_single_pass(out: Path, reference: dict[str, np.ndarray]) -> None:
+    for name, ref in reference.items():
+        assert rel_err(read_all(out / name), ref) <= TOL
+
+
+# -- the tests --------------------------------------------------------------------------------------------------------
+def test_two_videos_on_two_nodes_equal_the_single_pass(tmp_path, clips, checkpoint, cluster, reference, node_cache):
+    out = tmp_path / "out"
+    done = depth(clips, out, checkpoint, cluster)
+    same_as_single_pass(out, reference)
+    record = results(out / "_run")
+    units = record["units"]
+    assert all(u["status"] == "done" and len(u["nodes"]) == u["attempts"] == 1 for u in units)
+    nodes = {u["nodes"][0] for u in units}
+    assert nodes == set(worker_nodes(cluster))  # both nodes computed units, each recorded by its Ray node id
+    per_node = re.search(r"vda: ray: units per node: (.*)", done.stderr).group(1)
+    counts = {node[:8]: sum(u["nodes"][0] == node for u in units) for node in nodes}
+    assert dict((k, int(n)) for k, n in re.findall(r"(\w{8}) (\d+)", per_node)) == counts
+    # The pieces came back through the object store and the driver stored them as a worker does: array and marker.
+    for video in record["videos"]:
+        windows = sorted(Path(video["run_dir"], "windows").glob("win_*.npy"))
+        assert windows and all(w.with_suffix(".done").is_file() for w in windows)
+    # The actors loaded the weights from the node-local cache, which the object store filled (not the driver's file).
+    logs = [log.read_text() for log in (out / "_run" / "logs").glob("worker_*.log")]
+    assert len(logs) == 2 and all(f"checkpoint {node_cache} (" in log for log in logs)
+    assert any("fetched from the object store" in log for log in logs)
+    assert actors_gone(out / "_run", 15)
+
+
+def test_an_input_one_node_cannot_read_is_refused_before_any_work(tmp_path, clips, checkpoint, cluster):
+    hidden = tmp_path / "hidden"  # the one folder the third node does not see
+    hidden.mkdir()
+    clip = hidden / "c.mp4"
+    clip.write_bytes(clips[1].read_bytes())
+    wrapper = tmp_path / "blind_worker.py"
+    default = Path(ray.__file__).parent / "_private" / "workers" / "default_worker.py"
+    wrapper.write_text(BLIND_WORKER.format(hidden=str(hidden), worker=str(default)))
+    blind = cluster.add_node(num_cpus=1, object_store_memory=100 * MB, worker_path=str(wrapper))
+    try:
+        cluster.wait_for_nodes()
+        out = tmp_path / "out"
+        done = depth([clips[0], clip], out, checkpoint, cluster, check=False)
+    finally:
+        cluster.remove_node(blind)
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("vda: error:")]
+    assert len(errors) == 1, done.stderr
+    assert errors[0].startswith(f"vda: error: Ray node {blind.node_id[:8]} (127.0.0.1) cannot read input {clip} ")
+    assert "(not found there)" in errors[0]
+    assert not list((out / "_run").glob("**/windows/*")) and not actor_pids(out / "_run")  # no work, no actor
+
+
+def interrupt(cmd: list[str], run: Path, sig: int, log: Path) -> tuple[int, str]:
+    """Start a driver, send it `sig` once it has stored one more piece, and return its exit code and output."""
+    before = len(stored(run))
+    with open(log, "w+") as err:
+        driver = subprocess.Popen(cmd, cwd=ROOT, env=env(VDA_WORKER_DELAY="0:1"), stdout=err, stderr=err)
+        assert wait_for(lambda: len(stored(run)) > before, 120)
+        driver.send_signal(sig)
+        code = driver.wait(60)
+        err.seek(0)
+        return code, err.read()
+
+
+def actors_gone(run: Path, timeout: float) -> bool:
+    """Whether every actor a run's logs name has ended (within `timeout`)."""
+    pids = actor_pids(run)
+    return bool(pids) and wait_for(lambda: not any(alive(p) for p in pids), timeout)
+
+
+def test_a_stopped_driver_leaves_no_actor_and_the_same_command_resumes(tmp_path, clips, checkpoint, cluster, reference):
+    out = tmp_path / "out"
+    run = out / "_run"
+    cmd = depth_cmd(clips, out, checkpoint, cluster)
+    code, said = interrupt(cmd, run, signal.SIGINT, tmp_path / "ctrl_c.log")  # Ctrl-C
+    assert code == 130 and "interrupted; every worker was stopped" in said, said
+    assert actors_gone(run, 30), said
+    code, said = interrupt(cmd, run, signal.SIGKILL, tmp_path / "kill.log")  # kill -9: no cleanup of any kind
+    assert actors_gone(run, 30), said  # Ray ends the actors of a driver that is gone
+    kept = stored(run)
+    assert kept
+    depth(clips, out, checkpoint, cluster)
+    assert {p: m for p, m in stored(run).items() if p in kept} == kept  # reused, not recomputed
+    same_as_single_pass(out, reference)
+
+
+def test_a_node_lost_mid_run_costs_only_its_units_in_flight(tmp_path, clips, checkpoint, cluster, reference):
+    """Slot 1 sleeps 3 s at the start of each unit (VDA_WORKER_DELAY); its node is removed (raylet and workers
+    killed) while it holds a unit it began. That unit is redone on the other node; the output is the same."""
+    out = tmp_path / "out"
+    run = out / "_run"
+    log = run / "logs" / "worker_1.log"
+
+    def begun() -> bool:
+        text = log.read_text() if log.exists() else ""
+        return "started on Ray node" in text and text.count('"kind": "ready"') >= 2
+
+    try:
+        with open(tmp_path / "driver.err", "w+") as err:
+            driver = subprocess.Popen(
+                depth_cmd(clips, out, checkpoint, cluster), cwd=ROOT, env=env(VDA_WORKER_DELAY="1:3"), stderr=err
+            )
+            assert wait_for(begun, 120)
+            victim = re.search(r"started on Ray node (\w+)", log.read_text()).group(1)
+            cluster.remove_node(worker_nodes(cluster)[victim], allow_graceful=False)
+            code = driver.wait(180)
+            err.seek(0)
+            said = err.read()
+        assert code == 0, said
+        same_as_single_pass(out, reference)
+        record = results(run)
+        assert all(u["status"] == "done" for u in record["units"])
+        redone = [u for u in record["units"] if u["attempts"] == 2]
+        assert len(redone) == 1 and redone[0]["nodes"][0] == victim and redone[0]["nodes"][1] != victim, redone
+        assert re.search(rf"exit 137: .*node {victim[:8]} \(127\.0\.0\.1\) (was lost|cannot be reached)", said), said
+        assert 137 in record["devices"][1]["exit_codes"]
+    finally:  # two worker nodes again, for whatever runs next
+        if len(cluster.worker_nodes) < 2:
+            cluster.add_node(num_cpus=1, object_store_memory=200 * MB)

@@ -1,0 +1,108 @@
+"""Settings read once: the documented `VDA_*` variables, into one typed `Config`.
+
+`vda`'s entry point reads them once (`load`) with its global flags; everything else asks `current()`. A library user
+who never runs the CLI gets them read from the environment when asked. Workers get their settings through the
+command and environment that `vda.orchestrator.launch` builds for them, never through the host changing its own
+environment.
+
+| variable | meaning |
+|---|---|
+| `VDA_THREADS` | CPU threads of this process's torch (the host sets it per worker: the cores shared out) |
+| `VDA_MODELS_DIR` | checkpoint folders, `:`-separated (default: the checkout's `models/`, else `./models`) |
+| `VDA_FAIL_AT_UNIT` | fault rehearsal: fail unit `U` of any video, or `NAME:U` of video NAME |
+| `VDA_FAIL_TIMES` | fault rehearsal: fail only the first N times |
+| `VDA_FAIL_MODE` | fault rehearsal: `raise` (the unit fails), `exit` (the worker exits 3), `kill` (SIGKILL), `oom` |
+| `VDA_WORKER_DELAY` | fault rehearsal: `SLOT:SECONDS` slows worker SLOT by SECONDS per unit (a slow device) |
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vda.errors import UsageError
+
+THREADS_ENV = "VDA_THREADS"
+MODELS_ENV = "VDA_MODELS_DIR"
+FAIL_ENV, FAIL_TIMES_ENV, FAIL_MODE_ENV, DELAY_ENV = (
+    "VDA_FAIL_AT_UNIT",
+    "VDA_FAIL_TIMES",
+    "VDA_FAIL_MODE",
+    "VDA_WORKER_DELAY",
+)
+FAULT_ENV = (FAIL_ENV, FAIL_TIMES_ENV, FAIL_MODE_ENV, DELAY_ENV)
+FAIL_MODES = ("raise", "exit", "kill", "oom")
+# The checkout's models/ folder (an editable install); a wheel installed elsewhere looks in ./models instead.
+CHECKOUT_MODELS = Path(__file__).resolve().parents[1] / "models"
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Fault rehearsal (VDA_FAIL_*, VDA_WORKER_DELAY): what the queue does when a unit, a worker or a device fails."""
+
+    at_unit: str = ""  # "U" or "NAME:U"; empty: no fault
+    times: int | None = None  # fail only the first `times` times (counted in the run folder)
+    mode: str = ""  # empty: raise
+    delay: str = ""  # "SLOT:SECONDS"
+
+    def env(self) -> dict[str, str]:
+        """The variables that give a worker these faults (only those that are set)."""
+        values = (self.at_unit, "" if self.times is None else str(self.times), self.mode, self.delay)
+        return {k: v for k, v in zip(FAULT_ENV, values) if v}
+
+    def delay_of(self, slot: int) -> float:
+        """Seconds worker `slot` sleeps per unit."""
+        which, _, seconds = self.delay.partition(":")
+        return float(seconds) if self.delay and int(which) == slot else 0.0
+
+
+@dataclass(frozen=True)
+class Config:
+    threads: int | None = None
+    models_dirs: tuple[Path, ...] = ()
+    faults: Faults = field(default_factory=Faults)
+    verbose: bool = False
+    debug: bool = False
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ, *, verbose: bool = False, debug: bool = False):
+        """Read and check every VDA_* variable; a value that cannot work is refused in one line."""
+        dirs = environ.get(MODELS_ENV, "")
+        models = tuple(Path(p) for p in dirs.split(os.pathsep) if p)
+        if not models:
+            models = (CHECKOUT_MODELS if CHECKOUT_MODELS.is_dir() else Path("models"),)
+        faults = Faults(
+            at_unit=environ.get(FAIL_ENV, ""),
+            times=_whole(environ, FAIL_TIMES_ENV, 0),
+            mode=environ.get(FAIL_MODE_ENV, ""),
+            delay=environ.get(DELAY_ENV, ""),
+        )
+        if faults.mode and faults.mode not in FAIL_MODES:
+            raise UsageError(f"{FAIL_MODE_ENV}={faults.mode!r} is not one of {', '.join(FAIL_MODES)}; fix or unset it")
+        return cls(_whole(environ, THREADS_ENV, 1), models, faults, verbose, debug)
+
+
+def _whole(environ: Mapping[str, str], name: str, least: int) -> int | None:
+    text = environ.get(name, "")
+    if not text:
+        return None
+    if not text.strip().isdigit() or int(text) < least:
+        raise UsageError(f"{name}={text!r} is not a whole number of at least {least}; fix or unset it")
+    return int(text)
+
+
+_loaded: Config | None = None
+
+
+def load(environ: Mapping[str, str] = os.environ, *, verbose: bool = False, debug: bool = False) -> Config:
+    """Read the settings once, for this process (the CLI's entry point calls it first)."""
+    global _loaded
+    _loaded = Config.from_env(environ, verbose=verbose, debug=debug)
+    return _loaded
+
+
+def current() -> Config:
+    """The settings `load` read; without a `load` (vda used as a library), read from the environment now."""
+    return _loaded if _loaded is not None else Config.from_env()

@@ -1,0 +1,91 @@
+"""Where merged frames go: one file per frame (`FrameFiles`), and the colourised depth video (`VideoSink`).
+
+Every sink takes a unit's frames at a time, in frame order, with `write(frames)`; then `close()` once all are written,
+or `abort()` when the merge fails. A sink leaves nothing under a final name that could be mistaken for a complete
+output: frame files are each written atomically, and the video is renamed only once complete.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from vda.io.writers import encode, frame_name, write_atomic
+
+
+class Sink(Protocol):
+    """A merged output, fed unit by unit in frame order."""
+
+    def write(self, frames) -> None: ...
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class FrameFiles:
+    """One file per frame, in `fmt`, quantised over [lo, hi] for the png formats.
+
+    Fed in the render processes (`render.render_unit`), not in merge's own: encoding is most of a merge's time, and
+    each process writes the frames it renders, so it runs on every core.
+    """
+
+    out_dir: Path
+    fmt: str
+    lo: float
+    hi: float
+
+    def write(self, frames: Iterable[tuple[int, np.ndarray]]) -> None:
+        """Write each (frame index, depth map) as its own file."""
+        for f, depth in frames:
+            write_atomic(Path(self.out_dir) / frame_name(f, self.fmt), encode(depth, self.fmt, self.lo, self.hi))
+
+    def close(self) -> None:
+        """Nothing to finish: each file is complete once written."""
+
+    def abort(self) -> None:
+        """Nothing to drop: the frames written are complete, and a merge that fails leaves no marker."""
+
+
+class VideoSink:
+    """Colourised depth video at the source's exact fps, written to a temporary name then renamed."""
+
+    def __init__(self, path: Path, fps: Fraction | float, width: int, height: int):
+        import av
+
+        self.path, self.tmp = path, path.with_name(f".{path.name}.tmp.mp4")
+        self.container = av.open(str(self.tmp), "w")
+        if "libx264" in av.codecs_available:
+            # A preview: veryfast encodes about twice as fast as x264's default (bench_stages.py, "colourised video").
+            self.stream = self.container.add_stream("libx264", rate=fps, options={"preset": "veryfast"})
+        else:
+            self.stream = self.container.add_stream("mpeg4", rate=fps)
+        self.stream.width, self.stream.height = width - width % 2, height - height % 2
+        self.stream.pix_fmt = "yuv420p"
+
+    def write(self, frames: Iterable[np.ndarray] | None) -> None:
+        """Encode colourised (RGB) frames; None, what a render without video returns, writes nothing."""
+        import av
+
+        for rgb in frames or []:
+            rgb = np.ascontiguousarray(rgb[: self.stream.height, : self.stream.width])
+            for packet in self.stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                self.container.mux(packet)
+
+    def close(self) -> None:
+        for packet in self.stream.encode():
+            self.container.mux(packet)
+        self.container.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        """Drop the partial video: only a complete one ever gets the final name."""
+        self.container.close()
+        self.tmp.unlink(missing_ok=True)
