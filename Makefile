@@ -36,7 +36,6 @@ $(VENV)/.stamp: pyproject.toml requirements.txt requirements-dev.txt
 	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)" $(TORCH_PIP_ARGS)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
-	$(PY) -m pip install -q --disable-pip-version-check "ray==2.60.0"  # the `vda[ray]` extra, pinned in pyproject.toml
 	@$(PY) -c 'import shutil, torch; gpu = shutil.which("nvidia-smi"); cuda = torch.version.cuda; \
 	print(f"torch {torch.__version__}", "(CUDA build)" if cuda else "(CPU build)"); \
 	cuda and not gpu and print("warning: CUDA torch on a machine without nvidia-smi; see TORCH_PIP_ARGS in the Makefile")'

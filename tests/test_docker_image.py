@@ -19,6 +19,7 @@ import sys
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.docker
@@ -34,7 +35,19 @@ CPU_TORCH_REFUSED = re.compile(
 )
 REQUIRE = os.environ.get("VDA_REQUIRE_DOCKER") == "1"
 BUILD_POLICY = os.environ.get("VDA_TEST_IMAGE_BUILD", "always")  # always | missing
-COMPOSE_VARS = ("VDA_IMAGE", "INPUT_DIR", "OUT_DIR", "GPUS", "DEVICES", "UID", "GID")
+COMPOSE_VARS = (
+    "VDA_IMAGE",
+    "INPUT_DIR",
+    "OUT_DIR",
+    "GPUS",
+    "DEVICES",
+    "UID",
+    "GID",
+    "RAY_PORT",
+    "RAY_CPUS",
+    "RAY_SHM",
+    "RAY_OBJECT_STORE_BYTES",
+)
 NVIDIA_ERROR = 'could not select device driver "nvidia"'
 
 
@@ -164,7 +177,7 @@ def test_image_cpu_torch(cpu_image):
 
 
 def test_image_imports(cpu_image):
-    r = _in_image(cpu_image, "python", "-c", "import torch, numpy, av, cv2, docker, vda.cli.main")
+    r = _in_image(cpu_image, "python", "-c", "import torch, numpy, av, cv2, docker, ray, vda.cli.main")
     assert r.returncode == 0, r.stderr
 
 
@@ -337,3 +350,68 @@ def test_gpu_service_without_nvidia_runtime_fails(compose, cpu_image, tmp_path):
     assert r.returncode != 0, out
     assert NVIDIA_ERROR in out, out
     assert not list((tmp_path / "out").iterdir())  # nothing ran
+
+
+# ------------------------------------------------------------------------------ (d) the image as a Ray node
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_compose_ray_profile_runs_a_batch_across_two_node_containers(compose, cpu_image, tmp_path, checkpoint):
+    """`docker compose --profile ray`: a head and a worker container, each a Ray node with one CPU, and `vda depth
+    --backend ray` run on the head. Units run on both nodes, and the output equals the local backend's run."""
+    from conftest import synthetic_frames, write_video
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    out.mkdir()
+    write_video(inp / "clip.mp4", synthetic_frames(130, 64, 48))  # 6 windows, a unit each
+    shutil.copy(checkpoint, inp / "weights.pth")  # not a video: the folder is still one video input
+    flags = ["--checkpoint", "/input/weights.pth", "--input-size", "28", "--unit-size", "1", "--format", "npy"]
+    env = _compose_env(
+        VDA_IMAGE=cpu_image,
+        INPUT_DIR=str(inp),
+        OUT_DIR=str(out),
+        UID=str(os.getuid()),
+        GID=str(os.getgid()),
+        RAY_PORT=str(_free_port()),
+        RAY_OBJECT_STORE_BYTES="200000000",
+        RAY_SHM="300m",
+    )
+    base = ["docker", "compose", "-f", str(REPO / "compose.yaml"), "-p", f"vdatest{uuid.uuid4().hex[:8]}"]
+    base += ["--profile", "ray"]
+    alive = "import ray; ray.init('auto', log_to_driver=False); print(sum(n['Alive'] for n in ray.nodes()))"
+    try:
+        r = _run([*base, "up", "-d", "--pull", "never", "ray-head", "ray-worker"], env=env, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        for _ in range(60):  # the worker joins once the head listens
+            r = _run([*base, "exec", "-T", "ray-head", "python", "-c", alive], env=env, timeout=120)
+            if r.stdout.strip().endswith("2"):
+                break
+        assert r.stdout.strip().endswith("2"), r.stdout + r.stderr
+        cmd = ["vda", "depth", "/input", "-o", "/work/out", "--backend", "ray", "--ray-address", "auto"]
+        # worker 0 is slowed (a slow device), so that the other one, however late its actor starts, gets units
+        slow = ["-e", "VDA_WORKER_DELAY=0:3"]
+        r = _run([*base, "exec", "-T", *slow, "ray-head", *cmd, "--devices", "cpu,cpu", *flags], env=env, timeout=900)
+        assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    finally:
+        _run([*base, "down", "--remove-orphans", "--timeout", "5"], env=env, timeout=180)
+    record = json.loads((out / "_run" / "processing_results.json").read_text())
+    assert len({u["nodes"][0] for u in record["units"]}) == 2  # both node containers computed units
+    local = tmp_path / "local"
+    local_flags = [*flags[2:], "--checkpoint", str(checkpoint)]
+    cmd = [sys.executable, "-m", "vda", "depth", str(inp / "clip.mp4"), "-o", str(local), "--devices", "cpu"]
+    r = _run([*cmd, *local_flags], timeout=600)
+    assert r.returncode == 0, r.stderr
+    frames = sorted(local.glob("depth_*.npy"))
+    assert len(frames) == 130
+    for f in frames:
+        ours, ref = np.load(out / f.name), np.load(f)
+        assert float(np.abs(ours - ref).max()) <= 1e-4 * float(np.abs(ref).max())

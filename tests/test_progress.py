@@ -61,6 +61,20 @@ def test_videos_are_counted_only_for_a_batch(plans):
     assert bar.text() == "[###############...............] 1/2 videos (1 failed), 5/10 units, 4s"
 
 
+def test_units_per_node_where_workers_span_hosts(plans):
+    """The Ray backend names each unit's node: the bar counts units per node (ids shortened), others show nothing."""
+    clock = Clock()
+    bar = BatchProgress(plans[:1], stream=io.StringIO(), clock=clock)
+    node_a, node_b = "a1b2c3d4" + "0" * 48, "ffee0011" + "0" * 48
+    bar.unit_done(0, 22, 0, "cpu", node_a)
+    bar.unit_done(0, 22, 0, "cpu", node_b)
+    bar.unit_done(0, 22, 0, "cpu", node_a)
+    assert bar.text().endswith(", 0s | per node: a1b2c3d4 2, ffee0011 1")
+    local = BatchProgress(plans[:1], stream=io.StringIO(), clock=clock)
+    local.unit_done(0, 22, 0, "cpu")
+    assert "node" not in local.text()
+
+
 def test_the_fp32_recompute_is_said_once(plans):
     out = io.StringIO()
     bar = BatchProgress(plans, stream=out, clock=Clock())

@@ -200,6 +200,8 @@ def test_two_videos_on_two_nodes_equal_the_single_pass(tmp_path, clips, checkpoi
     per_node = re.search(r"vda: ray: units per node: (.*)", done.stderr).group(1)
     counts = {node[:8]: sum(u["nodes"][0] == node for u in units) for node in nodes}
     assert dict((k, int(n)) for k, n in re.findall(r"(\w{8}) (\d+)", per_node)) == counts
+    bar = [line for line in done.stderr.splitlines() if " | per node: " in line][-1]  # the live bar, at its end
+    assert dict((k, int(n)) for k, n in re.findall(r"(\w{8}) (\d+)", bar.split(" | per node: ")[1])) == counts
     # The pieces came back through the object store and the driver stored them as a worker does: array and marker.
     for video in record["videos"]:
         windows = sorted(Path(video["run_dir"], "windows").glob("win_*.npy"))

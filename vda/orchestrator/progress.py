@@ -1,7 +1,8 @@
 """One progress view for a whole batch: videos done, units done, frames/s and the time left.
 
 Rates count only what this run computed, not units an earlier run had stored. The queue reports units and failed
-videos; the batch reports each finished video, which gets a line of its own.
+videos; the batch reports each finished video, which gets a line of its own. Where the workers span hosts (the Ray
+backend), the bar also counts units per node.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import threading
 import time
 
 from vda.core.plan import Plan
+
+NODE_ID_CHARS = 8  # a Ray node id is 56 hex digits; 8 tell a cluster's nodes apart, as `ray status` users read them
 
 
 class BatchProgress:
@@ -24,6 +27,7 @@ class BatchProgress:
         self.videos_failed = 0
         self.recomputes = 0
         self.by_device: dict[str, int] = {}
+        self.by_node: dict[str, int] = {}  # units per host, for backends that span hosts (Ray node ids, shortened)
         self.stream, self.clock, self.lock = stream, clock, threading.Lock()
         self.started, self._last = clock(), 0.0
 
@@ -32,12 +36,16 @@ class BatchProgress:
         with self.lock:
             self.units_done += units
 
-    def unit_done(self, video: int, frames: int, fp32_recomputes: int, device: str) -> None:
+    def unit_done(self, video: int, frames: int, fp32_recomputes: int, device: str, node: str | None = None) -> None:
+        """A unit this run computed, on `device` (and, where a backend spans hosts, on Ray node `node`)."""
         with self.lock:
             self.units_done += 1
             self.fresh_units += 1
             self.frames += frames
             self.by_device[device] = self.by_device.get(device, 0) + 1
+            if node:
+                short = node[:NODE_ID_CHARS]
+                self.by_node[short] = self.by_node.get(short, 0) + 1
             if fp32_recomputes and not self.recomputes:  # said once per run; processing_results.json counts them
                 self._say(
                     "depth was not finite in half precision (fp16/bf16) and was recomputed in fp32; "
@@ -75,7 +83,10 @@ class BatchProgress:
             text += f", {self.frames / elapsed:.1f} frames/s"
             if left > 0:
                 text += f", about {_duration(left * elapsed / self.fresh_units)} left"
-        return text + f", {elapsed:.0f}s"
+        text += f", {elapsed:.0f}s"
+        if self.by_node:
+            text += " | per node: " + ", ".join(f"{node} {n}" for node, n in sorted(self.by_node.items()))
+        return text
 
     def render(self, final: bool = False, force: bool = False) -> None:
         now = self.clock()

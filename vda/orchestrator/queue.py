@@ -231,7 +231,8 @@ class WorkQueue:
         record.seconds += message.seconds
         video.units_done += 1
         if message.computed:
-            self.progress.unit_done(key[0], message.frames, message.fp32_recomputes, record.device)
+            node = getattr(self.workers[slot].handle, "node", None) if slot in self.workers else None
+            self.progress.unit_done(key[0], message.frames, message.fp32_recomputes, record.device, node)
         else:  # stored by an earlier attempt: not this run's work, so not in its rate
             self.progress.stored(1)
         if video.units_done == len(video.plan.units):
