@@ -126,21 +126,24 @@ def test_config_reads_and_checks_the_variables(tmp_path):
     assert settings.faults == Faults("clip:2", 1, "exit", "1:0.5")
     assert settings.faults.env() == {k: v for k, v in env.items() if k.startswith(("VDA_FAIL", "VDA_WORKER"))}
     assert settings.faults.delay_of(1) == 0.5 and settings.faults.delay_of(0) == 0.0
-    assert Config.from_env({}).models_dirs == (config.CHECKOUT_MODELS,)  # this checkout's models/ folder
+    assert config.CHECKOUT_MODELS == ROOT / "models"  # a checkout (pyproject.toml beside the package)
+    assert Config.from_env({}).models_dirs == (config.CHECKOUT_MODELS,)
     for bad, message in [
         ({"VDA_THREADS": "two"}, "VDA_THREADS='two' is not a whole number of at least 1"),
         ({"VDA_THREADS": "0"}, "VDA_THREADS='0' is not a whole number of at least 1"),
         ({"VDA_FAIL_MODE": "boom"}, "VDA_FAIL_MODE='boom' is not one of raise, exit, kill, oom"),
+        ({"VDA_FAIL_AT_UNIT": "clip:x"}, "VDA_FAIL_AT_UNIT='clip:x' is not U or NAME:U, U a unit number"),
+        ({"VDA_WORKER_DELAY": "1"}, "VDA_WORKER_DELAY='1' is not SLOT:SECONDS"),
     ]:
         with pytest.raises(UsageError, match=re.escape(message)):
             Config.from_env(bad)
 
 
-def _cli(monkeypatch, capsys, command, *flags: str) -> tuple[int, str]:
-    """Run the real `vda` entry point in this process with `command` standing in for `vda doctor`."""
-    monkeypatch.setitem(cli.COMMANDS, "doctor", lambda args: command())
+def _cli(monkeypatch, capsys, command, *flags: str, name: str = "doctor") -> tuple[int, str]:
+    """Run the real `vda` entry point in this process with `command` standing in for `vda NAME`."""
+    monkeypatch.setitem(cli.COMMANDS, name, lambda args: command())
     monkeypatch.setattr(config, "_loaded", None)
-    code = cli.main([*flags, "doctor"])
+    code = cli.main([*flags, name] + (["--device", "cpu"] if name == "work" else []))
     return code, capsys.readouterr().err
 
 
@@ -176,6 +179,9 @@ def test_anything_else_is_a_bug(monkeypatch, capsys):
 
     code, err = _cli(monkeypatch, capsys, bug, "--debug")
     assert code == EXIT_BUG and "Traceback (most recent call last)" in err and "this is a bug in vda" in err
+    # a worker's stderr is its log file: there the traceback is written without --debug
+    code, err = _cli(monkeypatch, capsys, bug, name="work")
+    assert code == EXIT_BUG and "Traceback (most recent call last)" in err and "the traceback is above" in err
 
 
 def test_a_path_the_os_refuses_is_named(monkeypatch, capsys, tmp_path):
@@ -242,3 +248,26 @@ def test_a_bug_leaves_its_traceback_in_the_run_log(monkeypatch, capsys, tmp_path
     assert "INFO vda.test: working" in text and "bug: ZeroDivisionError" in text and "Traceback (most recent" in text
     logging.getLogger("vda.test").info("after the run")
     assert "after the run" not in path.read_text()  # the run's handler is gone with the run
+
+
+def test_a_damaged_depth_folder_is_refused_in_our_words(tmp_path):
+    from vda.io.writers import META_NAME, DepthFolderError, DepthMeta
+
+    for text, what in [
+        ("{not json", "cannot be read (JSONDecodeError)"),
+        ('{"schema_version": 0}', "schema version 0"),
+    ]:
+        (tmp_path / META_NAME).write_text(text)
+        with pytest.raises(DepthFolderError, match=re.escape(what) + ".*; write the folder again with `vda merge`"):
+            DepthMeta.load(tmp_path)
+
+
+def test_merge_of_a_mistyped_run_folder_makes_nothing(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "vda", "merge", str(tmp_path / "typo"), "-o", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == EXIT_ERROR and proc.stderr.startswith("vda: error: "), proc.stderr
+    assert not (tmp_path / "typo").exists()

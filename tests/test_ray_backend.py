@@ -88,7 +88,7 @@ def node_cache(checkpoint):
     the first run fetches the weights from the object store, and removed at the end."""
     from vda.pipeline.worker import file_sha256
 
-    cached = Path(tempfile.gettempdir()) / "vda-ray" / f"{file_sha256(checkpoint)}.pth"
+    cached = Path(tempfile.gettempdir()) / f"vda-ray-{os.getuid()}" / f"{file_sha256(checkpoint)}.pth"
     cached.unlink(missing_ok=True)
     yield cached
     cached.unlink(missing_ok=True)

@@ -34,8 +34,10 @@ FAIL_ENV, FAIL_TIMES_ENV, FAIL_MODE_ENV, DELAY_ENV = (
 )
 FAULT_ENV = (FAIL_ENV, FAIL_TIMES_ENV, FAIL_MODE_ENV, DELAY_ENV)
 FAIL_MODES = ("raise", "exit", "kill", "oom")
-# The checkout's models/ folder (an editable install); a wheel installed elsewhere looks in ./models instead.
-CHECKOUT_MODELS = Path(__file__).resolve().parents[1] / "models"
+# The checkout's models/ folder (an editable install, told by the pyproject.toml beside it); a wheel installed elsewhere
+# looks in ./models instead (site-packages/models could be another package's).
+CHECKOUT = Path(__file__).resolve().parents[1]
+CHECKOUT_MODELS = CHECKOUT / "models" if (CHECKOUT / "pyproject.toml").is_file() else None
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,7 @@ class Config:
         dirs = environ.get(MODELS_ENV, "")
         models = tuple(Path(p) for p in dirs.split(os.pathsep) if p)
         if not models:
-            models = (CHECKOUT_MODELS if CHECKOUT_MODELS.is_dir() else Path("models"),)
+            models = (CHECKOUT_MODELS if CHECKOUT_MODELS and CHECKOUT_MODELS.is_dir() else Path("models"),)
         faults = Faults(
             at_unit=environ.get(FAIL_ENV, ""),
             times=_whole(environ, FAIL_TIMES_ENV, 0),
@@ -81,7 +83,22 @@ class Config:
         )
         if faults.mode and faults.mode not in FAIL_MODES:
             raise UsageError(f"{FAIL_MODE_ENV}={faults.mode!r} is not one of {', '.join(FAIL_MODES)}; fix or unset it")
+        _check_spec(FAIL_ENV, faults.at_unit, "U or NAME:U, U a unit number", lambda s: s.rpartition(":")[2].isdigit())
+        _check_spec(DELAY_ENV, faults.delay, "SLOT:SECONDS", _is_delay)
         return cls(_whole(environ, THREADS_ENV, 1), models, faults, verbose, debug)
+
+
+def _check_spec(name: str, value: str, form: str, valid) -> None:
+    if value and not valid(value):
+        raise UsageError(f"{name}={value!r} is not {form}; fix or unset it")
+
+
+def _is_delay(spec: str) -> bool:
+    slot, sep, seconds = spec.partition(":")
+    try:
+        return bool(sep) and slot.isdigit() and float(seconds) >= 0
+    except ValueError:
+        return False
 
 
 def _whole(environ: Mapping[str, str], name: str, least: int) -> int | None:

@@ -21,6 +21,11 @@ EXIT_BUG = 70  # anything else (EX_SOFTWARE): a bug in vda, reported with its tr
 EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM
 
 
+def one_line(err: BaseException) -> str:
+    """An error's message on one line (a message we wrote is one already; this guards the contract)."""
+    return " ".join(str(err).split()) or type(err).__name__
+
+
 class VdaError(Exception):
     """An expected failure. `str(err)` is one line, `<what>; <what to do>`, written by us."""
 

@@ -9,6 +9,7 @@ with its traceback on stderr under `--debug` and always in the run's log (vda.lo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import signal
@@ -17,8 +18,8 @@ from pathlib import Path
 
 from vda import config, logs
 from vda.cli import tools
-from vda.core.plan import MODES, PRECISION_CHOICES
-from vda.errors import EXIT_BUG, EXIT_ERROR, EXIT_INTERRUPTED, StorageError, VdaError
+from vda.core.plan import MODES, PLAN_NAME, PRECISION_CHOICES
+from vda.errors import EXIT_BUG, EXIT_ERROR, EXIT_INTERRUPTED, StorageError, VdaError, one_line
 from vda.io.rundir import RunDir
 from vda.io.writers import FORMATS
 from vda.model.registry import ENCODERS
@@ -223,7 +224,9 @@ def cmd_work(args) -> int:
 def cmd_merge(args) -> int:
     from vda.pipeline.merge import merge
 
-    with logs.run_log(RunDir(Path(args.run_dir)).host_log):
+    run = RunDir(Path(args.run_dir))
+    # a mistyped RUN_DIR is refused by merge, and gets no logs/ folder made for it
+    with logs.run_log(run.host_log) if (run.path / PLAN_NAME).is_file() else contextlib.nullcontext():
         merge(
             args.run_dir,
             args.out,
@@ -302,24 +305,20 @@ def main(argv: list[str] | None = None) -> int:
         return err.exit_code
     except OSError as err:
         if not err.filename:
-            return _bug(err, args.debug)
+            return _bug(err, args.debug or args.command == "work")
         # a path the user gave or we made from one: unreadable, unwritable, missing (the OS's words, our fix)
         log.debug("failed: %s", err, exc_info=True)
         print(f"vda: error: {err.filename}: {err.strerror}; check the path and its permissions", file=sys.stderr)
         return EXIT_ERROR
     except Exception as err:  # not one of ours: a bug, whatever it says
-        return _bug(err, args.debug)
+        # A worker's stderr is its log (RUN_DIR/logs/worker_<slot>.log): the traceback goes there, whatever the flags.
+        return _bug(err, args.debug or args.command == "work")
 
 
 def _bug(err: Exception, debug: bool) -> int:
-    log.error("bug: %s: %s", type(err).__name__, err, exc_info=err, extra={logs.QUIET: True})
+    log.error("bug: %s: %s", type(err).__name__, err, exc_info=err, extra={logs.QUIET: not debug})
     print(f"vda: error: {bug_line(err, debug)}", file=sys.stderr)
     return EXIT_BUG
-
-
-def one_line(err: BaseException) -> str:
-    """An error's message on one line (a message we wrote is one already; this guards the contract)."""
-    return " ".join(str(err).split()) or type(err).__name__
 
 
 def bug_line(err: BaseException, debug: bool) -> str:

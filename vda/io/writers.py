@@ -52,9 +52,9 @@ def write_atomic(path: Path, data: bytes) -> None:
     except BaseException as err:
         tmp.unlink(missing_ok=True)
         if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFullError(
-                err.errno, f"disk full while writing {path}; free space and run the same command again to resume"
-            ) from None
+            full = DiskFullError(f"disk full while writing {path}; free space and run the same command again to resume")
+            full.errno = err.errno
+            raise full from None
         if isinstance(err, OSError):
             raise StorageError(
                 f"cannot write {path} ({err.strerror or err}); choose a folder you can write to, with free space"
@@ -135,10 +135,18 @@ class DepthMeta:
         path = Path(out_dir) / META_NAME
         if not path.is_file():
             raise DepthFolderError(f"{path} is missing; point at a folder written by `vda merge`")
-        data = json.loads(path.read_text())
-        if data.get("schema_version") != META_SCHEMA:
-            raise DepthFolderError(f"{path}: schema version {data.get('schema_version')} is not {META_SCHEMA}")
-        return cls(**data)
+        again = "write the folder again with `vda merge`, or point at another one"
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise DepthFolderError(f"{path} cannot be read ({type(err).__name__}); {again}") from None
+        if not isinstance(data, dict) or data.get("schema_version") != META_SCHEMA:
+            found = data.get("schema_version") if isinstance(data, dict) else None
+            raise DepthFolderError(f"{path}: schema version {found} is not {META_SCHEMA}; {again}")
+        try:
+            return cls(**data)
+        except TypeError:
+            raise DepthFolderError(f"{path} does not hold the fields of schema {META_SCHEMA}; {again}") from None
 
 
 def read_depth(out_dir: Path, index: int, meta: DepthMeta) -> np.ndarray:

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vda.errors import UsageError
+from vda.io.writers import FORMATS
 from vda.model.registry import ENCODERS
 
-FORMATS = ("png16", "png8", "npy", "npz", "exr")
 GPU_IMAGE = "vda:latest"  # what `make depth GPUS=N` runs (docker/docker.mk VDA_IMAGE)
 CPU_IMAGE = "vda:cpu"
 
@@ -532,7 +532,7 @@ def add_parser(sub) -> None:
     p.add_argument("--metric", action="store_true", help="also check the metric checkpoints (and require --encoder's)")
     p.add_argument("--video", type=Path, help="compare what a run on this video writes with the free disk space")
     p.add_argument("-o", "--out", type=Path, help="output folder for --video (default: make depth's out/<video>)")
-    p.add_argument("--format", dest="fmt", choices=FORMATS, default="png16")
+    p.add_argument("--format", dest="fmt", choices=list(FORMATS), default="png16")
     p.add_argument(
         "--image", default=GPU_IMAGE, help=f"GPU image whose torch CUDA build is checked (default {GPU_IMAGE})"
     )

@@ -207,7 +207,7 @@ def _maybe_fail(run: RunDir, video: str, unit: int) -> None:
     if int(u) != unit or (name and name != video):
         return
     counter = run.fault_counter(f"unit{unit}")
-    counter.parent.mkdir(exist_ok=True)
+    counter.parent.mkdir(parents=True, exist_ok=True)
     fired = int(counter.read_text() or 0) if counter.exists() else 0
     if faults.times is not None and fired >= faults.times:
         return
@@ -244,10 +244,12 @@ class DeviceWorker:
     micro_batch: int | None = None
     compile: bool = False
     slot: int = 0
-    # Where pieces go and plans come from: the run folder by default; a Ray actor sends pieces back to the driver
-    # and gets plans from it, so that no node but the driver's needs the run folder.
+    # Where pieces go, plans come from and stored pieces are looked up: the run folder by default. A Ray actor sends
+    # pieces back to the driver, gets plans from it and computes every piece of a unit it is given (the driver only
+    # hands out unfinished units), so that no node but the driver's reads or writes the run folder.
     store_piece: PieceStore = write_piece
     load_plan: Callable[[str], Plan] = Plan.load
+    unfinished: Callable[[RunDir, Plan, Unit], list[int]] = RunDir.unfinished_pieces
     _videos: dict[str, _Video] = field(default_factory=dict)
     _models: dict[tuple, tuple] = field(default_factory=dict)  # (encoder, metric, sha, precision) -> (model, runtime)
 
@@ -295,7 +297,7 @@ class DeviceWorker:
         try:
             video = self._video(task)
             unit = video.plan.units[task.unit]
-            if not video.run.unfinished_pieces(video.plan, unit):
+            if not self.unfinished(video.run, video.plan, unit):
                 return None
             return _frames(video.plan, unit)
         except (*UNIT_ERRORS, IndexError):
@@ -342,7 +344,7 @@ class DeviceWorker:
             raise PlanError(f"{task.video} has units 0..{len(plan.units) - 1}, not {task.unit}; plan again")
         unit = plan.units[task.unit]
         started = time.time()
-        todo = set(run.unfinished_pieces(plan, unit))
+        todo = set(self.unfinished(run, plan, unit))
         if not todo:  # stored by an earlier run or attempt
             self.emit(events.Done(task.video, unit.index, unit.produced_frames, 0, 0.0))
             return

@@ -87,7 +87,7 @@ class LocalBackend(Backend):
         logger.debug("worker %d on %s: %s", slot, device, " ".join(cmd))
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "a") as log:
-            shown = " ".join(f"{k}={env[k]}" for k in ("CUDA_VISIBLE_DEVICES", "VDA_THREADS") if k in env)
+            shown = " ".join(f"{k}={env[k]}" for k in ("CUDA_VISIBLE_DEVICES", THREADS_ENV) if k in env)
             log.write(f"$ {shown} {' '.join(cmd)}  # on {device}\n")
         proc = subprocess.Popen(
             cmd,

@@ -11,7 +11,7 @@ What crosses the cluster, and why:
   merge and the output layout are those of the other backends.
 - Plans: sent to an actor with its first unit of each video (a few kB); an actor never reads the run folder.
 - Weights: put in the object store once per run; a node fetches them once into a node-local cache
-  (<tmp>/vda-ray/<sha256>.pth) that every actor there loads, so no actor reads them from the driver's disk.
+  (<tmp>/vda-ray-<uid>/<sha256>.pth) that every actor there loads, so no actor reads them from the driver's disk.
 - Inputs: decoded where the actor runs, so every node must see them at the same path; `open` checks this on every node
   that can host a worker, before any work, and refuses in one line naming the node and the path.
 
@@ -42,11 +42,12 @@ import numpy as np
 
 from vda import config, events
 from vda.core.plan import Plan
-from vda.errors import EXIT_BUG, EXIT_ERROR, BackendError, VdaError
+from vda.errors import EXIT_BUG, EXIT_ERROR, BackendError, VdaError, one_line
 from vda.io.rundir import RunDir
 from vda.io.writers import write_atomic
 from vda.orchestrator.backends.base import ERROR_PREFIX, START_FAILED, Backend, LinePump, MergeRequest, VideoRun
 from vda.orchestrator.launch import inner_device
+from vda.orchestrator.progress import NODE_ID_CHARS
 
 ACTOR_DIED = 137  # the exit code of a worker whose actor died or whose node was lost (as if killed)
 START_TIMEOUT_S = 600.0  # an actor that Ray cannot place for this long (no such resource free) retires its device
@@ -56,6 +57,7 @@ IN_FLIGHT = 16  # items (pieces, lines) an actor may have on their way to the dr
 CACHE_DIR = "vda-ray"  # the node-local weights cache, under the node's temporary folder
 
 _started_here = False  # whether this process called ray.init (and so ends the connection at close)
+log = logging.getLogger(__name__)
 
 
 def _ray():
@@ -65,10 +67,6 @@ def _ray():
     except ImportError:
         raise BackendError("--backend ray needs Ray: pip install 'vda[ray]', or use --backend local") from None
     return ray
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
 
 
 def connect(address: str | None) -> None:
@@ -85,7 +83,7 @@ def connect(address: str | None) -> None:
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as err:
         where = f"the Ray cluster at {address}" if address else "a local Ray"
         raise BackendError(
-            f"cannot start or reach {where} ({_one_line(err)[:200]}); check --ray-address (`ray status` on the head "
+            f"cannot start or reach {where} ({one_line(err)[:200]}); check --ray-address (`ray status` on the head "
             "node prints it), or use --backend local"
         ) from None
     _started_here = True
@@ -107,7 +105,7 @@ def _check_reachable(address: str) -> None:
 
 def short(node: str | None) -> str:
     """A node id as logs show it (Ray's full ids are 56 hex digits; `ray list nodes` shows them)."""
-    return (node or "?")[:8]
+    return (node or "?")[:NODE_ID_CHARS]
 
 
 class RayHandle:
@@ -171,14 +169,18 @@ class RayHandle:
             self.code = 0 if self.code is None else self.code
         except ray.exceptions.RayTaskError as err:  # serve() itself raised: a bug (the worker's errors are items)
             self.code = EXIT_BUG
-            yield ERROR_PREFIX + f"this is a bug in vda: the Ray actor failed ({_one_line(err)[:300]})"
+            yield ERROR_PREFIX + f"this is a bug in vda: the Ray actor failed ({one_line(err)[:300]})"
         except ray.exceptions.RayError as err:  # the actor died, its node was lost, or a piece went with the node
             self.code = ACTOR_DIED if self._ended_as is None else self._ended_as
             if self._ended_as is None:
                 yield ERROR_PREFIX + self._death(err)
         except (VdaError, OSError) as err:  # the driver could not store a piece (a full disk): as a worker's store
             self.code = err.exit_code if isinstance(err, VdaError) else EXIT_ERROR
-            yield ERROR_PREFIX + f"cannot store a piece on the driver: {_one_line(err)}"
+            yield ERROR_PREFIX + f"cannot store a piece on the driver: {one_line(err)}"
+        except Exception as err:  # noqa: BLE001 - a bug on the driver's side: this worker ends, the run says why
+            self.code = EXIT_BUG
+            log.error("bug in the Ray driver's reader: %s", err, exc_info=err)
+            yield ERROR_PREFIX + f"this is a bug in vda: the driver's reader failed ({type(err).__name__}: {err})"
         finally:
             _kill(self.actor)  # a finished worker, like an exited process, holds nothing
             if self.code is None:  # whatever ended the stream, the queue must see this worker as gone
@@ -207,7 +209,10 @@ class RayHandle:
 
     def _death(self, err: BaseException) -> str:
         """Why the actor is gone, in one line: its node was lost, or it died."""
-        nodes = {n["NodeID"]: n for n in _ray().nodes()}
+        try:
+            nodes = {n["NodeID"]: n for n in _ray().nodes()}
+        except Exception:  # noqa: BLE001 - the cluster itself is unreachable: say what is known
+            nodes = {}
         node = nodes.get(self.node or "", {})
         where = f"node {short(self.node)} ({node.get('NodeManagerAddress', '?')})"
         if self.node and not node.get("Alive", False):
@@ -263,13 +268,13 @@ class RayBackend(Backend):
         connect(self.address)
         self.plans = {str(v.run.path): Plan.load(v.run.path) for v in videos}
         nodes = self._worker_nodes()
-        self._check_room()
+        self._check_room(nodes)
         check_inputs(nodes, list(self.plans.values()))
         self.weights = self._ship_weights()
 
     def resources(self, device: str) -> tuple[float, float]:
-        """(CPUs, GPUs) the actor of `device` holds. A GPU is shared evenly by the devices that name the same one
-        (cuda:0,cuda:0: two workers on one GPU, as the local backend allows); a CPU worker computes on its CPUs
+        """(CPUs, GPUs) the actor of `device` holds. Devices that name the same GPU hold an even share each
+        (cuda:0,cuda:0: half a GPU each; Ray picks which GPU, on which node); a CPU worker computes on its CPUs
         (VDA_THREADS, default 1), a GPU worker decodes and stores with one."""
         cpus = self.options.threads or config.current().threads or 1
         gpus = 1 / self.devices.count(device) if device.startswith("cuda") else 0.0
@@ -282,8 +287,9 @@ class RayBackend(Backend):
             raise BackendError(f"no node of the Ray cluster offers {' or '.join(sorted(kinds))}; add such nodes")
         return nodes
 
-    def _check_room(self) -> None:
-        """The devices fit in the cluster's resources at once (else some actors would wait for ever)."""
+    def _check_room(self, nodes: list[dict]) -> None:
+        """The devices fit in the cluster's resources at once, and each actor fits on one node (else some actors
+        would wait for ever)."""
         have = _ray().cluster_resources()
         need = [self.resources(d) for d in self.devices]
         cpus, gpus = sum(c for c, _ in need), sum(g for _, g in need)
@@ -292,6 +298,14 @@ class RayBackend(Backend):
                 f"{len(self.devices)} device(s) need {cpus:g} CPU(s) and {gpus:g} GPU(s), and the Ray cluster offers "
                 f"{have.get('CPU', 0):g} CPU(s) and {have.get('GPU', 0):g} GPU(s); ask for fewer devices, or add nodes"
             )
+        most = max(nodes, key=lambda n: (n["Resources"].get("GPU", 0), n["Resources"].get("CPU", 0)))["Resources"]
+        for c, g in need:
+            if not any(n["Resources"].get("CPU", 0) >= c and n["Resources"].get("GPU", 0) >= g for n in nodes):
+                raise BackendError(
+                    f"a worker needs {c:g} CPU(s) and {g:g} GPU(s) on one node, and no node of the Ray cluster has "
+                    f"that (the largest: {most.get('CPU', 0):g} CPU(s), {most.get('GPU', 0):g} GPU(s)); lower "
+                    "VDA_THREADS, or add larger nodes"
+                )
 
     def _ship_weights(self) -> tuple[str, list]:
         """Put the run's checkpoint in the object store, once; nodes fetch it from there (see _cached_weights)."""
@@ -413,9 +427,12 @@ def unusable_inputs(plans: list[Plan]) -> list[tuple[str, str]]:
 
 def _cached_weights(sha: str, refs: list) -> tuple[Path, bool]:
     """The run's checkpoint on this node, and whether it was fetched now: from the object store into a node-local
-    cache, once per node (the worker verifies its hash against the plan as it loads it)."""
-    path = Path(tempfile.gettempdir()) / CACHE_DIR / f"{sha}.pth"
-    if path.is_file():
+    cache, once per node. The cache is per user (a shared node's other users own theirs), and a cached file whose
+    hash is not the run's (damaged, cut short) is fetched again."""
+    from vda.pipeline.worker import file_sha256
+
+    path = Path(tempfile.gettempdir()) / f"{CACHE_DIR}-{os.getuid()}" / f"{sha}.pth"
+    if path.is_file() and file_sha256(path) == sha:
         return path, False
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, memoryview(_ray().get(refs[0])))
@@ -495,13 +512,14 @@ class DeviceActor:
                     ("piece", str(path), array, piece, seconds)
                 ),
                 load_plan=self.plans.__getitem__,
+                unfinished=lambda run, plan, unit: plan.pieces(unit),  # never this node's copy of a run folder
             )
             worker.serve(iter(self.inbox.get, None))
         except VdaError as err:
-            code, line = err.exit_code, ERROR_PREFIX + _one_line(err)
+            code, line = err.exit_code, ERROR_PREFIX + one_line(err)
         except Exception as err:  # noqa: BLE001 - a bug: reported as a local worker reports one, traceback in its log
             for text in traceback.format_exc().splitlines():
                 self.outbox.put(("line", text))
-            code, line = EXIT_BUG, ERROR_PREFIX + f"this is a bug in vda ({type(err).__name__}: {_one_line(err)})"
+            code, line = EXIT_BUG, ERROR_PREFIX + f"this is a bug in vda ({type(err).__name__}: {one_line(err)})"
         self.outbox.put(("exit", code, line))
         self.outbox.put(None)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vda.core.plan import Plan, PlanError
-from vda.errors import UsageError
+from vda.errors import UsageError, VdaError
 from vda.io.rundir import RunDir
 from vda.io.writers import FORMATS, LEVELS, META_NAME, DepthMeta, write_atomic
 from vda.pipeline.merge.first_pass import FirstPass
@@ -86,7 +86,7 @@ def _refuse_foreign_output(out_dir: Path, plan: Plan, overwrite: bool) -> None:
         return
     try:
         other = DepthMeta.load(out_dir).settings.get("run_id")
-    except (ValueError, TypeError, KeyError):
+    except (VdaError, AttributeError):  # unreadable, from another version, or settings of another shape
         other = "unknown"
     if other != plan.run_id:
         raise PlanError(
