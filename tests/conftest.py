@@ -7,7 +7,10 @@ marked `shared`; where it is absent they are deselected, never skipped or failed
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -34,6 +37,59 @@ __all__ = ["numbered_frames", "portrait_phone_video", "synthetic_frames", "write
 
 def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
     return float(np.abs(np.asarray(ours, np.float64) - ref).max() / np.abs(ref).max())
+
+
+def one_thread_env(**extra: str) -> dict[str, str]:
+    """This environment with VDA_THREADS=1 (results comparable bit for bit, and two workers share 2 cores)."""
+    return {**os.environ, "VDA_THREADS": "1", **extra}
+
+
+def run_vda(*args, env: dict[str, str] | None = None, timeout: float = 600, check: bool = True):
+    """The real `vda` CLI in a subprocess at one thread; with `check`, a non-zero exit fails with its output."""
+    cmd = [sys.executable, "-m", "vda", *map(str, args)]
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, cwd=ROOT, env=one_thread_env(**(env or {})), timeout=timeout
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(f"exit {done.returncode}\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process runs (a zombie, dead but not yet reaped by init, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_for(what, timeout: float, step: float = 0.1) -> bool:
+    """Poll `what()` until it is true or `timeout` seconds pass; its last answer."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if what():
+            return True
+        time.sleep(step)
+    return bool(what())
+
+
+def read_output(out: Path) -> np.ndarray:
+    """Every frame of a merged output folder, as float32, through its depth_meta.json."""
+    from vda.io.writers import DepthMeta, read_depth
+
+    meta = DepthMeta.load(out)
+    return np.stack([read_depth(out, i, meta) for i in range(meta.frame_count)])
+
+
+def single_pass(model, src: Path, input_size: int, **kw) -> np.ndarray:
+    """The whole of `src` through vda's own single-pass inference: what a split run must equal."""
+    from vda.io.video import probe, read_frames
+    from vda.pipeline.inference import infer_video
+
+    info = probe(src)
+    frames = (f for _, f in read_frames(info, range(info.frame_count)))
+    return np.stack(list(infer_video(model, frames, input_size=input_size, **kw)))
 
 
 def pytest_collection_modifyitems(config, items):

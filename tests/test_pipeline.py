@@ -13,17 +13,16 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, TOL, rel_err, synthetic_frames, write_images, write_video
+from conftest import ROOT, TOL, read_output, rel_err, single_pass, synthetic_frames, write_images, write_video
 
 from vda import events
 from vda.core import stitch
 from vda.core.plan import Plan
 from vda.io.rundir import RunDir
-from vda.io.video import probe, read_frames
+from vda.io.video import probe
 from vda.io.writers import DepthMeta, read_depth
 from vda.model.synth import synthetic_scene
 from vda.orchestrator.planning import create_plan
-from vda.pipeline.inference import infer_video
 from vda.pipeline.merge import merge
 from vda.pipeline.worker import DeviceWorker, work_runs
 
@@ -31,17 +30,8 @@ from vda.pipeline.worker import DeviceWorker, work_runs
 def pipeline(src, run_dir, out_dir, checkpoint, unit_size=None, fmt="npy", input_size=126, **kw):
     plan, _ = create_plan(src, run_dir, checkpoint=str(checkpoint), input_size=input_size, unit_size=unit_size, **kw)
     assert work_runs([run_dir], "cpu", checkpoint=str(checkpoint)) == len(plan.units)
-    meta = merge(run_dir, out_dir, fmt, workers=1)
-    return plan, np.stack([read_depth(out_dir, i, meta) for i in range(plan.frame_count)])
-
-
-def single_pass(model, src, input_size, **kw):
-    info = probe(src)
-    return np.stack(
-        list(
-            infer_video(model, (f for _, f in read_frames(info, range(info.frame_count))), input_size=input_size, **kw)
-        )
-    )
+    merge(run_dir, out_dir, fmt, workers=1)
+    return plan, read_output(out_dir)
 
 
 def serve(worker: DeviceWorker, run_dir, units) -> None:

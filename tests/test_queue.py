@@ -8,47 +8,43 @@ crashing or a slow device.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
-from conftest import ROOT, TOL, rel_err, synthetic_frames, write_images, write_video
+from conftest import (
+    ROOT,
+    TOL,
+    one_thread_env,
+    process_alive,
+    read_output,
+    rel_err,
+    run_vda,
+    single_pass,
+    synthetic_frames,
+    wait_for,
+    write_images,
+    write_video,
+)
 
 from vda import events
 from vda.core import stitch
 from vda.core.plan import STREAM_UNIT_FRAMES, STREAM_WARMUP, UNIT_WINDOWS, Plan, PlanError, make_units
 from vda.errors import InputError
 from vda.io.rundir import RunDir
-from vda.io.video import probe, read_frames
-from vda.io.writers import DepthMeta, read_depth
+from vda.io.video import probe
 from vda.orchestrator.batch import expand_inputs, name_inputs
-from vda.pipeline.inference import infer_video
 
 SIZE = "28"  # network input: tiny, the queue is what is tested
 
 
+def depth_args(inputs, out, checkpoint, *flags) -> list:
+    return ["depth", *inputs, "-o", out, "--checkpoint", checkpoint, "--input-size", SIZE, "--format", "npy", *flags]
+
+
 def depth(inputs, out, checkpoint, *flags, env=None, check=True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "vda", "depth", *map(str, inputs), "-o", str(out)]
-    cmd += ["--checkpoint", str(checkpoint), "--input-size", SIZE, "--format", "npy", *flags]
-    full_env = {**os.environ, "VDA_THREADS": "1", **(env or {})}
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=full_env, timeout=600)
-    if check and done.returncode != 0:
-        raise AssertionError(f"exit {done.returncode}\n{done.stdout}\n{done.stderr}")
-    return done
-
-
-def read_all(out) -> np.ndarray:
-    meta = DepthMeta.load(out)
-    return np.stack([read_depth(out, i, meta) for i in range(meta.frame_count)])
-
-
-def single_pass(model, src) -> np.ndarray:
-    info = probe(src)
-    frames = (f for _, f in read_frames(info, range(info.frame_count)))
-    return np.stack(list(infer_video(model, frames, input_size=int(SIZE))))
+    return run_vda(*depth_args(inputs, out, checkpoint, *flags), env=env, check=check)
 
 
 def results(out) -> dict:
@@ -131,7 +127,7 @@ def test_n_videos_on_m_workers_equal_each_single_pass(tmp_path, clips, checkpoin
     done = depth(clips, out, checkpoint, "--devices", "cpu,cpu", "--unit-size", "1")
     record = results(out)
     for src, name in zip(clips, ("a", "b", "c")):
-        assert rel_err(read_all(out / name), single_pass(model, src)) <= TOL
+        assert rel_err(read_output(out / name), single_pass(model, src, int(SIZE))) <= TOL
         assert f"vda: {name}: merged" in done.stderr
     # Every window was computed exactly once: the sum of the single-pass counts, no more.
     windows = 0
@@ -181,8 +177,8 @@ def test_one_bad_input_costs_the_others_nothing(tmp_path, clips, checkpoint, mod
     out = tmp_path / "out"
     done = depth([clips[0], bad, clips[1]], out, checkpoint, "--devices", "cpu", check=False)
     assert done.returncode == 2
-    assert rel_err(read_all(out / "a"), single_pass(model, clips[0])) <= TOL
-    assert rel_err(read_all(out / "b"), single_pass(model, clips[1])) <= TOL
+    assert rel_err(read_output(out / "a"), single_pass(model, clips[0], int(SIZE))) <= TOL
+    assert rel_err(read_output(out / "b"), single_pass(model, clips[1], int(SIZE))) <= TOL
     lines = [line for line in done.stderr.splitlines() if line.startswith("vda: error:")]
     assert len(lines) == 1 and lines[0].startswith(f"vda: error: {bad}: ") and "cannot be opened as a video" in lines[0]
     assert "vda: 2 of 3 input(s) done" in done.stderr
@@ -203,10 +199,10 @@ def test_a_video_whose_unit_keeps_failing_fails_alone_with_its_log(tmp_path, cli
     assert failed["status"] == "failed" and failed["attempts"] == 2 and "injected fault" in failed["errors"][0]
     assert "unit 1 attempt 2 on cpu: injected fault" in (out / "_run" / "b" / "logs" / "video.log").read_text()
     for k in (0, 2):
-        assert rel_err(read_all(out / ("a", "b", "c")[k]), single_pass(model, clips[k])) <= TOL
+        assert rel_err(read_output(out / ("a", "b", "c")[k]), single_pass(model, clips[k], int(SIZE))) <= TOL
     # The same command again resumes: only b's missing units are computed, and b is right.
     again = depth(clips, out, checkpoint, "--devices", "cpu,cpu", "--unit-size", "1")
-    assert rel_err(read_all(out / "b"), single_pass(model, clips[1])) <= TOL
+    assert rel_err(read_output(out / "b"), single_pass(model, clips[1], int(SIZE))) <= TOL
     fresh = [u for u in results(out)["units"] if u["status"] == "done"]
     assert {u["video"] for u in fresh} == {"b"} and "3/3 videos" in again.stderr
 
@@ -230,7 +226,7 @@ def test_rerun_on_another_device_count_reuses_every_stored_piece_bitwise(tmp_pat
     assert {p: run.piece(mode, p).stat().st_mtime_ns for p in stored} == stored  # reused, not recomputed
     record = results(out)
     assert [u["unit"] for u in record["units"] if u["status"] == "done"] == left  # only what was missing
-    np.testing.assert_array_equal(read_all(out), read_all(clean))
+    np.testing.assert_array_equal(read_output(out), read_output(clean))
 
 
 def test_host_killed_with_sigkill_leaves_no_worker_and_the_same_command_resumes(tmp_path, checkpoint):
@@ -239,39 +235,25 @@ def test_host_killed_with_sigkill_leaves_no_worker_and_the_same_command_resumes(
     clean = tmp_path / "clean"
     depth([src], clean, checkpoint, *flags)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "vda", "depth", str(src), "-o", str(out), "--checkpoint", str(checkpoint)]
-    cmd += ["--input-size", SIZE, "--format", "npy", *flags]
-    env = {**os.environ, "VDA_THREADS": "1", "VDA_WORKER_DELAY": "0:1.5"}
+    cmd = [sys.executable, "-m", "vda", *map(str, depth_args([src], out, checkpoint, *flags))]
+    env = one_thread_env(VDA_WORKER_DELAY="0:1.5")
     host = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     windows = out / "_run" / "windows"
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(windows.glob("*.done"))) < 2:
-        time.sleep(0.1)
+    wait_for(lambda: len(list(windows.glob("*.done"))) >= 2, 120)
     host.kill()  # kill -9: no cleanup of any kind in the host
     host.wait()
     logs = [(out / "_run" / "logs" / f"worker_{k}.log").read_text() for k in (0, 1)]
     pids = {events.decode(line).pid for log in logs for line in log.splitlines() if '"kind": "ready"' in line}
     assert len(pids) == 2
-    deadline = time.time() + 60  # the workers see their stdin close, finish what they hold, and exit
-    while time.time() < deadline and any(_alive(pid) for pid in pids):
-        time.sleep(0.2)
-    assert not any(_alive(pid) for pid in pids)
+    # the workers see their stdin close, finish what they hold, and exit
+    assert wait_for(lambda: not any(process_alive(pid) for pid in pids), 60, 0.2)
     run = RunDir(out / "_run")
     plan = Plan.load(run.path)
     stored = {p: run.piece("window", p).stat().st_mtime_ns for p in plan.all_pieces() if run.is_stored("window", p)}
     assert 2 <= len(stored)
     depth([src], out, checkpoint, *flags)
     assert {p: run.piece("window", p).stat().st_mtime_ns for p in stored} == stored
-    np.testing.assert_array_equal(read_all(out), read_all(clean))
-
-
-def _alive(pid: int) -> bool:
-    """Whether a process runs (a zombie, dead but not yet reaped by init, does not)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    np.testing.assert_array_equal(read_output(out), read_output(clean))
 
 
 def test_a_crash_does_not_charge_the_unit_handed_ahead(tmp_path, checkpoint, model):
@@ -288,4 +270,4 @@ def test_a_crash_does_not_charge_the_unit_handed_ahead(tmp_path, checkpoint, mod
     assert [v["status"] for v in record["videos"]] == ["failed", "merged"]
     assert all(u["attempts"] == 1 for u in record["units"] if u["video"] == "b")
     assert record["devices"][0]["worker_starts"] == 2
-    assert rel_err(read_all(out / "b"), single_pass(model, b)) <= TOL
+    assert rel_err(read_output(out / "b"), single_pass(model, b, int(SIZE))) <= TOL

@@ -17,16 +17,23 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, TOL, rel_err, synthetic_frames, write_video
-
-from vda.io.video import probe, read_frames
-from vda.io.writers import DepthMeta, read_depth
-from vda.pipeline.inference import infer_video
+from conftest import (
+    ROOT,
+    TOL,
+    one_thread_env,
+    process_alive,
+    read_output,
+    rel_err,
+    run_vda,
+    single_pass,
+    synthetic_frames,
+    wait_for,
+    write_video,
+)
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # read as Ray is imported: every node and driver on 127.0.0.1
 ray = pytest.importorskip("ray")  # the `vda[ray]` extra, which `make setup` installs
@@ -103,33 +110,19 @@ def clips(tmp_path_factory):
     ]
 
 
+def depth_args(inputs, out, checkpoint, cluster, *flags) -> list[str]:
+    """`vda depth` on the test cluster's CPU nodes, a unit per window."""
+    args = ["depth", *map(str, inputs), "-o", str(out), "--backend", "ray", "--ray-address", cluster.address]
+    args += ["--checkpoint", str(checkpoint), "--input-size", SIZE, "--format", "npy", "--devices", "cpu,cpu"]
+    return [*args, "--unit-size", "1", *flags]
+
+
 def depth_cmd(inputs, out, checkpoint, cluster, *flags) -> list[str]:
-    cmd = [sys.executable, "-m", "vda", "depth", *map(str, inputs), "-o", str(out), "--backend", "ray"]
-    cmd += ["--ray-address", cluster.address, "--checkpoint", str(checkpoint), "--input-size", SIZE]
-    return cmd + ["--format", "npy", "--devices", "cpu,cpu", "--unit-size", "1", *flags]
-
-
-def env(**extra: str) -> dict[str, str]:
-    return {**os.environ, "VDA_THREADS": "1", **extra}
+    return [sys.executable, "-m", "vda", *depth_args(inputs, out, checkpoint, cluster, *flags)]
 
 
 def depth(inputs, out, checkpoint, cluster, *flags, check=True, **extra) -> subprocess.CompletedProcess:
-    cmd = depth_cmd(inputs, out, checkpoint, cluster, *flags)
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env(**extra), timeout=300)
-    if check and done.returncode != 0:
-        raise AssertionError(f"exit {done.returncode}\n{done.stdout}\n{done.stderr}")
-    return done
-
-
-def read_all(out) -> np.ndarray:
-    meta = DepthMeta.load(out)
-    return np.stack([read_depth(out, i, meta) for i in range(meta.frame_count)])
-
-
-def single_pass(model, src) -> np.ndarray:
-    info = probe(src)
-    frames = (f for _, f in read_frames(info, range(info.frame_count)))
-    return np.stack(list(infer_video(model, frames, input_size=int(SIZE))))
+    return run_vda(*depth_args(inputs, out, checkpoint, cluster, *flags), env=extra, timeout=300, check=check)
 
 
 def results(run: Path) -> dict:
@@ -148,23 +141,6 @@ def actor_pids(run: Path) -> set[int]:
     return pids
 
 
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def wait_for(what, timeout: float, step: float = 0.1) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if what():
-            return True
-        time.sleep(step)
-    return bool(what())
-
-
 def stored(run: Path) -> dict[Path, int]:
     return {p: p.stat().st_mtime_ns for p in run.glob("**/windows/*.npy") if p.with_suffix(".done").is_file()}
 
@@ -177,14 +153,14 @@ def reference(clips, model) -> dict[str, np.ndarray]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return {src.stem: single_pass(model, src) for src in clips}
+        return {src.stem: single_pass(model, src, int(SIZE)) for src in clips}
     finally:
         torch.set_num_threads(threads)
 
 
 def same_as_single_pass(out: Path, reference: dict[str, np.ndarray]) -> None:
     for name, ref in reference.items():
-        assert rel_err(read_all(out / name), ref) <= TOL
+        assert rel_err(read_output(out / name), ref) <= TOL
 
 
 # -- the tests --------------------------------------------------------------------------------------------------------
@@ -240,7 +216,7 @@ def interrupt(cmd: list[str], run: Path, sig: int, log: Path) -> tuple[int, str]
     """Start a driver, send it `sig` once it has stored one more piece, and return its exit code and output."""
     before = len(stored(run))
     with open(log, "w+") as err:
-        driver = subprocess.Popen(cmd, cwd=ROOT, env=env(VDA_WORKER_DELAY="0:1"), stdout=err, stderr=err)
+        driver = subprocess.Popen(cmd, cwd=ROOT, env=one_thread_env(VDA_WORKER_DELAY="0:1"), stdout=err, stderr=err)
         assert wait_for(lambda: len(stored(run)) > before, 120)
         driver.send_signal(sig)
         code = driver.wait(60)
@@ -251,7 +227,7 @@ def interrupt(cmd: list[str], run: Path, sig: int, log: Path) -> tuple[int, str]
 def actors_gone(run: Path, timeout: float) -> bool:
     """Whether every actor a run's logs name has ended (within `timeout`)."""
     pids = actor_pids(run)
-    return bool(pids) and wait_for(lambda: not any(alive(p) for p in pids), timeout)
+    return bool(pids) and wait_for(lambda: not any(process_alive(p) for p in pids), timeout)
 
 
 def test_a_stopped_driver_leaves_no_actor_and_the_same_command_resumes(tmp_path, clips, checkpoint, cluster, reference):
@@ -284,7 +260,10 @@ def test_a_node_lost_mid_run_costs_only_its_units_in_flight(tmp_path, clips, che
     try:
         with open(tmp_path / "driver.err", "w+") as err:
             driver = subprocess.Popen(
-                depth_cmd(clips, out, checkpoint, cluster), cwd=ROOT, env=env(VDA_WORKER_DELAY="1:3"), stderr=err
+                depth_cmd(clips, out, checkpoint, cluster),
+                cwd=ROOT,
+                env=one_thread_env(VDA_WORKER_DELAY="1:3"),
+                stderr=err,
             )
             assert wait_for(begun, 120)
             victim = re.search(r"started on Ray node (\w+)", log.read_text()).group(1)
