@@ -19,7 +19,7 @@ from pathlib import Path
 from vda import config, logs
 from vda.cli import tools
 from vda.core.plan import MODES, PLAN_NAME, PRECISION_CHOICES
-from vda.errors import EXIT_BUG, EXIT_ERROR, EXIT_INTERRUPTED, StorageError, VdaError, one_line
+from vda.errors import EXIT_BUG, EXIT_ERROR, EXIT_INTERRUPTED, StorageError, UsageError, VdaError, one_line
 from vda.io.rundir import RunDir
 from vda.io.writers import FORMATS
 from vda.model.registry import ENCODERS
@@ -162,18 +162,15 @@ def _depth_parser(sub) -> None:
 def _devices(args, backend: str = "local") -> list[str]:
     from vda.orchestrator.planning import parse_devices
 
-    gpus, needs_gpu = args.gpus, args.gpus is not None or args.gpu_ids is not None or "cuda" in (args.devices or "")
-    if backend == "ray":  # the cluster's GPUs, wherever they are; none asked for: all of them
-        from vda.errors import UsageError
-        from vda.orchestrator.backends.ray import RayBackend
-
-        visible = RayBackend.visible_gpus(args.ray_address) if needs_gpu or not args.devices else None
-        if args.devices is None and gpus is None and args.gpu_ids is None:
-            if not visible:
-                raise UsageError("the Ray cluster offers no GPU; give --devices cpu,cpu for CPU workers, or add GPUs")
-            gpus = visible
-    else:
-        visible = _backend(backend).visible_gpus() if needs_gpu else None
+    cls, gpus = _backend(backend), args.gpus
+    needs_gpu = gpus is not None or args.gpu_ids is not None or "cuda" in (args.devices or "")
+    take_all = cls.all_gpus_by_default and args.devices is None and gpus is None and args.gpu_ids is None
+    address = getattr(args, "ray_address", None)  # `vda plan` has no backend, so no cluster
+    visible = cls.visible_gpus(address) if needs_gpu or take_all else None
+    if take_all:
+        if not visible:
+            raise UsageError(f"{cls.gpu_pool} offers no GPU; give --devices cpu,cpu for CPU workers, or add GPUs")
+        gpus = visible
     return parse_devices(args.devices, gpus, args.gpu_ids, visible)
 
 
@@ -268,8 +265,7 @@ def cmd_depth(args) -> int:
         args.clean,
         options,
     )
-    extra = {"address": args.ray_address} if args.backend == "ray" else {}
-    return run_depth(request, _backend(args.backend)(devices, options, args.image, **extra))
+    return run_depth(request, _backend(args.backend)(devices, options, args.image, args.ray_address))
 
 
 def _check_writable(out: Path) -> None:

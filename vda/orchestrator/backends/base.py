@@ -60,13 +60,20 @@ class Backend(ABC):
     """Start a device worker, stop it, run a merge, close: what every backend implements."""
 
     name: str
+    gpu_pool = "this host"  # where visible_gpus counts, as the CLI names it
+    all_gpus_by_default = False  # no device flag: refused, or (a cluster) every GPU visible_gpus counts
 
-    def __init__(self, devices: list[str], options: WorkerOptions, image: str | None = None):
-        self.devices, self.options, self.image = devices, options, image
+    def __init__(
+        self, devices: list[str], options: WorkerOptions, image: str | None = None, address: str | None = None
+    ):
+        """`image`: the Docker backend's image; `address`: the cluster a cluster backend joins (--ray-address).
+        A backend that has no use for one ignores it."""
+        self.devices, self.options, self.image, self.address = devices, options, image, address
 
     @staticmethod
-    def visible_gpus() -> int:
-        """GPUs this backend's workers can be given, which --gpus and --gpu-ids are checked against."""
+    def visible_gpus(address: str | None = None) -> int:
+        """GPUs this backend's workers can be given (on the cluster at `address`, for a cluster backend), which
+        --gpus and --gpu-ids are checked against."""
         import torch
 
         return torch.cuda.device_count()

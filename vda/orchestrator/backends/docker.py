@@ -149,8 +149,10 @@ def _remove(container) -> None:
 class DockerBackend(Backend):
     name = "docker"
 
-    def __init__(self, devices: list[str], options, image: str | None = None, *, client=None):
-        super().__init__(devices, options, image)
+    def __init__(
+        self, devices: list[str], options, image: str | None = None, address: str | None = None, *, client=None
+    ):
+        super().__init__(devices, options, image, address)
         self.client = client
         gpu = any(d.startswith("cuda") for d in devices)
         self.image = image or ("vda:latest" if gpu else "vda:cpu")
@@ -158,7 +160,7 @@ class DockerBackend(Backend):
         self.checkpoint = Path(options.checkpoint).resolve() if options.checkpoint else None
 
     @staticmethod
-    def visible_gpus() -> int:
+    def visible_gpus(address: str | None = None) -> int:
         return visible_gpus()
 
     def open(self, root, videos) -> None:

@@ -246,10 +246,11 @@ class RayBackend(Backend):
     """Workers as Ray actors on the nodes of a cluster; the driver (this process) keeps RUN_DIR and runs the merge."""
 
     name = "ray"
+    gpu_pool = "the Ray cluster"
+    all_gpus_by_default = True  # every GPU of the cluster, wherever it is
 
     def __init__(self, devices: list[str], options, image: str | None = None, address: str | None = None):
-        super().__init__(devices, options, image)
-        self.address = address
+        super().__init__(devices, options, image, address)
         self.plans: dict[str, Plan] = {}
         self.handles: list[RayHandle] = []
         self.weights: tuple[str, list] | None = None  # (sha256, [ObjectRef]): in a list, so actors fetch it lazily
