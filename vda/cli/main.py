@@ -10,40 +10,81 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import logging
 import signal
 import sys
 from pathlib import Path
 
-from vda import config, logs
+from vda import api, config, logs
 from vda.cli import tools
 from vda.core.plan import MODES, PLAN_NAME, PRECISION_CHOICES
-from vda.errors import EXIT_BUG, EXIT_ERROR, EXIT_INTERRUPTED, StorageError, UsageError, VdaError, one_line
+from vda.errors import EXIT_BUG, EXIT_ERROR, EXIT_INTERRUPTED, UsageError, VdaError, one_line
 from vda.io.rundir import RunDir
-from vda.io.writers import FORMATS
+from vda.io.writers import FORMATS, VIDEO_KINDS, parse_output_size
 from vda.model.registry import ENCODERS
 from vda.orchestrator import doctor
 
 FORMAT_CHOICES = list(FORMATS)
 log = logging.getLogger(__name__)
-# The backends `vda depth --backend` offers: module and class, imported only when chosen.
-BACKENDS = {
-    "local": ("vda.orchestrator.backends.local", "LocalBackend"),
-    "docker": ("vda.orchestrator.backends.docker", "DockerBackend"),
-    "ray": ("vda.orchestrator.backends.ray", "RayBackend"),
-}
 
 
-def _positive(text: str) -> int:
-    """argparse type for counts that must be at least 1 (a 0 would silently mean the default)."""
+def _at_least(low: int):
+    """argparse type for counts that must be at least `low` (a 0 where 1 is the least would silently mean the
+    default, a negative count means nothing)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse
+
+
+_positive = _at_least(1)
+
+
+def _output_size(text: str) -> str:
     try:
-        value = int(text)
+        return parse_output_size(text)
+    except UsageError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _png_scale(text: str) -> float:
+    try:
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of metres per step (0.001: millimetres)")
     return value
+
+
+def _output_flags(p: argparse.ArgumentParser) -> None:
+    """What the merge writes: format, size, png scale, preview video (`vda depth` and `vda merge`)."""
+    p.add_argument("--format", choices=FORMAT_CHOICES, default="png16", help="npy-stack: one [N,H,W] float32 file")
+    p.add_argument(
+        "--output-size",
+        type=_output_size,
+        default="source",
+        help="source (the frame's size after --max-res), net (the network's, no upsampling: the cheapest) or WxH",
+    )
+    p.add_argument(
+        "--png-scale",
+        type=_png_scale,
+        help="metric png at a fixed scale, metres per step (0.001: millimetres, up to 65.535 m in png16)",
+    )
+    p.add_argument(
+        "--create-video",
+        nargs="?",
+        const=VIDEO_KINDS[0],
+        choices=VIDEO_KINDS,
+        help="also write depth_vis.mp4: colourised depth, or side-by-side with the RGB frames",
+    )
 
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
@@ -78,10 +119,17 @@ def _device_flags(p: argparse.ArgumentParser, required: bool = True) -> None:
     g.add_argument("--gpu-ids", type=int, nargs="+", help="use these GPU ids")
 
 
+def _diagnostic_flags(p: argparse.ArgumentParser, default=False) -> None:
+    """-v and --debug, before the command or after it (a subcommand's SUPPRESS default keeps the first's value)."""
+    p.add_argument(
+        "-v", "--verbose", action="store_true", default=default, help="log what vda does (stderr and the run's log)"
+    )
+    p.add_argument("--debug", action="store_true", default=default, help="log everything, and show tracebacks")
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="vda", description="Video Depth Anything over long videos on many devices.")
-    ap.add_argument("-v", "--verbose", action="store_true", help="log what vda does (stderr and RUN_DIR/logs/vda.log)")
-    ap.add_argument("--debug", action="store_true", help="log everything, and show tracebacks")
+    _diagnostic_flags(ap)
     sub = ap.add_subparsers(dest="command", required=True)
     _plan_parser(sub)
     _work_parser(sub)
@@ -89,6 +137,8 @@ def parser() -> argparse.ArgumentParser:
     _depth_parser(sub)
     tools.add_parsers(sub)
     doctor.add_parser(sub)
+    for p in {id(p): p for p in sub.choices.values()}.values():  # an alias names the same parser
+        _diagnostic_flags(p, argparse.SUPPRESS)
     return ap
 
 
@@ -96,7 +146,7 @@ def _plan_parser(sub) -> None:
     p = sub.add_parser("plan", help="probe the input and cut it into queue units (RUN_DIR/plan.json)")
     p.add_argument("video", help="video file or folder of images (sorted by name)")
     p.add_argument("-o", "--run-dir", required=True)
-    _device_flags(p)
+    _device_flags(p, required=False)  # only to refuse fp16 with a CPU among them: a plan does not depend on devices
     _model_flags(p)
     p.add_argument("--overwrite", action="store_true", help="replace a different run in RUN_DIR")
 
@@ -125,9 +175,9 @@ def _merge_parser(sub) -> None:
     p = sub.add_parser("merge", help="replay alignment and blending over the stored windows; write one file per frame")
     p.add_argument("run_dir")
     p.add_argument("-o", "--out", required=True)
-    p.add_argument("--format", choices=FORMAT_CHOICES, default="png16")
-    p.add_argument("--create-video", action="store_true", help="also write a colourised depth video")
-    p.add_argument("--workers", type=int, help="merge processes (default: all CPU cores)")
+    _output_flags(p)
+    p.add_argument("--input", help="side-by-side: where the planned input is now (default: the plan's path)")
+    p.add_argument("--workers", type=_positive, help="merge processes (default: all CPU cores)")
     p.add_argument("--overwrite", action="store_true", help="replace another run's output in OUT")
 
 
@@ -136,19 +186,18 @@ def _depth_parser(sub) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="video files, folders of images, folders of videos")
     p.add_argument("-o", "--out", required=True, help="output folder (several inputs: OUT/<name> each)")
     p.add_argument("--run-dir", help="working folder (default: OUT/_run)")
-    p.add_argument("--backend", choices=sorted(BACKENDS), default="local")
+    p.add_argument("--backend", choices=sorted(api.BACKENDS), default="local")
     p.add_argument(
         "--ray-address",
         help="ray backend: the cluster, auto (one started on this machine) or HOST:PORT (default: a private local Ray)",
     )
     _device_flags(p, required=False)  # none: --backend ray takes every GPU of its cluster, the others refuse
     _model_flags(p)
-    p.add_argument("--format", choices=FORMAT_CHOICES, default="png16")
-    p.add_argument("--create-video", action="store_true")
-    p.add_argument("--retries", type=int, default=2, help="retries per failed unit, then its video fails")
+    _output_flags(p)
+    p.add_argument("--retries", type=_at_least(0), default=2, help="retries per failed unit, then its video fails")
     p.add_argument("--overwrite", action="store_true", help="replace a different run in the output folder")
     p.add_argument("--image", default=None, help="docker backend: image (default vda:latest for GPUs, vda:cpu)")
-    p.add_argument("--merge-workers", type=int)
+    p.add_argument("--merge-workers", type=_positive, help="merge processes per video (default: all CPU cores)")
     p.add_argument(
         "--micro-batch", type=_positive, help="frames per encoder batch in the workers (default 4); lower on OOM"
     )
@@ -160,29 +209,15 @@ def _depth_parser(sub) -> None:
 
 
 def _devices(args, backend: str = "local") -> list[str]:
-    from vda.orchestrator.planning import parse_devices
-
-    cls, gpus = _backend(backend), args.gpus
-    needs_gpu = gpus is not None or args.gpu_ids is not None or "cuda" in (args.devices or "")
-    take_all = cls.all_gpus_by_default and args.devices is None and gpus is None and args.gpu_ids is None
     address = getattr(args, "ray_address", None)  # `vda plan` has no backend, so no cluster
-    visible = cls.visible_gpus(address) if needs_gpu or take_all else None
-    if take_all:
-        if not visible:
-            raise UsageError(f"{cls.gpu_pool} offers no GPU; give --devices cpu,cpu for CPU workers, or add GPUs")
-        gpus = visible
-    return parse_devices(args.devices, gpus, args.gpu_ids, visible)
-
-
-def _backend(name: str):
-    module, cls = BACKENDS[name]
-    return getattr(importlib.import_module(module), cls)
+    return api.resolve_devices(api.backend_class(backend), args.devices, args.gpus, args.gpu_ids, address)
 
 
 def cmd_plan(args) -> int:
     from vda.orchestrator.planning import check_precision, create_plan
 
-    devices = _devices(args)
+    given = args.devices is not None or args.gpus is not None or args.gpu_ids is not None
+    devices = _devices(args) if given else []
     with logs.run_log(RunDir(Path(args.run_dir)).host_log):
         plan, resumed = create_plan(
             args.video,
@@ -228,54 +263,40 @@ def cmd_merge(args) -> int:
             args.run_dir,
             args.out,
             args.format,
-            create_video=args.create_video,
+            create_video=args.create_video or False,
             workers=args.workers,
             overwrite=args.overwrite,
+            output_size=args.output_size,
+            png_scale=args.png_scale,
+            input_path=args.input,
         )
     return 0
 
 
+# `vda depth` flags that are DepthRequest fields of the same name (the rest: below, in cmd_depth).
+REQUEST_FLAGS = (
+    "checkpoint", "encoder", "metric", "input_size", "max_res", "precision", "mode", "unit_size", "format",
+    "retries", "overwrite", "merge_workers", "clean", "micro_batch", "compile", "output_size", "png_scale",
+)  # fmt: skip
+
+
 def cmd_depth(args) -> int:
-    from vda.orchestrator.batch import DepthRequest, run_depth
-    from vda.orchestrator.launch import WorkerOptions
+    from vda.orchestrator.batch import run_depth
 
     out = Path(args.out)
-    _check_writable(out)
+    api.check_writable(out)
     devices = _devices(args, args.backend)
-    options = WorkerOptions(args.checkpoint, args.micro_batch, args.compile)
-    request = DepthRequest(
+    request = api.depth_request(
         args.inputs,
         out,
         devices,
-        Path(args.run_dir) if args.run_dir else None,
-        args.checkpoint,
-        args.encoder,
-        args.metric,
-        args.input_size,
-        args.max_res,
-        args.precision,
-        args.mode,
-        args.unit_size,
-        args.format,
-        args.create_video,
-        args.retries,
-        args.overwrite,
-        args.merge_workers,
-        not args.no_space_check,
-        args.clean,
-        options,
+        run_dir=Path(args.run_dir) if args.run_dir else None,
+        create_video=args.create_video or False,
+        space_check=not args.no_space_check,
+        **{name: getattr(args, name) for name in REQUEST_FLAGS},
     )
-    return run_depth(request, _backend(args.backend)(devices, options, args.image, args.ray_address))
-
-
-def _check_writable(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".vda_write_test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise StorageError(f"output folder {out} is not writable ({err.strerror}); choose another -o") from None
+    backend = api.backend_class(args.backend)(devices, request.options, args.image, args.ray_address)
+    return run_depth(request, backend)
 
 
 COMMANDS = {"plan": cmd_plan, "work": cmd_work, "merge": cmd_merge, "depth": cmd_depth, **tools.COMMANDS}

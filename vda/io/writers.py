@@ -1,8 +1,10 @@
-"""Output formats for depth maps, their metadata, and atomic file writes.
+"""Output formats for depth maps, their metadata, atomic file writes, and reading an output folder back.
 
 Every file appears under its final name only when complete: written to a temporary name in the same
 folder, then renamed. png16/png8 store the depth quantised to a per-video range that
-`depth_meta.json` records, so the float values can be recovered.
+`depth_meta.json` records, so the float values can be recovered; metric depth can instead be stored at a fixed
+scale (`--png-scale 0.001`: millimetres), the same for every video. `npy-stack` is one [N, H, W] float32 file per
+video (STACK_NAME), for a reader that wants one memory map instead of a file per frame.
 """
 
 from __future__ import annotations
@@ -20,8 +22,12 @@ import numpy as np
 from vda.errors import InputError, StorageError, UsageError
 from vda.io.pngenc import encode_gray
 
-FORMATS = {"png16": ".png", "png8": ".png", "npy": ".npy", "npz": ".npz", "exr": ".exr"}
+FORMATS = {"png16": ".png", "png8": ".png", "npy": ".npy", "npz": ".npz", "exr": ".exr", "npy-stack": ".npy"}
 LEVELS = {"png16": 65535, "png8": 255}
+STACK = "npy-stack"
+STACK_NAME = "depth.npy"  # npy-stack: the one [N, H, W] float32 array of a video
+OUTPUT_SIZES = ("source", "net")  # --output-size: these, or WxH
+VIDEO_KINDS = ("depth", "side-by-side")  # --create-video: colourised depth alone, or beside the RGB frames
 # Uncompressed float: depth maps upsampled from network resolution barely compress losslessly (bench_stages.py,
 # 1080p: ZIP 4.1 frames/s for 7.80 MB, none 65 frames/s for 8.31 MB).
 EXR_PARAMS = [
@@ -67,7 +73,46 @@ def write_json(path: Path, obj) -> None:
 
 
 def frame_name(index: int, fmt: str) -> str:
-    return f"depth_{index:06d}{FORMATS[fmt]}"
+    """The file of frame `index` (npy-stack: the video's one file, which holds every frame)."""
+    return STACK_NAME if fmt == STACK else f"depth_{index:06d}{FORMATS[fmt]}"
+
+
+def parse_output_size(text: str) -> str:
+    """--output-size: "source", "net" or "WxH" (positive whole numbers), checked here and kept as text."""
+    if text in OUTPUT_SIZES:
+        return text
+    w, _, h = text.lower().partition("x")
+    if not (w.isdigit() and h.isdigit() and int(w) > 0 and int(h) > 0):
+        raise UsageError(f"output size {text!r} is not source, net or WIDTHxHEIGHT (e.g. 640x360); give one of these")
+    return f"{int(w)}x{int(h)}"
+
+
+def output_shape(spec: str, frame: tuple[int, int], net: tuple[int, int]) -> tuple[int, int]:
+    """(H, W) of the written maps for an --output-size: the frame's (H, W), the network's, or the WxH given."""
+    spec = parse_output_size(spec)
+    if spec == "source":
+        return frame
+    if spec == "net":
+        return net
+    w, h = spec.split("x")
+    return int(h), int(w)
+
+
+def check_png_scale(png_scale: float | None, fmt: str, metric: bool) -> None:
+    """A fixed png scale is a unit per stored step: metric png only (relative depth has no unit to fix)."""
+    if png_scale is None:
+        return
+    if fmt not in LEVELS:
+        raise UsageError(f"--png-scale applies to png16 and png8, not {fmt}; drop it or choose --format png16")
+    if not metric:
+        raise UsageError("--png-scale needs metric depth (--metric); relative depth is stored over its own range")
+    if not png_scale > 0:
+        raise UsageError(f"--png-scale must be above 0 (metres per stored step, 0.001: millimetres), got {png_scale}")
+
+
+def fixed_range(scale: float, levels: int) -> tuple[float, float]:
+    """The [lo, hi] a fixed --png-scale stands for: stored value q means q * scale (lo = 0), up to levels * scale."""
+    return 0.0, float(scale) * levels
 
 
 def quantize(depth: np.ndarray, lo: float, hi: float, levels: int) -> np.ndarray:
@@ -122,7 +167,9 @@ class DepthMeta:
     meaning: str = ""
 
     def __post_init__(self):
-        self.pattern = self.pattern or f"depth_{{index:06d}}{FORMATS[self.format]}"
+        self.pattern = self.pattern or (
+            STACK_NAME if self.format == STACK else f"depth_{{index:06d}}{FORMATS[self.format]}"
+        )
         self.meaning = self.meaning or (
             "metric depth in metres" if self.metric else "relative inverse depth (disparity): larger is closer, no unit"
         )
@@ -166,7 +213,65 @@ def read_depth(out_dir: Path, index: int, meta: DepthMeta) -> np.ndarray:
     if meta.format == "npz":
         with np.load(path) as z:
             return z["depth"]
+    if meta.format == STACK:
+        return np.array(np.load(path, mmap_mode="r")[index])
     return np.load(path)
+
+
+class DepthFrames:
+    """A merged output folder as float32 maps: `len`, indexing (negative too), iteration, and `.meta`.
+
+    Reads a frame only when asked (png16/png8 dequantised through the meta), so a long video never sits in memory; an
+    npy-stack is opened once, as a memory map.
+    """
+
+    def __init__(self, out_dir: str | Path):
+        self.path = Path(out_dir)
+        self.meta = DepthMeta.load(self.path)
+        self._stack = np.load(self.path / STACK_NAME, mmap_mode="r") if self.meta.format == STACK else None
+        if self._stack is not None and self._stack.shape[0] != self.meta.frame_count:
+            raise DepthFolderError(
+                f"{self.path / STACK_NAME} holds {self._stack.shape[0]} frames, its meta says {self.meta.frame_count}; "
+                "write the folder again with `vda merge`"
+            )
+
+    def __len__(self) -> int:
+        return self.meta.frame_count
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"frame {index} outside 0..{n - 1}")
+        index %= n
+        if self._stack is not None:
+            return np.array(self._stack[index], dtype=np.float32)
+        return read_depth(self.path, index, self.meta)
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+
+def create_stack(path: Path, shape: tuple[int, int, int]) -> None:
+    """An npy file of float32 zeros of `shape`, its disk space reserved now: a full disk fails here, before the
+    merge renders, and each frame is then written once, in place (`write_stack_frames`)."""
+    try:
+        arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+        del arr
+        with open(path, "r+b") as fh:
+            os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
+    except OSError as err:
+        path.unlink(missing_ok=True)
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(f"disk full while making {path}; free space and run the same command again") from None
+        raise StorageError(f"cannot write {path} ({err.strerror or err}); choose a folder you can write to") from err
+
+
+def write_stack_frames(path: Path, frames) -> None:
+    """Write (index, map) pairs into their rows of an npy file made by `create_stack` (from any process)."""
+    arr = np.load(path, mmap_mode="r+")
+    for f, depth in frames:
+        arr[f] = depth
+    arr.flush()
 
 
 def colorize(depth: np.ndarray, lo: float, hi: float) -> np.ndarray:

@@ -54,17 +54,71 @@ class DepthRequest:
     mode: str = "window"
     unit_size: int | None = None
     fmt: str = "png16"
-    create_video: bool = False
+    create_video: bool | str = False  # True or "depth", or "side-by-side" (vda.pipeline.merge.merge)
     retries: int = 2
     overwrite: bool = False
     merge_workers: int | None = None
     space_check: bool = True
     clean: bool = False
     options: WorkerOptions = field(default_factory=WorkerOptions)
+    output_size: str = "source"  # source, net or WxH: the merge's, not the plan's (the pieces do not depend on it)
+    png_scale: float | None = None  # metric png at a fixed scale
 
     @property
     def root(self) -> RunDir:
         return RunDir(self.run_dir or self.out / RUN_NAME)
+
+    @property
+    def merge(self) -> dict:
+        """The merge settings beyond the format, as MergeRequest takes them."""
+        return {"output_size": self.output_size, "png_scale": self.png_scale}
+
+
+@dataclass(frozen=True)
+class VideoResult:
+    """What became of one input: status "merged" (its output is complete in `out`), "failed" (planned, but a unit or
+    its merge failed: `error`, and `log`) or "refused" (never planned: unreadable, or another run in its folder)."""
+
+    name: str
+    input: str
+    status: str
+    out: Path | None
+    frames: int
+    error: str | None = None
+    log: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "merged"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """A batch's outcome: a VideoResult per planned input, in order, then one per refused input; `exit_code` is what
+    `vda depth` exits with."""
+
+    videos: list[VideoResult]
+    run_dir: Path
+
+    @property
+    def ok(self) -> bool:
+        return all(v.ok for v in self.videos)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.ok else EXIT_ERROR
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def __iter__(self):
+        return iter(self.videos)
+
+    def __getitem__(self, key: int | str) -> VideoResult:
+        """By position, or by name (a video's output folder name)."""
+        if isinstance(key, str):
+            return next(v for v in self.videos if v.name == key)
+        return self.videos[key]
 
 
 @dataclass
@@ -186,7 +240,7 @@ class MergeLine:
         while (video := self._queue.get()) is not None and not self._cancelled:
             self.follower.release(video.run.run.path)
             started, out, r = time.perf_counter(), self.outs[video.name], self.request
-            request = MergeRequest(video.run.run, out, r.fmt, r.create_video, r.overwrite, r.merge_workers)
+            request = MergeRequest(video.run.run, out, r.fmt, r.create_video, r.overwrite, r.merge_workers, **r.merge)
             try:
                 self.backend.merge(request)
             except Exception as err:  # noqa: BLE001 - it fails this video only; the batch reports it at the end
@@ -205,11 +259,16 @@ class MergeLine:
 
 def run_depth(request: DepthRequest, backend: Backend, stream=sys.stderr) -> int:
     """Plan, compute every unit on the devices, merge each video; 0 when every input got its output."""
+    return run_batch(request, backend, stream).exit_code
+
+
+def run_batch(request: DepthRequest, backend: Backend, stream=sys.stderr) -> RunResult:
+    """`run_depth`, with what became of each input; the lines it says go to `stream`."""
     with logs.run_log(request.root.host_log):
         return _run_batch(request, backend, stream)
 
 
-def _run_batch(request: DepthRequest, backend: Backend, stream) -> int:
+def _run_batch(request: DepthRequest, backend: Backend, stream) -> RunResult:
     say = lambda line: print(line, file=stream, flush=True)  # noqa: E731
     videos, outs, refused = plan_videos(request, say)
     root = request.root
@@ -256,20 +315,27 @@ def _run_batch(request: DepthRequest, backend: Backend, stream) -> int:
         backend.close()
         if work is not None:
             work.save()
-    return _report(videos, refused, merges.errors, say)
+    return _report(videos, refused, merges.errors, outs, say, root.path)
 
 
-def _report(videos: list[QueuedVideo], refused: list[Refused], merge_errors: dict, say) -> int:
-    """One line per input without an output, with its log; the exit code."""
+def _report(videos: list[QueuedVideo], refused: list[Refused], merge_errors: dict, outs, say, root: Path) -> RunResult:
+    """One line per input without an output, with its log; what became of each input."""
     failed = [v for v in videos if v.status != "merged"]
     if len(videos) + len(refused) == 1 and failed and failed[0].name in merge_errors:
         raise merge_errors[failed[0].name]  # a single input: its own error, as `vda merge` would give it
     for r in refused:
         say(f"vda: error: {r.source}: {r.error}")
-    for v in failed:
-        say(f"vda: error: {v.run.input}: {v.error or 'not computed'}; log: {v.log or v.run.run.video_log}")
+    results = []
+    for v in videos:
+        error, log_path = None, None
+        if v.status != "merged":
+            error, log_path = v.error or "not computed", str(v.log or v.run.run.video_log)
+            say(f"vda: error: {v.run.input}: {error}; log: {log_path}")
+        results.append(
+            VideoResult(v.name, str(v.run.input), v.status, outs[v.name], v.plan.frame_count, error, log_path)
+        )
+    results += [VideoResult(Path(r.source).stem, r.source, "refused", None, 0, r.error) for r in refused]
     if refused or failed:
         total = len(videos) + len(refused)
         say(f"vda: {total - len(refused) - len(failed)} of {total} input(s) done; the others are listed above")
-        return EXIT_ERROR
-    return 0
+    return RunResult(results, root)

@@ -255,7 +255,10 @@ class Runtime:
 
 
 def upsample(depth: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """[k, h, w] -> [k, H, W], bilinear with aligned corners as the authors do."""
+    """[k, h, w] -> [k, H, W], bilinear with aligned corners as the authors do; at its own size, no resampling
+    (what bilinear with aligned corners gives there anyway: the maps as they are, as --output-size net writes them)."""
+    if tuple(depth.shape[-2:]) == tuple(size):
+        return depth.float()
     return F.interpolate(depth.float()[:, None], size=size, mode="bilinear", align_corners=True)[:, 0]
 
 
@@ -345,11 +348,12 @@ def chain_step(
 class WindowAligner:
     """Turns raw windows and their scale/shift into final full-resolution frames (the authors' stitching).
 
-    Holds the last two windows only, at network resolution.
+    Holds the last two windows only, at network resolution. `host=False` keeps the frames as tensors where the
+    windows are (on the device), for a caller that goes on computing there.
     """
 
-    def __init__(self, size: tuple[int, int]):
-        self.size = size
+    def __init__(self, size: tuple[int, int], host: bool = True):
+        self.size, self.host = size, host
         self._windows: dict[int, tuple[torch.Tensor, np.float32, np.float32]] = {}
 
     def add(self, w: int, depth: torch.Tensor, scale: np.float32, shift: np.float32) -> None:
@@ -358,7 +362,8 @@ class WindowAligner:
 
     def aligned(self, w: int, i: int) -> np.ndarray:
         depth, scale, shift = self._windows[w]
-        return stitch.apply_scale_shift(upsample(depth[i : i + 1], self.size)[0].cpu().numpy(), scale, shift)
+        up = upsample(depth[i : i + 1], self.size)[0]
+        return stitch.apply_scale_shift(up.cpu().numpy() if self.host else up, scale, shift)
 
     def frames(self, w: int, n_frames: int) -> Iterator[tuple[int, np.ndarray]]:
         """(frame index, depth) for the frames window w makes final."""
@@ -433,12 +438,17 @@ def infer_video(
     *,
     input_size: int = 518,
     mode: str = "window",
-    precision: str = "fp32",
+    precision: str = AUTO,
     device="cpu",
     micro_batch: int | None = None,
     compile: bool = False,
+    out_size: tuple[int, int] | str | None = None,
+    tensors: bool = False,
 ) -> Iterator[np.ndarray]:
-    """Yield one float32 HxW depth map per input frame, in order, at the frame's resolution."""
+    """Yield one float32 depth map per input frame, in order: at the frame's resolution, or at `out_size` ((H, W), or
+    "net": the network's, no upsampling); as tensors on the device with `tensors`. The alignment is fitted at the
+    frame's resolution whatever `out_size` is, as the merge does, so every size holds the same depth. `precision` "auto"
+    is the CLI's rule: fp16 on a GPU, fp32 on a CPU."""
     if mode not in MODES:
         raise UsageError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     runtime = Runtime.create(device, precision, micro_batch, compile)
@@ -449,12 +459,14 @@ def infer_video(
     feed = FrameFeed(enumerate(frames))
     size = feed.first().shape[:2]
     shape = network_shape(*size, input_size)
+    out = shape if out_size == "net" else tuple(out_size or size)
     if mode == "stream":
         for _, depth in stream_depths(model, runtime, feed.indexed(), shape):
-            yield upsample(depth[None], size)[0].cpu().numpy()
+            up = upsample(depth[None], out)[0]
+            yield up if tensors else up.cpu().numpy()
         return
     runner = WindowRunner(model, runtime, shape)
-    chain, aligner = stitch.AlignmentChain(metric=model.config.metric), WindowAligner(size)
+    chain, aligner = stitch.AlignmentChain(metric=model.config.metric), WindowAligner(out, host=not tensors)
     w = 0
     while w == 0 or w * stitch.STRIDE < feed.frame_count_hint(w * stitch.STRIDE):
         n = feed.frame_count_hint(w * stitch.STRIDE + stitch.WINDOW - 1)

@@ -51,9 +51,25 @@ class MergeRequest:
     run: RunDir
     out: Path
     fmt: str = "png16"
-    create_video: bool = False
+    create_video: bool | str = False  # True or "depth": colourised depth; "side-by-side": beside the RGB frames
     overwrite: bool = False
     workers: int | None = None  # merge processes (default: the usable cores)
+    output_size: str = "source"  # source, net or WxH (vda.pipeline.merge.merge)
+    png_scale: float | None = None  # metric png at a fixed scale (metres per stored step)
+    input: Path | None = None  # the video on the host, for a side-by-side video
+
+    def flags(self, input_path: str | None = None) -> list[str]:
+        """The `vda merge` flags beyond RUN_DIR and -o (for a backend that runs the merge as a command)."""
+        video = (
+            []
+            if not self.create_video
+            else ["--create-video"] + ([self.create_video] * isinstance(self.create_video, str))
+        )
+        flags = ["--format", self.fmt, *video] + ["--overwrite"] * self.overwrite
+        flags += ["--workers", str(self.workers)] if self.workers else []
+        flags += ["--output-size", self.output_size] if self.output_size != "source" else []
+        flags += ["--png-scale", repr(self.png_scale)] if self.png_scale is not None else []
+        return flags + (["--input", input_path] if input_path and self.create_video == "side-by-side" else [])
 
 
 class Backend(ABC):

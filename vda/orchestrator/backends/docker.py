@@ -289,9 +289,8 @@ class DockerBackend(Backend):
         """Run one video's merge container; raises DockerError with the end of its log if it fails."""
         out = Path(request.out).resolve()
         out.mkdir(parents=True, exist_ok=True)
-        command = ["vda", "merge", self.worker_path(request.run.path), "-o", OUT_MOUNT, "--format", request.fmt]
-        command += ["--create-video"] * request.create_video + ["--overwrite"] * request.overwrite
-        command += ["--workers", str(request.workers)] if request.workers else []
+        source = self.worker_path(request.input) if request.input else None
+        command = ["vda", "merge", self.worker_path(request.run.path), "-o", OUT_MOUNT, *request.flags(source)]
         log_path = request.run.logs / "merge.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         container = self._create(command, "cpu", {LABEL_ROLE: "merge"}, {OUT_MOUNT: out})

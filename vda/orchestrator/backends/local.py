@@ -113,6 +113,9 @@ class LocalBackend(Backend):
             workers=request.workers,
             overwrite=request.overwrite,
             log=lambda text: None,
+            output_size=request.output_size,
+            png_scale=request.png_scale,
+            input_path=request.input,
         )
 
     def close(self) -> None:

@@ -1,4 +1,4 @@
-"""The merge: `vda merge RUN_DIR -o OUT --format png16|png8|npy|npz|exr [--create-video]`.
+"""The merge: `vda merge RUN_DIR -o OUT --format png16|png8|npy|npz|exr|npy-stack [--create-video [side-by-side]]`.
 
 Pass 1 (`first_pass`, sequential, cheap): replay the alignment chain over the stored windows, reading only the
 three outputs per window it needs, and bound the value range for quantised formats. `vda depth` runs it
@@ -6,7 +6,8 @@ ahead, in a thread that follows the workers (`Follower`), and keeps it in RUN_DI
 Pass 2 (`render`, parallel over CPU processes): each task renders the frames one window makes final, from that
 window and the previous one, and writes them. Memory stays at a few windows per process.
 The rendering is the same code the single pass uses, so the result equals a single pass.
-The outputs (`sinks`): one file per frame, the colourised video if asked, then depth_meta.json, and last the marker
+The outputs (`sinks`): one file per frame (or one npy-stack), at the frame's size, the network's or any
+(`--output-size`), the colourised video if asked, then depth_meta.json, and last the marker
 file MERGED_MARKER, which says the folder holds a complete merge of the run.
 """
 
@@ -20,12 +21,26 @@ from pathlib import Path
 from vda.core.plan import Plan, PlanError
 from vda.errors import UsageError, VdaError
 from vda.io.rundir import RunDir
-from vda.io.writers import FORMATS, LEVELS, META_NAME, DepthMeta, write_atomic
+from vda.io.video import read_frames
+from vda.io.writers import (
+    FORMATS,
+    LEVELS,
+    META_NAME,
+    STACK,
+    VIDEO_KINDS,
+    DepthMeta,
+    check_png_scale,
+    fixed_range,
+    output_shape,
+    parse_output_size,
+    write_atomic,
+)
 from vda.pipeline.merge.first_pass import FirstPass
 from vda.pipeline.merge.render import Job, job_for, map_ordered, render_processes
-from vda.pipeline.merge.sinks import Sink, VideoSink
+from vda.pipeline.merge.sinks import SideBySideSink, Sink, StackFile, VideoSink
 
 MERGED_MARKER = ".merged"
+SIDE_BY_SIDE = VIDEO_KINDS[1]  # --create-video side-by-side: RGB left, colourised depth right
 
 
 def merge(
@@ -37,24 +52,35 @@ def merge(
     workers: int | None = None,
     overwrite: bool = False,
     log: Callable[[str], object] = print,
+    output_size: str = "source",
+    png_scale: float | None = None,
+    input_path: str | Path | None = None,
 ) -> DepthMeta:
     """Merge a run's stored pieces into `out_dir`, in `fmt`; `workers` render processes (default: see
-    `render.render_processes`). Refuses a run with pieces missing, and a folder holding another run's output."""
+    `render.render_processes`). Refuses a run with pieces missing, and a folder holding another run's output.
+
+    `output_size`: "source" (the frame's size after --max-res), "net" (the network's, no upsampling) or "WxH".
+    `png_scale`: metric png at a fixed scale (value = stored * scale) instead of the video's own range.
+    `create_video`: True or "depth" (colourised depth), "side-by-side" (the RGB frames beside it, read from
+    `input_path`, default the plan's input)."""
     started = time.perf_counter()
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     plan = _mergeable_plan(run_dir, fmt)
+    check_png_scale(png_scale, fmt, plan.settings.metric)
     _refuse_foreign_output(out_dir, plan, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / MERGED_MARKER).unlink(missing_ok=True)
-    job = job_for(plan, run_dir, out_dir, fmt, create_video)
+    job = job_for(plan, run_dir, out_dir, fmt, bool(create_video))
+    s = plan.settings
+    out_size = output_shape(output_size, job.size, (s.net_height, s.net_width))
     first = FirstPass(job, plan)
     ahead = len(first.entries)  # done by `Follower` while the workers ran, or by an interrupted merge
     job = _finish_first_pass(first, job)
-    sinks = _open_sinks(plan, out_dir, create_video)
-    s = plan.settings
-    workers = render_processes(workers, plan.frame_count * s.frame_width * s.frame_height, len(first.units))
+    job = dataclasses.replace(job, out_size=out_size, quant=_quantization(job, png_scale, log))
+    sinks = _open_sinks(plan, job, create_video, input_path)
+    workers = render_processes(workers, plan.frame_count * out_size[0] * out_size[1], len(first.units))
     _render(job, first.units, workers, sinks)
-    meta = _depth_meta(plan, fmt, job.lo, job.hi)
+    meta = _depth_meta(plan, fmt, job, output_size, png_scale)
     meta.save(out_dir)
     write_atomic(out_dir / MERGED_MARKER, plan.run_id.encode())
     seconds = time.perf_counter() - started
@@ -104,12 +130,31 @@ def _finish_first_pass(first: FirstPass, job: Job) -> Job:
     return dataclasses.replace(job, params=params, lo=lo, hi=hi)
 
 
-def _open_sinks(plan: Plan, out_dir: Path, create_video: bool) -> list[Sink]:
-    """The sinks fed here, in unit order; the frame files are written by the render processes (`render_unit`)."""
-    if not create_video:
-        return []
-    s = plan.settings
-    return [VideoSink(out_dir / "depth_vis.mp4", plan.input.fps_fraction, s.frame_width, s.frame_height)]
+def _quantization(job: Job, png_scale: float | None, log: Callable[[str], object]) -> tuple[float, float] | None:
+    """The files' [lo, hi] for a fixed scale (None: the video's own range), saying so when depth goes past it."""
+    if png_scale is None:
+        return None
+    lo, hi = fixed_range(png_scale, LEVELS[job.fmt])
+    if job.hi > hi:
+        log(
+            f"vda: depth reaches {job.hi:.3f} m, past the {hi:.3f} m that --png-scale {png_scale} stores; it is clipped"
+        )
+    return lo, hi
+
+
+def _open_sinks(plan: Plan, job: Job, create_video: bool | str, input_path) -> list[Sink]:
+    """The sinks fed here, in unit order; the frame files are written by the render processes (`render_unit`), and
+    an npy-stack is made here (preallocated) and filled by them."""
+    h, w = job.render_size
+    sinks: list[Sink] = [StackFile(Path(job.out_dir), (plan.frame_count, h, w))] if job.fmt == STACK else []
+    fps, path = plan.input.fps_fraction, Path(job.out_dir) / "depth_vis.mp4"
+    if create_video == SIDE_BY_SIDE:
+        info = dataclasses.replace(plan.input, path=str(input_path or plan.input.path))
+        rgb = (frame for _, frame in read_frames(info, range(plan.frame_count), (w, h)))
+        sinks.append(SideBySideSink(path, fps, rgb, w, h))
+    elif create_video:
+        sinks.append(VideoSink(path, fps, w, h))
+    return sinks
 
 
 def _render(job: Job, units: list[int], workers: int, sinks: list[Sink]) -> None:
@@ -127,19 +172,25 @@ def _render(job: Job, units: list[int], workers: int, sinks: list[Sink]) -> None
         sink.close()
 
 
-def _depth_meta(plan: Plan, fmt: str, lo: float, hi: float) -> DepthMeta:
-    """depth_meta.json: what a reader needs to decode the frames (the range of quantised formats), and the settings
-    and run that made them."""
+def _depth_meta(plan: Plan, fmt: str, job: Job, output_size: str, png_scale: float | None) -> DepthMeta:
+    """depth_meta.json: what a reader needs to decode the frames (the range of quantised formats, or their fixed
+    scale), and the settings and run that made them. Settings at their defaults are left out, so that a folder
+    written with the defaults reads as it always did."""
     s = plan.settings
+    lo, hi = job.quant or (job.lo, job.hi)
+    quantization = {"lo": lo, "hi": hi, "levels": LEVELS[fmt]} if fmt in LEVELS else {}
+    if png_scale is not None:
+        quantization["scale"] = png_scale
+    extra = {"output_size": parse_output_size(output_size)} if output_size != "source" else {}
     return DepthMeta(
         fmt,
         plan.frame_count,
         plan.input.fps,
-        s.frame_width,
-        s.frame_height,
+        job.render_size[1],
+        job.render_size[0],
         s.encoder,
         s.metric,
-        {"lo": lo, "hi": hi, "levels": LEVELS[fmt]} if fmt in LEVELS else {},
+        quantization,
         {
             "input_size": s.input_size,
             "max_res": s.max_res,
@@ -148,8 +199,9 @@ def _depth_meta(plan: Plan, fmt: str, lo: float, hi: float) -> DepthMeta:
             "checkpoint": s.checkpoint,
             "input": Path(plan.input.path).name,
             "run_id": plan.run_id,
+            **extra,
         },
     )
 
 
-__all__ = ["MERGED_MARKER", "merge"]
+__all__ = ["MERGED_MARKER", "SIDE_BY_SIDE", "merge"]

@@ -20,7 +20,7 @@ from vda.core.plan import Plan
 from vda.io.rundir import RunDir
 from vda.io.writers import colorize
 from vda.pipeline.inference import WindowAligner, upsample
-from vda.pipeline.merge.sinks import FrameFiles
+from vda.pipeline.merge.sinks import frame_writer
 from vda.system import usable_cpus
 
 # A pool of spawned render processes takes seconds to start (each imports torch): 5.7 s against 0.07 s for rendering a
@@ -44,6 +44,14 @@ class Job:
     pieces: tuple[int, ...]  # the stored pieces, in order: windows, or the first frames of stream segments
     params: dict[int, tuple[float, float]]  # window -> (scale, shift)
     video: bool
+    out_size: tuple[int, int] | None = None  # (H, W) written (--output-size); None: `size`, the frame's
+    quant: tuple[float, float] | None = None  # the png range of the files (a fixed --png-scale); None: (lo, hi)
+
+    @property
+    def render_size(self) -> tuple[int, int]:
+        """(H, W) of the maps written; the alignment is fitted at `size` whatever this is, so every output size
+        holds the same depth, resampled."""
+        return self.out_size or self.size
 
 
 def job_for(plan: Plan, run_dir: Path, out_dir: Path, fmt: str, create_video: bool) -> Job:
@@ -64,12 +72,12 @@ def load_piece(job: Job, unit: int, rows: list[int] | None = None) -> torch.Tens
 def _rendered(job: Job, unit: int) -> Iterable[tuple[int, np.ndarray]]:
     """(frame index, full-resolution depth) for each frame `unit` makes final, aligned by pass 1's (scale, shift)."""
     if job.mode == "window":
-        aligner = WindowAligner(job.size)
+        aligner = WindowAligner(job.render_size)
         for w in (unit - 1, unit):
             if w >= 0:
                 aligner.add(w, load_piece(job, w), np.float32(job.params[w][0]), np.float32(job.params[w][1]))
         return aligner.frames(unit, job.n_frames)
-    seg = upsample(load_piece(job, unit), job.size).numpy()
+    seg = upsample(load_piece(job, unit), job.render_size).numpy()
     return zip(range(unit, unit + len(seg)), seg)
 
 
@@ -79,7 +87,7 @@ def render_unit(job: Job, unit: int) -> list[np.ndarray] | None:
     The frame files are written here, in the render process, so encoding runs on every core; the video has one
     encoder, fed in order by the caller, which gets the colourised frames (also made here, in parallel).
     """
-    files = FrameFiles(Path(job.out_dir), job.fmt, job.lo, job.hi)
+    files = frame_writer(Path(job.out_dir), job.fmt, *(job.quant or (job.lo, job.hi)))
     colourised = []
     for f, depth in _rendered(job, unit):
         files.write([(f, depth)])

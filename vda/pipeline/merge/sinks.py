@@ -1,14 +1,15 @@
-"""Where merged frames go: one file per frame (`FrameFiles`), and the colourised depth video (`VideoSink`).
+"""Where merged frames go: one file per frame (`FrameFiles`), or one array per video (`StackFile`, npy-stack), and the
+colourised depth video (`VideoSink`), alone or beside the RGB frames (`SideBySideSink`).
 
 Every sink takes a unit's frames at a time, in frame order, with `write(frames)`; then `close()` once all are written,
 or `abort()` when the merge fails. A sink leaves nothing under a final name that could be mistaken for a complete
-output: frame files are each written atomically, and the video is renamed only once complete.
+output: frame files are each written atomically, and the stack and the video are renamed only once complete.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Protocol
 
 import numpy as np
 
-from vda.io.writers import encode, frame_name, write_atomic
+from vda.io.writers import STACK, STACK_NAME, create_stack, encode, frame_name, write_atomic, write_stack_frames
 
 
 class Sink(Protocol):
@@ -54,6 +55,45 @@ class FrameFiles:
         """Nothing to drop: the frames written are complete, and a merge that fails leaves no marker."""
 
 
+def stack_tmp(out_dir: Path) -> Path:
+    """Where an npy-stack is written before it is complete (hidden; renamed to STACK_NAME at the end)."""
+    return Path(out_dir) / f".{STACK_NAME}.tmp"
+
+
+@dataclass(frozen=True)
+class StackRows:
+    """The rows of the video's npy-stack that one render task makes final, written in place in the temporary file
+    `StackFile` made (from the render processes, as `FrameFiles`)."""
+
+    out_dir: Path
+
+    def write(self, frames: Iterable[tuple[int, np.ndarray]]) -> None:
+        write_stack_frames(stack_tmp(self.out_dir), frames)
+
+
+def frame_writer(out_dir: Path, fmt: str, lo: float, hi: float) -> FrameFiles | StackRows:
+    """What a render task writes its frames through, for `fmt`."""
+    return StackRows(Path(out_dir)) if fmt == STACK else FrameFiles(Path(out_dir), fmt, lo, hi)
+
+
+class StackFile:
+    """The npy-stack of a video, on the merge's side: preallocated before the render ([N, H, W] float32, disk space
+    reserved), filled in place by the render tasks (`StackRows`), renamed to STACK_NAME once every frame is in."""
+
+    def __init__(self, out_dir: Path, shape: tuple[int, int, int]):
+        self.tmp, self.path = stack_tmp(out_dir), Path(out_dir) / STACK_NAME
+        create_stack(self.tmp, shape)
+
+    def write(self, frames) -> None:
+        """Nothing here: the render processes write the rows."""
+
+    def close(self) -> None:
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        self.tmp.unlink(missing_ok=True)
+
+
 class VideoSink:
     """Colourised depth video at the source's exact fps, written to a temporary name then renamed."""
 
@@ -89,3 +129,14 @@ class VideoSink:
         """Drop the partial video: only a complete one ever gets the final name."""
         self.container.close()
         self.tmp.unlink(missing_ok=True)
+
+
+class SideBySideSink(VideoSink):
+    """The RGB frames (left) and the colourised depth (right) in one video: what people share and check first."""
+
+    def __init__(self, path: Path, fps: Fraction | float, rgb: Iterator[np.ndarray], width: int, height: int):
+        super().__init__(path, fps, 2 * width, height)
+        self.rgb = rgb
+
+    def write(self, frames: Iterable[np.ndarray] | None) -> None:
+        super().write(np.concatenate([next(self.rgb), depth], axis=1) for depth in frames or [])
