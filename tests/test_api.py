@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, TOL, rel_err, run_vda, synthetic_frames, write_video
+from conftest import ROOT, TOL, one_thread_env, rel_err, run_vda, synthetic_frames, write_video
 
 import vda
 from vda.core import stitch
@@ -221,3 +221,21 @@ def test_cli_habits(tmp_path, video, checkpoint):
     assert request.flags("/in/a.mp4") == ["--format", "png16", "--create-video", "side-by-side", "--output-size",
                                           "net", "--png-scale", "0.001", "--input", "/in/a.mp4"]  # fmt: skip
     assert MergeRequest(RunDir(tmp_path), tmp_path, "npy", True).flags() == ["--format", "npy", "--create-video"]
+
+
+def test_readme_example_runs(tmp_path, video, vits_state):
+    """The README's example, as written, with the published vits file name in $VDA_MODELS_DIR (synthetic weights)."""
+    text = (ROOT / "README.md").read_text()
+    code = text.split("<!-- api-example -->\n```python\n", 1)[1].split("```", 1)[0]
+    models = tmp_path / "models"
+    models.mkdir()
+    torch.save(vits_state, models / "video_depth_anything_vits.pth")
+    (tmp_path / "clip.mp4").symlink_to(video)
+    env = {"PYTHONPATH": str(ROOT), "VDA_MODELS_DIR": str(models)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                          env=one_thread_env(**env), timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "6 (48, 64) float32"
+    assert lines[1] == f"clip merged {N} out" and lines[2].startswith(f"{N} ({H}, {W}) relative inverse depth")
+    assert "licence Apache-2.0" in done.stderr  # load_model said which published checkpoint it used

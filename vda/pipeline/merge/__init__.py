@@ -14,6 +14,7 @@ file MERGED_MARKER, which says the folder holds a complete merge of the run.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +41,7 @@ from vda.pipeline.merge.render import Job, job_for, map_ordered, render_processe
 from vda.pipeline.merge.sinks import SideBySideSink, Sink, StackFile, VideoSink
 
 MERGED_MARKER = ".merged"
+logger = logging.getLogger(__name__)
 SIDE_BY_SIDE = VIDEO_KINDS[1]  # --create-video side-by-side: RGB left, colourised depth right
 
 
@@ -76,7 +78,7 @@ def merge(
     first = FirstPass(job, plan)
     ahead = len(first.entries)  # done by `Follower` while the workers ran, or by an interrupted merge
     job = _finish_first_pass(first, job)
-    job = dataclasses.replace(job, out_size=out_size, quant=_quantization(job, png_scale, log))
+    job = dataclasses.replace(job, out_size=out_size, quant=_quantization(job, png_scale))
     sinks = _open_sinks(plan, job, create_video, input_path)
     workers = render_processes(workers, plan.frame_count * out_size[0] * out_size[1], len(first.units))
     _render(job, first.units, workers, sinks)
@@ -130,14 +132,14 @@ def _finish_first_pass(first: FirstPass, job: Job) -> Job:
     return dataclasses.replace(job, params=params, lo=lo, hi=hi)
 
 
-def _quantization(job: Job, png_scale: float | None, log: Callable[[str], object]) -> tuple[float, float] | None:
-    """The files' [lo, hi] for a fixed scale (None: the video's own range), saying so when depth goes past it."""
+def _quantization(job: Job, png_scale: float | None) -> tuple[float, float] | None:
+    """The files' [lo, hi] for a fixed scale (None: the video's own range), warning when depth goes past it."""
     if png_scale is None:
         return None
     lo, hi = fixed_range(png_scale, LEVELS[job.fmt])
     if job.hi > hi:
-        log(
-            f"vda: depth reaches {job.hi:.3f} m, past the {hi:.3f} m that --png-scale {png_scale} stores; it is clipped"
+        logger.warning(
+            "depth reaches %.3f m, past the %.3f m that --png-scale %s stores: clipped", job.hi, hi, png_scale
         )
     return lo, hi
 
@@ -148,12 +150,17 @@ def _open_sinks(plan: Plan, job: Job, create_video: bool | str, input_path) -> l
     h, w = job.render_size
     sinks: list[Sink] = [StackFile(Path(job.out_dir), (plan.frame_count, h, w))] if job.fmt == STACK else []
     fps, path = plan.input.fps_fraction, Path(job.out_dir) / "depth_vis.mp4"
-    if create_video == SIDE_BY_SIDE:
-        info = dataclasses.replace(plan.input, path=str(input_path or plan.input.path))
-        rgb = (frame for _, frame in read_frames(info, range(plan.frame_count), (w, h)))
-        sinks.append(SideBySideSink(path, fps, rgb, w, h))
-    elif create_video:
-        sinks.append(VideoSink(path, fps, w, h))
+    try:
+        if create_video == SIDE_BY_SIDE:
+            info = dataclasses.replace(plan.input, path=str(input_path or plan.input.path))
+            rgb = (frame for _, frame in read_frames(info, range(plan.frame_count), (w, h)))
+            sinks.append(SideBySideSink(path, fps, rgb, w, h))
+        elif create_video:
+            sinks.append(VideoSink(path, fps, w, h))
+    except BaseException:
+        for sink in sinks:
+            sink.abort()
+        raise
     return sinks
 
 
