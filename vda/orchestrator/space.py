@@ -12,7 +12,7 @@ from pathlib import Path
 
 from vda.core.plan import SEGMENT, Plan, PlanError
 from vda.io.rundir import RunDir
-from vda.io.writers import frame_name
+from vda.io.writers import STACK, frame_name
 from vda.pipeline.inference import resolve_precision, store_dtype
 
 NPY_HEADER = 128
@@ -60,8 +60,11 @@ def check_space(runs: list[tuple[Plan, RunDir, Path]], fmt: str, devices: list[s
     by_disk: dict[int, tuple[Path, int, dict[str, int]]] = {}  # one entry per filesystem: run and out may share one
     run_total = out_total = 0
     for plan, run, out_dir in runs:
-        existing = sum(
-            p.stat().st_size for i in range(plan.frame_count) if (p := out_dir / frame_name(i, fmt)).is_file()
+        # a rerun replaces frame files in place; an npy-stack is written whole beside the old one, then renamed
+        existing = (
+            0
+            if fmt == STACK
+            else sum(p.stat().st_size for i in range(plan.frame_count) if (p := out_dir / frame_name(i, fmt)).is_file())
         )
         need = estimate(plan, fmt, run.missing_pieces(plan), plan.frame_count, devices)
         out_bytes = max(0, need.out_bytes - existing)  # a rerun replaces frames in place
