@@ -13,6 +13,7 @@ environment.
 | `VDA_FAIL_TIMES` | fault rehearsal: fail only the first N times |
 | `VDA_FAIL_MODE` | fault rehearsal: `raise` (the unit fails), `exit` (the worker exits 3), `kill` (SIGKILL), `oom` |
 | `VDA_WORKER_DELAY` | fault rehearsal: `SLOT:SECONDS` slows worker SLOT by SECONDS per unit (a slow device) |
+| `VDA_MERGE_DELAY` | fault rehearsal: a merge run as a Ray task waits SECONDS before it starts (lose its node) |
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ FAIL_ENV, FAIL_TIMES_ENV, FAIL_MODE_ENV, DELAY_ENV = (
     "VDA_FAIL_MODE",
     "VDA_WORKER_DELAY",
 )
-FAULT_ENV = (FAIL_ENV, FAIL_TIMES_ENV, FAIL_MODE_ENV, DELAY_ENV)
+MERGE_DELAY_ENV = "VDA_MERGE_DELAY"
+FAULT_ENV = (FAIL_ENV, FAIL_TIMES_ENV, FAIL_MODE_ENV, DELAY_ENV, MERGE_DELAY_ENV)
 FAIL_MODES = ("raise", "exit", "kill", "oom")
 # The checkout's models/ folder (an editable install, told by the pyproject.toml beside it); a wheel installed elsewhere
 # looks in ./models instead (site-packages/models could be another package's).
@@ -48,10 +50,11 @@ class Faults:
     times: int | None = None  # fail only the first `times` times (counted in the run folder)
     mode: str = ""  # empty: raise
     delay: str = ""  # "SLOT:SECONDS"
+    merge_delay: str = ""  # "SECONDS"
 
     def env(self) -> dict[str, str]:
         """The variables that give a worker these faults (only those that are set)."""
-        values = (self.at_unit, "" if self.times is None else str(self.times), self.mode, self.delay)
+        values = (self.at_unit, "" if self.times is None else str(self.times), self.mode, self.delay, self.merge_delay)
         return {k: v for k, v in zip(FAULT_ENV, values) if v}
 
     def delay_of(self, slot: int) -> float:
@@ -80,11 +83,13 @@ class Config:
             times=_whole(environ, FAIL_TIMES_ENV, 0),
             mode=environ.get(FAIL_MODE_ENV, ""),
             delay=environ.get(DELAY_ENV, ""),
+            merge_delay=environ.get(MERGE_DELAY_ENV, ""),
         )
         if faults.mode and faults.mode not in FAIL_MODES:
             raise UsageError(f"{FAIL_MODE_ENV}={faults.mode!r} is not one of {', '.join(FAIL_MODES)}; fix or unset it")
         _check_spec(FAIL_ENV, faults.at_unit, "U or NAME:U, U a unit number", lambda s: s.rpartition(":")[2].isdigit())
         _check_spec(DELAY_ENV, faults.delay, "SLOT:SECONDS", _is_delay)
+        _check_spec(MERGE_DELAY_ENV, faults.merge_delay, "SECONDS", lambda s: _is_delay(f"0:{s}"))
         return cls(_whole(environ, THREADS_ENV, 1), models, faults, verbose, debug)
 
 
