@@ -66,7 +66,7 @@ from vda.pipeline.worker import write_piece  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MB = 1 << 20
-SIMULATE_ENV = getattr(config, "SIMULATE_ENV", "VDA_SIMULATE_MS_PER_FRAME")  # the simulated device (issue 21)
+SIMULATE_ENV = config.SIMULATE_ENV  # the simulated device (issue 21)
 ROWS: list[tuple[str, str, str]] = []
 
 
