@@ -56,7 +56,6 @@ from vda.io.rundir import RunDir  # noqa: E402
 from vda.orchestrator.backends.base import VideoRun  # noqa: E402
 from vda.orchestrator.backends.local import LocalBackend  # noqa: E402
 from vda.orchestrator.backends.ray import RayBackend  # noqa: E402
-from vda.orchestrator.backends.ray.merges import MergeTasks  # noqa: E402
 from vda.orchestrator.backends.ray.nodes import Roles  # noqa: E402
 from vda.orchestrator.batch import DepthRequest, run_depth  # noqa: E402
 from vda.orchestrator.launch import WorkerOptions  # noqa: E402
@@ -170,11 +169,8 @@ class ThroughDriver(RayBackend):
     """The Ray backend with every node taken as one that cannot see the run folder: its pieces cross to the driver,
     which stores them and merges (the path of a cluster without a shared folder)."""
 
-    def open(self, root, videos) -> None:
-        super().open(root, videos)
-        nodes = tuple(sorted(self.roles.store | set(self.roles.through_driver)))
-        self.roles = Roles(frozenset(), (), nodes)
-        self.merges, self.merges_here, self.merge_slots = MergeTasks(()), True, 1
+    def assign_roles(self, shared, run, out) -> Roles:
+        return Roles(frozenset(), (), tuple(sorted(shared)))
 
 
 def driver_cpu() -> float:
@@ -183,21 +179,27 @@ def driver_cpu() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def one_path(name: str, backend_class: type, cluster: Cluster, tmp: Path, ckpt: Path, video: Path, args) -> None:
-    devices = ["cpu"] * args.nodes
-    backend = stamped(backend_class)(devices, WorkerOptions(checkpoint=str(ckpt)), address=cluster.address)
-    out = tmp / name.replace(" ", "_") / "out"
+def batch(backend, out: Path, videos: list[Path], ckpt: Path, args) -> tuple[float, float]:
+    """One `vda depth` batch through run_depth, as the CLI runs it: (driver CPU seconds, wall seconds)."""
     request = DepthRequest(
-        [str(video)], out, devices, checkpoint=str(ckpt), input_size=args.sim_input_size, max_res=0,
-        unit_size=args.sim_unit_size, fmt="npy", space_check=False,
+        [str(v) for v in videos], out, backend.devices, checkpoint=str(ckpt), input_size=args.sim_input_size,
+        max_res=0, unit_size=args.sim_unit_size, fmt="npy", space_check=False,
     )  # fmt: skip
     DONE.clear()
     cpu, wall = driver_cpu(), time.perf_counter()
     code = run_depth(request, backend, stream=io.StringIO())
     cpu, wall = driver_cpu() - cpu, time.perf_counter() - wall
-    assert code == 0, f"the {name} run failed (exit {code}); see {out / '_run' / 'logs'}"
-    plan = Plan.load(out / "_run")
-    windows, units = len(plan.all_pieces()), len(plan.units)
+    assert code == 0, f"a batch failed (exit {code}); see {out / '_run' / 'logs'}"
+    return cpu, wall
+
+
+def one_path(name: str, backend_class: type, cluster: Cluster, tmp: Path, ckpt: Path, videos: list[Path], args):
+    devices = ["cpu"] * args.nodes
+    backend = stamped(backend_class)(devices, WorkerOptions(checkpoint=str(ckpt)), address=cluster.address)
+    out = tmp / name.replace(" ", "_") / "out"
+    cpu, wall = batch(backend, out, videos, ckpt, args)
+    plans = [Plan.load(out / "_run" / v.stem) for v in videos]
+    windows, units = sum(len(p.all_pieces()) for p in plans), sum(len(p.units) for p in plans)
     got = backend.received()
     stamps = sorted(t for stamps in DONE.values() for t in stamps)
     rate = (len(stamps) - 1) / (stamps[-1] - stamps[0])
@@ -212,10 +214,16 @@ def one_path(name: str, backend_class: type, cluster: Cluster, tmp: Path, ckpt: 
 def paths(cluster: Cluster, tmp: Path, ckpt: Path, args) -> None:
     width, height = map(int, args.sim_size.split("x"))
     frames = stitch.WINDOW + (args.sim_windows - 1) * stitch.STRIDE
-    print(f"(c) the driver's cost: {frames} frames {args.sim_size} at input {args.sim_input_size}, simulated devices")
-    video = synthetic_video(tmp / "sim.mp4", frames, width, height)
+    print(
+        f"(c) the driver's cost: {args.sim_videos} videos of {frames} frames {args.sim_size} at input "
+        f"{args.sim_input_size}, {args.nodes} simulated devices at {args.simulate_ms} ms/frame"
+    )
+    videos = [synthetic_video(tmp / f"sim{k}.mp4", frames, width, height, shift=3 + k) for k in range(args.sim_videos)]
+    warm = synthetic_video(tmp / "warm.mp4", stitch.WINDOW, width, height)  # node caches and worker processes ready
+    batch(RayBackend(["cpu"] * args.nodes, WorkerOptions(checkpoint=str(ckpt)), address=cluster.address), tmp / "warm",
+          [warm], ckpt, args)  # fmt: skip
     for name, backend_class in (("shared folder", RayBackend), ("through the driver", ThroughDriver)):
-        one_path(name, backend_class, cluster, tmp, ckpt, video, args)
+        one_path(name, backend_class, cluster, tmp, ckpt, videos, args)
 
 
 def start_cluster(nodes: int, store_mb: int, cpus: int = 1) -> Cluster:
@@ -237,7 +245,8 @@ def main() -> None:
     ap.add_argument("--transfer-size", default="1920x1080", help="frame size whose pieces (b) moves, at input 518")
     ap.add_argument("--nodes", type=int, default=3, help="worker nodes, and simulated devices in (c)")
     ap.add_argument("--simulate-ms", type=float, default=2.5, help="(c): ms per frame of a simulated device")
-    ap.add_argument("--sim-windows", type=int, default=24, help="(c): windows of the clip")
+    ap.add_argument("--sim-videos", type=int, default=3, help="(c): videos in the batch")
+    ap.add_argument("--sim-windows", type=int, default=12, help="(c): windows of each video")
     ap.add_argument("--sim-size", default="640x360", help="(c): the clip's frame size")
     ap.add_argument("--sim-input-size", type=int, default=518, help="(c): network input size")
     ap.add_argument("--sim-unit-size", type=int, default=2, help="(c): windows per unit")
@@ -266,7 +275,8 @@ def main() -> None:
             f"Ray {ray.__version__}, one machine: a head and {nodes} worker nodes of 2 CPUs on 127.0.0.1; "
             f"(a) {args.units} stored units on {args.devices}; "
             f"(b) {args.transfer_units} units at {args.transfer_size}; "
-            f"(c) {args.nodes} simulated devices at {args.simulate_ms} ms/frame, {args.sim_windows} windows of "
+            f"(c) {args.nodes} simulated devices at {args.simulate_ms} ms/frame, {args.sim_videos} videos of "
+            f"{args.sim_windows} windows of "
             f"{args.sim_size} at input {args.sim_input_size}, {args.sim_unit_size} windows per unit."
         )
         append_results("bench_ray.py", setup, ("figure", "value", "note"), ROWS)

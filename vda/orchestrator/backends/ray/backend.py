@@ -57,12 +57,17 @@ class RayBackend(Backend):
         self._check_room(nodes)
         run, out = root.path.resolve(), _output_root(videos)
         shared = check_nodes(nodes, list(self.plans.values()), [run] + ([out] if out else []))
-        self.roles = roles(shared, run, out)
+        self.roles = self.assign_roles(shared, run, out)
         print(self.roles.line(run, out), file=sys.stderr, flush=True)
         self.merges = MergeTasks(self.roles.merge)
         self.merges_here = not self.roles.merge  # else pass 1 runs in the merge tasks, not beside the workers here
         self.merge_slots = max(1, len(self.roles.merge))
         self.weights = ship_weights(next(iter(self.plans.values())), self.options.checkpoint)
+
+    def assign_roles(self, shared: dict[str, set[str]], run: Path, out: Path | None) -> Roles:
+        """What each node does, from the folders it shares with the driver (bench_ray.py overrides it to measure
+        the path through the driver on one machine, where every node shares every folder)."""
+        return roles(shared, run, out)
 
     def resources(self, device: str) -> tuple[float, float]:
         """(CPUs, GPUs) the actor of `device` holds. Devices that name the same GPU hold an even share each
