@@ -398,3 +398,23 @@ def test_a_node_lost_during_a_merge_costs_only_that_merge(tmp_path, clips, check
     finally:  # two worker nodes again, for whatever runs next
         if len(cluster.worker_nodes) < 2:
             add_worker_node(cluster)
+
+
+def test_roles_and_the_lines_that_say_them():
+    """Pure: which nodes store and merge, from the folders each shares, and the lines that say so."""
+    from vda.orchestrator.backends.ray.backend import per_node_text
+    from vda.orchestrator.backends.ray.nodes import roles
+
+    run, out = Path("/data/out/_run"), Path("/data/out")
+    a, b, c = "a" * 56, "b" * 56, "c" * 56
+    seen = roles({a: {str(run), str(out)}, b: {str(run)}, c: set()}, run, out)
+    assert seen.store == {a, b} and seen.merge == (a,) and seen.through_driver == (c,)
+    assert seen.line(run, out) == (
+        f"vda: ray: node(s) aaaaaaaa, bbbbbbbb store their own pieces in {run}; node(s) cccccccc cannot see it there "
+        "and send theirs to the driver; merges run on node(s) aaaaaaaa"
+    )
+    assert roles({a: {str(run)}}, run, None).line(run, None).endswith("merges run on the driver (no output folder was "
+                                                                     "named to check)")  # fmt: skip
+    assert per_node_text({a: (3, 0), "driver": (0, 2), b: (5, 1)}) == (
+        "bbbbbbbb 5 units, 1 merge; aaaaaaaa 3 units, 0 merges; driver 0 units, 2 merges"
+    )

@@ -4,8 +4,9 @@ places it.
 It loads the model once and computes the units the queue hands it, as a local worker process does. Messages come in
 by actor calls (`send`); everything it says goes out, in order, on one streaming call (`serve`). Where its node
 shares the run folder with the driver (vda.orchestrator.backends.ray.nodes), it stores its pieces and markers there
-itself, with the worker's own `write_piece`, and only its lines cross to the driver; elsewhere each piece goes to
-the driver through the object store, which stores it (RayHandle).
+itself, with the worker's own `write_piece`, and skips the pieces already stored there (an earlier attempt's); only
+its lines cross to the driver. Elsewhere it computes every piece of a unit it is given, and each goes to the driver
+through the object store, which stores it (RayHandle).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import traceback
 from collections.abc import Iterator
 
 from vda import events
-from vda.core.plan import Plan
+from vda.core.plan import Plan, Unit
 from vda.errors import EXIT_BUG, VdaError, one_line
+from vda.io.rundir import RunDir
 from vda.orchestrator.backends.base import ERROR_PREFIX
 from vda.orchestrator.backends.ray.cluster import ray_module
 from vda.orchestrator.backends.ray.stdout import OutboxLines
@@ -106,7 +108,7 @@ class DeviceActor:
                 slot=self.slot,
                 store_piece=write_piece if store_here else self._send_piece,
                 load_plan=self.plans.__getitem__,
-                unfinished=lambda run, plan, unit: plan.pieces(unit),  # the driver hands out only unfinished units
+                unfinished=RunDir.unfinished_pieces if store_here else _every_piece,
             )
             worker.serve(iter(self.inbox.get, None))
         except VdaError as err:
@@ -120,3 +122,9 @@ class DeviceActor:
 
     def _send_piece(self, path, array, piece: int, seconds: float) -> None:
         self.outbox.put(("piece", str(path), array, piece, seconds))
+
+
+def _every_piece(run: RunDir, plan: Plan, unit: Unit) -> list[int]:
+    """A unit's pieces to compute, on a node that does not share the run folder: all of them (the driver hands out
+    only unfinished units, and this node's copy of the folder, if any, is not the run's)."""
+    return plan.pieces(unit)

@@ -58,9 +58,10 @@ class Roles:
             parts.append(f"node(s) {names(self.through_driver)} cannot see it there and send theirs to the driver")
         if self.merge:
             parts.append(f"merges run on node(s) {names(self.merge)}")
+        elif out is None:
+            parts.append("merges run on the driver (no output folder was named to check)")
         else:
-            where = f"{run} and {out}" if out else run
-            parts.append(f"merges run on the driver (no node shares {where} with it)")
+            parts.append(f"merges run on the driver (no node shares {run} and {out} with it)")
         return "vda: ray: " + "; ".join(parts)
 
 
