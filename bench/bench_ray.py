@@ -179,8 +179,8 @@ def driver_cpu() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def batch(backend, out: Path, videos: list[Path], ckpt: Path, args) -> tuple[float, float]:
-    """One `vda depth` batch through run_depth, as the CLI runs it: (driver CPU seconds, wall seconds)."""
+def batch(backend, out: Path, videos: list[Path], ckpt: Path, args) -> tuple[float, float, float]:
+    """One `vda depth` batch through run_depth, as the CLI runs it: (driver CPU seconds, wall seconds, its end)."""
     request = DepthRequest(
         [str(v) for v in videos], out, backend.devices, checkpoint=str(ckpt), input_size=args.sim_input_size,
         max_res=0, unit_size=args.sim_unit_size, fmt="npy", space_check=False,
@@ -190,14 +190,14 @@ def batch(backend, out: Path, videos: list[Path], ckpt: Path, args) -> tuple[flo
     code = run_depth(request, backend, stream=io.StringIO())
     cpu, wall = driver_cpu() - cpu, time.perf_counter() - wall
     assert code == 0, f"a batch failed (exit {code}); see {out / '_run' / 'logs'}"
-    return cpu, wall
+    return cpu, wall, time.perf_counter()
 
 
 def one_path(name: str, backend_class: type, cluster: Cluster, tmp: Path, ckpt: Path, videos: list[Path], args):
     devices = ["cpu"] * args.nodes
     backend = stamped(backend_class)(devices, WorkerOptions(checkpoint=str(ckpt)), address=cluster.address)
     out = tmp / name.replace(" ", "_") / "out"
-    cpu, wall = batch(backend, out, videos, ckpt, args)
+    cpu, wall, end = batch(backend, out, videos, ckpt, args)
     plans = [Plan.load(out / "_run" / v.stem) for v in videos]
     windows, units = sum(len(p.all_pieces()) for p in plans), sum(len(p.units) for p in plans)
     got = backend.received()
@@ -208,7 +208,8 @@ def one_path(name: str, backend_class: type, cluster: Cluster, tmp: Path, ckpt: 
         f"{got['pieces'] / windows / MB:.2f} MB of pieces + {got['messages'] / windows:.0f} B of messages")  # fmt: skip
     row(f"{name}: driver CPU per window", f"{cpu / windows * 1000:.1f} ms", f"{cpu:.1f} s over {windows} windows")
     row(f"{name}: units per second", f"{rate:.2f}", f"{units} units of {args.sim_unit_size} windows; merges: {merged}")
-    row(f"{name}: whole batch", f"{wall:.1f} s", "plan, actors, units, merge")
+    row(f"{name}: whole batch", f"{wall:.1f} s", "plan, actors, units, merges")
+    row(f"{name}: from the last unit to the end", f"{end - stamps[-1]:.1f} s", "the merges left, and closing")
 
 
 def paths(cluster: Cluster, tmp: Path, ckpt: Path, args) -> None:
@@ -222,8 +223,9 @@ def paths(cluster: Cluster, tmp: Path, ckpt: Path, args) -> None:
     warm = synthetic_video(tmp / "warm.mp4", stitch.WINDOW, width, height)  # node caches and worker processes ready
     batch(RayBackend(["cpu"] * args.nodes, WorkerOptions(checkpoint=str(ckpt)), address=cluster.address), tmp / "warm",
           [warm], ckpt, args)  # fmt: skip
-    for name, backend_class in (("shared folder", RayBackend), ("through the driver", ThroughDriver)):
-        one_path(name, backend_class, cluster, tmp, ckpt, videos, args)
+    known = {"shared": ("shared folder", RayBackend), "driver": ("through the driver", ThroughDriver)}
+    for path in args.paths.split(","):
+        one_path(*known[path], cluster, tmp, ckpt, videos, args)
 
 
 def start_cluster(nodes: int, store_mb: int, cpus: int = 1) -> Cluster:
@@ -245,6 +247,7 @@ def main() -> None:
     ap.add_argument("--transfer-size", default="1920x1080", help="frame size whose pieces (b) moves, at input 518")
     ap.add_argument("--nodes", type=int, default=3, help="worker nodes, and simulated devices in (c)")
     ap.add_argument("--simulate-ms", type=float, default=2.5, help="(c): ms per frame of a simulated device")
+    ap.add_argument("--paths", default="shared,driver", help="(c): the paths of the pieces to run, in this order")
     ap.add_argument("--sim-videos", type=int, default=3, help="(c): videos in the batch")
     ap.add_argument("--sim-windows", type=int, default=12, help="(c): windows of each video")
     ap.add_argument("--sim-size", default="640x360", help="(c): the clip's frame size")

@@ -43,13 +43,15 @@ def note(request: MergeRequest, line: str) -> None:
         fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
 
 
-def merge_on_node(request: MergeRequest, cpus: int) -> str:
-    """The Ray task: merge one video on this node with `cpus` render processes; returns this node's id."""
+def merge_on_node(request: MergeRequest, cpus: int, delay: float = 0.0) -> str:
+    """The Ray task: merge one video on this node with `cpus` render processes; returns this node's id. `delay`:
+    the fault rehearsal VDA_MERGE_DELAY, read on the driver and given as an argument, so that the task needs no
+    runtime environment of its own and reuses a node's idle worker process (a new one costs seconds to start)."""
     import torch
 
     node = ray_module().get_runtime_context().get_node_id()
     note(request, f"merge started on Ray node {node}, pid {os.getpid()}, holding {cpus} CPU(s)")
-    time.sleep(float(config.current().faults.merge_delay or 0))  # fault rehearsal (VDA_MERGE_DELAY)
+    time.sleep(delay)
     torch.set_num_threads(cpus)
     merge_in_process(dataclasses.replace(request, workers=cpus))
     note(request, f"merge finished on Ray node {node}")
@@ -105,13 +107,11 @@ class MergeTasks:
             "max_retries": 0,
             "scheduling_strategy": NodeAffinitySchedulingStrategy(node, False),
         }
-        faults = config.current().faults.env()
-        if faults:
-            options["runtime_env"] = {"env_vars": faults}
+        delay = float(config.current().faults.merge_delay or 0)
         with self._lock:
             if self._closed:
                 raise _Retry("the run was stopped")
-            ref = self._task.options(**options).remote(_absolute(request), cpus)
+            ref = self._task.options(**options).remote(_absolute(request), cpus, delay)
             self.running[node] += 1
             self._refs.add(ref)
         try:
