@@ -317,6 +317,23 @@ def test_a_stopped_driver_leaves_no_actor_and_the_same_command_resumes(tmp_path,
     same_as_single_pass(out, reference)
 
 
+def lose_a_node(tmp_path, cluster, cmd, env: dict, ready, log: Path, said: str) -> tuple[str, int, str]:
+    """Start a driver; once `ready()`, remove (kill) the node whose id follows `said` in `log`. Returns that node's
+    id, the driver's exit code and its output; the cluster has two worker nodes again afterwards."""
+    try:
+        with open(tmp_path / "driver.err", "w+") as err:
+            driver = subprocess.Popen(cmd, cwd=ROOT, env=one_thread_env(**env), stderr=err)
+            assert wait_for(ready, 180)
+            victim = re.search(rf"{said} Ray node (\w+)", log.read_text()).group(1)
+            cluster.remove_node(worker_nodes(cluster)[victim], allow_graceful=False)
+            code = driver.wait(180)
+            err.seek(0)
+            return victim, code, err.read()
+    finally:  # for whatever runs next
+        if len(cluster.worker_nodes) < 2:
+            add_worker_node(cluster)
+
+
 def test_a_node_lost_mid_run_costs_only_its_units_in_flight(tmp_path, clips, checkpoint, cluster, reference):
     """Slot 1 sleeps 3 s at the start of each unit (VDA_WORKER_DELAY); its node is removed (raylet and workers
     killed) while it holds a unit it began. That unit is redone on the other node; the output is the same."""
@@ -328,31 +345,16 @@ def test_a_node_lost_mid_run_costs_only_its_units_in_flight(tmp_path, clips, che
         text = log.read_text() if log.exists() else ""
         return "started on Ray node" in text and text.count('"kind": "ready"') >= 2
 
-    try:
-        with open(tmp_path / "driver.err", "w+") as err:
-            driver = subprocess.Popen(
-                depth_cmd(clips, out, checkpoint, cluster),
-                cwd=ROOT,
-                env=one_thread_env(VDA_WORKER_DELAY="1:3"),
-                stderr=err,
-            )
-            assert wait_for(begun, 120)
-            victim = re.search(r"started on Ray node (\w+)", log.read_text()).group(1)
-            cluster.remove_node(worker_nodes(cluster)[victim], allow_graceful=False)
-            code = driver.wait(180)
-            err.seek(0)
-            said = err.read()
-        assert code == 0, said
-        same_as_single_pass(out, reference)
-        record = results(run)
-        assert all(u["status"] == "done" for u in record["units"])
-        redone = [u for u in record["units"] if u["attempts"] == 2]
-        assert len(redone) == 1 and redone[0]["nodes"][0] == victim and redone[0]["nodes"][1] != victim, redone
-        assert re.search(rf"exit 137: .*node {victim[:8]} \(127\.0\.0\.1\) (was lost|cannot be reached)", said), said
-        assert 137 in record["devices"][1]["exit_codes"]
-    finally:  # two worker nodes again, for whatever runs next
-        if len(cluster.worker_nodes) < 2:
-            add_worker_node(cluster)
+    cmd = depth_cmd(clips, out, checkpoint, cluster)
+    victim, code, said = lose_a_node(tmp_path, cluster, cmd, {"VDA_WORKER_DELAY": "1:3"}, begun, log, "started on")
+    assert code == 0, said
+    same_as_single_pass(out, reference)
+    record = results(run)
+    assert all(u["status"] == "done" for u in record["units"])
+    redone = [u for u in record["units"] if u["attempts"] == 2]
+    assert len(redone) == 1 and redone[0]["nodes"][0] == victim and redone[0]["nodes"][1] != victim, redone
+    assert re.search(rf"exit 137: .*node {victim[:8]} \(127\.0\.0\.1\) (was lost|cannot be reached)", said), said
+    assert 137 in record["devices"][1]["exit_codes"]
 
 
 def test_a_node_lost_during_a_merge_costs_only_that_merge(tmp_path, clips, checkpoint, cluster, reference):
@@ -368,36 +370,21 @@ def test_a_node_lost_during_a_merge_costs_only_that_merge(tmp_path, clips, check
             units = results(run)["units"]
         except (OSError, ValueError):
             return False
-        return all(u["status"] == "done" for u in units) and "merge started on Ray node" in log.read_text()
+        return all(u["status"] == "done" for u in units) and log.exists() and "merge started on" in log.read_text()
 
-    try:
-        with open(tmp_path / "driver.err", "w+") as err:
-            driver = subprocess.Popen(
-                depth_cmd(clips, out, checkpoint, cluster),
-                cwd=ROOT,
-                env=one_thread_env(VDA_MERGE_DELAY="4"),
-                stderr=err,
-            )
-            assert wait_for(lambda: log.exists() and merging(), 180)
-            victim = re.search(r"merge started on Ray node (\w+)", log.read_text()).group(1)
-            cluster.remove_node(worker_nodes(cluster)[victim], allow_graceful=False)
-            code = driver.wait(180)
-            err.seek(0)
-            said = err.read()
-        assert code == 0, said
-        same_as_single_pass(out, reference)
-        record = results(run)
-        assert all(u["attempts"] == 1 for u in record["units"])  # no unit ran twice
-        starts = re.findall(r"merge started on Ray node (\w+)", log.read_text())
-        assert len(starts) == 2 and starts[0] == victim and starts[1] != victim, log.read_text()
-        videos = {v["name"]: v for v in record["videos"]}
-        assert videos["b"]["merge_node"] == starts[1]
-        assert (run / "a" / "logs" / "merge.log").read_text().count("merge started") == 1  # the other merge: once
-        run_vda("merge", run / "b", "-o", tmp_path / "again", "--format", "npy")
-        assert np.array_equal(read_output(out / "b"), read_output(tmp_path / "again"))
-    finally:  # two worker nodes again, for whatever runs next
-        if len(cluster.worker_nodes) < 2:
-            add_worker_node(cluster)
+    cmd = depth_cmd(clips, out, checkpoint, cluster)
+    victim, code, said = lose_a_node(tmp_path, cluster, cmd, {"VDA_MERGE_DELAY": "4"}, merging, log, "merge started on")
+    assert code == 0, said
+    same_as_single_pass(out, reference)
+    record = results(run)
+    assert all(u["attempts"] == 1 for u in record["units"])  # no unit ran twice
+    starts = re.findall(r"merge started on Ray node (\w+)", log.read_text())
+    assert len(starts) == 2 and starts[0] == victim and starts[1] != victim, log.read_text()
+    videos = {v["name"]: v for v in record["videos"]}
+    assert videos["b"]["merge_node"] == starts[1]
+    assert (run / "a" / "logs" / "merge.log").read_text().count("merge started") == 1  # the other merge: once
+    run_vda("merge", run / "b", "-o", tmp_path / "again", "--format", "npy")
+    assert np.array_equal(read_output(out / "b"), read_output(tmp_path / "again"))
 
 
 def test_roles_and_the_lines_that_say_them():
