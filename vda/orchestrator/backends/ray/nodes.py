@@ -74,11 +74,8 @@ def roles(shared: dict[str, set[str]], run: Path, out: Path | None) -> Roles:
 
 def check_nodes(nodes: list[dict], plans: list[Plan], folders: list[Path]) -> dict[str, set[str]]:
     """Run the check on every node in `nodes` (see the module docstring); per node id, the folders it shares."""
-    probes = [Probe(str(folder), secrets.token_hex(16)) for folder in folders]
+    probes = [p for p in (Probe(str(folder), secrets.token_hex(16)) for folder in folders) if _leave(p)]
     try:
-        for probe in probes:
-            probe.path.parent.mkdir(parents=True, exist_ok=True)
-            probe.path.write_text(probe.token)
         answers = _ask_every_node(nodes, plans, probes)
         return {
             node: {p.folder for p in probes if p.folder in said and _reads(p.answer(node), p.token)}
@@ -88,6 +85,16 @@ def check_nodes(nodes: list[dict], plans: list[Plan], folders: list[Path]) -> di
         for probe in probes:
             for path in Path(probe.folder).glob(f"{probe.path.name}*"):
                 path.unlink(missing_ok=True)
+
+
+def _leave(probe: Probe) -> bool:
+    """Write the driver's token; a folder the driver cannot write to is shared with no node (it merges there)."""
+    try:
+        probe.path.parent.mkdir(parents=True, exist_ok=True)
+        probe.path.write_text(probe.token)
+        return True
+    except OSError:
+        return False
 
 
 def _reads(path: Path, token: str) -> bool:
