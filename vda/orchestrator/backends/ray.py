@@ -191,8 +191,8 @@ class RayHandle:
 
         kind = item[0]
         if kind == "piece":
-            _, path, array, piece, seconds = item
-            write_piece(Path(path), array, piece, seconds)
+            _, path, array, piece, seconds, rows = item
+            write_piece(Path(path), array, piece, seconds, rows)
         elif kind == "start":
             _, self.node, ip, pid = item
             yield f"started on Ray node {self.node} ({ip}), pid {pid}, holding {self.resources}"
@@ -509,8 +509,8 @@ class DeviceActor:
                 micro_batch=self.micro_batch,
                 compile=self.compile,
                 slot=self.slot,
-                store_piece=lambda path, array, piece, seconds: self.outbox.put(
-                    ("piece", str(path), array, piece, seconds)
+                store_piece=lambda path, array, piece, seconds, rows: self.outbox.put(
+                    ("piece", str(path), array, piece, seconds, rows)
                 ),
                 load_plan=self.plans.__getitem__,
                 unfinished=lambda run, plan, unit: plan.pieces(unit),  # never this node's copy of a run folder
