@@ -13,6 +13,7 @@ environment.
 | `VDA_FAIL_TIMES` | fault rehearsal: fail only the first N times |
 | `VDA_FAIL_MODE` | fault rehearsal: `raise` (the unit fails), `exit` (the worker exits 3), `kill` (SIGKILL), `oom` |
 | `VDA_WORKER_DELAY` | fault rehearsal: `SLOT:SECONDS` slows worker SLOT by SECONDS per unit (a slow device) |
+| `VDA_SIMULATE_MS_PER_FRAME` | simulated device: no model; a window holds the device MS ms per output frame |
 """
 
 from __future__ import annotations
@@ -26,13 +27,14 @@ from vda.errors import UsageError
 
 THREADS_ENV = "VDA_THREADS"
 MODELS_ENV = "VDA_MODELS_DIR"
-FAIL_ENV, FAIL_TIMES_ENV, FAIL_MODE_ENV, DELAY_ENV = (
+FAIL_ENV, FAIL_TIMES_ENV, FAIL_MODE_ENV, DELAY_ENV, SIMULATE_ENV = (
     "VDA_FAIL_AT_UNIT",
     "VDA_FAIL_TIMES",
     "VDA_FAIL_MODE",
     "VDA_WORKER_DELAY",
+    "VDA_SIMULATE_MS_PER_FRAME",
 )
-FAULT_ENV = (FAIL_ENV, FAIL_TIMES_ENV, FAIL_MODE_ENV, DELAY_ENV)
+FAULT_ENV = (FAIL_ENV, FAIL_TIMES_ENV, FAIL_MODE_ENV, DELAY_ENV, SIMULATE_ENV)
 FAIL_MODES = ("raise", "exit", "kill", "oom")
 # The checkout's models/ folder (an editable install, told by the pyproject.toml beside it); a wheel installed elsewhere
 # looks in ./models instead (site-packages/models could be another package's).
@@ -42,16 +44,23 @@ CHECKOUT_MODELS = CHECKOUT / "models" if (CHECKOUT / "pyproject.toml").is_file()
 
 @dataclass(frozen=True)
 class Faults:
-    """Fault rehearsal (VDA_FAIL_*, VDA_WORKER_DELAY): what the queue does when a unit, a worker or a device fails."""
+    """Rehearsals (VDA_FAIL_*, VDA_WORKER_DELAY, VDA_SIMULATE_MS_PER_FRAME): what the queue does when a unit, a worker
+    or a device fails, and whether this host can feed its devices (a simulated device: vda.pipeline.simulate).
+
+    They travel together to every worker of every backend (vda.orchestrator.launch), so a rehearsal on the host is a
+    rehearsal wherever the workers run."""
 
     at_unit: str = ""  # "U" or "NAME:U"; empty: no fault
     times: int | None = None  # fail only the first `times` times (counted in the run folder)
     mode: str = ""  # empty: raise
     delay: str = ""  # "SLOT:SECONDS"
+    simulate_ms: float | None = None  # a simulated device: ms it is held per output frame; None: the real model
 
     def env(self) -> dict[str, str]:
-        """The variables that give a worker these faults (only those that are set)."""
-        values = (self.at_unit, "" if self.times is None else str(self.times), self.mode, self.delay)
+        """The variables that give a worker these rehearsals (only those that are set)."""
+        times = "" if self.times is None else str(self.times)
+        simulate = "" if self.simulate_ms is None else repr(self.simulate_ms)
+        values = (self.at_unit, times, self.mode, self.delay, simulate)
         return {k: v for k, v in zip(FAULT_ENV, values) if v}
 
     def delay_of(self, slot: int) -> float:
@@ -80,6 +89,7 @@ class Config:
             times=_whole(environ, FAIL_TIMES_ENV, 0),
             mode=environ.get(FAIL_MODE_ENV, ""),
             delay=environ.get(DELAY_ENV, ""),
+            simulate_ms=_milliseconds(environ, SIMULATE_ENV),
         )
         if faults.mode and faults.mode not in FAIL_MODES:
             raise UsageError(f"{FAIL_MODE_ENV}={faults.mode!r} is not one of {', '.join(FAIL_MODES)}; fix or unset it")
@@ -99,6 +109,19 @@ def _is_delay(spec: str) -> bool:
         return bool(sep) and slot.isdigit() and float(seconds) >= 0
     except ValueError:
         return False
+
+
+def _milliseconds(environ: Mapping[str, str], name: str) -> float | None:
+    text = environ.get(name, "").strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise UsageError(f"{name}={text!r} is not a number of milliseconds of at least 0; fix or unset it")
+    return value
 
 
 def _whole(environ: Mapping[str, str], name: str, least: int) -> int | None:

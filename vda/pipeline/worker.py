@@ -42,9 +42,11 @@ from vda.pipeline.inference import (
     NonFiniteDepth,
     Runtime,
     WindowRunner,
+    resolve_precision,
     store_dtype,
     stream_depths,
 )
+from vda.pipeline.simulate import SimulatedDevice, SimulatedWindows, simulated_stream
 
 # Decoded frames held ahead of the model: a window takes its 22 new frames at once, so a shorter queue would make
 # the device wait for the decoder at every window (bench_stages.py, "decode overlap"). 44 frames at 720p: 120 MB.
@@ -85,6 +87,18 @@ def verify_input(plan: Plan, input_path: str | None) -> None:
     if (size is not None and size != plan.input.size_bytes) or head_hash(path) != plan.input.head_sha256:
         raise PlanError(f"input {path} changed since it was planned; plan again into a new run folder")
     plan.input.path = str(path)
+
+
+def verify_simulation(plan: Plan) -> None:
+    """A simulated device's pieces are no depth: a run planned under simulation is computed only under it, and the
+    other way round, so that one never resumes the other's pieces."""
+    simulating = config.current().faults.simulate_ms is not None
+    if plan.settings.simulated != simulating:
+        planned = "with" if plan.settings.simulated else "without"
+        raise PlanError(
+            f"this run was planned {planned} {config.SIMULATE_ENV} and this worker runs "
+            f"{'with' if simulating else 'without'} it; use the same setting, or plan again into a new run folder"
+        )
 
 
 def verify_checkpoint(plan: Plan, checkpoint: Path) -> None:
@@ -359,6 +373,7 @@ class DeviceWorker:
         if task.run_dir not in self._videos:
             plan = self.load_plan(task.run_dir)
             verify_input(plan, task.input)
+            verify_simulation(plan)
             self._videos[task.run_dir] = _Video(plan, RunDir(task.run_dir))
         return self._videos[task.run_dir]
 
@@ -367,6 +382,11 @@ class DeviceWorker:
 
         s = plan.settings
         key = (s.encoder, s.metric, s.checkpoint_sha256, s.precision)
+        simulate_ms = config.current().faults.simulate_ms
+        if simulate_ms is not None and key not in self._models:  # no model, no CUDA: the host is what is measured
+            device = torch.device(self.device)
+            runtime = Runtime(device, resolve_precision(s.precision, device.type), self.micro_batch)
+            self._models = {key: (SimulatedDevice(simulate_ms), runtime)}
         if key not in self._models:
             ckpt = resolve(s.encoder, s.metric, self.checkpoint)
             verify_checkpoint(plan, ckpt)
@@ -443,9 +463,11 @@ def _compute_unit(plan: Plan, unit: Unit, model, runtime: Runtime, save, recompu
     """Compute one unit from its own start, calling save(piece, depth [k, h, w], fp32_recomputes) per piece."""
     s, n = plan.settings, plan.frame_count
     shape = (s.net_height, s.net_width)
+    simulated = isinstance(model, SimulatedDevice)
     try:
         if s.mode == "window":
-            feed, runner = FrameFeed(frames, total=n), WindowRunner(model, runtime, shape)
+            feed = FrameFeed(frames, total=n)
+            runner = SimulatedWindows(model, shape) if simulated else WindowRunner(model, runtime, shape)
             for w in range(*unit.span):
                 before = len(runner.recomputed)
                 depth = runner.run(w, feed, n)
@@ -454,7 +476,12 @@ def _compute_unit(plan: Plan, unit: Unit, model, runtime: Runtime, save, recompu
             return
         first, stop = unit.span
         segment, seg_start, before = [], first, 0
-        for i, depth in stream_depths(model, runtime, frames, shape, recomputed):
+        depths = (
+            simulated_stream(model, frames, shape)
+            if simulated
+            else stream_depths(model, runtime, frames, shape, recomputed)
+        )
+        for i, depth in depths:
             if i < first:
                 before = len(recomputed)  # recomputes in the warm-up belong to no piece of this unit
                 continue
