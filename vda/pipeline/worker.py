@@ -33,7 +33,7 @@ from vda.core import stitch
 from vda.core.plan import SEGMENT, Plan, PlanError, Unit
 from vda.errors import OutOfMemory, RunError
 from vda.io.rundir import RunDir
-from vda.io.video import Prefetch, VideoError, head_hash, read_frames, threaded
+from vda.io.video import FrameSource, Prefetch, VideoError, head_hash, read_frames, threaded
 from vda.io.writers import atomic_file, write_json
 from vda.model.network import load_model
 from vda.pipeline.inference import (
@@ -51,6 +51,9 @@ from vda.pipeline.simulate import SimulatedDevice, SimulatedWindows, simulated_s
 # Decoded frames held ahead of the model: a window takes its 22 new frames at once, so a shorter queue would make
 # the device wait for the decoder at every window (bench_stages.py, "decode overlap"). 44 frames at 720p: 120 MB.
 DECODE_AHEAD = 2 * stitch.STRIDE
+# Frames a unit reads again from the previous unit's decode: the keyframe of its first window's predecessor, at most
+# 20 frames back from that unit's last (the keyframe at (w-1)*22+12, the last decoded (w-1)*22+31), and the overlap.
+REREAD = stitch.WINDOW - 1 - stitch.KEYFRAME + 1
 PREFETCH_WAIT_S = 0.05  # how long a worker waits for its next unit before it computes without decoding it ahead
 
 
@@ -305,6 +308,7 @@ class DeviceWorker:
     store_piece: PieceStore = write_piece
     load_plan: Callable[[str], Plan] = Plan.load
     unfinished: Callable[[RunDir, Plan, Unit], list[int]] = RunDir.unfinished_pieces
+    source: FrameSource = field(default_factory=lambda: FrameSource(keep=REREAD))  # decoders kept from unit to unit
     _videos: dict[str, _Video] = field(default_factory=dict)
     _models: dict[tuple, tuple] = field(default_factory=dict)  # (encoder, metric, sha, precision) -> (model, runtime)
 
@@ -354,7 +358,7 @@ class DeviceWorker:
             unit = video.plan.units[task.unit]
             if not self.unfinished(video.run, video.plan, unit):
                 return None
-            return _frames(video.plan, unit)
+            return _frames(video.plan, unit, self.source)
         except (*UNIT_ERRORS, IndexError):
             return None
 
@@ -441,11 +445,19 @@ def _stamped(done: events.Done, started: float) -> events.Done:
     return dataclasses.replace(done, seconds=round(time.time() - started, 3))
 
 
-def _frames(plan: Plan, unit: Unit) -> Prefetch:
-    """A unit's frames, decoded in a thread that starts now."""
+def _frames(plan: Plan, unit: Unit, source: FrameSource | None = None) -> Prefetch:
+    """A unit's frames, decoded in a thread that starts now.
+
+    From `source` (once its decoder of the video is free, see FrameSource) only for units decoded ahead, which are
+    consumed in the order they were started; a unit decoded when it is computed gets its own decoder, so it never
+    waits for one started after it.
+    """
     s = plan.settings
     wanted = (i for a, b in unit.decode for i in range(a, b))
-    return threaded(read_frames(plan.input, wanted, (s.frame_width, s.frame_height)), DECODE_AHEAD)
+    size = (s.frame_width, s.frame_height)
+    return threaded(
+        read_frames(plan.input, wanted, size) if source is None else source.read(plan.input, wanted, size), DECODE_AHEAD
+    )
 
 
 def _read_messages(lines: Iterable[str], inbox: queue.Queue) -> None:

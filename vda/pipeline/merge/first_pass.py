@@ -23,17 +23,6 @@ from vda.pipeline.merge.render import Job, job_for, load_piece
 FIRST_PASS_SCHEMA = 1
 
 
-def _contributing(n_frames: int) -> dict[int, set[int]]:
-    """Window -> its outputs that reach some final frame (the rest only feed the alignment or are padding)."""
-    used: dict[int, set[int]] = {}
-    for f in range(n_frames):
-        src = stitch.frame_source(f, n_frames)
-        used.setdefault(src.w, set()).add(src.i)
-        if src.weight < 1.0:
-            used.setdefault(src.w - 1, set()).add(src.i + stitch.STRIDE)
-    return used
-
-
 class FirstPass:
     """Pass 1, unit by unit in order: each window's (scale, shift), and a range that bounds every output.
 
@@ -48,7 +37,7 @@ class FirstPass:
         self.path = RunDir(job.run_dir).first_pass
         self.units = list(job.pieces)
         self.chain = stitch.AlignmentChain(metric=plan.settings.metric)
-        self.used = _contributing(job.n_frames) if job.mode == "window" else {}
+        self.used = stitch.rows_of(range(job.n_frames), job.n_frames) if job.mode == "window" else {}
         self.entries: list[dict] = self._cached()
         if self.mode == "window" and self.entries:
             last = len(self.entries) - 1
