@@ -33,6 +33,7 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
+import torch
 from bench_infer import append_results, synthetic_checkpoint
 
 from vda.core import stitch
@@ -111,7 +112,7 @@ def _unit_frames(plan, unit):
     source = getattr(worker, "FrameSource", None)
     if source is not None:
         if not hasattr(_unit_frames, "source"):
-            _unit_frames.source = source()
+            _unit_frames.source = source(keep=worker.REREAD)  # as DeviceWorker makes it
         return worker._frames(plan, unit, _unit_frames.source)
     return worker._frames(plan, unit)
 
@@ -149,9 +150,14 @@ def bench_stages(video: Path, work: Path, checkpoint: Path) -> None:
     depth = {w: _window_depth(w, (s.net_height, s.net_width)) for w in range(2)}
     from vda.io.rundir import RunDir
 
+    # A worker's store gets each row's [min, max] taken on the device (issue 22): device work, not timed here.
+    extremes = getattr(worker, "_extremes_to_host", None)
+    rows = {w: extremes(torch.from_numpy(d).float(), "fp16").numpy() for w, d in depth.items()} if extremes else {}
+
     def store_all():
         for w in plan.all_pieces():
-            worker.write_piece(RunDir(run).piece("window", w), depth[w % 2], w, 0.0)
+            extra = (rows[w % 2],) if rows else ()
+            worker.write_piece(RunDir(run).piece("window", w), depth[w % 2], w, 0.0, *extra)
 
     ms, _ = cpu_ms(store_all)
     total += ms

@@ -483,7 +483,7 @@ class DeviceActor:
 
     def serve(self) -> Iterator[tuple]:
         """Everything the worker says, in order: ("start", node, ip, pid), then ("line", text) for its messages and
-        log lines, ("piece", path, array, index, seconds) for each piece, and ("exit", code, error line) last."""
+        log lines, ("piece", path, array, index, seconds, rows) for each piece, and ("exit", code, error line) last."""
         ray = _ray()
         yield ("start", ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address(), os.getpid())
         threading.Thread(target=self._work, name="vda-actor", daemon=True).start()
