@@ -34,7 +34,7 @@ import av
 import cv2
 import numpy as np
 import torch
-from bench_infer import append_results, synthetic_checkpoint
+from bench_infer import append_results, depth_cmd, synthetic_checkpoint
 
 from vda.core import stitch
 from vda.io.video import probe
@@ -194,21 +194,7 @@ def depth_run(video: Path, out: Path, checkpoint: Path, fmt: str, ms: float, dev
     env = {k: v for k, v in os.environ.items() if k != "VDA_THREADS"}  # the defaults: the host shares the cores
     env[SIM_ENV] = str(ms)
     env["PYTHONPATH"] = str(ROOT)
-    cmd = [
-        sys.executable,
-        "-m",
-        "vda",
-        "depth",
-        str(video),
-        "-o",
-        str(out),
-        "--devices",
-        devices,
-        "--checkpoint",
-        str(checkpoint),
-        "--format",
-        fmt,
-    ]
+    cmd = depth_cmd(video, out, checkpoint, devices, "--format", fmt)
     cpu, t = children_cpu_s(), time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall, cpu = time.perf_counter() - t, children_cpu_s() - cpu
