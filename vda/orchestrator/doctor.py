@@ -1,12 +1,13 @@
 """`vda doctor`: the first command on a new GPU host, before `make depth` spends minutes building an image.
 
 A new host fails in a handful of known ways (no engine, no NVIDIA container runtime, a driver older than the CUDA
-torch was built for, no checkpoint, too little disk, too few cores for decoding, storing and merging), and each one otherwise shows up
-late, as a traceback from deep inside a run. Here each is one pure function of injected probes (`Probes`: commands,
-CPU count, free disk, the venv's torch) that returns one `Check`, and `doctor` prints one line per check:
+torch was built for, no checkpoint, too little disk, too few cores to decode, store and merge), and each one
+otherwise shows up late, as a traceback from deep inside a run. Here each is one pure function of injected probes
+(`Probes`: commands, CPU count, free disk, the venv's torch) that returns one `Check`, and `doctor` prints one line
+per check:
 
     ✓ <what>            fine
-    ✗ <what>; <fix>     `make depth` would fail (or, for the merge's cores, crawl); the fix is ours, one line
+    ✗ <what>; <fix>     `make depth` would fail (or, for the host's cores, crawl); the fix is ours, one line
     - <what>            information only (no GPU on this host, an optional checkpoint that is absent)
 
 The exit code is 0 when nothing is ✗, 1 otherwise. Tests pass fakes (an `nvidia-smi` script on PATH, a Probes
@@ -36,8 +37,18 @@ CPU_IMAGE = "vda:cpu"
 # on a 1920x1080 x264 input at the defaults: decoded and resized to 1280x720 (max-res 1280), windows of 518x924
 # stored in fp16 as a GPU stores them, and rendered + written at 1280x720 on one core. Each stage's cost is taken as
 # proportional to the pixels it works on: the source's (decode), the network's (store, pass 1), the output's (render).
-STAGE_MS = {"decode": 0.0, "store": 0.0, "pass 1": 0.0}  # filled from the measurement below
-RENDER_MS = {"png16": 0.0, "png8": 0.0, "npy": 0.0, "npz": 0.0, "exr": 0.0}
+# Measured at commit f0558f7 on the loaded 2-core build machine (so on the high side): decode 15.15, store 1.15,
+# pass 1 2.91, render + write npy 22.46 and png16 29.72 ms. png8, npz and exr were not run by bench_host.py: they are
+# npy's render plus the difference of their writer's own cost from npy's at 1080p (bench_stages.py, "write <format>
+# (1 core)": npy 562, png8 154, npz 3.1, exr 59.5 frames/s), scaled to 1280x720.
+STAGE_MS = {"decode": 15.15, "store": 1.15, "pass 1": 2.91}
+RENDER_MS = {"npy": 22.46, "png16": 29.72}
+RENDER_MS.update(
+    {
+        f: 22.46 + (1000 / fps - 1000 / 562.0) * (1280 * 720) / (1920 * 1080)
+        for f, fps in {"png8": 154.4, "npz": 3.1, "exr": 59.5}.items()
+    }
+)
 BENCH_SOURCE, BENCH_NET, BENCH_OUT = 1920 * 1080, 518 * 924, 1280 * 720
 # The authors' published vits latency (their README: fp16, A100, 32 frames at 518x518): 7.5 ms per frame, so one GPU
 # makes about 133 frames/s.
