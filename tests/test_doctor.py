@@ -7,6 +7,7 @@ driver's canned output (marked `gpu_logic`).
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
@@ -178,7 +179,7 @@ def test_a_ready_cpu_host_passes(tmp_path, models, clip):
     if shutil.which("nvidia-smi") is None:
         assert line_of(lines, "NVIDIA container runtime") == "- NVIDIA container runtime: not checked: no GPU"
         assert line_of(lines, "GPUs").startswith("- GPUs: no NVIDIA GPU is visible")
-        assert line_of(lines, "CPU cores for the merge") == "- CPU cores for the merge: not checked: no GPU"
+        assert line_of(lines, "CPU cores") == "- CPU cores: not checked: no GPU"
         assert code == 0, "\n".join(lines)
 
 
@@ -302,17 +303,31 @@ def test_the_driver_must_support_the_cuda_of_the_torch_build(gpu_path):
 
 @pytest.mark.gpu_logic
 def test_too_few_cores_per_gpu_fail(gpu_path):
-    """nvidia-smi is a fake (8 GPUs): no GPU exists here. The png16 merge needs about 3.2 cores per GPU at 1080p."""
+    """nvidia-smi is a fake (8 GPUs): no GPU exists here. Cores are sized from each stage's measured cost at the real
+    sizes (a 1080p input: 1280x720 out, network 518x924), and the line names the stage that binds."""
+    from vda.orchestrator.doctor import DEFAULT_SIZES, VITS_MS_PER_FRAME, host_cost
+
+    cost = host_cost("png16", *DEFAULT_SIZES)
+    assert set(cost.stages) == {"decode", "store", "pass 1", "render + write png16"} and min(cost.stages.values()) > 0
+    per_gpu = cost.total / VITS_MS_PER_FRAME
+    need = math.ceil(8 * per_gpu)
     line = check_cores(Cores(2), 8, "png16").line()
-    assert line.startswith("✗ CPU cores for the merge: 2 usable for 8 GPU(s); a png16 merge of 1920x1080 frames needs")
-    assert "about 3.2 per GPU (26)" in line
-    assert "use fewer GPUs per host" in line and "png8 needs 1.8/GPU, npy needs 1.2/GPU" in line and "slower" in line
-    assert check_cores(Cores(26), 8, "png16").ok is True
-    assert "use at most 3 GPU(s) per host" in check_cores(Cores(10), 8, "png16").line()
-    assert check_cores(Cores(4), 1, "png16", (1280, 720)).ok is True  # max-res 1280: 2.25x fewer pixels than 1080p
-    assert check_cores(Cores(2), 0, "png16").line() == "- CPU cores for the merge: not checked: no GPU"
-    tiny = check_cores(Cores(1), 1, "png16", (320, 240), 518 * 686)  # the network's maps are larger than the frames
-    assert "needs about 0.5 per GPU (1)" in tiny.line()
+    assert line.startswith("✗ CPU cores: 2 usable for 8 GPU(s); 1920x1080 in, png16 at 1280x720 out, network 924x518: ")
+    assert f"{cost.total:.1f} ms of CPU per frame (decode {cost.stages['decode']:.1f}, store " in line
+    assert f"about {per_gpu:.1f} per GPU ({need})" in line and f"; {cost.binding} binds" in line
+    assert cost.stages[cost.binding] == max(cost.stages.values())
+    assert "npy needs" in line and "slower" in line  # npy renders for less than png16
+    assert check_cores(Cores(need), 8, "png16").ok is True and check_cores(Cores(need - 1), 8, "png16").ok is False
+    assert f"use at most {int(10 / per_gpu)} GPU(s) per host" in check_cores(Cores(10), 8, "png16").line()
+    uhd = host_cost("png16", (3840, 2160), (1280, 720), (924, 518))
+    assert (
+        uhd.stages["decode"] == pytest.approx(4 * cost.stages["decode"]) and uhd.total > cost.total
+    )  # decode scales with the input
+    assert check_cores(Cores(2), 0, "png16").line() == "- CPU cores: not checked: no GPU"
+    tiny = host_cost("png16", (320, 240), (320, 240), (686, 518))  # the network's maps are larger than the frames
+    assert tiny.stages["render + write png16"] == pytest.approx(
+        cost.stages["render + write png16"] * 686 * 518 / 921600
+    )
 
 
 @pytest.mark.gpu_logic
@@ -323,7 +338,7 @@ def test_doctor_on_a_fake_8_gpu_host_with_one_core(tmp_path, models):
     )
     assert code == 1
     assert line_of(lines, "GPUs") == "✓ GPUs: 8 visible: 8 x NVIDIA H200 (140 GiB, compute capability 9.0)"
-    assert line_of(lines, "CPU cores for the merge").startswith("✗ CPU cores for the merge: 1 usable for 8 GPU(s);")
+    assert line_of(lines, "CPU cores").startswith("✗ CPU cores: 1 usable for 8 GPU(s);")
     cuda_line = line_of(lines, "CUDA driver vs torch")  # its mark depends on this machine's torch build, not the fake
     assert cuda_line[:2] in ("- ", "✓ ", "✗ ")
     assert cuda_line[2:].startswith("CUDA driver vs torch: the driver supports CUDA 12.4")

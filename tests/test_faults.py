@@ -433,6 +433,16 @@ def test_rerun_on_any_device_count_reuses_every_finished_window(tmp_path, video,
     assert [d["worker_starts"] for d in record["devices"]] == [0, 0, 0]  # no worker was even started
     assert np.array_equal(outputs(out), reference)
 
+    # A piece damaged behind its marker (data a crash lost, a truncated copy) counts as missing: its unit is computed
+    # again, and the output is the same. Its marker says the shape and dtype the piece must have.
+    damaged = run.piece("window", 3)
+    damaged.write_bytes(damaged.read_bytes()[:-100])
+    assert damaged.with_suffix(".done").is_file() and not run.is_stored("window", 3)
+    code, _, err = vda(*depth_args(video, out, checkpoint, devices="cpu"))
+    assert code == 0, err
+    assert [u["status"] for u in results(out)["units"]] == ["stored", "done", "stored"]
+    assert run.is_stored("window", 3) and np.array_equal(outputs(out), reference)
+
 
 def test_stream_rerun_on_another_device_count_reuses_every_stored_segment(tmp_path, video, checkpoint):
     """Stream units replay their own warm-up, so their segments do not depend on the devices: a worker killed

@@ -131,3 +131,38 @@ def test_a_cache_that_does_not_fit_the_run_is_ignored(runs, corrupt):
         assert FirstPass(_job(plan, tmp / "a", tmp, "npy", False), plan).entries == []
     finally:
         path.write_text(json.dumps(good))
+
+
+def test_the_range_comes_from_the_markers_exactly_and_only_the_chain_rows_are_read(runs, tmp_path, monkeypatch):
+    """Markers record each row's raw [min, max]: pass 1 reads only the 3 rows the chain needs (none in stream mode)
+    and gets every entry to the last bit as from the rows themselves, which is what it does with older markers."""
+    from vda.pipeline.inference import CHAIN_OUTPUTS
+    from vda.pipeline.merge import first_pass
+
+    tmp, _, _, _, _ = runs
+    plan = Plan.load(tmp / "a")
+    reads = []
+    real = first_pass.load_piece
+    monkeypatch.setattr(first_pass, "load_piece", lambda job, w, rows=None: reads.append(rows) or real(job, w, rows))
+
+    def entries(name, strip_rows):
+        run_dir = tmp_path / name
+        shutil.copytree(tmp / "a", run_dir)
+        (run_dir / "first_pass.json").unlink()  # the whole pass, from the first window
+        for marker in run_dir.glob("*/*.done") if strip_rows else []:
+            doc = json.loads(marker.read_text())
+            assert len(doc.pop("rows")) == doc["shape"][0]
+            marker.write_text(json.dumps(doc))
+        reads.clear()
+        first = FirstPass(_job(plan, run_dir, tmp, "npy", False), plan)
+        while not first.finished:
+            first.step()
+        return first.entries
+
+    with_rows = entries("new", strip_rows=False)
+    window = plan.settings.mode == "window"
+    assert reads == ([CHAIN_OUTPUTS] * len(plan.all_pieces()) if window else [])
+    assert (
+        entries("old", strip_rows=True) == with_rows == json.loads((tmp / "a" / "first_pass.json").read_text())["units"]
+    )
+    assert any(rows != CHAIN_OUTPUTS for rows in reads)  # the old markers made it read the rows themselves

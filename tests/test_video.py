@@ -117,6 +117,7 @@ def test_a_portrait_phone_video_is_read_upright(tmp_path):
         assert f[:16, -12:].mean() > 200 and f[:16, :12].mean() < 50  # the stored top-left is now top-right
     small = [f for _, f in read_frames(info, [5], size=(24, 32))]
     assert small[0].shape == (32, 24, 3)  # --max-res resizing happens after turning upright
+    assert small[0][:8, -6:].mean() > 200 and small[0][:8, :6].mean() < 50  # swscale resized it as stored, then turned
 
 
 def _indices(info, wanted) -> list[int]:
@@ -177,3 +178,27 @@ def test_variable_frame_rate(tmp_path, suffix):
     assert 10 < info.fps_fraction < 60
     assert _indices(info, range(60)) == list(range(60))
     assert _indices(info, [25, 26, 27, 58]) == [25, 26, 27, 58]
+
+
+def test_a_unit_continues_the_previous_units_decoder(tmp_path, monkeypatch):
+    """The worker's FrameSource: consecutive window units of a video read from one decoder, which never seeks back
+    (frame 0 and the re-read keyframe and overlap are kept), and give the frames a fresh decoder gives, resized."""
+    from vda.core.plan import window_unit_frames
+    from vda.io import video
+    from vda.pipeline.worker import REREAD
+
+    info = probe(write_video(tmp_path / "bf.mp4", numbered_frames(150, 96, 64), gop=12, bframes=2))
+    seeks = []
+    real = video._SeekingReader._seek
+    monkeypatch.setattr(video._SeekingReader, "_seek", lambda self, key: seeks.append(key) or real(self, key))
+    source = video.FrameSource(keep=REREAD)
+    for windows in [(0, 2), (2, 4), (4, 6)]:
+        wanted = [i for a, b in window_unit_frames(windows, info.frame_count)[0] for i in range(a, b)]
+        fresh = list(read_frames(info, wanted, (48, 32)))
+        assert windows == (0, 2) or seeks  # a fresh decoder seeks to the unit's keyframe
+        seeks.clear()
+        got = list(threaded(source.read(info, wanted, (48, 32))))
+        assert seeks == []
+        assert [i for i, _ in got] == wanted and all(np.array_equal(a, b) for (_, a), (_, b) in zip(got, fresh))
+    assert len(source._parked) == 1
+    source.close()

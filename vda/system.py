@@ -19,6 +19,17 @@ def usable_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def limit_threads(threads: int) -> None:
+    """Bound the threads of torch and OpenCV in this process to its share of the cores (VDA_THREADS, or 1 in a render
+    process); FFmpeg's decoders take the same share (vda.io.video). Without it each library starts one thread per
+    core, and five workers on one host would fight over them."""
+    import cv2
+    import torch
+
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
+
+
 def gpu_env(index: int, parent_env: Mapping[str, str] = os.environ) -> dict[str, str]:
     """Environment for a worker that must see only GPU `index`, numbered as this process sees the GPUs.
 

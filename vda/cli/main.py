@@ -238,13 +238,12 @@ def cmd_plan(args) -> int:
 
 
 def cmd_work(args) -> int:
-    import torch
-
     from vda.pipeline.worker import serve_stdin, work_runs
+    from vda.system import limit_threads
 
     threads = config.current().threads
     if threads:
-        torch.set_num_threads(threads)
+        limit_threads(threads)
     options = {"checkpoint": args.checkpoint, "micro_batch": args.micro_batch, "compile": args.compile}
     if args.run_dirs:
         work_runs(args.run_dirs, args.device, input_path=args.input, slot=args.slot, **options)

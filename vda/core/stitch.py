@@ -16,6 +16,7 @@ The schedule (32-frame windows, stride 22):
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,6 +79,18 @@ def frame_source(f: int, n_frames: int) -> Source:
     if w >= num_windows(n_frames):  # tail of the last window, nothing newer to blend with
         return Source(w - 1, r + STRIDE + ALIGN)
     return Source(w, r + ALIGN, blend_weights()[r] if r < BLEND else 1.0)
+
+
+def rows_of(frames: Iterable[int], n_frames: int) -> dict[int, set[int]]:
+    """Window -> its outputs that the given final frames read: each frame's own row, and the row of the previous
+    window it blends with. The rest of a window only feeds the alignment, or is padding."""
+    rows: dict[int, set[int]] = {}
+    for f in frames:
+        src = frame_source(f, n_frames)
+        rows.setdefault(src.w, set()).add(src.i)
+        if src.weight < 1.0:
+            rows.setdefault(src.w - 1, set()).add(src.i + STRIDE)
+    return rows
 
 
 def fit_scale_shift(pred: np.ndarray, target: np.ndarray) -> tuple[np.float32, np.float32]:

@@ -19,14 +19,38 @@ name, renames it, then writes the marker, so a killed worker never leaves a half
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 from pathlib import Path
+
+import numpy as np
 
 from vda.core.plan import Plan, Unit
 
 WINDOWS_DIR, SEGMENTS_DIR, LOGS_DIR, FAULTS_DIR = "windows", "segments", "logs", "faults"
 FIRST_PASS_NAME = "first_pass.json"
 RESULTS_NAME = "processing_results.json"
+
+
+_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def piece_marker(path: Path) -> dict | None:
+    """The marker of the piece at `path` when the piece is complete (see `RunDir.is_stored`), else None."""
+    try:
+        marker = json.loads(path.with_suffix(".done").read_text())
+        with open(path, "rb") as fh:
+            header = _NPY_HEADERS.get(np.lib.format.read_magic(fh))
+            if header is None:  # a format numpy's np.save does not write for these arrays
+                return None
+            shape, _, dtype = header(fh)
+            size = os.fstat(fh.fileno()).st_size - fh.tell()
+    except (OSError, ValueError):
+        return None
+    if not isinstance(marker, dict) or marker.get("shape") != list(shape) or marker.get("dtype") != str(dtype):
+        return None
+    return marker if size == int(np.prod(shape)) * dtype.itemsize else None
 
 
 class RunDir:
@@ -76,8 +100,16 @@ class RunDir:
         return self.path / SEGMENTS_DIR / f"seg_{index:06d}.npy"
 
     def is_stored(self, mode: str, index: int) -> bool:
-        path = self.piece(mode, index)
-        return path.with_suffix(".done").is_file() and path.is_file()
+        """Whether a piece is finished: its marker, and an array whose header and size are what the marker says.
+
+        A piece damaged after its marker was written (a crash that lost written data, a truncated copy of a run
+        folder) then counts as missing and is recomputed, instead of failing the merge as a bug.
+        """
+        return piece_marker(self.piece(mode, index)) is not None
+
+    def marker(self, mode: str, index: int) -> dict | None:
+        """A stored piece's `.done` marker (vda.pipeline.worker.write_piece), or None when it is not stored."""
+        return piece_marker(self.piece(mode, index))
 
     def unfinished_pieces(self, plan: Plan, unit: Unit) -> list[int]:
         return [p for p in plan.pieces(unit) if not self.is_stored(plan.settings.mode, p)]

@@ -9,10 +9,12 @@ video (STACK_NAME), for a reader that wants one memory map instead of a file per
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -50,10 +52,24 @@ class DiskFullError(StorageError, OSError):
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Write to a hidden temporary name in the same folder, then rename: readers never see a partial file."""
+    with atomic_file(path) as fh:
+        fh.write(data)
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path, durable: bool = False) -> Iterator:
+    """An open binary file under a hidden temporary name in `path`'s folder, renamed to `path` once the block ends.
+
+    Writers stream into it (no whole-file buffer in memory). `durable` fsyncs the data before the rename, for files
+    that a marker written next vouches for: after a crash the marker never points at a file the disk lost.
+    """
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as fh:
-            fh.write(data)
+            yield fh
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException as err:
         tmp.unlink(missing_ok=True)

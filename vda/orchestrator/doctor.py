@@ -1,12 +1,13 @@
 """`vda doctor`: the first command on a new GPU host, before `make depth` spends minutes building an image.
 
 A new host fails in a handful of known ways (no engine, no NVIDIA container runtime, a driver older than the CUDA
-torch was built for, no checkpoint, too little disk, too few cores for the merge), and each one otherwise shows up
-late, as a traceback from deep inside a run. Here each is one pure function of injected probes (`Probes`: commands,
-CPU count, free disk, the venv's torch) that returns one `Check`, and `doctor` prints one line per check:
+torch was built for, no checkpoint, too little disk, too few cores to decode, store and merge), and each one
+otherwise shows up late, as a traceback from deep inside a run. Here each is one pure function of injected probes
+(`Probes`: commands, CPU count, free disk, the venv's torch) that returns one `Check`, and `doctor` prints one line
+per check:
 
     ✓ <what>            fine
-    ✗ <what>; <fix>     `make depth` would fail (or, for the merge's cores, crawl); the fix is ours, one line
+    ✗ <what>; <fix>     `make depth` would fail (or, for the host's cores, crawl); the fix is ours, one line
     - <what>            information only (no GPU on this host, an optional checkpoint that is absent)
 
 The exit code is 0 when nothing is ✗, 1 otherwise. Tests pass fakes (an `nvidia-smi` script on PATH, a Probes
@@ -32,16 +33,25 @@ from vda.model.registry import ENCODERS
 GPU_IMAGE = "vda:latest"  # what `make depth GPUS=N` runs (docker/docker.mk VDA_IMAGE)
 CPU_IMAGE = "vda:cpu"
 
-# How fast the merge renders and writes, from bench/RESULTS.md: bench_stages.py at commit 182c336 (x86_64, one core
-# per row, 1920x1080 frames), rows "merge: chain + blend (1 core)" and "write <format> (1 core)". A core does both for
-# each frame, so it merges 1 / (1/chain + 1/write) frames/s: 42 for png16, that table's "merge + png16 per core" row.
-# Both rows work on 1080p output frames (upsampling, blending, encoding), so their cost is taken as proportional to the
-# pixels per frame, but never below the network-resolution maps every frame's alignment reads (an estimate).
-BENCH_PIXELS = 1920 * 1080
-MERGE_CHAIN_FRAMES_PER_S = 140.6
-WRITE_FRAMES_PER_S = {"png16": 60.0, "png8": 154.4, "npy": 562.0, "npz": 3.1, "exr": 59.5}
+# Host CPU per output frame, stage by stage, from bench/RESULTS.md: bench_host.py's "stages" table (AFTER, issue 22),
+# on a 1920x1080 x264 input at the defaults: decoded and resized to 1280x720 (max-res 1280), windows of 518x924
+# stored in fp16 as a GPU stores them, and rendered + written at 1280x720 on one core. Each stage's cost is taken as
+# proportional to the pixels it works on: the source's (decode), the network's (store, pass 1), the output's (render).
+# Measured at commit f0558f7 on the loaded 2-core build machine (so on the high side): decode 15.15, store 1.15,
+# pass 1 2.91, render + write npy 22.46 and png16 29.72 ms. png8, npz and exr were not run by bench_host.py: they are
+# npy's render plus the difference of their writer's own cost from npy's at 1080p (bench_stages.py, "write <format>
+# (1 core)": npy 562, png8 154, npz 3.1, exr 59.5 frames/s), scaled to 1280x720.
+STAGE_MS = {"decode": 15.15, "store": 1.15, "pass 1": 2.91}
+RENDER_MS = {"npy": 22.46, "png16": 29.72}
+RENDER_MS.update(
+    {
+        f: 22.46 + (1000 / fps - 1000 / 562.0) * (1280 * 720) / (1920 * 1080)
+        for f, fps in {"png8": 154.4, "npz": 3.1, "exr": 59.5}.items()
+    }
+)
+BENCH_SOURCE, BENCH_NET, BENCH_OUT = 1920 * 1080, 518 * 924, 1280 * 720
 # The authors' published vits latency (their README: fp16, A100, 32 frames at 518x518): 7.5 ms per frame, so one GPU
-# makes about 133 frames/s, and a png16 merge of 1080p frames needs about 3.2 cores per GPU to keep up with it.
+# makes about 133 frames/s.
 VITS_MS_PER_FRAME = 7.5
 # Tags of https://download.pytorch.org/whl/<tag>, for the advice to build the image against an older CUDA.
 TORCH_CUDA_TAGS = ("cu118", "cu121", "cu124", "cu126", "cu128", "cu129", "cu130")
@@ -426,40 +436,72 @@ def check_disk(p: Probes, plan, opts: Options) -> Check:
     return Check("disk", True, f"{what}; {folder} has {human_size(free)} free")
 
 
-def merge_frames_per_s_per_core(fmt: str, pixels: int = BENCH_PIXELS) -> float:
-    """Frames/s one core merges (chain, blend, encode, write), scaled from the 1080p bench to `pixels` per frame."""
-    return BENCH_PIXELS / pixels / (1 / MERGE_CHAIN_FRAMES_PER_S + 1 / WRITE_FRAMES_PER_S[fmt])
+@dataclass(frozen=True)
+class HostCost:
+    """Host CPU per output frame of each stage, in ms, for one video's sizes and format (`host_cost`)."""
+
+    stages: dict[str, float]
+
+    @property
+    def total(self) -> float:
+        return sum(self.stages.values())
+
+    @property
+    def binding(self) -> str:
+        """The stage that takes the most CPU: the one to make cheaper (or give cores) first."""
+        return max(self.stages, key=self.stages.get)
+
+    def cores_per_gpu(self, gpu_ms: float = VITS_MS_PER_FRAME) -> float:
+        return self.total / gpu_ms
 
 
-def cores_per_gpu(fmt: str, pixels: int = BENCH_PIXELS) -> float:
-    return (1000 / VITS_MS_PER_FRAME) / merge_frames_per_s_per_core(fmt, pixels)
+def host_cost(fmt: str, source: tuple[int, int], out: tuple[int, int], net: tuple[int, int]) -> HostCost:
+    """Each stage's measured cost (STAGE_MS, RENDER_MS) scaled to these sizes: the source frames (w, h), the output
+    frames after --max-res, and the network's maps. Rendering never costs less than the maps every frame reads."""
+    src, net_px = source[0] * source[1], net[0] * net[1]
+    out_px = max(out[0] * out[1], net_px)
+    return HostCost(
+        {
+            "decode": STAGE_MS["decode"] * src / BENCH_SOURCE,
+            "store": STAGE_MS["store"] * net_px / BENCH_NET,
+            "pass 1": STAGE_MS["pass 1"] * net_px / BENCH_NET,
+            f"render + write {fmt}": RENDER_MS[fmt] * out_px / BENCH_OUT,
+        }
+    )
 
 
-def check_cores(
-    p: Probes, n_gpus: int, fmt: str, frame_size: tuple[int, int] | None = None, net_pixels: int = 0
-) -> Check:
-    """The merge renders every frame on the CPU: fewer cores than the GPUs need turns it into the bottleneck.
+DEFAULT_SIZES = ((1920, 1080), (1280, 720), (924, 518))  # a 1080p input at the defaults: source, output, network
 
-    frame_size: the output frames (default 1080p, the bench's size); net_pixels: the network's maps per frame.
+
+def check_cores(p: Probes, n_gpus: int, fmt: str, sizes: tuple | None = None) -> Check:
+    """Decoding, storing and merging run on the host's CPU: fewer cores than the GPUs need makes the host the pace.
+
+    sizes: (source, output, network) sizes as (w, h); default a 1080p input at the defaults (DEFAULT_SIZES).
     """
-    name = "CPU cores for the merge"
+    name = "CPU cores"
     if n_gpus <= 0:
         return Check(name, None, "not checked: no GPU")
-    w, h = frame_size or (1920, 1080)
-    pixels = max(w * h, net_pixels)
-    per_gpu = cores_per_gpu(fmt, pixels)
+    source, out, net = sizes or DEFAULT_SIZES
+    cost = host_cost(fmt, source, out, net)
+    per_gpu = cost.cores_per_gpu()
     need, cpus = math.ceil(n_gpus * per_gpu), p.cpus()
+    parts = ", ".join(f"{k} {v:.1f}" for k, v in cost.stages.items())
     what = (
-        f"{cpus} usable for {n_gpus} GPU(s); a {fmt} merge of {w}x{h} frames needs about {per_gpu:.1f} per GPU "
-        f"({need}) to keep up with vits at {VITS_MS_PER_FRAME} ms/frame"
+        f"{cpus} usable for {n_gpus} GPU(s); {source[0]}x{source[1]} in, {fmt} at {out[0]}x{out[1]} out, network "
+        f"{net[0]}x{net[1]}: {cost.total:.1f} ms of CPU per frame ({parts}), so about {per_gpu:.1f} per GPU "
+        f"({need}) to keep up with vits at {VITS_MS_PER_FRAME} ms/frame; {cost.binding} binds"
     )
     if cpus >= need:
         return Check(name, True, what)
     fit = int(cpus / per_gpu)
     fewer = f"use at most {fit} GPU(s) per host" if fit else "use fewer GPUs per host (these cores keep up with < 1)"
-    cheaper = [f"{f} needs {c:.1f}/GPU" for f in ("png8", "npy") if (c := cores_per_gpu(f, pixels)) < per_gpu]
+    cheaper = [
+        f"{f} needs {c:.1f}/GPU"
+        for f in ("png8", "npy")
+        if (c := host_cost(f, source, out, net).cores_per_gpu()) < per_gpu
+    ]
     formats = f", write a cheaper format ({', '.join(cheaper)})" if cheaper else ""
-    slower = f"accept a merge about {need / cpus:.1f}x slower than the GPUs"
+    slower = f"accept a run about {need / cpus:.1f}x slower than the GPUs"
     return Check(name, False, what, f"{fewer}{formats}, or {slower}")
 
 
@@ -505,9 +547,9 @@ def checks(opts: Options, p: Probes, debug: bool = False) -> Iterator[Check]:
         plan = None
     else:
         yield guard("disk", check_disk, p, plan, opts)
-    s = plan[0].settings if plan else None
-    size, net = ((s.frame_width, s.frame_height), s.net_width * s.net_height) if s else (None, 0)
-    yield guard("CPU cores for the merge", check_cores, p, n_gpus, opts.fmt, size, net)
+    s, info = (plan[0].settings, plan[0].input) if plan else (None, None)
+    sizes = ((info.width, info.height), (s.frame_width, s.frame_height), (s.net_width, s.net_height)) if s else None
+    yield guard("CPU cores", check_cores, p, n_gpus, opts.fmt, sizes)
 
 
 def doctor(opts: Options, p: Probes | None = None, out=None, debug: bool = False) -> int:

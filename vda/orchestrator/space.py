@@ -16,7 +16,7 @@ from vda.io.writers import STACK, frame_name
 from vda.pipeline.inference import resolve_precision, store_dtype
 
 NPY_HEADER = 128
-MARKER = 512  # a unit's .done marker, generously
+MARKER = 4096  # a piece's .done marker with its per-row [min, max] (about 2 kB): one filesystem block
 # Bytes per pixel of a written frame, as an estimate. PNG: depth maps are smooth, and bench_stages.py measured
 # 2.53 MB for a 1080p png16 frame (0.61 of the 4.15 MB raw); 0.75 leaves room for less smooth scenes.
 OUTPUT_BYTES_PER_PIXEL = {"png16": 2 * 0.75, "png8": 1 * 0.75, "npy": 4, "npz": 4, "exr": 4 * 1.01, "npy-stack": 4}

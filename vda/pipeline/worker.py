@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import os
 import queue
 import signal
@@ -34,8 +33,8 @@ from vda.core import stitch
 from vda.core.plan import SEGMENT, Plan, PlanError, Unit
 from vda.errors import OutOfMemory, RunError
 from vda.io.rundir import RunDir
-from vda.io.video import Prefetch, VideoError, head_hash, read_frames, threaded
-from vda.io.writers import write_atomic, write_json
+from vda.io.video import FrameSource, Prefetch, VideoError, head_hash, read_frames, threaded
+from vda.io.writers import atomic_file, write_json
 from vda.model.network import load_model
 from vda.pipeline.inference import (
     FrameError,
@@ -52,6 +51,9 @@ from vda.pipeline.simulate import SimulatedDevice, SimulatedWindows, simulated_s
 # Decoded frames held ahead of the model: a window takes its 22 new frames at once, so a shorter queue would make
 # the device wait for the decoder at every window (bench_stages.py, "decode overlap"). 44 frames at 720p: 120 MB.
 DECODE_AHEAD = 2 * stitch.STRIDE
+# Frames a unit reads again from the previous unit's decode: the keyframe of its first window's predecessor, at most
+# 20 frames back from that unit's last (the keyframe at (w-1)*22+12, the last decoded (w-1)*22+31), and the overlap.
+REREAD = stitch.WINDOW - 1 - stitch.KEYFRAME + 1
 PREFETCH_WAIT_S = 0.05  # how long a worker waits for its next unit before it computes without decoding it ahead
 
 
@@ -121,7 +123,8 @@ def copy_done_event(device: torch.device, cuda=torch.cuda):
 
 
 def _to_host(depth: torch.Tensor, precision: str) -> tuple[torch.Tensor, torch.cuda.Event | None]:
-    """Start the copy of a unit to host memory without waiting for it; the event marks its end on CUDA.
+    """Start the copy of a unit to host memory without waiting for it; the event marks its end on CUDA (and that of
+    every copy queued before it on that stream: `_extremes_to_host`).
 
     Units are stored in `store_dtype(precision)`: float16 for fp16 runs, float32 otherwise.
     """
@@ -133,30 +136,71 @@ def _to_host(depth: torch.Tensor, precision: str) -> tuple[torch.Tensor, torch.c
     return host, copy_done_event(depth.device)
 
 
-def write_piece(path: Path, array: np.ndarray, piece: int, seconds: float) -> None:
-    """Store one piece in its run folder: the array under a temporary name, renamed, then its `.done` marker.
+def _extremes_to_host(depth: torch.Tensor, precision: str) -> torch.Tensor:
+    """A piece's per-row raw [min, max] ([k, 2], in its stored dtype), taken on the device and copied without waiting:
+    queue it before the piece's own copy (`_to_host`), whose event then covers it.
 
+    Taken before the cast to the stored dtype: rounding is monotone, so the cast of a row's extreme is exactly the
+    extreme of the cast row. The merge's pass 1 then reads a window's range from its marker, not from the piece.
+    """
+    flat = depth.detach().flatten(1)
+    rows = torch.stack((flat.amin(dim=1), flat.amax(dim=1)), dim=1).to(store_dtype(precision))
+    if rows.device.type != "cuda":
+        return rows
+    host = torch.empty(rows.shape, dtype=rows.dtype, pin_memory=True)
+    return host.copy_(rows, non_blocking=True)
+
+
+def row_range(array: np.ndarray) -> np.ndarray:
+    """Per-row [min, max] of a piece ([k, h, w]) as [k, 2]: what a store without the device's extremes records."""
+    flat = array.reshape(len(array), -1)
+    return np.stack((flat.min(axis=1), flat.max(axis=1)), axis=1)
+
+
+def write_piece(path: Path, array: np.ndarray, piece: int, seconds: float, rows: np.ndarray | None = None) -> None:
+    """Store one piece in its run folder: the array under a temporary name, fsynced and renamed, then its `.done`
+    marker, which records the shape, the dtype and each row's raw [min, max] (`rows`, computed here when not given).
+
+    The array goes from its buffer to the file (numpy writes a contiguous array with one write, no copy). The fsync
+    before the marker means a marker never vouches for data a crash lost; a piece that is damaged all the same
+    (its size or header not the marker's) counts as not stored and is recomputed (RunDir.is_stored).
     The one writer of pieces: a worker's default store, and the Ray driver's for pieces that came back through the
     object store (vda.orchestrator.backends.ray), so both leave the same files.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    np.save(buf, array)
-    write_atomic(path, buf.getvalue())
+    with atomic_file(path, durable=True) as fh:
+        np.lib.format.write_array(fh, np.ascontiguousarray(array), allow_pickle=False)
+    rows = row_range(array) if rows is None else rows
     write_json(
         path.with_suffix(".done"),
-        {"piece": piece, "seconds": seconds, "shape": list(array.shape), "dtype": str(array.dtype)},
+        {
+            "piece": piece,
+            "seconds": seconds,
+            "shape": list(array.shape),
+            "dtype": str(array.dtype),
+            "rows": [[float(lo), float(hi)] for lo, hi in np.asarray(rows)],
+        },
     )
 
 
-# Where a worker's pieces go: (path in the run folder, array, piece index, seconds since the unit began).
-PieceStore = Callable[[Path, np.ndarray, int, float], None]
+# Where a worker's pieces go: (path in the run folder, array, piece index, seconds since the unit began, per-row raw
+# [min, max]).
+PieceStore = Callable[[Path, np.ndarray, int, float, np.ndarray | None], None]
 
 
-def _store(path: Path, host: torch.Tensor, event, started: float, piece: int, store: PieceStore = write_piece) -> None:
+def _store(
+    path: Path,
+    host: torch.Tensor,
+    event,
+    started: float,
+    piece: int,
+    store: PieceStore = write_piece,
+    rows: torch.Tensor | None = None,
+) -> None:
+    """Store a piece once its copy to the host (and that of its `rows`, `_extremes_to_host`) has landed."""
     if event is not None:
         event.synchronize()
-    store(path, host.numpy(), piece, round(time.time() - started, 3))
+    store(path, host.numpy(), piece, round(time.time() - started, 3), None if rows is None else rows.numpy())
 
 
 class UnitStore:
@@ -264,6 +308,7 @@ class DeviceWorker:
     store_piece: PieceStore = write_piece
     load_plan: Callable[[str], Plan] = Plan.load
     unfinished: Callable[[RunDir, Plan, Unit], list[int]] = RunDir.unfinished_pieces
+    source: FrameSource = field(default_factory=lambda: FrameSource(keep=REREAD))  # decoders kept from unit to unit
     _videos: dict[str, _Video] = field(default_factory=dict)
     _models: dict[tuple, tuple] = field(default_factory=dict)  # (encoder, metric, sha, precision) -> (model, runtime)
 
@@ -313,7 +358,7 @@ class DeviceWorker:
             unit = video.plan.units[task.unit]
             if not self.unfinished(video.run, video.plan, unit):
                 return None
-            return _frames(video.plan, unit)
+            return _frames(video.plan, unit, self.source)
         except (*UNIT_ERRORS, IndexError):
             return None
 
@@ -379,11 +424,13 @@ class DeviceWorker:
         def save(piece: int, depth: torch.Tensor, fresh: int) -> None:
             if piece not in todo:
                 return
-            host, event = _to_host(depth, "fp32" if fresh else runtime.precision)  # a recomputed piece stays fp32
+            precision = "fp32" if fresh else runtime.precision  # a recomputed piece stays fp32
+            rows = _extremes_to_host(depth, precision)
+            host, event = _to_host(depth, precision)
             if fresh:
                 say(f"{task.video} piece {piece}: depth not finite in {runtime.precision}; recomputed in fp32")
             path = run.piece(s.mode, piece)
-            self.store.submit(lambda: _store(path, host, event, started, piece, self.store_piece))
+            self.store.submit(lambda: _store(path, host, event, started, piece, self.store_piece, rows))
 
         try:
             _compute_unit(plan, unit, model, runtime, save, recomputed, frames or _frames(plan, unit))
@@ -398,11 +445,19 @@ def _stamped(done: events.Done, started: float) -> events.Done:
     return dataclasses.replace(done, seconds=round(time.time() - started, 3))
 
 
-def _frames(plan: Plan, unit: Unit) -> Prefetch:
-    """A unit's frames, decoded in a thread that starts now."""
+def _frames(plan: Plan, unit: Unit, source: FrameSource | None = None) -> Prefetch:
+    """A unit's frames, decoded in a thread that starts now.
+
+    From `source` (once its decoder of the video is free, see FrameSource) only for units decoded ahead, which are
+    consumed in the order they were started; a unit decoded when it is computed gets its own decoder, so it never
+    waits for one started after it.
+    """
     s = plan.settings
     wanted = (i for a, b in unit.decode for i in range(a, b))
-    return threaded(read_frames(plan.input, wanted, (s.frame_width, s.frame_height)), DECODE_AHEAD)
+    size = (s.frame_width, s.frame_height)
+    return threaded(
+        read_frames(plan.input, wanted, size) if source is None else source.read(plan.input, wanted, size), DECODE_AHEAD
+    )
 
 
 def _read_messages(lines: Iterable[str], inbox: queue.Queue) -> None:

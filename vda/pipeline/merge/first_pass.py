@@ -23,17 +23,6 @@ from vda.pipeline.merge.render import Job, job_for, load_piece
 FIRST_PASS_SCHEMA = 1
 
 
-def _contributing(n_frames: int) -> dict[int, set[int]]:
-    """Window -> its outputs that reach some final frame (the rest only feed the alignment or are padding)."""
-    used: dict[int, set[int]] = {}
-    for f in range(n_frames):
-        src = stitch.frame_source(f, n_frames)
-        used.setdefault(src.w, set()).add(src.i)
-        if src.weight < 1.0:
-            used.setdefault(src.w - 1, set()).add(src.i + stitch.STRIDE)
-    return used
-
-
 class FirstPass:
     """Pass 1, unit by unit in order: each window's (scale, shift), and a range that bounds every output.
 
@@ -48,7 +37,7 @@ class FirstPass:
         self.path = RunDir(job.run_dir).first_pass
         self.units = list(job.pieces)
         self.chain = stitch.AlignmentChain(metric=plan.settings.metric)
-        self.used = _contributing(job.n_frames) if job.mode == "window" else {}
+        self.used = stitch.rows_of(range(job.n_frames), job.n_frames) if job.mode == "window" else {}
         self.entries: list[dict] = self._cached()
         if self.mode == "window" and self.entries:
             last = len(self.entries) - 1
@@ -91,13 +80,25 @@ class FirstPass:
             scale, shift = self.chain.step(*self._chain_maps(unit))
             entry["scale"], entry["shift"] = float(scale), float(shift)
             if unit in self.used:  # the last window of a short tail can feed no output frame
-                rows = sorted(self.used[unit])
-                values = stitch.apply_scale_shift(load_piece(self.job, unit, rows).numpy(), scale, shift)
+                values = stitch.apply_scale_shift(self._raw_range(unit, sorted(self.used[unit])), scale, shift)
                 entry["lo"], entry["hi"] = float(values.min()), float(values.max())
         else:
-            values = load_piece(self.job, unit).numpy()
+            values = self._raw_range(unit, None)
             entry["lo"], entry["hi"] = float(values.min()), float(values.max())
         self.entries.append(entry)
+
+    def _raw_range(self, unit: int, rows: list[int] | None) -> np.ndarray:
+        """Values whose aligned extremes are those of the piece's `rows` (all when None): the per-row raw [min, max]
+        its marker records, else (a marker from before they were recorded) the rows themselves.
+
+        Exact: scale/shift and the clip at 0 are monotone in float32 too (each rounding is), so the extremes of the
+        aligned rows are the aligned extremes of the raw rows, whichever the sign of the scale.
+        """
+        extremes = (RunDir(self.job.run_dir).marker(self.mode, unit) or {}).get("rows")
+        if extremes is None:
+            return load_piece(self.job, unit, rows).numpy()
+        picked = extremes if rows is None else [extremes[r] for r in rows]
+        return np.array(picked, dtype=np.float32)
 
     def save(self) -> None:
         doc = {"schema_version": FIRST_PASS_SCHEMA, "run_id": self.run_id, "mode": self.mode, "units": self.entries}

@@ -7,8 +7,11 @@ Results come back in unit order, whatever the number of processes, so the caller
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures as cf
 import multiprocessing as mp
+import os
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,12 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vda.core import stitch
 from vda.core.plan import Plan
 from vda.io.rundir import RunDir
 from vda.io.writers import colorize
 from vda.pipeline.inference import WindowAligner, upsample
 from vda.pipeline.merge.sinks import frame_writer
-from vda.system import usable_cpus
+from vda.system import limit_threads, usable_cpus
 
 # A pool of spawned render processes takes seconds to start (each imports torch): 5.7 s against 0.07 s for rendering a
 # 100-frame 128x72 video in the calling process (bench_queue.py, on a loaded 2-core machine). At about 40 png16 1080p
@@ -69,13 +73,23 @@ def load_piece(job: Job, unit: int, rows: list[int] | None = None) -> torch.Tens
     return torch.from_numpy(np.array(data if rows is None else data[rows], dtype=np.float32))
 
 
+def _sparse_piece(job: Job, w: int, rows: list[int]) -> torch.Tensor:
+    """Window w with only `rows` read (through the memory map) and filled in; the other rows are never touched."""
+    picked = load_piece(job, w, rows)
+    full = torch.empty((stitch.WINDOW, *picked.shape[1:]), dtype=picked.dtype)  # untouched rows cost no memory
+    full[rows] = picked
+    return full
+
+
 def _rendered(job: Job, unit: int) -> Iterable[tuple[int, np.ndarray]]:
     """(frame index, full-resolution depth) for each frame `unit` makes final, aligned by pass 1's (scale, shift)."""
     if job.mode == "window":
         aligner = WindowAligner(job.render_size)
-        for w in (unit - 1, unit):
-            if w >= 0:
-                aligner.add(w, load_piece(job, w), np.float32(job.params[w][0]), np.float32(job.params[w][1]))
+        # only the rows of w-1 that w's frames blend with (the 8 overlap rows), not the whole previous window
+        for w, rows in sorted(stitch.rows_of(stitch.window_outputs(unit, job.n_frames), job.n_frames).items()):
+            aligner.add(
+                w, _sparse_piece(job, w, sorted(rows)), np.float32(job.params[w][0]), np.float32(job.params[w][1])
+            )
         return aligner.frames(unit, job.n_frames)
     seg = upsample(load_piece(job, unit), job.render_size).numpy()
     return zip(range(unit, unit + len(seg)), seg)
@@ -104,12 +118,51 @@ def render_processes(workers: int | None, pixels: int, units: int) -> int:
     return max(1, min(workers or usable_cpus(), units))
 
 
-def _one_thread() -> None:
-    torch.set_num_threads(1)  # one process per core: threads inside would only oversubscribe
+# Render processes run at this lower priority (nice): they take the cores the workers' decoders leave idle, and never
+# slow those decoders down while the devices compute; after the last unit they have every core to themselves.
+RENDER_NICE = 10
+
+
+def _render_process() -> None:
+    """A render process: one thread (one process per core: threads inside would only oversubscribe), low priority."""
+    limit_threads(1)
+    os.nice(RENDER_NICE)
+
+
+class RenderPool:
+    """The render processes, started once and shared by every merge this process runs (a batch's videos): spawning
+    a pool per video costs seconds each (each process imports torch) and 260 MB per process while it lives."""
+
+    def __init__(self):
+        self._pool: cf.ProcessPoolExecutor | None = None
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def get(self, workers: int) -> cf.ProcessPoolExecutor:
+        """The pool, with at least `workers` processes (a larger request replaces a smaller pool)."""
+        with self._lock:
+            if self._pool is None or self._size < workers:
+                if self._pool is not None:
+                    self._pool.shutdown()
+                context = mp.get_context("spawn")
+                self._pool = cf.ProcessPoolExecutor(workers, mp_context=context, initializer=_render_process)
+                self._size = workers
+            return self._pool
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.shutdown(cancel_futures=True)
+            self._pool, self._size = None, 0
+
+
+POOL = RenderPool()  # this process's; `vda depth` closes it when the batch is done
+atexit.register(POOL.close)
 
 
 def map_ordered(job: Job, units: list[int], workers: int) -> Iterator[list[np.ndarray] | None]:
-    """render_unit over units, results in order, at most 2 * workers in flight (bounded memory).
+    """render_unit over units, results in order, at most 2 * workers in flight (bounded memory), on `workers`
+    processes of the shared pool (POOL).
 
     One worker renders in the calling process: no pool to start (see POOL_MIN_PIXELS).
     """
@@ -117,9 +170,10 @@ def map_ordered(job: Job, units: list[int], workers: int) -> Iterator[list[np.nd
         for u in units:
             yield render_unit(job, u)
         return
-    with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_one_thread) as pool:
-        pending: dict[int, cf.Future] = {}
-        nxt = 0
+    pool = POOL.get(workers)
+    pending: dict[int, cf.Future] = {}
+    nxt = 0
+    try:
         for u in units:
             while len(pending) >= 2 * workers:
                 yield pending.pop(units[nxt]).result()
@@ -128,3 +182,6 @@ def map_ordered(job: Job, units: list[int], workers: int) -> Iterator[list[np.nd
         while nxt < len(units):
             yield pending.pop(units[nxt]).result()
             nxt += 1
+    finally:
+        for future in pending.values():  # a failed or abandoned merge leaves no task behind in the shared pool
+            future.cancel()

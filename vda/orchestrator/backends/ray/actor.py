@@ -76,8 +76,8 @@ class DeviceActor:
 
     def serve(self) -> Iterator[tuple]:
         """Everything the worker says, in order: ("start", node, ip, pid, stores here), then ("line", text) for its
-        messages and log lines, ("piece", path, array, index, seconds) for each piece it does not store itself, and
-        ("exit", code, error line) last."""
+        messages and log lines, ("piece", path, array, index, seconds, rows) for each piece it does not store itself,
+        and ("exit", code, error line) last."""
         ray = ray_module()
         node = ray.get_runtime_context().get_node_id()
         here = node in self.store_on
@@ -120,8 +120,8 @@ class DeviceActor:
         self.outbox.put(("exit", code, line))
         self.outbox.put(None)
 
-    def _send_piece(self, path, array, piece: int, seconds: float) -> None:
-        self.outbox.put(("piece", str(path), array, piece, seconds))
+    def _send_piece(self, path, array, piece: int, seconds: float, rows=None) -> None:
+        self.outbox.put(("piece", str(path), array, piece, seconds, rows))
 
 
 def _every_piece(run: RunDir, plan: Plan, unit: Unit) -> list[int]:

@@ -144,9 +144,9 @@ class RayHandle:
 
         kind = item[0]
         if kind == "piece":
-            _, path, array, piece, seconds = item
+            _, path, array, piece, seconds, rows = item  # rows: each row's [min, max], taken on the device
             self.received["pieces"] += array.nbytes
-            write_piece(Path(path), array, piece, seconds)
+            write_piece(Path(path), array, piece, seconds, rows)
         elif kind == "start":
             _, self.node, ip, pid, here = item
             self.stored_by = self.node if here else DRIVER

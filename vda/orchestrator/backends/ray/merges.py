@@ -52,8 +52,13 @@ def merge_on_node(request: MergeRequest, cpus: int, delay: float = 0.0) -> str:
     node = ray_module().get_runtime_context().get_node_id()
     note(request, f"merge started on Ray node {node}, pid {os.getpid()}, holding {cpus} CPU(s)")
     time.sleep(delay)
+    from vda.pipeline.merge.render import POOL
+
     torch.set_num_threads(cpus)
-    merge_in_process(dataclasses.replace(request, workers=cpus))
+    try:
+        merge_in_process(dataclasses.replace(request, workers=cpus))
+    finally:  # the render processes are this task's CPUs: none outlives it in the node's reused worker process
+        POOL.close()
     note(request, f"merge finished on Ray node {node}")
     return node
 
