@@ -6,6 +6,7 @@ video, plus what belongs to the batch: the per-device worker logs and processing
 both are the same folder, which is the layout a single video has always had.
 
     RUN_DIR/plan.json                 the plan (vda.core.plan)
+    RUN_DIR/probe.json                the input's probe, keyed by its identity (vda.orchestrator.planning)
     RUN_DIR/windows/win_000012.npy    window 12, raw network-resolution depth; `.done` marker beside it
     RUN_DIR/segments/seg_000416.npy   stream mode: frames 416..447
     RUN_DIR/first_pass.json           the merge's pass 1, kept while it follows the workers
@@ -26,6 +27,7 @@ from vda.core.plan import Plan, Unit
 
 WINDOWS_DIR, SEGMENTS_DIR, LOGS_DIR, FAULTS_DIR = "windows", "segments", "logs", "faults"
 FIRST_PASS_NAME = "first_pass.json"
+PROBE_NAME = "probe.json"
 RESULTS_NAME = "processing_results.json"
 
 
@@ -48,6 +50,10 @@ class RunDir:
     @property
     def results(self) -> Path:
         return self.path / RESULTS_NAME
+
+    @property
+    def probe(self) -> Path:
+        return self.path / PROBE_NAME
 
     @property
     def first_pass(self) -> Path:
