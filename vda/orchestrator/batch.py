@@ -205,7 +205,8 @@ class MergeLine:
 
 def run_depth(request: DepthRequest, backend: Backend, stream=sys.stderr) -> int:
     """Plan, compute every unit on the devices, merge each video; 0 when every input got its output."""
-    with logs.run_log(request.root.host_log):
+    root = request.root
+    with root.locked(f"vda depth {' '.join(request.inputs)} -o {request.out}"), logs.run_log(root.host_log):
         return _run_batch(request, backend, stream)
 
 

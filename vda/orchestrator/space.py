@@ -61,7 +61,9 @@ def check_space(runs: list[tuple[Plan, RunDir, Path]], fmt: str, devices: list[s
     run_total = out_total = 0
     for plan, run, out_dir in runs:
         existing = sum(
-            p.stat().st_size for i in range(plan.frame_count) if (p := out_dir / frame_name(i, fmt)).is_file()
+            p.stat().st_size
+            for i in range(plan.frame_count)
+            if (p := out_dir / frame_name(i, fmt, plan.frame_count)).is_file()
         )
         need = estimate(plan, fmt, run.missing_pieces(plan), plan.frame_count, devices)
         out_bytes = max(0, need.out_bytes - existing)  # a rerun replaces frames in place

@@ -13,6 +13,8 @@ file MERGED_MARKER, which says the folder holds a complete merge of the run.
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -81,8 +83,12 @@ def _mergeable_plan(run_dir: Path, fmt: str) -> Plan:
 
 
 def _refuse_foreign_output(out_dir: Path, plan: Plan, overwrite: bool) -> None:
-    """Never mix frames of two runs in one folder: another run's output is replaced only with --overwrite."""
-    if overwrite or not (out_dir / META_NAME).is_file():
+    """Never mix frames of two runs in one folder: another run's output is replaced only with --overwrite, and then
+    deleted first, so that a shorter video leaves no frames of a longer one behind."""
+    if overwrite:
+        _clear_output(out_dir)
+        return
+    if not (out_dir / META_NAME).is_file():
         return
     try:
         other = DepthMeta.load(out_dir).settings.get("run_id")
@@ -93,6 +99,23 @@ def _refuse_foreign_output(out_dir: Path, plan: Plan, overwrite: bool) -> None:
             f"{out_dir} already holds the output of another run ({other}); "
             "choose another output folder or pass --overwrite"
         )
+
+
+OUTPUT_FILE = re.compile(r"depth_\d{6,}(" + "|".join(re.escape(ext) for ext in FORMATS.values()) + ")")
+PREVIEW_NAME = "depth_vis.mp4"
+
+
+def _clear_output(out_dir: Path) -> None:
+    """Delete what a merge writes (its marker and depth_meta.json first, so that a folder half cleared never reads as
+    complete), and nothing else a user keeps there."""
+    if not out_dir.is_dir():
+        return
+    for name in (MERGED_MARKER, META_NAME, PREVIEW_NAME):
+        (out_dir / name).unlink(missing_ok=True)
+    with os.scandir(out_dir) as entries:
+        for entry in entries:
+            if OUTPUT_FILE.fullmatch(entry.name) and entry.is_file():
+                os.unlink(entry.path)
 
 
 def _finish_first_pass(first: FirstPass, job: Job) -> Job:
@@ -109,7 +132,7 @@ def _open_sinks(plan: Plan, out_dir: Path, create_video: bool) -> list[Sink]:
     if not create_video:
         return []
     s = plan.settings
-    return [VideoSink(out_dir / "depth_vis.mp4", plan.input.fps_fraction, s.frame_width, s.frame_height)]
+    return [VideoSink(out_dir / PREVIEW_NAME, plan.input.fps_fraction, s.frame_width, s.frame_height)]
 
 
 def _render(job: Job, units: list[int], workers: int, sinks: list[Sink]) -> None:

@@ -79,7 +79,7 @@ def render_unit(job: Job, unit: int) -> list[np.ndarray] | None:
     The frame files are written here, in the render process, so encoding runs on every core; the video has one
     encoder, fed in order by the caller, which gets the colourised frames (also made here, in parallel).
     """
-    files = FrameFiles(Path(job.out_dir), job.fmt, job.lo, job.hi)
+    files = FrameFiles(Path(job.out_dir), job.fmt, job.lo, job.hi, job.n_frames)
     colourised = []
     for f, depth in _rendered(job, unit):
         files.write([(f, depth)])
