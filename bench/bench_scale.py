@@ -44,7 +44,7 @@ from vda.model.synth import synth_state_dict  # noqa: E402
 from vda.orchestrator.backends.base import VideoRun  # noqa: E402
 from vda.orchestrator.backends.local import LocalBackend  # noqa: E402
 from vda.orchestrator.launch import WorkerOptions  # noqa: E402
-from vda.orchestrator.planning import create_plan  # noqa: E402
+from vda.orchestrator.planning import choose_model, create_plan  # noqa: E402
 from vda.orchestrator.queue import QueuedVideo, WorkQueue  # noqa: E402
 
 
@@ -99,19 +99,22 @@ def planning(work: Path, ckpt: Path) -> None:
         row(f"probe, {n:,} frames", f"{seconds:.2f} s", f"{n / seconds:,.0f} packets/s; full decode {decode_s:.2f} s")
     video = encode(work / "ten_minutes_720p.mp4", 18_000, 1280, 720)
     run = RunDir(work / "run_720p")
-    (plan, _), seconds = timed(create_plan, video, run.path, checkpoint=str(ckpt), overwrite=True)
+    model, choose_s = timed(choose_model, str(ckpt))  # once per batch, not per input
+    row("choose_model (checkpoint hashed and checked, once per batch)", f"{choose_s:.2f} s", "synthetic vits, 100 MB")
+    create_plan(video, run.path, model, overwrite=True)
     run.probe.unlink()  # the next plan probes afresh, as a first run does
-    (plan, resumed), seconds = timed(create_plan, video, run.path, checkpoint=str(ckpt))
+    (plan, resumed), seconds = timed(create_plan, video, run.path, model)
     exact, decode_s = timed(decode_count, video)
     assert plan.frame_count == exact.frame_count == 18_000 and resumed
     size = video.stat().st_size / 1e6
     row("create_plan, 10 min 720p30 (18,000 frames)", f"{seconds:.2f} s", f"{size:.0f} MB; goal < 3 s")
     row("full-decode probe of the same", f"{decode_s:.1f} s", f"{18_000 / decode_s:.0f} frames/s (the old planning)")
-    (_, resumed), resume_s = timed(create_plan, video, run.path, checkpoint=str(ckpt))
+    (_, resumed), resume_s = timed(create_plan, video, run.path, model)
     row("resume: create_plan again (probe read back)", f"{resume_s:.3f} s", f"{seconds / resume_s:.0f}x faster")
     big = RunDir(work / "run_100k")
-    create_plan(work / "tiny_100000.mp4", big.path, checkpoint=str(ckpt), unit_size=1, overwrite=True)
-    (plan, _), resume_s = timed(create_plan, work / "tiny_100000.mp4", big.path, checkpoint=str(ckpt), unit_size=1)
+    (plan, _), first_s = timed(create_plan, work / "tiny_100000.mp4", big.path, model, unit_size=1, overwrite=True)
+    row(f"create_plan, 100,000 frames, {len(plan.units):,} units", f"{first_s:.2f} s", "probe, units, plan.json")
+    (plan, _), resume_s = timed(create_plan, work / "tiny_100000.mp4", big.path, model, unit_size=1)
     row(f"resume: create_plan, 100,000 frames, {len(plan.units):,} units", f"{resume_s:.3f} s", "")
 
 

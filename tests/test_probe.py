@@ -110,3 +110,21 @@ def test_a_wrong_count_fails_the_video_and_a_rerun_plans_it_by_decoding(tmp_path
         torch.set_num_threads(threads)
     merge(clean.path, tmp_path / "clean_out", "npy", workers=1)
     assert np.array_equal(read_output(out), read_output(tmp_path / "clean_out"))
+
+
+def test_the_queue_starts_on_the_first_planned_input(tmp_path, checkpoint):
+    """Input b is counted by decoding (MPEG-4 part 2), 3,000 frames: its planning outlasts a's by seconds, so the run
+    starts on a while b is still being planned, and takes b in when it is."""
+    a = write_video(tmp_path / "a.mp4", synthetic_frames(40, 64, 48))
+    b = write_video(tmp_path / "b.avi", numbered_frames(3000, 320, 240), codec="mpeg4")
+    out = tmp_path / "out"
+    args = ["--checkpoint", checkpoint, "--input-size", 28, "--max-res", 64, "--format", "npy", "--no-space-check"]
+    done = run_vda("depth", a, b, "-o", out, "--devices", "cpu", *args, env={"VDA_SIMULATE_MS_PER_FRAME": "0"})
+    start = done.stderr.splitlines()[0]
+    assert start.startswith("vda: 1/2 inputs planned so far, 40 frames in 1 units on cpu (local)"), done.stderr
+    record = json.loads((out / "_run" / "processing_results.json").read_text())
+    assert [(v["name"], v["status"], v["frames"]) for v in record["videos"]] == [
+        ("a", "merged", 40),
+        ("b", "merged", 3000),
+    ]
+    assert len(list((out / "b").glob("depth_*.npy"))) == 3000

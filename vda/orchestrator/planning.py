@@ -163,8 +163,9 @@ def create_plan(
             log.warning("%s: planned again by decoding, its stored pieces discarded (the count was wrong)", run.path)
             overwrite = True
         if _same_work(old, plan) and not overwrite:
-            old.input.path, old.input.counted = info.path, info.counted  # a recount needs no second check
-            old.save(run.path)
+            if (old.input.path, old.input.counted) != (info.path, info.counted):  # else the plan on disk is this one
+                old.input.path, old.input.counted = info.path, info.counted  # a recount needs no second check
+                old.save(run.path)
             log.info("%s: resumed run %s (%d units)", run.path, old.run_id, len(old.units))
             return old, True
         if not overwrite:

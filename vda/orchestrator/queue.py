@@ -191,15 +191,11 @@ class WorkQueue:
         self.units: dict[Key, UnitRecord] = {}
         self.pending = PendingUnits()
         for vi, video in enumerate(videos):
-            unfinished = {u.index for u in video.run.run.unfinished_units(video.plan)}
-            for unit in video.plan.units:
-                record = UnitRecord(video.name, unit.index, frames=unit.produced_frames)
-                self.units[vi, unit.index] = record
-                if unit.index in unfinished:
-                    self.pending.add(vi, unit.index)
-                else:
-                    record.status = "stored"
-                    video.units_done += 1
+            self._index(vi, video)
+        # Videos planned after the queue began (vda.orchestrator.batch.Planner): each call returns those planned since
+        # the last one, None once no more will come.
+        self.incoming: Callable[[], list[QueuedVideo] | None] = lambda: None
+        self._expecting = True
         self.records = [
             DeviceRecord(s, d, str(root.worker_log(s).relative_to(root.path))) for s, d in enumerate(devices)
         ]
@@ -210,6 +206,36 @@ class WorkQueue:
         self._streak = dict.fromkeys(range(len(devices)), 0)  # deaths in a row, outside any unit, per slot
         self._saved, self._changed = 0.0, True
 
+    def _index(self, vi: int, video: QueuedVideo) -> None:
+        """Its units, pending unless an earlier run stored them."""
+        unfinished = {u.index for u in video.run.run.unfinished_units(video.plan)}
+        for unit in video.plan.units:
+            record = UnitRecord(video.name, unit.index, frames=unit.produced_frames)
+            self.units[vi, unit.index] = record
+            if unit.index in unfinished:
+                self.pending.add(vi, unit.index)
+            else:
+                record.status = "stored"
+                video.units_done += 1
+
+    def add(self, video: QueuedVideo) -> None:
+        """A video planned while the queue runs: its units go after every unit queued so far."""
+        vi = len(self.videos)
+        self.videos.append(video)
+        self._index(vi, video)
+        self.progress.add(video.plan)
+        self.progress.stored(video.units_done)
+        self._changed = True
+        if video.units_done == len(video.plan.units):
+            self._computed(vi)
+
+    def _arrivals(self) -> None:
+        if self._expecting:
+            new = self.incoming()
+            self._expecting = new is not None
+            for video in new or []:
+                self.add(video)
+
     # -- the loop ------------------------------------------------------------------------------------
     def run(self) -> None:
         """Until every unit is stored or its video failed. On any exception (also Ctrl-C) every worker is stopped."""
@@ -218,7 +244,8 @@ class WorkQueue:
             if video.units_done == len(video.plan.units):
                 self._computed(vi)
         try:
-            while self.pending or any(w.running for w in self.workers.values()):
+            while self.pending or any(w.running for w in self.workers.values()) or self._expecting:
+                self._arrivals()
                 self._staff()
                 self._drain()
                 self._reap()

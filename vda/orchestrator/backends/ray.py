@@ -248,10 +248,11 @@ class RayBackend(Backend):
     name = "ray"
     gpu_pool = "the Ray cluster"
     all_gpus_by_default = True  # every GPU of the cluster, wherever it is
+    plans_first = True  # open() checks every input on every node, from its plan
 
     def __init__(self, devices: list[str], options, image: str | None = None, address: str | None = None):
         super().__init__(devices, options, image, address)
-        self.plans: dict[str, Plan] = {}
+        self.plans: dict[str, Plan] = {}  # every video's, loaded in open (hence plans_first)
         self.handles: list[RayHandle] = []
         self.weights: tuple[str, list] | None = None  # (sha256, [ObjectRef]): in a list, so actors fetch it lazily
         self._closed = False
