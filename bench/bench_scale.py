@@ -122,7 +122,8 @@ def queue_run(work: Path, ckpt: Path, units: int, ms: float, devices: list[str])
     """(wall, host CPU) seconds of the queue phase (no merge) for one video of `units` one-window units."""
     video = encode(work / f"units_{units}.mp4", units * 22, 64, 48)
     run = RunDir(work / f"queue_{units}")
-    config.load({**os.environ, SIMULATE_ENV: str(ms), "VDA_THREADS": "1"})
+    os.environ[SIMULATE_ENV] = str(ms)  # the local backend hands its workers this process's environment
+    config.load()
     plan, _ = create_plan(video, run.path, checkpoint=str(ckpt), input_size=14, unit_size=1, overwrite=True)
     assert len(plan.units) == units
     backend = LocalBackend(devices, WorkerOptions(threads=1))
@@ -139,7 +140,8 @@ def queue_run(work: Path, ckpt: Path, units: int, ms: float, devices: list[str])
     after = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = sum(a.ru_utime + a.ru_stime - b.ru_utime - b.ru_stime for a, b in zip(after, before))
     assert all(u.status == "done" for u in work_queue.units.values())
-    config.load({**os.environ, SIMULATE_ENV: ""})
+    del os.environ[SIMULATE_ENV]
+    config.load()
     return wall, cpu
 
 

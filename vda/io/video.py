@@ -259,8 +259,8 @@ def _demux(container, stream, file_size: int) -> tuple[list[int], list[int], obj
         raise _Fallback("no packets")
     if len(pts) < SAMPLE_PACKETS:
         sample += stream.decode(None)
-    if len(sample) != min(len(pts), SAMPLE_PACKETS):
-        raise _Fallback(f"{min(len(pts), SAMPLE_PACKETS)} sample packets decoded to {len(sample)} frames")
+    if len(sample) != min(len(pts), SAMPLE_PACKETS) or any(f.pts is None for f in sample):
+        raise _Fallback(f"{min(len(pts), SAMPLE_PACKETS)} sample packets decoded to {len(sample)} frames with pts")
     if len(set(pts)) != len(pts) or min(pts) != keys[0]:
         raise _Fallback("repeated pts, or frames shown before the first keyframe")
     return pts, keys, min(sample, key=lambda f: f.pts)

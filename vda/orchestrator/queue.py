@@ -204,7 +204,7 @@ class WorkQueue:
         self.workers: dict[int, _Worker] = {}
         self._generation = dict.fromkeys(range(len(devices)), 0)
         self._streak = dict.fromkeys(range(len(devices)), 0)  # deaths in a row, outside any unit, per slot
-        self._saved, self._changed = 0.0, True
+        self._saved, self._changed, self._save_cost = 0.0, True, 0.0
 
     def _index(self, vi: int, video: QueuedVideo) -> None:
         """Its units, pending unless an earlier run stored them."""
@@ -524,11 +524,14 @@ class WorkQueue:
         self._save(force=True)
 
     def _save(self, force: bool = False) -> None:
-        """Write the record when something changed, at most every SAVE_INTERVAL_S; `force`: now (the end)."""
+        """Write the record when something changed, at most every SAVE_INTERVAL_S, and never more than a twentieth of
+        the loop's time (the record grows with the units: at 10,000 it takes a good part of a second on a loaded
+        host, which would otherwise delay every Ready behind it); `force`: now (the end)."""
         now = time.time()
-        if force or (self._changed and now - self._saved >= SAVE_INTERVAL_S):
-            self._saved, self._changed = now, False
+        if force or (self._changed and now - self._saved >= max(SAVE_INTERVAL_S, 20 * self._save_cost)):
+            self._changed = False
             write_json(self.root.results, self.results())
+            self._saved, self._save_cost = time.time(), time.time() - now
 
 
 def _stop_all(handles: list[WorkerHandle]) -> None:
