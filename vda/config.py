@@ -14,6 +14,7 @@ environment.
 | `VDA_FAIL_MODE` | fault rehearsal: `raise` (the unit fails), `exit` (the worker exits 3), `kill` (SIGKILL), `oom` |
 | `VDA_WORKER_DELAY` | fault rehearsal: `SLOT:SECONDS` slows worker SLOT by SECONDS per unit (a slow device) |
 | `VDA_SIMULATE_MS_PER_FRAME` | simulated device: no model; a window holds the device MS ms per output frame |
+| `VDA_MERGE_DELAY` | fault rehearsal: a merge run as a Ray task waits SECONDS before it starts (lose its node) |
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ FAIL_ENV, FAIL_TIMES_ENV, FAIL_MODE_ENV, DELAY_ENV, SIMULATE_ENV = (
     "VDA_WORKER_DELAY",
     "VDA_SIMULATE_MS_PER_FRAME",
 )
-FAULT_ENV = (FAIL_ENV, FAIL_TIMES_ENV, FAIL_MODE_ENV, DELAY_ENV, SIMULATE_ENV)
+MERGE_DELAY_ENV = "VDA_MERGE_DELAY"
+FAULT_ENV = (FAIL_ENV, FAIL_TIMES_ENV, FAIL_MODE_ENV, DELAY_ENV, SIMULATE_ENV, MERGE_DELAY_ENV)
 FAIL_MODES = ("raise", "exit", "kill", "oom")
 # The checkout's models/ folder (an editable install, told by the pyproject.toml beside it); a wheel installed elsewhere
 # looks in ./models instead (site-packages/models could be another package's).
@@ -55,12 +57,13 @@ class Faults:
     mode: str = ""  # empty: raise
     delay: str = ""  # "SLOT:SECONDS"
     simulate_ms: float | None = None  # a simulated device: ms it is held per output frame; None: the real model
+    merge_delay: str = ""  # "SECONDS"
 
     def env(self) -> dict[str, str]:
         """The variables that give a worker these rehearsals (only those that are set)."""
         times = "" if self.times is None else str(self.times)
         simulate = "" if self.simulate_ms is None else repr(self.simulate_ms)
-        values = (self.at_unit, times, self.mode, self.delay, simulate)
+        values = (self.at_unit, times, self.mode, self.delay, simulate, self.merge_delay)
         return {k: v for k, v in zip(FAULT_ENV, values) if v}
 
     def delay_of(self, slot: int) -> float:
@@ -90,11 +93,13 @@ class Config:
             mode=environ.get(FAIL_MODE_ENV, ""),
             delay=environ.get(DELAY_ENV, ""),
             simulate_ms=_milliseconds(environ, SIMULATE_ENV),
+            merge_delay=environ.get(MERGE_DELAY_ENV, ""),
         )
         if faults.mode and faults.mode not in FAIL_MODES:
             raise UsageError(f"{FAIL_MODE_ENV}={faults.mode!r} is not one of {', '.join(FAIL_MODES)}; fix or unset it")
         _check_spec(FAIL_ENV, faults.at_unit, "U or NAME:U, U a unit number", lambda s: s.rpartition(":")[2].isdigit())
         _check_spec(DELAY_ENV, faults.delay, "SLOT:SECONDS", _is_delay)
+        _check_spec(MERGE_DELAY_ENV, faults.merge_delay, "SECONDS", lambda s: _is_delay(f"0:{s}"))
         return cls(_whole(environ, THREADS_ENV, 1), models, faults, verbose, debug)
 
 

@@ -152,7 +152,7 @@ class Planner:
         precision = check_precision(request.precision, request.devices)
         model = choose_model(request.checkpoint, request.encoder, request.metric)
         # What a backend needs before the plans: each input's run folder and file (Docker mounts every input).
-        self.runs = [VideoRun(name, run, src.resolve()) for name, src, _, run in self.entries]
+        self.runs = [VideoRun(name, run, src.resolve(), folder) for name, src, folder, run in self.entries]
         kwargs = dict(input_size=request.input_size, max_res=request.max_res, precision=precision)
         kwargs.update(mode=request.mode, unit_size=request.unit_size, overwrite=request.overwrite)
         self._pool = ThreadPoolExecutor(min(PLAN_WORKERS, len(self.entries)), thread_name_prefix="vda-plan")
@@ -186,7 +186,7 @@ class Planner:
                 self.refused.append(Refused(str(src), str(err).strip(), err))
                 self.say(f"vda: {src}: {str(err).strip()}; the other inputs go on")
                 continue
-            out.append((QueuedVideo(VideoRun(name, run, Path(plan.input.path)), plan), folder))
+            out.append((QueuedVideo(VideoRun(name, run, Path(plan.input.path), folder), plan), folder))
         return out
 
     def close(self) -> None:
@@ -195,24 +195,31 @@ class Planner:
 
 
 class MergeLine:
-    """Merges videos one after the other in a thread, as the queue reports them computed (on spare CPU while the
-    devices compute the others). A merge that fails fails its video only."""
+    """Merges videos as the queue reports them computed (on spare CPU while the devices compute the others), one
+    after the other in a thread, or `backend.merge_slots` at a time where the backend runs merges on several hosts.
+    A merge that fails fails its video only."""
 
     def __init__(self, backend: Backend, request: DepthRequest, outs: dict[str, Path], follower: Follower, progress):
         self.backend, self.request, self.outs, self.follower, self.progress = backend, request, outs, follower, progress
         self.errors: dict[str, Exception] = {}
         self._cancelled = False
         self._queue: queue.Queue = queue.Queue()
-        self._thread = threading.Thread(target=self._loop, name="vda-merge", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"vda-merge-{k}", daemon=True)
+            for k in range(max(1, backend.merge_slots))
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def submit(self, video: QueuedVideo) -> None:
         self._queue.put(video)
 
     def finish(self) -> None:
-        """Wait for every merge submitted so far (after `cancel`, only for the one running)."""
-        self._queue.put(None)
-        self._thread.join()
+        """Wait for every merge submitted so far (after `cancel`, only for those running)."""
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join()
 
     def cancel(self) -> None:
         self._cancelled = True
@@ -223,7 +230,7 @@ class MergeLine:
             started, out, r = time.perf_counter(), self.outs[video.name], self.request
             request = MergeRequest(video.run.run, out, r.fmt, r.create_video, r.overwrite, r.merge_workers)
             try:
-                self.backend.merge(request)
+                video.merge_node = self.backend.merge(request)
             except Exception as err:  # noqa: BLE001 - it fails this video only; the batch reports it at the end
                 video.status, video.error, video.log = "failed", f"the merge failed: {err}", str(video.run.run.logs)
                 self.errors[video.name] = err
@@ -277,7 +284,8 @@ def _run_planned(request: DepthRequest, backend: Backend, planner: Planner, say,
         later = [r for r in planner.runs[planner.planned :] if r.input.exists()]
         if videos or later:  # every input refused: nothing for the backend to prepare (nor to fail at)
             backend.open(root, [v.run for v in videos] + later)
-        with Follower([v.run.run.path for v in videos]) as follower:
+        followed = [v.run.run.path for v in videos] if backend.merges_here else []  # else pass 1 is in the merge
+        with Follower(followed) as follower:
             merges = MergeLine(backend, request, outs, follower, progress)
             work = WorkQueue(
                 videos,
@@ -290,7 +298,8 @@ def _run_planned(request: DepthRequest, backend: Backend, planner: Planner, say,
                 stream=stream,
             )
             work.refused = _refused(planner)
-            work.incoming = lambda: _arrivals(planner, space, outs, follower, work, say)
+            following = follower if backend.merges_here else None
+            work.incoming = lambda: _arrivals(planner, space, outs, following, work, say)
             try:
                 work.run()
             except KeyboardInterrupt:  # stop now: no merge waits for another, and a running merge container goes
@@ -310,14 +319,15 @@ def _refused(planner: Planner) -> list[dict]:
     return [{"input": r.source, "status": "refused", "error": r.error} for r in planner.refused]
 
 
-def _arrivals(planner: Planner, space, outs: dict, follower: Follower, work: WorkQueue, say) -> list | None:
+def _arrivals(planner: Planner, space, outs: dict, follower: Follower | None, work: WorkQueue, say) -> list | None:
     """The inputs planned since the last call, for the queue (None once every input is planned or refused)."""
     if planner.finished:
         return None
     new = [(v, out) for v, out in planner.take() if _fits(space, v, out, planner, say)]
     for video, out in new:
         outs[video.name] = out
-        follower.follow(video.run.run.path)
+        if follower is not None:
+            follower.follow(video.run.run.path)
     work.progress.planned(planner.planned)
     work.refused = _refused(planner)
     return [v for v, _ in new]
