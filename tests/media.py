@@ -1,7 +1,10 @@
 """Test footage made on the spot: procedural frames, and real files written with real encoders (PyAV/FFmpeg).
 
 No third-party footage is needed: every video a test reads is encoded here, with the properties that break naive
-readers (B-frames and a long GOP, a phone's rotation tag, odd sizes, an audio track, variable frame rate).
+readers (B-frames and a long GOP, a phone's rotation tag, odd sizes, an audio track, variable frame rate) and the
+containers whose packets are not one frame each (a raw H.264 stream without pts, MPEG-4 part 2 in AVI, an MP4 whose
+edit list cuts its first frames). MPEG-TS (a .ts path) and VP9 in WebM (codec="libvpx-vp9", a .webm path) are
+write_video's too.
 """
 
 from __future__ import annotations
@@ -114,6 +117,22 @@ def set_display_rotation(path: Path) -> Path:
     data[matrix : matrix + 36] = struct.pack(">9i", 0, 0x10000, 0, -0x10000, 0, 0, height, 0, 0x40000000)
     Path(path).write_bytes(bytes(data))
     return Path(path)
+
+
+def trim_edit_list(src: Path, dst: Path, frames: int, fps: Fraction = Fraction(24)) -> Path:
+    """A copy of a video-only mp4 whose edit list starts `frames` frames later, as a cut without re-encoding makes it:
+    those frames are still in the file (the first ones are needed to decode the rest) but players do not show them."""
+    data = bytearray(Path(src).read_bytes())
+    assert data.count(b"elst") == 1 and data.count(b"mdhd") == 1, "one track with one edit list"
+    mdhd = data.find(b"mdhd") + 4
+    assert data[mdhd] == 0  # version 0: 32-bit fields
+    (timescale,) = struct.unpack(">I", data[mdhd + 12 : mdhd + 16])
+    elst = data.find(b"elst") + 4
+    assert data[elst] == 0 and struct.unpack(">I", data[elst + 4 : elst + 8]) == (1,)  # version 0, one entry
+    (media_time,) = struct.unpack(">i", data[elst + 12 : elst + 16])
+    data[elst + 12 : elst + 16] = struct.pack(">i", media_time + int(frames * timescale / fps))
+    Path(dst).write_bytes(bytes(data))
+    return Path(dst)
 
 
 def portrait_phone_video(path: Path, n: int = 30, width: int = 64, height: int = 48) -> Path:

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, synthetic_frames, write_video
+from conftest import ROOT, synthetic_frames, wait_for, write_video
 
 from vda.io.rundir import RunDir
 from vda.io.writers import DepthMeta, read_depth
 from vda.model.synth import synthetic_scene
 from vda.orchestrator.backends.base import START_FAILED, VideoRun
-from vda.orchestrator.backends.docker import DockerBackend
+from vda.orchestrator.backends.docker import DockerBackend, DockerError
 from vda.orchestrator.launch import WorkerOptions
 from vda.orchestrator.planning import create_plan
 from vda.orchestrator.queue import QueuedVideo, WorkQueue
@@ -353,3 +353,24 @@ def test_compile_with_an_image_without_a_compiler_is_refused_in_one_line(client,
     assert last.startswith("vda: error: --compile needs a C compiler in the image"), done.stderr
     assert not list(out.rglob("win_*.npy")) and _containers(client, out / "_run") == []
     assert not (out / "_run" / "logs").exists() or not list((out / "_run" / "logs").glob("worker_*.log"))
+
+
+def test_a_run_folder_in_use_keeps_its_containers(client, tmp_path, checkpoint, tiny):
+    """A second backend opened on a folder whose `vda depth` is alive (a host that does not share its lock) is refused
+    in one line naming that process, and removes none of its containers (issue 21). Written without an engine at hand:
+    first run by the lead."""
+    out = tmp_path / "out"
+    cmd = _depth_cmd(tiny, out, "docker", checkpoint, "--unit-size", "1", *SMALL)
+    env = {**os.environ, "VDA_THREADS": "1", "VDA_WORKER_DELAY": "0:30"}  # slot 0 holds its unit for 30 s
+    first = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: len(_containers(client, out / "_run", "worker")) == 2, 180)
+        backend = DockerBackend(["cpu"], WorkerOptions(checkpoint=str(checkpoint)), image=IMAGE, client=client)
+        with pytest.raises(DockerError, match=rf"in use by the containers of another vda \(pid {first.pid} on "):
+            backend.open(RunDir(out / "_run"), [])
+        backend.close()
+        assert {c.status for c in _containers(client, out / "_run", "worker")} == {"running"}
+        assert first.poll() is None
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(120)

@@ -3,9 +3,26 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 
 from vda.errors import UsageError
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this host (one of another user's counts: it exists)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def owner() -> str:
+    """This process as the owner of what it starts elsewhere (containers): HOST:PID."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def usable_cpus() -> int:

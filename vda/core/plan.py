@@ -108,7 +108,11 @@ class Plan:
     def save(self, run_dir: Path) -> None:
         from vda.io.writers import write_json
 
-        write_json(Path(run_dir) / PLAN_NAME, asdict(self))
+        units = [  # by hand: asdict copies each unit's tuples deep, a second at 10,000 units
+            {"index": u.index, "span": u.span, "decode": u.decode, "produces": u.produces} for u in self.units
+        ]
+        data = {"input": asdict(self.input), "settings": asdict(self.settings), "units": units}
+        write_json(Path(run_dir) / PLAN_NAME, {**data, "run_id": self.run_id, "schema_version": self.schema_version})
 
     @classmethod
     def load(cls, run_dir: Path) -> Plan:

@@ -6,12 +6,14 @@ video, plus what belongs to the batch: the per-device worker logs and processing
 both are the same folder, which is the layout a single video has always had.
 
     RUN_DIR/plan.json                 the plan (vda.core.plan)
+    RUN_DIR/probe.json                the input's probe, keyed by its identity (vda.orchestrator.planning)
     RUN_DIR/windows/win_000012.npy    window 12, raw network-resolution depth; `.done` marker beside it
     RUN_DIR/segments/seg_000416.npy   stream mode: frames 416..447
     RUN_DIR/first_pass.json           the merge's pass 1, kept while it follows the workers
     RUN_DIR/logs/worker_<slot>.log    one long-lived worker's output (batch level)
     RUN_DIR/logs/video.log            what went wrong with this video's units, with the worker log to read
     RUN_DIR/processing_results.json   per device, per video and per unit (batch level)
+    RUN_DIR/.lock                     flock'ed by the `vda depth` running on the folder; it names that process
 
 A piece is finished when its `.npy` and its `.done` marker both exist; the worker writes the array under a temporary
 name, renames it, then writes the marker, so a killed worker never leaves a half-written piece that counts.
@@ -19,17 +21,30 @@ name, renames it, then writes the marker, so a killed worker never leaves a half
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from vda.core.plan import Plan, Unit
+from vda.errors import RunError
 
 WINDOWS_DIR, SEGMENTS_DIR, LOGS_DIR, FAULTS_DIR = "windows", "segments", "logs", "faults"
 FIRST_PASS_NAME = "first_pass.json"
+PROBE_NAME = "probe.json"
+LOCK_NAME = ".lock"
+
+
+class RunFolderBusy(RunError):
+    """Another process holds the run folder: its line names that process."""
+
+
 RESULTS_NAME = "processing_results.json"
 
 
@@ -74,6 +89,10 @@ class RunDir:
         return self.path / RESULTS_NAME
 
     @property
+    def probe(self) -> Path:
+        return self.path / PROBE_NAME
+
+    @property
     def first_pass(self) -> Path:
         return self.path / FIRST_PASS_NAME
 
@@ -88,6 +107,31 @@ class RunDir:
     def host_log(self) -> Path:
         """The host's diagnostics (vda.logs): every command run on this folder appends to it."""
         return self.logs / "vda.log"
+
+    @contextlib.contextmanager
+    def locked(self, what: str) -> Iterator[None]:
+        """Hold the folder for one `vda depth` (an exclusive flock, released when this process ends, even by kill -9):
+        a second one is refused in one line naming the holder, before it reads or removes anything. The lock file is
+        not inherited by the workers, and stays behind (removing it would race the next holder)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path / LOCK_NAME, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise RunFolderBusy(
+                f"{self.path} is in use by {holder}; wait for it to finish, stop it, or use another output folder"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()} ({what})\n")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fh.close()
 
     def fault_counter(self, name: str) -> Path:
         return self.path / FAULTS_DIR / name

@@ -88,9 +88,16 @@ def write_json(path: Path, obj) -> None:
     write_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
-def frame_name(index: int, fmt: str) -> str:
-    """The file of frame `index` (npy-stack: the video's one file, which holds every frame)."""
-    return STACK_NAME if fmt == STACK else f"depth_{index:06d}{FORMATS[fmt]}"
+def frame_digits(frame_count: int) -> int:
+    """Digits of a video's frame names: 6, and 7 from a million frames on (more from ten million), so that the names
+    of one video all have one width and sort in frame order."""
+    return max(6, len(str(frame_count)))
+
+
+def frame_name(index: int, fmt: str, frame_count: int = 0) -> str:
+    """The file of frame `index` of a video of `frame_count` frames (see frame_digits); npy-stack: the video's one
+    file, which holds every frame."""
+    return STACK_NAME if fmt == STACK else f"depth_{index:0{frame_digits(frame_count)}d}{FORMATS[fmt]}"
 
 
 def parse_output_size(text: str) -> str:
@@ -184,7 +191,9 @@ class DepthMeta:
 
     def __post_init__(self):
         self.pattern = self.pattern or (
-            STACK_NAME if self.format == STACK else f"depth_{{index:06d}}{FORMATS[self.format]}"
+            STACK_NAME
+            if self.format == STACK
+            else f"depth_{{index:0{frame_digits(self.frame_count)}d}}{FORMATS[self.format]}"
         )
         self.meaning = self.meaning or (
             "metric depth in metres" if self.metric else "relative inverse depth (disparity): larger is closer, no unit"
@@ -214,7 +223,7 @@ class DepthMeta:
 
 def read_depth(out_dir: Path, index: int, meta: DepthMeta) -> np.ndarray:
     """Frame `index` of a merged output as float32, through the quantisation recorded in the meta."""
-    path = Path(out_dir) / frame_name(index, meta.format)
+    path = Path(out_dir) / frame_name(index, meta.format, meta.frame_count)
     if meta.format in LEVELS:
         stored = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if stored is None:

@@ -17,10 +17,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vda import logs
+from vda.core.plan import PlanError
 from vda.errors import EXIT_ERROR, InputError, VdaError
 from vda.io.rundir import RunDir
 from vda.io.video import IMAGE_EXTS
@@ -29,6 +31,7 @@ from vda.orchestrator.launch import WorkerOptions
 from vda.orchestrator.planning import check_precision, choose_model, create_plan
 from vda.orchestrator.progress import BatchProgress
 from vda.orchestrator.queue import QueuedVideo, WorkQueue
+from vda.orchestrator.space import SpaceLedger, human_size
 from vda.pipeline.merge.first_pass import Follower
 
 # What a folder of videos may hold (anything FFmpeg reads would do; these are the names users give video files).
@@ -182,35 +185,67 @@ def layout(request: DepthRequest, sources: list[Path], names: list[str]) -> list
     return [(n, s, request.out / n, RunDir(root.path / n)) for n, s in zip(names, sources)]
 
 
-def plan_videos(request: DepthRequest, say) -> tuple[list[QueuedVideo], dict[str, Path], list[Refused]]:
-    """Plan every input; an input that cannot be planned is refused alone (raised, when it is the only one)."""
-    sources = expand_inputs(request.inputs)
-    names = name_inputs(sources, say)
-    precision = check_precision(request.precision, request.devices)
-    model = choose_model(request.checkpoint, request.encoder, request.metric)
-    videos, outs, refused = [], {}, []
-    for name, src, out, run in layout(request, sources, names):
-        try:
-            plan, resumed = create_plan(
-                src,
-                run.path,
-                model,
-                input_size=request.input_size,
-                max_res=request.max_res,
-                precision=precision,
-                mode=request.mode,
-                unit_size=request.unit_size,
-                overwrite=request.overwrite,
-            )
-        except (VdaError, OSError) as err:  # this input only (an OSError: its run folder could not be written)
-            if len(sources) == 1:
-                raise
-            refused.append(Refused(str(src), str(err).strip(), err))
-            say(f"vda: {src}: {str(err).strip()}; the other inputs go on")
-            continue
-        videos.append(QueuedVideo(VideoRun(name, run, Path(plan.input.path), out), plan))
-        outs[name] = out
-    return videos, outs, refused
+# Inputs planned at once. Planning is mostly demuxing (vda.io.video.packet_count: one core, and the disk), so a few at
+# a time keep a batch's planning ahead of the devices (bench_scale.py: 10 minutes of 720p plan in about a second)
+# without taking the cores the workers decode on.
+PLAN_WORKERS = 2
+
+
+class Planner:
+    """Plans a batch's inputs in a background pool, from the moment it is made, and hands them out in input order as
+    they are planned, so that the queue starts on the first while the later ones are still being probed.
+
+    An input that cannot be planned is refused alone (said at once, listed at the end); when it is the only input,
+    its error is raised instead, as a single video's always was.
+    """
+
+    def __init__(self, request: DepthRequest, say):
+        sources = expand_inputs(request.inputs)
+        self.entries = layout(request, sources, name_inputs(sources, say))
+        self.say, self.refused = say, []
+        precision = check_precision(request.precision, request.devices)
+        model = choose_model(request.checkpoint, request.encoder, request.metric)
+        # What a backend needs before the plans: each input's run folder and file (Docker mounts every input).
+        self.runs = [VideoRun(name, run, src.resolve(), folder) for name, src, folder, run in self.entries]
+        kwargs = dict(input_size=request.input_size, max_res=request.max_res, precision=precision)
+        kwargs.update(mode=request.mode, unit_size=request.unit_size, overwrite=request.overwrite)
+        self._pool = ThreadPoolExecutor(min(PLAN_WORKERS, len(self.entries)), thread_name_prefix="vda-plan")
+        self._futures = [
+            self._pool.submit(create_plan, src, run.path, model, **kwargs) for _, src, _, run in self.entries
+        ]
+        self._next = 0
+
+    @property
+    def finished(self) -> bool:
+        """Every input handed out or refused."""
+        return self._next == len(self.entries)
+
+    @property
+    def planned(self) -> int:
+        return self._next
+
+    def take(self, wait: bool = False) -> list[tuple[QueuedVideo, Path]]:
+        """The inputs planned since the last call, in input order, with their output folders (`wait`: at least the
+        next one, unless every input is taken)."""
+        out = []
+        while not self.finished and (self._futures[self._next].done() or (wait and not out)):
+            name, src, folder, run = self.entries[self._next]
+            future = self._futures[self._next]
+            self._next += 1
+            try:
+                plan, _ = future.result()
+            except (VdaError, OSError) as err:  # this input only (an OSError: its run folder could not be written)
+                if len(self.entries) == 1:
+                    raise
+                self.refused.append(Refused(str(src), str(err).strip(), err))
+                self.say(f"vda: {src}: {str(err).strip()}; the other inputs go on")
+                continue
+            out.append((QueuedVideo(VideoRun(name, run, Path(plan.input.path), folder), plan), folder))
+        return out
+
+    def close(self) -> None:
+        """Stop planning what has not started (a run that ends early plans nothing more)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 class MergeLine:
@@ -280,32 +315,43 @@ def run_depth(request: DepthRequest, backend: Backend, stream=sys.stderr) -> int
 
 def run_batch(request: DepthRequest, backend: Backend, stream=sys.stderr) -> RunResult:
     """`run_depth`, with what became of each input; the lines it says go to `stream`."""
-    with logs.run_log(request.root.host_log):
+    root = request.root
+    with root.locked(f"vda depth {' '.join(request.inputs)} -o {request.out}"), logs.run_log(root.host_log):
         return _run_batch(request, backend, stream)
 
 
 def _run_batch(request: DepthRequest, backend: Backend, stream) -> RunResult:
     say = lambda line: print(line, file=stream, flush=True)  # noqa: E731
-    videos, outs, refused = plan_videos(request, say)
-    root = request.root
-    log.info("vda depth: %d input(s) on %s (%s backend)", len(videos), ", ".join(request.devices), backend.name)
-    need = ""
-    if request.space_check and videos:
-        from vda.orchestrator.space import check_space, human_size
-
-        space = check_space([(v.plan, v.run.run, outs[v.name]) for v in videos], request.fmt, request.devices)
-        need = f", needs about {human_size(space.run_bytes + space.out_bytes)} of disk"
-    frames, units = sum(v.plan.frame_count for v in videos), sum(len(v.plan.units) for v in videos)
-    what = f"{len(videos)} videos, " if len(videos) != 1 else ""
-    say(
-        f"vda: {what}{frames} frames in {units} units on {', '.join(request.devices)} ({backend.name}); "
-        f"run folder {root.path}{need}"
-    )
-    progress = BatchProgress([v.plan for v in videos], stream=stream)
-    work = None
+    planner = Planner(request, say)
     try:
-        if videos:  # every input refused: nothing for the backend to prepare (nor to fail at)
-            backend.open(root, [v.run for v in videos])
+        return _run_planned(request, backend, planner, say, stream)
+    finally:
+        planner.close()
+
+
+def _run_planned(request: DepthRequest, backend: Backend, planner: Planner, say, stream) -> RunResult:
+    """The batch, from its first planned input on: later inputs join the queue as they are planned (all of them first
+    for a backend that needs every plan when it opens, Ray)."""
+    root, outs = request.root, {}
+    first = planner.take(wait=True)
+    while backend.plans_first and not planner.finished:
+        first += planner.take(wait=True)
+    space = SpaceLedger(request.fmt, request.devices) if request.space_check else None
+    first = [(v, out) for v, out in first if _fits(space, v, out, planner, say)]
+    videos = [v for v, _ in first]
+    outs.update((v.name, out) for v, out in first)
+    _say_start(request, backend, planner, videos, space, say)
+    log.info(
+        "vda depth: %d input(s) on %s (%s backend)", len(planner.entries), ", ".join(request.devices), backend.name
+    )
+    progress = BatchProgress([v.plan for v in videos], stream=stream, inputs=len(planner.entries))
+    progress.planned(planner.planned)
+    work = merges = None
+    try:
+        # The planned inputs and those still being planned (Docker mounts them all now); a refused one is no input.
+        later = [r for r in planner.runs[planner.planned :] if r.input.exists()]
+        if videos or later:  # every input refused: nothing for the backend to prepare (nor to fail at)
+            backend.open(root, [v.run for v in videos] + later)
         followed = [v.run.run.path for v in videos] if backend.merges_here else []  # else pass 1 is in the merge
         with Follower(followed) as follower:
             merges = MergeLine(backend, request, outs, follower, progress)
@@ -319,7 +365,9 @@ def _run_batch(request: DepthRequest, backend: Backend, stream) -> RunResult:
                 on_computed=merges.submit,
                 stream=stream,
             )
-            work.refused = [{"input": r.source, "status": "refused", "error": r.error} for r in refused]
+            work.refused = _refused(planner)
+            following = follower if backend.merges_here else None
+            work.incoming = lambda: _arrivals(planner, space, outs, following, work, say)
             try:
                 work.run()
             except KeyboardInterrupt:  # stop now: no merge waits for another, and a running merge container goes
@@ -332,7 +380,56 @@ def _run_batch(request: DepthRequest, backend: Backend, stream) -> RunResult:
         backend.close()
         if work is not None:
             work.save()
-    return _report(videos, refused, merges.errors, outs, say, root.path)
+    return _report(
+        work.videos if work else videos, planner.refused, merges.errors if merges else {}, outs, say, root.path
+    )
+
+
+def _refused(planner: Planner) -> list[dict]:
+    return [{"input": r.source, "status": "refused", "error": r.error} for r in planner.refused]
+
+
+def _arrivals(planner: Planner, space, outs: dict, follower: Follower | None, work: WorkQueue, say) -> list | None:
+    """The inputs planned since the last call, for the queue (None once every input is planned or refused)."""
+    if planner.finished:
+        return None
+    new = [(v, out) for v, out in planner.take() if _fits(space, v, out, planner, say)]
+    for video, out in new:
+        outs[video.name] = out
+        if follower is not None:
+            follower.follow(video.run.run.path)
+    work.progress.planned(planner.planned)
+    work.refused = _refused(planner)
+    return [v for v, _ in new]
+
+
+def _fits(space: SpaceLedger | None, video: QueuedVideo, out: Path, planner: Planner, say) -> bool:
+    """Whether the disks hold this input too (with those before it); if not it is refused, or raised when alone."""
+    if space is None:
+        return True
+    try:
+        space.add(video.plan, video.run.run, out)
+        return True
+    except PlanError as err:
+        if len(planner.entries) == 1:
+            raise
+        planner.refused.append(Refused(str(video.run.input), str(err).strip(), err))
+        say(f"vda: {video.run.input}: {str(err).strip()}; the other inputs go on")
+        return False
+
+
+def _say_start(request: DepthRequest, backend: Backend, planner: Planner, videos, space, say) -> None:
+    """The run's first line: what is planned so far (the whole batch, once every input is planned)."""
+    frames, units = sum(v.plan.frame_count for v in videos), sum(len(v.plan.units) for v in videos)
+    total = len(planner.entries)
+    what = f"{len(videos)} videos, " if len(videos) != 1 else ""
+    if not planner.finished:
+        what = f"{planner.planned}/{total} inputs planned so far, "
+    need = f", needs about {human_size(space.total)} of disk" if space is not None and videos else ""
+    say(
+        f"vda: {what}{frames} frames in {units} units on {', '.join(request.devices)} ({backend.name}); "
+        f"run folder {request.root.path}{need}"
+    )
 
 
 def _report(videos: list[QueuedVideo], refused: list[Refused], merge_errors: dict, outs, say, root: Path) -> RunResult:

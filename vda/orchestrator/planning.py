@@ -7,6 +7,7 @@ units are the same on any devices, so a rerun on other devices reuses every stor
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from dataclasses import asdict, dataclass
@@ -18,7 +19,8 @@ from vda import config
 from vda.core.plan import PLAN_NAME, STREAM_WARMUP, Plan, PlanError, Settings, default_unit_size, make_units
 from vda.core.preprocess import network_shape
 from vda.io.rundir import RunDir
-from vda.io.video import VideoInfo, fit_max_res, probe
+from vda.io.video import VideoInfo, fit_max_res, head_hash, probe
+from vda.io.writers import write_json
 from vda.model.network import CONFIGS, VideoDepthAnything, checkpoint_filter_fn, infer_encoder, read_state_dict
 from vda.model.registry import find, resolve
 from vda.pipeline.inference import AUTO
@@ -150,17 +152,20 @@ def create_plan(
     """
     run = RunDir(run_dir)
     model = model or choose_model(checkpoint, encoder, metric)
-    info = probe(input_path)
-    info.path = str(Path(input_path).resolve())
+    info, recount = probe_input(Path(input_path), run)
     settings = build_settings(info, model, input_size, max_res, precision or AUTO, mode, unit_size, stream_warmup)
     settings.simulated = config.current().faults.simulate_ms is not None
     units = make_units(info.frame_count, mode, settings.unit_size, stream_warmup)
     plan = Plan(info, settings, units, uuid.uuid4().hex[:12])
     if (run.path / PLAN_NAME).is_file():
         old = Plan.load(run.path)
+        if recount and not _same_work(old, plan):  # its count came from packets and was wrong: nothing of it holds
+            log.warning("%s: planned again by decoding, its stored pieces discarded (the count was wrong)", run.path)
+            overwrite = True
         if _same_work(old, plan) and not overwrite:
-            old.input.path = info.path
-            old.save(run.path)
+            if (old.input.path, old.input.counted) != (info.path, info.counted):  # else the plan on disk is this one
+                old.input.path, old.input.counted = info.path, info.counted  # a recount needs no second check
+                old.save(run.path)
             log.info("%s: resumed run %s (%d units)", run.path, old.run_id, len(old.units))
             return old, True
         if not overwrite:
@@ -177,6 +182,55 @@ def create_plan(
     return plan, False
 
 
+PROBE_SCHEMA = 1
+
+
+def input_identity(path: Path) -> dict:
+    """What says a file (or image folder) is the one probed before: its path, size, modification time, head hash."""
+    stat = path.stat()
+    return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "head_sha256": head_hash(path)}
+
+
+def _read_probe(run: RunDir) -> dict:
+    try:
+        data = json.loads(run.probe.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) and data.get("schema_version") == PROBE_SCHEMA else {}
+
+
+def probe_input(path: Path, run: RunDir) -> tuple[VideoInfo, bool]:
+    """The input's probe, read back from RUN_DIR/probe.json when it is the same input (a resume decodes nothing), and
+    whether it was counted again by decoding because the count from its packets proved wrong (require_decode)."""
+    path = path.resolve()
+    if not path.exists():
+        return probe(path), False  # the probe's own line: not found
+    identity, cached = input_identity(path), _read_probe(run)
+    same = cached.get("identity") == identity
+    if same and not cached.get("recount") and isinstance(cached.get("info"), dict):
+        try:
+            info = VideoInfo(**cached["info"])
+            info.keyframes = [tuple(k) for k in info.keyframes]
+            return info, False
+        except TypeError:
+            pass  # an older layout: probe again
+    decode = same and bool(cached.get("decode"))
+    info = probe(path, decode=decode)
+    info.path = str(path)
+    run.path.mkdir(parents=True, exist_ok=True)
+    write_json(
+        run.probe, {"schema_version": PROBE_SCHEMA, "identity": identity, "decode": decode, "info": asdict(info)}
+    )
+    return info, same and bool(cached.get("recount"))
+
+
+def require_decode(run: RunDir) -> None:
+    """A worker found the count taken from packets wrong: the next plan of this input counts it by decoding."""
+    cached = _read_probe(run)
+    if cached:
+        write_json(run.probe, {**cached, "decode": True, "recount": True})
+
+
 def check_layout(state: dict, encoder: str) -> None:
     """Strict key and shape check of a checkpoint against the model, built on the meta device (no memory)."""
     with torch.device("meta"):
@@ -188,6 +242,8 @@ def _identity(plan: Plan) -> dict:
     """What must match for a rerun to reuse stored results: the input and the settings (unit size included)."""
     info = asdict(plan.input)
     info.pop("path")
+    for how in ("counted", "keyframes"):  # how it was counted: the same file counted another way is the same input
+        info.pop(how)
     return {"input": info, "settings": asdict(plan.settings)}
 
 

@@ -17,9 +17,11 @@ NODE_ID_CHARS = 8  # a Ray node id is 56 hex digits; 8 tell a cluster's nodes ap
 
 
 class BatchProgress:
-    def __init__(self, plans: list[Plan], stream=sys.stderr, clock=time.time):
+    def __init__(self, plans: list[Plan], stream=sys.stderr, clock=time.time, inputs: int | None = None):
         self.total_units = sum(len(p.units) for p in plans)
         self.total_videos = len(plans)
+        self.inputs = len(plans) if inputs is None else inputs  # the batch's inputs, planned or still being planned
+        self.inputs_planned = len(plans)  # planned or refused
         self.units_done = 0  # stored by this run or an earlier one
         self.fresh_units = 0  # computed by this run
         self.frames = 0  # output frames of the units this run computed
@@ -30,6 +32,17 @@ class BatchProgress:
         self.by_node: dict[str, int] = {}  # units per host, for backends that span hosts (Ray node ids, shortened)
         self.stream, self.clock, self.lock = stream, clock, threading.Lock()
         self.started, self._last = clock(), 0.0
+
+    def planned(self, inputs: int) -> None:
+        """`inputs` of the batch's inputs are planned (or refused) so far."""
+        with self.lock:
+            self.inputs_planned = inputs
+
+    def add(self, plan: Plan) -> None:
+        """A video planned after the bar began: its units join the total."""
+        with self.lock:
+            self.total_units += len(plan.units)
+            self.total_videos += 1
 
     def stored(self, units: int) -> None:
         """Units an earlier run had stored."""
@@ -75,6 +88,8 @@ class BatchProgress:
         width = 30
         fill = width * self.units_done // max(self.total_units, 1)
         text = f"[{'#' * fill}{'.' * (width - fill)}] "
+        if self.inputs_planned < self.inputs:  # while inputs are still being planned (the totals still grow)
+            text += f"{self.inputs_planned}/{self.inputs} inputs planned, "
         if self.total_videos > 1:
             failed = f" ({self.videos_failed} failed)" if self.videos_failed else ""
             text += f"{self.videos_done}/{self.total_videos} videos{failed}, "

@@ -17,7 +17,12 @@ Failures stay as small as they can be:
   all (START_FAILED), is retired, and the others carry on.
 
 The backend is only asked to start, message and stop workers (vda.orchestrator.backends.base). Everything the queue saw
-is in RUN_DIR/processing_results.json: per device, per video and per unit.
+is in RUN_DIR/processing_results.json: per device, per video and per unit, written when something changed, at most
+every SAVE_INTERVAL_S, and at the end.
+
+Every event costs the same at 10 units or 100,000 (bench/bench_scale.py): pending units are indexed by video (a
+failed video's units leave at once) and kept apart from the few that came back from a failure, which alone carry a
+device constraint (a unit out of memory waits for a device it has not tried), so no turn of the loop scans them all.
 """
 
 from __future__ import annotations
@@ -30,13 +35,16 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 from vda import events
 from vda.core.plan import Plan
 from vda.errors import RunError
 from vda.io.rundir import RunDir
+from vda.io.video import COUNT_MISMATCH
 from vda.io.writers import write_json
 from vda.orchestrator.backends.base import START_FAILED, Backend, VideoRun, WorkerHandle
+from vda.orchestrator.planning import require_decode
 from vda.orchestrator.progress import BatchProgress
 
 RESULTS_SCHEMA = 1
@@ -44,6 +52,10 @@ log = logging.getLogger(__name__)
 STOP_WAIT_S = 60  # how long workers get to finish their stores after Stop
 RESTARTS = 3  # a device whose worker dies this many times in a row outside any unit is retired
 SLOW_FACTOR = 1.5  # a device this many times slower per unit than the fastest gets no unit ahead
+# processing_results.json at 10,000 units is about 4 MB and 0.1 s of serialising: written at most this often while
+# the run goes on (and at once at its end), so that a batch of thousands of units spends no real time on its record.
+SAVE_INTERVAL_S = 5.0
+KEPT_ERRORS, ERROR_CHARS = 8, 500  # what a unit's record keeps of its errors: the first ones, each cut to a line
 
 
 class RunFailed(RunError):
@@ -99,6 +111,57 @@ class DeviceRecord:
     retired: str | None = None  # why this device takes no more work
 
 
+Key = tuple[int, int]  # (video's position in the batch, unit index)
+
+
+class PendingUnits:
+    """The units waiting for a device, in the order they are handed out: the ones back from a failure or a dead worker
+    first (front first), then the fresh ones in batch order. Fresh units are indexed by video, so taking one and
+    dropping a failed video are O(1); only the units that came back (a handful: failures are rare) are scanned, for
+    the one that suits the asking device."""
+
+    def __init__(self):
+        self._fresh: dict[int, deque[int]] = {}  # video -> its untried units, in order; videos in batch order
+        self.again: deque[Key] = deque()  # back from a failure or a dead worker
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def add(self, vi: int, unit: int) -> None:
+        """A fresh unit, after every unit added before it."""
+        self._fresh.setdefault(vi, deque()).append(unit)
+        self._count += 1
+
+    def push_front(self, key: Key) -> None:
+        self.again.appendleft(key)
+        self._count += 1
+
+    def take(self, suits: Callable[[Key], bool], untried: Callable[[Key], bool]) -> Key | None:
+        """The first unit that came back and that `suits` the device and it has not `untried`, else the first fresh
+        one, else the first that came back and suits it; None when none suits."""
+        key = next((k for k in self.again if suits(k) and untried(k)), None)
+        if key is None and self._fresh:
+            vi = next(iter(self._fresh))
+            units = self._fresh[vi]
+            key = (vi, units.popleft())
+            if not units:
+                del self._fresh[vi]
+            self._count -= 1
+            return key
+        key = key or next((k for k in self.again if suits(k)), None)
+        if key is not None:
+            self.again.remove(key)
+            self._count -= 1
+        return key
+
+    def drop_video(self, vi: int) -> None:
+        self._count -= len(self._fresh.pop(vi, ()))
+        kept = deque(k for k in self.again if k[0] != vi)
+        self._count -= len(self.again) - len(kept)
+        self.again = kept
+
+
 @dataclass
 class _Worker:
     handle: WorkerHandle
@@ -127,18 +190,14 @@ class WorkQueue:
         self.retries, self.on_computed, self.poll_interval, self.stream = retries, on_computed, poll_interval, stream
         self.progress = progress or BatchProgress([v.plan for v in videos], stream=stream)
         self.inbox: queue.Queue = queue.Queue()  # (slot, worker generation, line) from the pump threads
-        self.units: dict[tuple[int, int], UnitRecord] = {}
-        self.pending: deque[tuple[int, int]] = deque()
+        self.units: dict[Key, UnitRecord] = {}
+        self.pending = PendingUnits()
         for vi, video in enumerate(videos):
-            unfinished = {u.index for u in video.run.run.unfinished_units(video.plan)}
-            for unit in video.plan.units:
-                record = UnitRecord(video.name, unit.index, frames=unit.produced_frames)
-                self.units[vi, unit.index] = record
-                if unit.index in unfinished:
-                    self.pending.append((vi, unit.index))
-                else:
-                    record.status = "stored"
-                    video.units_done += 1
+            self._index(vi, video)
+        # Videos planned after the queue began (vda.orchestrator.batch.Planner): each call returns those planned since
+        # the last one, None once no more will come.
+        self.incoming: Callable[[], list[QueuedVideo] | None] = lambda: None
+        self._expecting = True
         self.records = [
             DeviceRecord(s, d, str(root.worker_log(s).relative_to(root.path))) for s, d in enumerate(devices)
         ]
@@ -147,7 +206,37 @@ class WorkQueue:
         self.workers: dict[int, _Worker] = {}
         self._generation = dict.fromkeys(range(len(devices)), 0)
         self._streak = dict.fromkeys(range(len(devices)), 0)  # deaths in a row, outside any unit, per slot
-        self._saved = 0.0
+        self._saved, self._changed, self._save_cost = 0.0, True, 0.0
+
+    def _index(self, vi: int, video: QueuedVideo) -> None:
+        """Its units, pending unless an earlier run stored them."""
+        unfinished = {u.index for u in video.run.run.unfinished_units(video.plan)}
+        for unit in video.plan.units:
+            record = UnitRecord(video.name, unit.index, frames=unit.produced_frames)
+            self.units[vi, unit.index] = record
+            if unit.index in unfinished:
+                self.pending.add(vi, unit.index)
+            else:
+                record.status = "stored"
+                video.units_done += 1
+
+    def add(self, video: QueuedVideo) -> None:
+        """A video planned while the queue runs: its units go after every unit queued so far."""
+        vi = len(self.videos)
+        self.videos.append(video)
+        self._index(vi, video)
+        self.progress.add(video.plan)
+        self.progress.stored(video.units_done)
+        self._changed = True
+        if video.units_done == len(video.plan.units):
+            self._computed(vi)
+
+    def _arrivals(self) -> None:
+        if self._expecting:
+            new = self.incoming()
+            self._expecting = new is not None
+            for video in new or []:
+                self.add(video)
 
     # -- the loop ------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -157,7 +246,8 @@ class WorkQueue:
             if video.units_done == len(video.plan.units):
                 self._computed(vi)
         try:
-            while self.pending or any(w.running for w in self.workers.values()):
+            while self.pending or any(w.running for w in self.workers.values()) or self._expecting:
+                self._arrivals()
                 self._staff()
                 self._drain()
                 self._reap()
@@ -201,6 +291,7 @@ class WorkQueue:
             timeout = 0
             if generation != self._generation[slot] or slot not in self.workers:
                 continue  # from a worker that has since been replaced
+            self._changed = True
             try:
                 message = events.decode(line)
             except ValueError as err:
@@ -252,7 +343,7 @@ class WorkQueue:
         if key is not None:
             self._retry(key, self.records[slot], reason, device_bound)
 
-    def _settle(self, slot: int, video_name: str, unit_index: int) -> tuple[int, int] | None:
+    def _settle(self, slot: int, video_name: str, unit_index: int) -> Key | None:
         """The unit a worker reports on, no longer held by it; None if it holds no such unit."""
         worker = self.workers[slot]
         key = next((k for k in worker.running if self.videos[k[0]].name == video_name and k[1] == unit_index), None)
@@ -261,11 +352,12 @@ class WorkQueue:
             worker.started.discard(key)
         return key
 
-    def _retry(self, key: tuple[int, int], record: DeviceRecord, reason: str, device_bound: bool) -> None:
+    def _retry(self, key: Key, record: DeviceRecord, reason: str, device_bound: bool) -> None:
         """A unit failed on `record`'s device: back to the front of the queue, or, out of retries, fail its video."""
         unit, video = self.units[key], self.videos[key[0]]
         record.failures += 1
-        unit.errors.append(f"{record.device}: {reason}")
+        if len(unit.errors) < KEPT_ERRORS:  # bounded: a unit that kills its workers forever does not grow its record
+            unit.errors.append(f"{record.device}: {reason}"[:ERROR_CHARS])
         unit.device_bound = device_bound
         log = video.run.run.video_log
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -273,29 +365,34 @@ class WorkQueue:
             fh.write(f"unit {unit.unit} attempt {unit.attempts} on {record.device}: {reason} (see {record.log})\n")
         if unit.status != "running":
             return
+        if reason.startswith(COUNT_MISMATCH):  # the plan is wrong, not the unit: no retry helps, a new plan does
+            require_decode(video.run.run)
+            self._fail_video(key, reason, record)
+            return
         tried_all = all(d in unit.devices for d in self.devices)
         if (device_bound and tried_all) or (not device_bound and unit.attempts > self.retries):
             why = "out of memory on every device" if device_bound and tried_all else f"failed {unit.attempts} time(s)"
             self._fail_video(key, f"unit {unit.unit} {why}, last on {record.device}: {reason}", record)
             return
         unit.status = "pending"
-        self.pending.appendleft(key)
+        self.pending.push_front(key)
         print(
             f"\nvda: {video.name}: unit {unit.unit} failed on {record.device} ({reason}); retrying "
             f"({unit.attempts}/{self.retries}), log: {self.root.path / record.log}",
             file=self.stream,
         )
 
-    def _fail_video(self, culprit: tuple[int, int], error: str, record: DeviceRecord | None) -> None:
+    def _fail_video(self, culprit: Key, error: str, record: DeviceRecord | None) -> None:
         vi = culprit[0]
         video = self.videos[vi]
         video.status, video.error = "failed", error
         video.log = str(self.root.path / record.log) if record else str(video.run.run.video_log)
-        for key, unit in self.units.items():
-            if key[0] == vi and unit.status in ("pending", "running"):
+        for index in range(len(video.plan.units)):
+            unit = self.units[vi, index]
+            if unit.status in ("pending", "running"):
                 unit.status = "dropped"
         self.units[culprit].status = "failed"
-        self.pending = deque(k for k in self.pending if k[0] != vi)
+        self.pending.drop_video(vi)
         self.progress.video_failed(vi)
         print(f"\nvda: {video.name} failed: {error}; the other videos go on", file=self.stream)
 
@@ -310,6 +407,7 @@ class WorkQueue:
             log.info("worker %d on %s exited with %s: %s", slot, record.device, code, worker.handle.reason)
             record.exit_codes.append(code)
             del self.workers[slot]
+            self._changed = True
             why = f"exit {code}: {worker.handle.reason}" if worker.handle.reason else f"exit {code}"
             for key in reversed(worker.running):
                 if key in worker.started:
@@ -319,7 +417,7 @@ class WorkQueue:
                     unit.status, unit.attempts = "pending", unit.attempts - 1
                     unit.devices.pop()
                     del unit.nodes[len(unit.devices) :]
-                    self.pending.appendleft(key)
+                    self.pending.push_front(key)
             if not worker.started:  # it died outside any unit: the device, not a unit, is the suspect
                 record.failures += 1
                 self._streak[slot] += 1
@@ -338,11 +436,10 @@ class WorkQueue:
                 continue
             device = self.records[slot].device
             # A unit that failed here goes to another device when one asks; here only when nothing else is left.
-            allowed = [k for k in self.pending if self._may_run(k, device)]
-            key = next((k for k in allowed if device not in self.units[k].devices), allowed[0] if allowed else None)
+            key = self.pending.take(partial(self._may_run, device=device), partial(self._untried, device=device))
             if key is None:
                 continue
-            self.pending.remove(key)
+            self._changed = True
             unit, video = self.units[key], self.videos[key[0]]
             unit.status, unit.attempts = "running", unit.attempts + 1
             unit.devices.append(device)
@@ -363,16 +460,20 @@ class WorkQueue:
         rates = {r.slot: r.seconds / r.units for r in self.records if r.units}
         return slot in rates and rates[slot] > SLOW_FACTOR * min(rates.values())
 
-    def _may_run(self, key: tuple[int, int], device: str) -> bool:
+    def _untried(self, key: Key, device: str) -> bool:
+        return device not in self.units[key].devices
+
+    def _may_run(self, key: Key, device: str) -> bool:
         """A unit that ran out of memory waits for a device it has not tried; others run anywhere."""
         unit = self.units[key]
         return not unit.device_bound or device not in unit.devices
 
     def _give_up_unrunnable(self) -> None:
-        """Units that ran out of memory on every device not retired cannot run anywhere: fail them."""
+        """Units that ran out of memory on every device not retired cannot run anywhere: fail them. Only units that came
+        back from a failure can be device-bound, so only they are looked at."""
         live = [r.device for r in self.records if not r.retired]
-        for key in list(self.pending):
-            if key in self.pending and not any(self._may_run(key, d) for d in live):
+        for key in [k for k in self.pending.again if self.units[k].device_bound]:
+            if key in self.pending.again and not any(self._may_run(key, d) for d in live):
                 unit = self.units[key]
                 self._fail_video(key, f"unit {unit.unit} ran out of memory on {', '.join(unit.devices)}", None)
 
@@ -420,17 +521,21 @@ class WorkQueue:
             "computed_over_produced": round(computed / produced, 4) if produced else None,
             "devices": [asdict(r) for r in self.records],
             "videos": videos + self.refused,
-            "units": [asdict(u) for u in self.units.values()],
+            "units": [dict(vars(u)) for u in self.units.values()],  # shallow: asdict deep-copies 10,000 records
         }
 
     def save(self) -> None:
         self._save(force=True)
 
     def _save(self, force: bool = False) -> None:
+        """Write the record when something changed, at most every SAVE_INTERVAL_S, and never more than a twentieth of
+        the loop's time (the record grows with the units: at 10,000 it takes a good part of a second on a loaded
+        host, which would otherwise delay every Ready behind it); `force`: now (the end)."""
         now = time.time()
-        if force or now - self._saved >= 1.0:
-            self._saved = now
+        if force or (self._changed and now - self._saved >= max(SAVE_INTERVAL_S, 20 * self._save_cost)):
+            self._changed = False
             write_json(self.root.results, self.results())
+            self._saved, self._save_cost = time.time(), time.time() - now
 
 
 def _stop_all(handles: list[WorkerHandle]) -> None:

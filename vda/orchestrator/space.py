@@ -64,7 +64,11 @@ def check_space(runs: list[tuple[Plan, RunDir, Path]], fmt: str, devices: list[s
         existing = (
             0
             if fmt == STACK
-            else sum(p.stat().st_size for i in range(plan.frame_count) if (p := out_dir / frame_name(i, fmt)).is_file())
+            else sum(
+                p.stat().st_size
+                for i in range(plan.frame_count)
+                if (p := out_dir / frame_name(i, fmt, plan.frame_count)).is_file()
+            )
         )
         need = estimate(plan, fmt, run.missing_pieces(plan), plan.frame_count, devices)
         out_bytes = max(0, need.out_bytes - existing)  # a rerun replaces frames in place
@@ -83,6 +87,42 @@ def check_space(runs: list[tuple[Plan, RunDir, Path]], fmt: str, devices: list[s
                 f"({listing}); free space, choose another -o / --run-dir, or pass --no-space-check"
             )
     return SpaceNeed(run_total, out_total)
+
+
+class SpaceLedger:
+    """check_space for a batch whose inputs arrive one by one (planned in the background): each input's need is
+    added to what the ones before it need, per filesystem, against the free space each had when first seen."""
+
+    def __init__(self, fmt: str, devices: list[str]):
+        self.fmt, self.devices = fmt, devices
+        self.total = 0
+        self._disks: dict[int, tuple[Path, int, dict[str, int]]] = {}  # st_dev -> (folder, free then, needs by kind)
+
+    def add(self, plan: Plan, run: RunDir, out_dir: Path) -> None:
+        """Count this input in, or refuse it (PlanError, check_space's line) when the disks cannot hold it too."""
+        existing = sum(
+            p.stat().st_size
+            for i in range(plan.frame_count)
+            if (p := out_dir / frame_name(i, self.fmt, plan.frame_count)).is_file()
+        )
+        need = estimate(plan, self.fmt, run.missing_pieces(plan), plan.frame_count, self.devices)
+        out_bytes = max(0, need.out_bytes - existing)
+        disks = {dev: (folder, free, dict(parts)) for dev, (folder, free, parts) in self._disks.items()}
+        for folder, size, what in ((run.path, need.run_bytes, "windows"), (out_dir, out_bytes, f"{self.fmt} frames")):
+            folder = _existing_parent(folder)
+            dev = os.stat(folder).st_dev
+            first, free, parts = disks.setdefault(dev, (folder, shutil.disk_usage(folder).free, {}))
+            parts[what] = parts.get(what, 0) + size
+        for folder, free, parts in disks.values():
+            if free < sum(parts.values()):
+                listing = " + ".join(f"{human_size(n)} of {what}" for what, n in parts.items())
+                raise PlanError(
+                    f"not enough disk space: {folder} has {human_size(free)} free, this run needs about "
+                    f"{human_size(sum(parts.values()))} ({listing}); free space, choose another -o / --run-dir, or "
+                    "pass --no-space-check"
+                )
+        self._disks = disks
+        self.total += need.run_bytes + out_bytes
 
 
 def _existing_parent(path: Path) -> Path:

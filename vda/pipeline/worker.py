@@ -33,7 +33,7 @@ from vda.core import stitch
 from vda.core.plan import SEGMENT, Plan, PlanError, Unit
 from vda.errors import OutOfMemory, RunError
 from vda.io.rundir import RunDir
-from vda.io.video import FrameSource, Prefetch, VideoError, head_hash, read_frames, threaded
+from vda.io.video import FrameSource, Prefetch, VideoError, check_frame_count, head_hash, read_frames, threaded
 from vda.io.writers import atomic_file, write_json
 from vda.model.network import load_model
 from vda.pipeline.inference import (
@@ -432,12 +432,39 @@ class DeviceWorker:
             path = run.piece(s.mode, piece)
             self.store.submit(lambda: _store(path, host, event, started, piece, self.store_piece, rows))
 
+        count_check = _Checked(check_frame_count, plan.input) if unit.index == len(plan.units) - 1 else None
         try:
             _compute_unit(plan, unit, model, runtime, save, recomputed, frames or _frames(plan, unit))
         except torch.OutOfMemoryError:
             raise _out_of_memory(s, runtime, "running") from None
+        except (VideoError, FrameError):
+            if count_check is not None:  # a video shorter than planned: the count, not the decoder, is what failed
+                count_check.result()
+            raise
+        if count_check is not None:
+            count_check.result()  # a count from packets that decoding contradicts fails the video (FrameCountMismatch)
         done = events.Done(task.video, unit.index, unit.produced_frames, unit.computed_frames, 0.0, len(recomputed))
         self.store.submit(lambda: self.emit(_stamped(done, started)))
+
+
+class _Checked:
+    """A check run in a thread beside the unit's compute (it decodes, on the host's cores, while the device works)."""
+
+    def __init__(self, check: Callable, *args):
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(check, args), name="vda-check", daemon=True)
+        self._thread.start()
+
+    def _run(self, check: Callable, args: tuple) -> None:
+        try:
+            check(*args)
+        except BaseException as err:  # handed to result(), which re-raises it
+            self._error = err
+
+    def result(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 def _stamped(done: events.Done, started: float) -> events.Done:

@@ -97,6 +97,10 @@ class Backend(ABC):
 
         return torch.cuda.device_count()
 
+    # Whether open() needs every video's plan (Ray ships each plan to the nodes): the batch then plans every input
+    # before the first unit, instead of starting on the first planned one.
+    plans_first = False
+
     def open(self, root: RunDir, videos: list[VideoRun]) -> None:
         """Prepare for a batch whose batch-level files go to `root` (check what the workers need, before any work)."""
         self.root, self.videos = root, list(videos)

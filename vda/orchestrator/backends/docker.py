@@ -24,9 +24,11 @@ from vda.errors import BackendError
 from vda.model.registry import models_dir
 from vda.orchestrator.backends.base import START_FAILED, Backend, LinePump, MergeRequest
 from vda.orchestrator.launch import worker_command, worker_env
+from vda.system import owner, process_alive
 
 RUN_MOUNT, OUT_MOUNT, INPUT_MOUNT, MODELS_MOUNT, CKPT_MOUNT = "/work/run", "/work/out", "/input", "/models", "/ckpt"
 LABEL_RUN, LABEL_SLOT, LABEL_ROLE = "vda.run", "vda.slot", "vda.role"  # vda.run: the run folder on the host
+LABEL_OWNER = "vda.owner"  # HOST:PID of the `vda depth` that started the container (vda.system.owner)
 PROGRAM = ["vda"]  # how `vda` is run inside the image
 CONTAINER_GONE = 137  # the code a worker gets when its container vanished (as if killed)
 NVIDIA_HINT = (
@@ -176,7 +178,7 @@ class DockerBackend(Backend):
             raise DockerError(
                 f"image {self.image} not found; build it with `make {self._image_target}` or pass --image"
             ) from None
-        self.close()  # containers of an earlier host on this run folder (killed with -9): they hold its devices
+        self._remove_orphans()  # containers of an earlier host on this run folder (killed with -9) hold its devices
         self._inputs = {v.input.resolve(): f"{INPUT_MOUNT}/{k}/{v.input.name}" for k, v in enumerate(videos)}
         if self.options.compile:
             self.check_compiler()
@@ -229,7 +231,7 @@ class DockerBackend(Backend):
                 command,
                 user=f"{os.getuid()}:{os.getgid()}",
                 environment=self._env(device),
-                labels={LABEL_RUN: str(self.root_path), **labels},
+                labels={LABEL_RUN: str(self.root_path), LABEL_OWNER: owner(), **labels},
                 stdin_open=stdin,
                 host_config=host,
             )
@@ -304,13 +306,31 @@ class DockerBackend(Backend):
             tail = " | ".join(logs.strip().splitlines()[-3:])
             raise DockerError(f"merge container failed (exit {code}): {tail}; full log in {log_path}")
 
+    def _remove_orphans(self) -> None:
+        """Remove the containers on this run folder whose `vda depth` is gone; a live one's are refused, never touched.
+
+        The run folder's lock (RunDir.locked) already refuses a second `vda depth` here; this guards the containers
+        of a host that shares the folder without sharing its lock (another engine user, an older vda's lock-less run).
+        """
+        label = f"{LABEL_RUN}={self.root_path}"
+        for c in self.client.containers.list(all=True, filters={"label": label}):
+            host, _, pid = (c.labels.get(LABEL_OWNER) or "").rpartition(":")
+            mine = host == owner().rpartition(":")[0]
+            if pid.isdigit() and (not mine or process_alive(int(pid))) and c.labels.get(LABEL_OWNER) != owner():
+                raise DockerError(
+                    f"{self.root_path} is in use by the containers of another vda (pid {pid} on {host}); wait for it "
+                    "to finish, stop it, or use another output folder"
+                )
+            _remove(c)
+
     def close(self) -> None:
-        """Remove every container of this run folder, whatever state it is in: no orphans."""
+        """Remove every container this process started on this run folder, whatever state it is in: no orphans.
+        Another process's containers on the folder are not this one's to remove."""
         if self.client is None or not hasattr(self, "root_path"):
             return
         try:
-            label = f"{LABEL_RUN}={self.root_path}"
-            for c in self.client.containers.list(all=True, filters={"label": label}):
+            labels = [f"{LABEL_RUN}={self.root_path}", f"{LABEL_OWNER}={owner()}"]
+            for c in self.client.containers.list(all=True, filters={"label": labels}):
                 _remove(c)
         except Exception:  # engine gone: nothing left that we could remove
             pass

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +30,7 @@ from vda.io.writers import (
     LEVELS,
     META_NAME,
     STACK,
+    STACK_NAME,
     VIDEO_KINDS,
     DepthMeta,
     check_png_scale,
@@ -109,8 +112,12 @@ def _mergeable_plan(run_dir: Path, fmt: str) -> Plan:
 
 
 def _refuse_foreign_output(out_dir: Path, plan: Plan, overwrite: bool) -> None:
-    """Never mix frames of two runs in one folder: another run's output is replaced only with --overwrite."""
-    if overwrite or not (out_dir / META_NAME).is_file():
+    """Never mix frames of two runs in one folder: another run's output is replaced only with --overwrite, and then
+    deleted first, so that a shorter video leaves no frames of a longer one behind."""
+    if overwrite:
+        _clear_output(out_dir)
+        return
+    if not (out_dir / META_NAME).is_file():
         return
     try:
         other = DepthMeta.load(out_dir).settings.get("run_id")
@@ -121,6 +128,23 @@ def _refuse_foreign_output(out_dir: Path, plan: Plan, overwrite: bool) -> None:
             f"{out_dir} already holds the output of another run ({other}); "
             "choose another output folder or pass --overwrite"
         )
+
+
+OUTPUT_FILE = re.compile(r"depth_\d{6,}(" + "|".join(re.escape(ext) for ext in FORMATS.values()) + ")")
+PREVIEW_NAME = "depth_vis.mp4"
+
+
+def _clear_output(out_dir: Path) -> None:
+    """Delete what a merge writes (its marker and depth_meta.json first, so that a folder half cleared never reads as
+    complete), and nothing else a user keeps there."""
+    if not out_dir.is_dir():
+        return
+    for name in (MERGED_MARKER, META_NAME, PREVIEW_NAME, STACK_NAME):
+        (out_dir / name).unlink(missing_ok=True)
+    with os.scandir(out_dir) as entries:
+        for entry in entries:
+            if OUTPUT_FILE.fullmatch(entry.name) and entry.is_file():
+                os.unlink(entry.path)
 
 
 def _finish_first_pass(first: FirstPass, job: Job) -> Job:
@@ -149,7 +173,7 @@ def _open_sinks(plan: Plan, job: Job, create_video: bool | str, input_path) -> l
     an npy-stack is made here (preallocated) and filled by them."""
     h, w = job.render_size
     sinks: list[Sink] = [StackFile(Path(job.out_dir), (plan.frame_count, h, w))] if job.fmt == STACK else []
-    fps, path = plan.input.fps_fraction, Path(job.out_dir) / "depth_vis.mp4"
+    fps, path = plan.input.fps_fraction, Path(job.out_dir) / PREVIEW_NAME
     try:
         if create_video == SIDE_BY_SIDE:
             info = dataclasses.replace(plan.input, path=str(input_path or plan.input.path))

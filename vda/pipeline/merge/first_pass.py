@@ -133,6 +133,11 @@ class Follower:
         self._stop.set()
         self._thread.join()
 
+    def follow(self, run_dir: Path) -> None:
+        """One more run to follow: a video planned after the batch began."""
+        with self._lock:
+            self._runs.append(Path(run_dir))
+
     def release(self, run_dir: Path) -> None:
         with self._lock:
             self._runs = [r for r in self._runs if r != Path(run_dir)]

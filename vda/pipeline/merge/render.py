@@ -101,7 +101,7 @@ def render_unit(job: Job, unit: int) -> list[np.ndarray] | None:
     The frame files are written here, in the render process, so encoding runs on every core; the video has one
     encoder, fed in order by the caller, which gets the colourised frames (also made here, in parallel).
     """
-    files = frame_writer(Path(job.out_dir), job.fmt, *(job.quant or (job.lo, job.hi)))
+    files = frame_writer(Path(job.out_dir), job.fmt, *(job.quant or (job.lo, job.hi)), job.n_frames)
     colourised = []
     for f, depth in _rendered(job, unit):
         files.write([(f, depth)])

@@ -42,11 +42,13 @@ class FrameFiles:
     fmt: str
     lo: float
     hi: float
+    frame_count: int = 0  # names grow past 6 digits from a million frames (writers.frame_digits)
 
     def write(self, frames: Iterable[tuple[int, np.ndarray]]) -> None:
         """Write each (frame index, depth map) as its own file."""
         for f, depth in frames:
-            write_atomic(Path(self.out_dir) / frame_name(f, self.fmt), encode(depth, self.fmt, self.lo, self.hi))
+            name = frame_name(f, self.fmt, self.frame_count)
+            write_atomic(Path(self.out_dir) / name, encode(depth, self.fmt, self.lo, self.hi))
 
     def close(self) -> None:
         """Nothing to finish: each file is complete once written."""
@@ -71,9 +73,9 @@ class StackRows:
         write_stack_frames(stack_tmp(self.out_dir), frames)
 
 
-def frame_writer(out_dir: Path, fmt: str, lo: float, hi: float) -> FrameFiles | StackRows:
-    """What a render task writes its frames through, for `fmt`."""
-    return StackRows(Path(out_dir)) if fmt == STACK else FrameFiles(Path(out_dir), fmt, lo, hi)
+def frame_writer(out_dir: Path, fmt: str, lo: float, hi: float, frame_count: int = 0) -> FrameFiles | StackRows:
+    """What a render task writes its frames through, for `fmt` (`frame_count` sets the width of frame names)."""
+    return StackRows(Path(out_dir)) if fmt == STACK else FrameFiles(Path(out_dir), fmt, lo, hi, frame_count)
 
 
 class StackFile:

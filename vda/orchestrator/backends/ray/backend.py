@@ -30,6 +30,7 @@ class RayBackend(Backend):
     name = "ray"
     gpu_pool = "the Ray cluster"
     all_gpus_by_default = True  # every GPU of the cluster, wherever it is
+    plans_first = True  # open() checks every input on every node, from its plan
 
     def __init__(self, devices: list[str], options, image: str | None = None, address: str | None = None):
         super().__init__(devices, options, image, address)
