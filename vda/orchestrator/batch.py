@@ -25,7 +25,7 @@ from vda.errors import EXIT_ERROR, InputError, VdaError
 from vda.io.rundir import RunDir
 from vda.io.video import IMAGE_EXTS
 from vda.orchestrator.backends.base import Backend, MergeRequest, VideoRun
-from vda.orchestrator.launch import WorkerOptions
+from vda.orchestrator.launch import WorkerOptions, compile_shape_warning
 from vda.orchestrator.planning import check_precision, choose_model, create_plan
 from vda.orchestrator.progress import BatchProgress
 from vda.orchestrator.queue import QueuedVideo, WorkQueue
@@ -226,6 +226,13 @@ def _run_batch(request: DepthRequest, backend: Backend, stream) -> int:
         f"vda: {what}{frames} frames in {units} units on {', '.join(request.devices)} ({backend.name}); "
         f"run folder {root.path}{need}"
     )
+    if backend.options.compile:
+        from vda.pipeline.compat import dynamo_recompile_limit
+
+        shapes = {(v.plan.settings.net_height, v.plan.settings.net_width) for v in videos}
+        warning = compile_shape_warning(shapes, dynamo_recompile_limit())
+        if warning:
+            say(warning)
     progress = BatchProgress([v.plan for v in videos], stream=stream)
     work = None
     try:
