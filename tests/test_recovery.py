@@ -61,6 +61,21 @@ def encoder_fault():
     handle.remove()
 
 
+def _queue_run(tmp_path, checkpoint, devices: list[str], n_frames: int, **plan_options):
+    """The queue over in-process workers (test_gpu_logic.InProcessWorkers: the hooks here reach their models):
+    what it printed, and processing_results.json."""
+    src = write_images(tmp_path / "imgs", synthetic_frames(n_frames, 32, 24))
+    root = RunDir(tmp_path / "run")
+    plan, _ = create_plan(src, root.path, checkpoint=str(checkpoint), input_size=28, **plan_options)
+    backend = InProcessWorkers(devices, WorkerOptions(str(checkpoint)))
+    video = QueuedVideo(VideoRun("imgs", root, src), plan)
+    backend.open(root, [video.run])
+    shown = io.StringIO()
+    progress = BatchProgress([plan], shown)
+    WorkQueue([video], backend, devices, root, progress=progress, poll_interval=0.01, stream=shown).run()
+    return root, shown.getvalue(), json.loads(root.results.read_text())
+
+
 def _windows(model, runtime, frames, guard=None):
     runner = WindowRunner(model, runtime, SHAPE, guard)
     feed, n = FrameFeed(enumerate(frames), total=len(frames)), len(frames)
@@ -116,18 +131,10 @@ def test_the_worker_switch_is_said_once_and_recorded_per_device(tmp_path, checkp
     """bf16 on the CPU, inf in every reduced-precision encoding: after 3 windows the worker runs fp32, the run
     says so in one line naming --precision fp32, and processing_results.json keeps it on the device."""
     encoder_fault["always"] = True
-    src = write_images(tmp_path / "imgs", synthetic_frames(120, 32, 24))
-    root = RunDir(tmp_path / "run")
-    plan, _ = create_plan(src, root.path, checkpoint=str(checkpoint), input_size=28, precision="bf16", unit_size=2)
-    backend = InProcessWorkers(["cpu"], WorkerOptions(str(checkpoint)))
-    video = QueuedVideo(VideoRun("imgs", root, src), plan)
-    backend.open(root, [video.run])
-    shown = io.StringIO()
-    WorkQueue([video], backend, ["cpu"], root, progress=BatchProgress([plan], shown), poll_interval=0.01).run()
-    saved = json.loads(root.results.read_text())
+    root, shown, saved = _queue_run(tmp_path, checkpoint, ["cpu"], 120, precision="bf16", unit_size=2)
     assert [u["fp32_recomputes"] for u in saved["units"]] == [2, 1, 0]
     assert "--precision fp32" in saved["devices"][0]["fp32_switch"]
-    assert len([line for line in shown.getvalue().splitlines() if "--precision fp32" in line]) == 1
+    assert len([line for line in shown.splitlines() if "--precision fp32" in line]) == 1
     assert [np.load(root.piece("window", w)).dtype for w in range(6)] == [np.float32] * 6
 
 
@@ -193,25 +200,16 @@ def test_a_worker_whose_model_does_not_fit_is_retired_in_one_line(tmp_path, chec
         return original(*args, **kwargs)
 
     monkeypatch.setattr(worker, "load_model", load_model)
-    src = write_images(tmp_path / "imgs", synthetic_frames(70, 32, 24))
-    root = RunDir(tmp_path / "run")
-    plan, _ = create_plan(src, root.path, checkpoint=str(checkpoint), input_size=28, unit_size=1)
-    backend = InProcessWorkers(["cpu", "cpu"], WorkerOptions(str(checkpoint)))
-    video = QueuedVideo(VideoRun("imgs", root, src), plan)
-    backend.open(root, [video.run])
-    shown = io.StringIO()
-    queue = WorkQueue([video], backend, ["cpu", "cpu"], root, progress=BatchProgress([plan], shown), poll_interval=0.01)
-    queue.run()
-    saved = json.loads(root.results.read_text())
+    _, shown, saved = _queue_run(tmp_path, checkpoint, ["cpu", "cpu"], 70, unit_size=1)
     assert all(u["status"] == "done" and u["attempts"] == 1 for u in saved["units"])
     retired = [d for d in saved["devices"] if d["retired"]]
     assert len(retired) == 1 and "out of memory loading the vits weights" in retired[0]["retired"]
-    assert shown.getvalue().count("out of memory loading") == 1
+    assert shown.count("out of memory loading") == 1
 
 
 class DyingWorkers:
     """Stands in for a GPU whose worker dies inside every unit it begins (an Xid, an ECC error: none here): a fake
-    handle that says Ready, begins the unit it is handed, and exits with 139."""
+    handle that says Ready, begins the first unit it is handed (a Ready after it), and exits with 139."""
 
     name = "fake"
 
@@ -229,9 +227,9 @@ class DyingWorkers:
             code = None
 
             def send(self, message):
-                if isinstance(message, events.Assign):
-                    on_line(events.encode(events.Ready(1)))
+                if isinstance(message, events.Assign) and self.code is None:
                     self.code = 139
+                    on_line(events.encode(events.Ready(1)))
 
             def poll(self):
                 return self.code
@@ -385,8 +383,10 @@ def test_stage_clock_reads_gpu_time_from_events_after_the_sync():
     """Fake torch.cuda events (elapsed_time in ms, as torch's): "gpu" is the span between the first and last."""
     cuda = FakeCuda()
 
+    made_at = iter(range(100))
+
     def event(enable_timing=False):
-        made = types.SimpleNamespace(t=len(cuda.calls), record=lambda stream: cuda.calls.append(("record", stream)))
+        made = types.SimpleNamespace(t=next(made_at), record=lambda stream: cuda.calls.append(("record", stream)))
         made.elapsed_time = lambda other: 1000.0 * (other.t - made.t)
         return made
 

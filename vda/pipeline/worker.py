@@ -198,12 +198,12 @@ class UnitStore:
             self.raise_pending()
 
 
-def _out_of_memory(s, runtime: Runtime, doing: str, kind: type[DeviceOutOfMemory] = DeviceOutOfMemory):
+def _out_of_memory(s, runtime: Runtime, doing: str) -> DeviceOutOfMemory:
     """The one line for an OOM. It does not name the device: an isolated worker sees its GPU as cuda:0, and the
     queue, which knows which GPU that is, names it."""
     mb = runtime.micro_batch
     lower = f"--micro-batch (e.g. {max(1, mb // 2)}), --input-size" if mb > 1 else "--input-size"
-    return kind(
+    return DeviceOutOfMemory(
         f"the GPU ran out of memory {doing} {s.encoder} at input size {s.input_size} ({s.net_width}x{s.net_height}) "
         f"with micro-batch {mb} in {runtime.precision}; lower {lower} or --max-res, or use a GPU with more memory"
     )
