@@ -1,7 +1,7 @@
 """What the Ray backend costs over the local one, on one machine: the per-unit overhead, and the object-store transfer.
 
     python bench/bench_ray.py [--units 40] [--devices cpu,cpu] [--transfer-units 3] [--transfer-size 1920x1080]
-                              [--record]
+                              [--simulate-ms 2.5] [--sim-windows 24] [--sim-size 640x360] [--only abc] [--record]
 
 Everything runs for real: a `ray.cluster_utils.Cluster` on this machine (a head that runs no worker, where this
 process attaches as the driver, and one worker node per device, each with its own raylet and object store, bound to
@@ -17,6 +17,13 @@ process attaches as the driver, and one worker node per device, each with its ow
     two nodes' object stores over loopback, the driver's get) and MB/s; then the driver's store of those pieces into a
     run folder (vda.pipeline.worker.write_piece), which every backend pays somewhere (a local worker in its store
     thread, the Ray driver in the stream's reader).
+(c) The driver's cost, for both paths of the pieces (issue 23): a whole `vda depth` batch (run_depth: plan, queue,
+    merges) on simulated devices (VDA_SIMULATE_MS_PER_FRAME: the host's real path, the model replaced by a wait), one
+    actor per worker node. "shared folder": every node sees the run folder (one disk here), so the actors store their
+    own pieces and the merges run as Ray tasks on the nodes. "through the driver": the same, with every node taken as
+    one that cannot see it (ThroughDriver), so the pieces cross to the driver, which stores and merges them. Per
+    window: the bytes the driver fetched from the actors (pieces and messages) and the driver's CPU time (this
+    process and its merge processes, getrusage); and the units per second, between the first and the last Done.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # read as Ray i
 
 import argparse  # noqa: E402
 import io  # noqa: E402
+import resource  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -40,14 +48,16 @@ import torch  # noqa: E402
 from bench_infer import append_results, synthetic_checkpoint, synthetic_video  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from vda import events  # noqa: E402
+from vda import config, events  # noqa: E402
 from vda.core import stitch  # noqa: E402
-from vda.core.plan import UNIT_WINDOWS  # noqa: E402
+from vda.core.plan import UNIT_WINDOWS, Plan  # noqa: E402
 from vda.core.preprocess import network_shape  # noqa: E402
 from vda.io.rundir import RunDir  # noqa: E402
 from vda.orchestrator.backends.base import VideoRun  # noqa: E402
 from vda.orchestrator.backends.local import LocalBackend  # noqa: E402
 from vda.orchestrator.backends.ray import RayBackend  # noqa: E402
+from vda.orchestrator.backends.ray.nodes import Roles  # noqa: E402
+from vda.orchestrator.batch import DepthRequest, run_depth  # noqa: E402
 from vda.orchestrator.launch import WorkerOptions  # noqa: E402
 from vda.orchestrator.planning import create_plan  # noqa: E402
 from vda.orchestrator.queue import QueuedVideo, WorkQueue  # noqa: E402
@@ -55,6 +65,7 @@ from vda.pipeline.worker import write_piece  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MB = 1 << 20
+SIMULATE_ENV = config.SIMULATE_ENV  # the simulated device (issue 21)
 ROWS: list[tuple[str, str, str]] = []
 
 
@@ -154,11 +165,74 @@ def transfer(tmp: Path, args) -> None:
     ray.kill(source)
 
 
-def start_cluster(devices: int, store_mb: int) -> Cluster:
+class ThroughDriver(RayBackend):
+    """The Ray backend with every node taken as one that cannot see the run folder: its pieces cross to the driver,
+    which stores them and merges (the path of a cluster without a shared folder)."""
+
+    def assign_roles(self, shared, run, out) -> Roles:
+        return Roles(frozenset(), (), tuple(sorted(shared)))
+
+
+def driver_cpu() -> float:
+    """CPU seconds of this process (the driver) and of its children that have ended (its merge processes)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def batch(backend, out: Path, videos: list[Path], ckpt: Path, args) -> tuple[float, float, float]:
+    """One `vda depth` batch through run_depth, as the CLI runs it: (driver CPU seconds, wall seconds, its end)."""
+    request = DepthRequest(
+        [str(v) for v in videos], out, backend.devices, checkpoint=str(ckpt), input_size=args.sim_input_size,
+        max_res=0, unit_size=args.sim_unit_size, fmt="npy", space_check=False,
+    )  # fmt: skip
+    DONE.clear()
+    cpu, wall = driver_cpu(), time.perf_counter()
+    code = run_depth(request, backend, stream=io.StringIO())
+    cpu, wall = driver_cpu() - cpu, time.perf_counter() - wall
+    assert code == 0, f"a batch failed (exit {code}); see {out / '_run' / 'logs'}"
+    return cpu, wall, time.perf_counter()
+
+
+def one_path(name: str, backend_class: type, cluster: Cluster, tmp: Path, ckpt: Path, videos: list[Path], args):
+    devices = ["cpu"] * args.nodes
+    backend = stamped(backend_class)(devices, WorkerOptions(checkpoint=str(ckpt)), address=cluster.address)
+    out = tmp / name.replace(" ", "_") / "out"
+    cpu, wall, end = batch(backend, out, videos, ckpt, args)
+    plans = [Plan.load(out / "_run" / v.stem) for v in videos]
+    windows, units = sum(len(p.all_pieces()) for p in plans), sum(len(p.units) for p in plans)
+    got = backend.received()
+    stamps = sorted(t for stamps in DONE.values() for t in stamps)
+    rate = (len(stamps) - 1) / (stamps[-1] - stamps[0])
+    merged = ", ".join(f"{n[:8]} {m}" for n, (_, m) in sorted(backend.per_node().items()) if m)
+    row(f"{name}: driver bytes per window", f"{(got['pieces'] + got['messages']) / windows:.0f} B",
+        f"{got['pieces'] / windows / MB:.2f} MB of pieces + {got['messages'] / windows:.0f} B of messages")  # fmt: skip
+    row(f"{name}: driver CPU per window", f"{cpu / windows * 1000:.1f} ms", f"{cpu:.1f} s over {windows} windows")
+    row(f"{name}: units per second", f"{rate:.2f}", f"{units} units of {args.sim_unit_size} windows; merges: {merged}")
+    row(f"{name}: whole batch", f"{wall:.1f} s", "plan, actors, units, merges")
+    row(f"{name}: from the last unit to the end", f"{end - stamps[-1]:.1f} s", "the merges left, and closing")
+
+
+def paths(cluster: Cluster, tmp: Path, ckpt: Path, args) -> None:
+    width, height = map(int, args.sim_size.split("x"))
+    frames = stitch.WINDOW + (args.sim_windows - 1) * stitch.STRIDE
+    print(
+        f"(c) the driver's cost: {args.sim_videos} videos of {frames} frames {args.sim_size} at input "
+        f"{args.sim_input_size}, {args.nodes} simulated devices at {args.simulate_ms} ms/frame"
+    )
+    videos = [synthetic_video(tmp / f"sim{k}.mp4", frames, width, height, shift=3 + k) for k in range(args.sim_videos)]
+    warm = synthetic_video(tmp / "warm.mp4", stitch.WINDOW, width, height)  # node caches and worker processes ready
+    batch(RayBackend(["cpu"] * args.nodes, WorkerOptions(checkpoint=str(ckpt)), address=cluster.address), tmp / "warm",
+          [warm], ckpt, args)  # fmt: skip
+    known = {"shared": ("shared folder", RayBackend), "driver": ("through the driver", ThroughDriver)}
+    for path in args.paths.split(","):
+        one_path(*known[path], cluster, tmp, ckpt, videos, args)
+
+
+def start_cluster(nodes: int, store_mb: int, cpus: int = 1) -> Cluster:
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": store_mb * MB})
-    for _ in range(devices):
-        cluster.add_node(num_cpus=1, object_store_memory=store_mb * MB)
+    for _ in range(nodes):
+        cluster.add_node(num_cpus=cpus, object_store_memory=store_mb * MB)
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
     return cluster
@@ -166,28 +240,47 @@ def start_cluster(devices: int, store_mb: int) -> Cluster:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default="abc", help="the sections to run, of a, b and c")
     ap.add_argument("--units", type=int, default=40, help="stored units per round-trip run (a)")
     ap.add_argument("--devices", default="cpu,cpu", help="workers of (a): local processes, or actors on one node each")
     ap.add_argument("--transfer-units", type=int, default=3, help="units fetched in (b)")
     ap.add_argument("--transfer-size", default="1920x1080", help="frame size whose pieces (b) moves, at input 518")
+    ap.add_argument("--nodes", type=int, default=3, help="worker nodes, and simulated devices in (c)")
+    ap.add_argument("--simulate-ms", type=float, default=2.5, help="(c): ms per frame of a simulated device")
+    ap.add_argument("--paths", default="shared,driver", help="(c): the paths of the pieces to run, in this order")
+    ap.add_argument("--sim-videos", type=int, default=3, help="(c): videos in the batch")
+    ap.add_argument("--sim-windows", type=int, default=12, help="(c): windows of each video")
+    ap.add_argument("--sim-size", default="640x360", help="(c): the clip's frame size")
+    ap.add_argument("--sim-input-size", type=int, default=518, help="(c): network input size")
+    ap.add_argument("--sim-unit-size", type=int, default=2, help="(c): windows per unit")
     ap.add_argument("--store-mb", type=int, default=1024, help="object store per node, MB (a unit must fit)")
     ap.add_argument("--record", action="store_true", help="append the figures to bench/RESULTS.md")
     args = ap.parse_args()
     print(f"{os.cpu_count()} cores, torch {torch.__version__}, ray {ray.__version__}; load {os.getloadavg()[0]:.1f}")
-    cluster = start_cluster(len(args.devices.split(",")), args.store_mb)
+    nodes = max(len(args.devices.split(",")), args.nodes)
+    cluster = start_cluster(nodes, args.store_mb, cpus=2)  # a CPU for an actor, one for a merge beside it
     try:
         with tempfile.TemporaryDirectory(prefix="vda-bench-ray-") as tmp:
             tmp = Path(tmp)
             ckpt = synthetic_checkpoint(tmp / "ckpt")
-            overhead(cluster, tmp, ckpt, args)
-            transfer(tmp, args)
+            if "a" in args.only:
+                overhead(cluster, tmp, ckpt, args)
+            if "b" in args.only:
+                transfer(tmp, args)
+            if "c" in args.only:
+                os.environ[SIMULATE_ENV] = str(args.simulate_ms)  # the driver's plan; the actors get it from config
+                paths(cluster, tmp, ckpt, args)
     finally:
         ray.shutdown()
         cluster.shutdown()
     if args.record:
         setup = (
-            f"Ray {ray.__version__}, one machine: a head and {len(args.devices.split(','))} worker nodes on 127.0.0.1; "
-            f"(a) {args.units} stored units on {args.devices}; (b) {args.transfer_units} units at {args.transfer_size}."
+            f"Ray {ray.__version__}, one machine: a head and {nodes} worker nodes of 2 CPUs on 127.0.0.1; "
+            f"(a) {args.units} stored units on {args.devices}; "
+            f"(b) {args.transfer_units} units at {args.transfer_size}; "
+            f"(c) {args.nodes} simulated devices at {args.simulate_ms} ms/frame, {args.sim_videos} videos of "
+            f"{args.sim_windows} windows of "
+            f"{args.sim_size} at input {args.sim_input_size}, {args.sim_unit_size} windows per unit."
         )
         append_results("bench_ray.py", setup, ("figure", "value", "note"), ROWS)
 

@@ -13,6 +13,8 @@ environment.
 | `VDA_FAIL_TIMES` | fault rehearsal: fail only the first N times |
 | `VDA_FAIL_MODE` | fault rehearsal: `raise` (the unit fails), `exit` (the worker exits 3), `kill` (SIGKILL), `oom` |
 | `VDA_WORKER_DELAY` | fault rehearsal: `SLOT:SECONDS` slows worker SLOT by SECONDS per unit (a slow device) |
+| `VDA_SIMULATE_MS_PER_FRAME` | simulated device: no model; a window holds the device MS ms per output frame |
+| `VDA_MERGE_DELAY` | fault rehearsal: a merge run as a Ray task waits SECONDS before it starts (lose its node) |
 | `VDA_CUDNN_DETERMINISTIC` | `1`: cuDNN's deterministic algorithms on GPU workers (measured by `make gpu-check`) |
 | `VDA_COMPILE_CACHE` | `--compile`'s inductor and Triton caches, shared by all workers (`~/.cache/vda/compile`) |
 | `VDA_STAGE_TIMES` | `vda work RUN_DIR`: per-window stage times (decode wait, batch, compute, ...) as JSON there |
@@ -29,13 +31,15 @@ from vda.errors import UsageError
 
 THREADS_ENV = "VDA_THREADS"
 MODELS_ENV = "VDA_MODELS_DIR"
-FAIL_ENV, FAIL_TIMES_ENV, FAIL_MODE_ENV, DELAY_ENV = (
+FAIL_ENV, FAIL_TIMES_ENV, FAIL_MODE_ENV, DELAY_ENV, SIMULATE_ENV = (
     "VDA_FAIL_AT_UNIT",
     "VDA_FAIL_TIMES",
     "VDA_FAIL_MODE",
     "VDA_WORKER_DELAY",
+    "VDA_SIMULATE_MS_PER_FRAME",
 )
-FAULT_ENV = (FAIL_ENV, FAIL_TIMES_ENV, FAIL_MODE_ENV, DELAY_ENV)
+MERGE_DELAY_ENV = "VDA_MERGE_DELAY"
+FAULT_ENV = (FAIL_ENV, FAIL_TIMES_ENV, FAIL_MODE_ENV, DELAY_ENV, SIMULATE_ENV, MERGE_DELAY_ENV)
 CUDNN_DETERMINISTIC_ENV, COMPILE_CACHE_ENV, STAGE_TIMES_ENV = (
     "VDA_CUDNN_DETERMINISTIC",
     "VDA_COMPILE_CACHE",
@@ -50,16 +54,24 @@ CHECKOUT_MODELS = CHECKOUT / "models" if (CHECKOUT / "pyproject.toml").is_file()
 
 @dataclass(frozen=True)
 class Faults:
-    """Fault rehearsal (VDA_FAIL_*, VDA_WORKER_DELAY): what the queue does when a unit, a worker or a device fails."""
+    """Rehearsals (VDA_FAIL_*, VDA_WORKER_DELAY, VDA_SIMULATE_MS_PER_FRAME): what the queue does when a unit, a worker
+    or a device fails, and whether this host can feed its devices (a simulated device: vda.pipeline.simulate).
+
+    They travel together to every worker of every backend (vda.orchestrator.launch), so a rehearsal on the host is a
+    rehearsal wherever the workers run."""
 
     at_unit: str = ""  # "U" or "NAME:U"; empty: no fault
     times: int | None = None  # fail only the first `times` times (counted in the run folder)
     mode: str = ""  # empty: raise
     delay: str = ""  # "SLOT:SECONDS"
+    simulate_ms: float | None = None  # a simulated device: ms it is held per output frame; None: the real model
+    merge_delay: str = ""  # "SECONDS"
 
     def env(self) -> dict[str, str]:
-        """The variables that give a worker these faults (only those that are set)."""
-        values = (self.at_unit, "" if self.times is None else str(self.times), self.mode, self.delay)
+        """The variables that give a worker these rehearsals (only those that are set)."""
+        times = "" if self.times is None else str(self.times)
+        simulate = "" if self.simulate_ms is None else repr(self.simulate_ms)
+        values = (self.at_unit, times, self.mode, self.delay, simulate, self.merge_delay)
         return {k: v for k, v in zip(FAULT_ENV, values) if v}
 
     def delay_of(self, slot: int) -> float:
@@ -91,11 +103,14 @@ class Config:
             times=_whole(environ, FAIL_TIMES_ENV, 0),
             mode=environ.get(FAIL_MODE_ENV, ""),
             delay=environ.get(DELAY_ENV, ""),
+            simulate_ms=_milliseconds(environ, SIMULATE_ENV),
+            merge_delay=environ.get(MERGE_DELAY_ENV, ""),
         )
         if faults.mode and faults.mode not in FAIL_MODES:
             raise UsageError(f"{FAIL_MODE_ENV}={faults.mode!r} is not one of {', '.join(FAIL_MODES)}; fix or unset it")
         _check_spec(FAIL_ENV, faults.at_unit, "U or NAME:U, U a unit number", lambda s: s.rpartition(":")[2].isdigit())
         _check_spec(DELAY_ENV, faults.delay, "SLOT:SECONDS", _is_delay)
+        _check_spec(MERGE_DELAY_ENV, faults.merge_delay, "SECONDS", lambda s: _is_delay(f"0:{s}"))
         deterministic = environ.get(CUDNN_DETERMINISTIC_ENV, "")
         if deterministic not in ("", "0", "1"):
             raise UsageError(f"{CUDNN_DETERMINISTIC_ENV}={deterministic!r} is not 0 or 1; fix or unset it")
@@ -123,6 +138,19 @@ def _is_delay(spec: str) -> bool:
         return bool(sep) and slot.isdigit() and float(seconds) >= 0
     except ValueError:
         return False
+
+
+def _milliseconds(environ: Mapping[str, str], name: str) -> float | None:
+    text = environ.get(name, "").strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise UsageError(f"{name}={text!r} is not a number of milliseconds of at least 0; fix or unset it")
+    return value
 
 
 def _whole(environ: Mapping[str, str], name: str, least: int) -> int | None:

@@ -61,6 +61,7 @@ class Settings:
     net_width: int = 0
     unit_size: int = UNIT_WINDOWS  # windows per unit (window mode) or frames per unit (stream mode)
     stream_warmup: int = STREAM_WARMUP
+    simulated: bool = False  # planned under VDA_SIMULATE_MS_PER_FRAME: its pieces are no depth, never mixed with real
 
 
 @dataclass(frozen=True)

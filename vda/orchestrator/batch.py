@@ -154,30 +154,37 @@ def plan_videos(request: DepthRequest, say) -> tuple[list[QueuedVideo], dict[str
             refused.append(Refused(str(src), str(err).strip(), err))
             say(f"vda: {src}: {str(err).strip()}; the other inputs go on")
             continue
-        videos.append(QueuedVideo(VideoRun(name, run, Path(plan.input.path)), plan))
+        videos.append(QueuedVideo(VideoRun(name, run, Path(plan.input.path), out), plan))
         outs[name] = out
     return videos, outs, refused
 
 
 class MergeLine:
-    """Merges videos one after the other in a thread, as the queue reports them computed (on spare CPU while the
-    devices compute the others). A merge that fails fails its video only."""
+    """Merges videos as the queue reports them computed (on spare CPU while the devices compute the others), one
+    after the other in a thread, or `backend.merge_slots` at a time where the backend runs merges on several hosts.
+    A merge that fails fails its video only."""
 
     def __init__(self, backend: Backend, request: DepthRequest, outs: dict[str, Path], follower: Follower, progress):
         self.backend, self.request, self.outs, self.follower, self.progress = backend, request, outs, follower, progress
         self.errors: dict[str, Exception] = {}
         self._cancelled = False
         self._queue: queue.Queue = queue.Queue()
-        self._thread = threading.Thread(target=self._loop, name="vda-merge", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"vda-merge-{k}", daemon=True)
+            for k in range(max(1, backend.merge_slots))
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def submit(self, video: QueuedVideo) -> None:
         self._queue.put(video)
 
     def finish(self) -> None:
-        """Wait for every merge submitted so far (after `cancel`, only for the one running)."""
-        self._queue.put(None)
-        self._thread.join()
+        """Wait for every merge submitted so far (after `cancel`, only for those running)."""
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join()
 
     def cancel(self) -> None:
         self._cancelled = True
@@ -188,7 +195,7 @@ class MergeLine:
             started, out, r = time.perf_counter(), self.outs[video.name], self.request
             request = MergeRequest(video.run.run, out, r.fmt, r.create_video, r.overwrite, r.merge_workers)
             try:
-                self.backend.merge(request)
+                video.merge_node = self.backend.merge(request)
             except Exception as err:  # noqa: BLE001 - it fails this video only; the batch reports it at the end
                 video.status, video.error, video.log = "failed", f"the merge failed: {err}", str(video.run.run.logs)
                 self.errors[video.name] = err
@@ -238,7 +245,8 @@ def _run_batch(request: DepthRequest, backend: Backend, stream) -> int:
     try:
         if videos:  # every input refused: nothing for the backend to prepare (nor to fail at)
             backend.open(root, [v.run for v in videos])
-        with Follower([v.run.run.path for v in videos]) as follower:
+        followed = [v.run.run.path for v in videos] if backend.merges_here else []  # else pass 1 is in the merge
+        with Follower(followed) as follower:
             merges = MergeLine(backend, request, outs, follower, progress)
             work = WorkQueue(
                 videos,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from vda import config
 from vda.core.plan import PLAN_NAME, STREAM_WARMUP, Plan, PlanError, Settings, default_unit_size, make_units
 from vda.core.preprocess import network_shape
 from vda.io.rundir import RunDir
@@ -152,6 +153,7 @@ def create_plan(
     info = probe(input_path)
     info.path = str(Path(input_path).resolve())
     settings = build_settings(info, model, input_size, max_res, precision or AUTO, mode, unit_size, stream_warmup)
+    settings.simulated = config.current().faults.simulate_ms is not None
     units = make_units(info.frame_count, mode, settings.unit_size, stream_warmup)
     plan = Plan(info, settings, units, uuid.uuid4().hex[:12])
     if (run.path / PLAN_NAME).is_file():

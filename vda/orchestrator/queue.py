@@ -64,6 +64,7 @@ class QueuedVideo:
     error: str | None = None
     log: str | None = None
     units_done: int = 0
+    merge_node: str | None = None  # where it was merged, where a backend spans hosts (Ray: a node id, or "driver")
 
     @property
     def name(self) -> str:
@@ -84,6 +85,7 @@ class UnitRecord:
     computed_frames: int = 0
     fp32_recomputes: int = 0
     device_bound: bool = False  # the last failure was out of memory: wait for a device not tried yet
+    stored_by: str | None = None  # who wrote its pieces, where a backend spans hosts (Ray: a node id, or "driver")
 
 
 @dataclass
@@ -246,6 +248,7 @@ class WorkQueue:
         record.seconds += message.seconds
         video.units_done += 1
         if message.computed:
+            unit.stored_by = getattr(self.workers[slot].handle, "stored_by", None) if slot in self.workers else None
             node = getattr(self.workers[slot].handle, "node", None) if slot in self.workers else None
             self.progress.unit_done(key[0], message.frames, message.fp32_recomputes, record.device, node)
         else:  # stored by an earlier attempt: not this run's work, so not in its rate
@@ -447,6 +450,7 @@ class WorkQueue:
                 "frames": v.plan.frame_count,
                 "error": v.error,
                 "log": v.log,
+                "merge_node": v.merge_node,
             }
             for v in self.videos
         ]

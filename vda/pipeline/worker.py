@@ -47,9 +47,11 @@ from vda.pipeline.inference import (
     Runtime,
     StageClock,
     WindowRunner,
+    resolve_precision,
     store_dtype,
     stream_depths,
 )
+from vda.pipeline.simulate import SimulatedDevice, SimulatedWindows, simulated_stream
 
 # Decoded frames held ahead of the model: a window takes its 22 new frames at once, so a shorter queue would make
 # the device wait for the decoder at every window (bench_stages.py, "decode overlap"). 44 frames at 720p: 120 MB.
@@ -97,6 +99,18 @@ def verify_input(plan: Plan, input_path: str | None) -> None:
     if (size is not None and size != plan.input.size_bytes) or head_hash(path) != plan.input.head_sha256:
         raise PlanError(f"input {path} changed since it was planned; plan again into a new run folder")
     plan.input.path = str(path)
+
+
+def verify_simulation(plan: Plan) -> None:
+    """A simulated device's pieces are no depth: a run planned under simulation is computed only under it, and the
+    other way round, so that one never resumes the other's pieces."""
+    simulating = config.current().faults.simulate_ms is not None
+    if plan.settings.simulated != simulating:
+        planned = "with" if plan.settings.simulated else "without"
+        raise PlanError(
+            f"this run was planned {planned} {config.SIMULATE_ENV} and this worker runs "
+            f"{'with' if simulating else 'without'} it; use the same setting, or plan again into a new run folder"
+        )
 
 
 def verify_checkpoint(plan: Plan, checkpoint: Path) -> None:
@@ -339,6 +353,7 @@ class DeviceWorker:
         if task.run_dir not in self._videos:
             plan = self.load_plan(task.run_dir)
             verify_input(plan, task.input)
+            verify_simulation(plan)
             self._videos[task.run_dir] = _Video(plan, RunDir(task.run_dir))
         return self._videos[task.run_dir]
 
@@ -349,6 +364,11 @@ class DeviceWorker:
 
         s = plan.settings
         key = (s.encoder, s.metric, s.checkpoint_sha256, s.precision)
+        simulate_ms = config.current().faults.simulate_ms
+        if simulate_ms is not None and key not in self._models:  # no model, no CUDA: the host is what is measured
+            device = torch.device(self.device)
+            runtime = Runtime(device, resolve_precision(s.precision, device.type), self.micro_batch)
+            self._models = {key: (SimulatedDevice(simulate_ms), runtime)}
         if key not in self._models:
             ckpt = resolve(s.encoder, s.metric, self.checkpoint)
             verify_checkpoint(plan, ckpt)
@@ -468,20 +488,28 @@ def _compute_unit(
     stage times of window mode (StageClock)."""
     s, n = plan.settings, plan.frame_count
     shape = (s.net_height, s.net_width)
+    simulated = isinstance(model, SimulatedDevice)
+    clock = clock or StageClock()
     try:
         if s.mode == "window":
-            feed, runner = FrameFeed(frames, total=n), WindowRunner(model, runtime, shape, guard, clock)
+            feed = FrameFeed(frames, total=n)
+            runner = SimulatedWindows(model, shape) if simulated else WindowRunner(model, runtime, shape, guard, clock)
             for w in range(*unit.span):
                 before = len(runner.recomputed)
                 depth = runner.run(w, feed, n)
                 save(w, depth, len(runner.recomputed) - before)
-                runner.clock.lap("store hand-off")
-                runner.clock.end()
+                clock.lap("store hand-off")
+                clock.end()
             recomputed.extend(runner.recomputed)
             return
         first, stop = unit.span
         segment, seg_start, before = [], first, 0
-        for i, depth in stream_depths(model, runtime, frames, shape, recomputed, guard):
+        depths = (
+            simulated_stream(model, frames, shape)
+            if simulated
+            else stream_depths(model, runtime, frames, shape, recomputed, guard)
+        )
+        for i, depth in depths:
             if i < first:
                 before = len(recomputed)  # recomputes in the warm-up belong to no piece of this unit
                 continue

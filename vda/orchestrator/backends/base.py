@@ -44,6 +44,7 @@ class VideoRun:
     name: str
     run: RunDir
     input: Path
+    out: Path | None = None  # its output folder (a cluster backend checks that its nodes can write there)
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,8 @@ class Backend(ABC):
     name: str
     gpu_pool = "this host"  # where visible_gpus counts, as the CLI names it
     all_gpus_by_default = False  # no device flag: refused, or (a cluster) every GPU visible_gpus counts
+    merges_here = True  # merges read the run folder on this host (so pass 1 may follow the workers here)
+    merge_slots = 1  # merges that may run at once (a cluster backend runs them on several nodes)
 
     def __init__(
         self, devices: list[str], options: WorkerOptions, image: str | None = None, address: str | None = None
@@ -91,12 +94,28 @@ class Backend(ABC):
         """Start the long-lived worker of `slot` on `device`; a worker that cannot start exits START_FAILED."""
 
     @abstractmethod
-    def merge(self, request: MergeRequest) -> None:
-        """Merge one video's stored pieces into its output folder; raises with one line if it fails."""
+    def merge(self, request: MergeRequest) -> str | None:
+        """Merge one video's stored pieces into its output folder; raises with one line if it fails. Returns where
+        it ran, where a backend spans hosts (Ray: a node id, or "driver"), else None."""
 
     @abstractmethod
     def close(self) -> None:
         """Release everything the batch started (no orphans), whatever state it is in."""
+
+
+def merge_in_process(request: MergeRequest) -> None:
+    """The merge, run in this process: what the local backend does, and the Ray backend where no node can."""
+    from vda.pipeline.merge import merge
+
+    merge(
+        request.run.path,
+        request.out,
+        request.fmt,
+        create_video=request.create_video,
+        workers=request.workers,
+        overwrite=request.overwrite,
+        log=lambda text: None,
+    )
 
 
 class LinePump:

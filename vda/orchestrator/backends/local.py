@@ -11,7 +11,7 @@ from pathlib import Path
 
 from vda import events
 from vda.config import THREADS_ENV, Config
-from vda.orchestrator.backends.base import Backend, LinePump, MergeRequest
+from vda.orchestrator.backends.base import Backend, LinePump, MergeRequest, merge_in_process
 from vda.orchestrator.launch import worker_command, worker_env
 from vda.pipeline.inference import check_compiler
 from vda.system import gpu_env
@@ -103,17 +103,7 @@ class LocalBackend(Backend):
         return handle
 
     def merge(self, request: MergeRequest) -> None:
-        from vda.pipeline.merge import merge
-
-        merge(
-            request.run.path,
-            request.out,
-            request.fmt,
-            create_video=request.create_video,
-            workers=request.workers,
-            overwrite=request.overwrite,
-            log=lambda text: None,
-        )
+        merge_in_process(request)
 
     def close(self) -> None:
         """Nothing outlives a run: the queue stops every worker it started."""
