@@ -19,6 +19,15 @@ synthetic vits weights made on the spot (`vda.model.synth`; nothing is read from
    decoded frames on the GPU: PASS at or below 1e-4;
 4. depth-docker: the same with `--backend docker`, where the Docker engine has the `nvidia` runtime and the image
    vda:latest exists; otherwise one line says why it is skipped;
+4b. depth-fp16: `vda depth` in fp16 (the GPU default) against the fp16 single pass: the workers store fp16 windows
+   and `infer_video` rounds the same way, so they agree bit for bit where the GPU computes each window alike (it
+   says whether they are bitwise equal); PASS at or below 1e-4;
+4c. deterministic: the fp16 single pass twice with cuDNN's default algorithms and twice with
+   `torch.backends.cudnn.deterministic` (VDA_CUDNN_DETERMINISTIC=1): whether each pair is bitwise equal, and the
+   speed of each, for information;
+4d. worker-path: `vda work` on a 1080p x264 file (tiny on --device cpu), timed per window by the worker itself
+   (VDA_STAGE_TIMES): waiting for the decoder, building the batch, compute (host, and GPU by CUDA events), the
+   finiteness sync and the hand-off to the store, printed as one table of milliseconds per window;
 5. table: frames/s and peak VRAM per encoder (vits, vitb, vitl) and precision (fp16, bf16, fp32) in window and
    stream mode at input size 518 over synthetic 1920x1080 frames, measured by bench_gpu.py's code (a row that runs
    out of memory reads OOM and the table goes on), and whether vits fp16 window mode stays under the 4 GB goal;
@@ -35,6 +44,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -64,12 +74,12 @@ from vda.io.video import probe, read_frames
 from vda.io.writers import DepthMeta, read_depth
 from vda.model.network import load_model
 from vda.model.synth import save_checkpoint, synth_state_dict, synthetic_scene
-from vda.pipeline.inference import BF16_MIN_CAPABILITY, infer_video
+from vda.pipeline.inference import BF16_MIN_CAPABILITY, STAGES, infer_video
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-4  # max |ours - reference| <= TOL * max |reference|, as the test suite compares
 GOAL_BYTES = 4e9  # vits fp16 window mode at 518: under 4 GB (the authors' forward needs 6.8 GB)
-STEPS = ("parity", "depth-local", "depth-docker", "table")
+STEPS = ("parity", "depth-local", "depth-docker", "depth-fp16", "deterministic", "worker-path", "table")
 # Sizes per device kind. The CPU profile runs every step's code at a size two cores finish in well under a minute.
 PROFILES: dict[str, dict] = {
     "cuda": {
@@ -85,6 +95,9 @@ PROFILES: dict[str, dict] = {
         "precisions": ["fp16", "bf16", "fp32"],
         "repeats": 3,
         "timeout": 300,
+        "path_frames": 96,
+        "path_width": 1920,
+        "path_height": 1080,
     },
     "cpu": {
         "frames": 24,
@@ -99,6 +112,9 @@ PROFILES: dict[str, dict] = {
         "precisions": ["fp32"],
         "repeats": 1,
         "timeout": 300,
+        "path_frames": 40,
+        "path_width": 64,
+        "path_height": 48,
     },
 }
 
@@ -193,17 +209,21 @@ def describe(device: torch.device) -> str:
     )
 
 
-def depth_command(video: Path, out: Path, checkpoint: Path, devices: str, input_size: int, backend: str) -> list[str]:
-    """`vda depth` as a user runs it, in fp32 so that it can be compared with the fp32 single pass; one window per
-    unit, so that both workers compute some of the video's windows."""
-    extra = ["--format", "npy", "--input-size", str(input_size), "--precision", "fp32", "--backend", backend]
+def depth_command(
+    video: Path, out: Path, checkpoint: Path, devices: str, input_size: int, backend: str, precision: str = "fp32"
+) -> list[str]:
+    """`vda depth` as a user runs it, in the precision of the single pass it is compared with; one window per unit,
+    so that both workers compute some of the video's windows."""
+    extra = ["--format", "npy", "--input-size", str(input_size), "--precision", precision, "--backend", backend]
     extra += ["--unit-size", "1"]
     return depth_cmd(video, out, checkpoint, devices, *extra)
 
 
-def run_command(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
-    """Run `cmd`; past `timeout`, SIGTERM first, so that `vda depth` stops its workers and containers itself."""
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def run_command(cmd: list[str], timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run `cmd` (with `env` added to this environment); past `timeout`, SIGTERM first, so that `vda depth` stops its
+    workers and containers itself."""
+    full = {**os.environ, **env} if env else None
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -215,6 +235,38 @@ def run_command(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
             proc.communicate()
         raise TimeoutError(f"vda {cmd[3]} ran past {timeout:g} s and was stopped (--timeout)") from None
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+STAGE_COLUMNS = (*STAGES, "total", "gpu")
+
+
+def stage_table(rows: list[dict]) -> list[str]:
+    """Milliseconds per window of each stage of the worker path: the mean over the windows after the first (which
+    pays for allocation and, under --compile, compilation), the first alone, and each stage's share of the total."""
+    steady = rows[1:] or rows
+
+    def mean(stage: str, part: list[dict]) -> float | None:
+        values = [r[stage] for r in part if r.get(stage) is not None]
+        return 1000 * sum(values) / len(values) if values else None
+
+    total = mean("total", steady) or 1.0
+    lines = ["| stage | ms per window | share | first window ms |", "|---|---|---|---|"]
+    for stage in STAGE_COLUMNS:
+        ms, first = mean(stage, steady), mean(stage, rows[:1])
+        if ms is None:
+            lines.append(f"| {stage} | - | - | - |")
+        else:
+            lines.append(f"| {stage} | {ms:.1f} | {100 * ms / total:.0f}% | {first:.1f} |")
+    return lines
+
+
+def stage_summary(rows: list[dict]) -> str:
+    """The stage that takes the most host time per window, for the one-line result."""
+    steady = rows[1:] or rows
+    totals = {stage: sum(r[stage] for r in steady) for stage in STAGES}
+    top = max(totals, key=totals.get)
+    share = totals[top] / max(1e-9, sum(r["total"] for r in steady))
+    return f"most host time per window in {top} ({100 * share:.0f}%)"
 
 
 def last_line(text: str) -> str:
@@ -256,8 +308,9 @@ class Check:
         self.state = synth_state_dict("vits", 0)
         self.checkpoint = save_checkpoint(work / "ckpt", "vits", 0)
         self._model = None
-        self._single: np.ndarray | None = None
+        self._single: dict[str, np.ndarray] = {}
         self.rows: list[list[str]] = []
+        self.stage_rows: list[dict] = []
 
     # -- 1 -------------------------------------------------------------------------------------------------------
     def make_video(self) -> None:
@@ -280,17 +333,17 @@ class Check:
         size = self.args.input_size
         return np.stack(list(infer_video(model, frames, input_size=size, precision=precision, device=device)))
 
+    def single_pass(self, precision: str = "fp32") -> np.ndarray:
+        """Window mode on the checked device over the decoded frames: what `vda depth` must reproduce."""
+        if precision not in self._single:
+            self._single[precision] = self.infer(self.model(), precision, self.device)
+        return self._single[precision]
+
     def model(self):
         """The vits model on the checked device, built once."""
         if self._model is None:
             self._model = load_model(self.state, encoder="vits", device=self.device)
         return self._model
-
-    def single_pass(self) -> np.ndarray:
-        """fp32 window mode on the checked device over the decoded frames: what `vda depth` must reproduce."""
-        if self._single is None:
-            self._single = self.infer(self.model(), "fp32", self.device)
-        return self._single
 
     # -- 2 -------------------------------------------------------------------------------------------------------
     def parity(self) -> None:
@@ -325,8 +378,11 @@ class Check:
         self.report.add(step, "INFO", f"relative max error {err:.2e} ({self.device} {precision} vs cpu fp32)")
 
     # -- 3 and 4 -------------------------------------------------------------------------------------------------
-    def depth(self, backend: str) -> None:
-        step = f"depth-{backend}"
+    def depth(self, backend: str, precision: str = "fp32") -> None:
+        step = f"depth-{backend}" if precision == "fp32" else f"depth-{precision}"
+        if precision != "fp32" and self.device.type != "cuda":
+            self.report.add(step, "SKIP", f"{precision} needs a GPU (the CPU build computes fp32 and bf16 only)")
+            return
         if backend == "docker":
             why = (
                 "--device cpu: it runs on GPU hosts (nvidia runtime, vda:latest); `make smoke` runs the CPU containers"
@@ -341,7 +397,7 @@ class Check:
         name = "cpu" if self.device.type == "cpu" else f"cuda:{self.device.index or 0}"
         devices = f"{name},{name}"
         out = self.work / step
-        cmd = depth_command(self.video, out, self.checkpoint, devices, self.args.input_size, backend)
+        cmd = depth_command(self.video, out, self.checkpoint, devices, self.args.input_size, backend, precision)
         if backend == "docker":
             cmd += ["--image", self.args.docker_image]
         t = time.perf_counter()
@@ -349,18 +405,68 @@ class Check:
         seconds = time.perf_counter() - t
         if done.returncode != 0:
             raise RuntimeError(f"vda depth exited with {done.returncode}: {last_line(done.stderr)}")
-        depth, single = read_output(out), self.single_pass()
+        depth, single = read_output(out), self.single_pass(precision)
         if depth.shape != single.shape:
             raise ValueError(f"vda depth wrote {depth.shape}, the single pass has {single.shape}")
         results = json.loads(RunDir(out / "_run").results.read_text())
         per_device = "+".join(str(d["units"]) for d in results["devices"])
         err = rel_err(depth, single)
         ok = err <= TOL
+        bitwise = "bitwise equal" if np.array_equal(depth, single) else "not bitwise equal"
         detail = (
-            f"relative max error {err:.2e} against the single pass (tolerance {TOL:.0e}; --devices {devices}, "
-            f"{len(results['units'])} units, {per_device} per worker, {len(depth)} frames, {seconds:.0f} s)"
+            f"relative max error {err:.2e} against the {precision} single pass, {bitwise} (tolerance {TOL:.0e}; "
+            f"--devices {devices}, {len(results['units'])} units, {per_device} per worker, {len(depth)} frames, "
+            f"{seconds:.0f} s)"
         )
         self.report.add(step, "PASS" if ok else "FAIL", detail)
+
+    # -- 4c ------------------------------------------------------------------------------------------------------
+    def deterministic(self) -> None:
+        """Whether fp16 repeats bit for bit with cuDNN's default algorithms and with deterministic ones, and at what
+        speed: what the README may promise about fp16 across runs (it says 1e-4 until this has run on a GPU)."""
+        if self.device.type != "cuda":
+            self.report.add("deterministic", "SKIP", "cuDNN is a GPU library: measured on GPU hosts only")
+            return
+        saved = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+        parts = []
+        try:
+            for flag in (False, True):
+                torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flag, False
+                runs, t = [], time.perf_counter()
+                for _ in range(2):
+                    runs.append(self.infer(self.model(), "fp16", self.device))
+                fps = 2 * len(runs[0]) / (time.perf_counter() - t)
+                same = "bitwise equal" if np.array_equal(*runs) else f"differ by {rel_err(runs[1], runs[0]):.1e}"
+                parts.append(f"cudnn.deterministic={flag}: two fp16 passes {same}, {fps:.1f} frames/s")
+        finally:
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
+        self.report.add("deterministic", "INFO", "; ".join(parts))
+
+    # -- 4d ------------------------------------------------------------------------------------------------------
+    def worker_path(self) -> None:
+        """`vda work` on an x264 file, timed per window by the worker (VDA_STAGE_TIMES), as one table."""
+        a = self.args
+        video = write_x264(self.work / "path.mp4", sliding_frames(a.path_frames, a.path_width, a.path_height, 9))
+        run, times = self.work / "path-run", self.work / "stages.json"
+        name = "cpu" if self.device.type == "cpu" else f"cuda:{self.device.index or 0}"
+        vda = [sys.executable, "-m", "vda.cli.main"]
+        sizes = ["--checkpoint", str(self.checkpoint), "--input-size", str(a.bench_input_size)]
+        plan = run_command([*vda, "plan", str(video), "-o", str(run), "--devices", name, *sizes], a.timeout)
+        if plan.returncode != 0:
+            raise RuntimeError(f"vda plan exited with {plan.returncode}: {last_line(plan.stderr)}")
+        cmd = [*vda, "work", str(run), "--device", name, "--checkpoint", str(self.checkpoint)]
+        done = run_command(cmd, a.timeout, env={"VDA_STAGE_TIMES": str(times)})
+        if done.returncode != 0:
+            raise RuntimeError(f"vda work exited with {done.returncode}: {last_line(done.stderr)}")
+        rows = json.loads(times.read_text())["rows"]
+        print("\n".join(stage_table(rows)), flush=True)
+        self.stage_rows = rows
+        self.report.add(
+            "worker-path",
+            "PASS",
+            f"{len(rows)} windows of {a.path_width}x{a.path_height} x264 timed in `vda work` at input size "
+            f"{a.bench_input_size}; {stage_summary(rows)}",
+        )
 
     # -- 5 -------------------------------------------------------------------------------------------------------
     def table(self) -> None:
@@ -428,6 +534,13 @@ class Check:
             "|---|---|---|",
             *[f"| {o.step} | {o.status} | {o.detail.replace('|', '/')} |" for o in self.report.outcomes],
         ]
+        if self.stage_rows:
+            lines += [
+                "",
+                f"`vda work` on {a.path_frames} frames {a.path_width}x{a.path_height} x264, input size "
+                f"{a.bench_input_size}, per window:\n",
+                *stage_table(self.stage_rows),
+            ]
         if self.rows:
             lines += [
                 "",
@@ -456,6 +569,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--precisions", nargs="+", choices=["fp16", "bf16", "fp32"], help="table and parity precisions")
     ap.add_argument("--modes", nargs="+", choices=["window", "stream"], default=["window", "stream"])
     ap.add_argument("--repeats", type=int, help="timed forwards per table row")
+    ap.add_argument("--path-frames", type=int, help="frames of the worker-path video (96 on cuda, 40 on cpu)")
+    ap.add_argument("--path-width", type=int, help="worker-path video width (1920 on cuda, 64 on cpu)")
+    ap.add_argument("--path-height", type=int, help="worker-path video height (1080 on cuda, 48 on cpu)")
     ap.add_argument("--timeout", type=float, help="seconds allowed to each `vda depth` run (300)")
     ap.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS), help="run only these checks")
     ap.add_argument("--docker-image", default="vda:latest", help="image of the docker check")
@@ -492,13 +608,19 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="vda-gpu-check-", ignore_cleanup_errors=True) as tmp:
         check = report.run("setup", Check, args, device, Path(tmp), report)
         if check is not None:
-            if {"parity", "depth-local", "depth-docker"} & set(args.steps):
+            if {"parity", "depth-local", "depth-docker", "depth-fp16", "deterministic"} & set(args.steps):
                 report.run("video", check.make_video)
             if "parity" in args.steps:
                 report.run("parity", check.parity)
             for backend in ("local", "docker"):
                 if f"depth-{backend}" in args.steps:
                     report.run(f"depth-{backend}", check.depth, backend)
+            if "depth-fp16" in args.steps:
+                report.run("depth-fp16", check.depth, "local", "fp16")
+            if "deterministic" in args.steps:
+                report.run("deterministic", check.deterministic)
+            if "worker-path" in args.steps:
+                report.run("worker-path", check.worker_path)
             if "table" in args.steps:
                 report.run("table", check.table)
             if args.record:

@@ -85,6 +85,22 @@ def test_a_failed_step_prints_one_line_and_the_others_go_on(tmp_path, monkeypatc
     assert leftovers(tmp_path) == []
 
 
+def test_the_worker_path_is_timed_per_window_as_one_table(tmp_path, monkeypatch, capsys):
+    """`vda work` on a tiny x264 file on CPU: the worker's own stage times, read back and printed as one table (GPU
+    time reads "-": no CUDA events on a CPU)."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert gpu_check.main(["--device", "cpu", "--steps", "worker-path"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
+    for stage in (*gpu_check.STAGES, "total"):
+        ms = float(rows[stage].split("|")[2])
+        assert ms >= 0 and (stage not in ("compute", "total") or ms > 0), rows[stage]
+    assert rows["gpu"].split("|")[2].strip() == "-"
+    (line,) = re.findall(r"^gpu-check: worker-path: PASS .*$", out, re.M)
+    assert line.startswith("gpu-check: worker-path: PASS 2 windows of 64x48 x264 timed in `vda work`")
+    assert leftovers(tmp_path) == []
+
+
 def test_without_a_gpu_it_says_so_in_one_line():
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is present")

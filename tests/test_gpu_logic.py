@@ -74,6 +74,9 @@ class FakeCuda:
         self.calls.append(("current_stream", torch.device(device)))
         return f"stream-of-{device}"
 
+    def empty_cache(self):
+        self.calls.append(("empty_cache",))
+
     def Event(self, blocking=False):  # noqa: N802 (torch's name)
         cuda = self
 
@@ -372,7 +375,7 @@ def test_bf16_is_refused_below_compute_capability_8():
 
 def test_out_of_memory_is_one_line_naming_what_to_lower(tmp_path, checkpoint):
     """torch's own OutOfMemoryError, raised by the fault injection as a GPU would raise it, in `vda work RUN_DIR`:
-    one line naming what to lower, and exit code 4."""
+    retried once at half the micro-batch, then one line naming what to lower, and exit code 4."""
     src = write_images(tmp_path / "imgs", synthetic_frames(30, 32, 24))
     create_plan(src, tmp_path / "run", checkpoint=str(checkpoint), input_size=28)
     cmd = [sys.executable, "-m", "vda", "work", str(tmp_path / "run"), "--device", "cpu"]
@@ -382,7 +385,8 @@ def test_out_of_memory_is_one_line_naming_what_to_lower(tmp_path, checkpoint):
     assert done.returncode == EXIT_OUT_OF_MEMORY and "Traceback" not in done.stderr, done.stderr
     (text,) = done.stderr.strip().splitlines()
     assert text.startswith("vda: error: the GPU ran out of memory running vits at input size 28")
-    assert all(s in text for s in ("micro-batch 2", "lower --micro-batch (e.g. 1)", "--input-size or --max-res"))
+    assert all(s in text for s in ("micro-batch 1 in fp32", "lower --input-size or --max-res"))
+    assert "out of memory at micro-batch 2; retrying here at 1" in done.stdout
     assert not list((tmp_path / "run").rglob("win_*.npy"))
 
 
@@ -412,8 +416,9 @@ def _gpu_run(tmp_path, checkpoint, monkeypatch, devices, retries=2):
 
 
 def test_out_of_memory_moves_to_an_untried_gpu(tmp_path, checkpoint, monkeypatch):
-    """Unit 1 runs out of memory once, wherever it runs first: it is not retried there but on the other GPU."""
-    for name, value in {"VDA_FAIL_AT_UNIT": "1", "VDA_FAIL_MODE": "oom", "VDA_FAIL_TIMES": "1"}.items():
+    """Unit 1 runs out of memory twice, wherever it runs first (at micro-batch 2, then at 1 in the worker's own
+    retry): it is not retried there again but on the other GPU."""
+    for name, value in {"VDA_FAIL_AT_UNIT": "1", "VDA_FAIL_MODE": "oom", "VDA_FAIL_TIMES": "2"}.items():
         monkeypatch.setenv(name, value)
     code, shown, record = _gpu_run(tmp_path, checkpoint, monkeypatch, ["cuda:0", "cuda:1"])
     assert code == 0, shown
@@ -439,8 +444,20 @@ def test_out_of_memory_on_every_gpu_fails_the_video_in_one_line(tmp_path, checkp
     assert sorted(unit["devices"]) == devices
     (line,) = [x for x in shown.splitlines() if x.startswith("vda: error:")]
     assert line.startswith(f"vda: error: {tmp_path / 'imgs'}: unit 1 out of memory on every device, last on cuda:")
-    assert "with micro-batch 2 in fp32; lower --micro-batch (e.g. 1), --input-size or --max-res" in line
+    assert "with micro-batch 1 in fp32; lower --input-size or --max-res" in line
     assert record["videos"][0]["status"] == "failed" and not (tmp_path / "out" / "depth_meta.json").exists()
+
+
+def test_out_of_memory_once_is_healed_on_the_same_gpu_at_half_the_micro_batch(tmp_path, checkpoint, monkeypatch):
+    """Unit 1 runs out of memory once: its worker retries it itself at micro-batch 1, the unit is one attempt, and
+    the device's record keeps the micro-batch that worked."""
+    for name, value in {"VDA_FAIL_AT_UNIT": "1", "VDA_FAIL_MODE": "oom", "VDA_FAIL_TIMES": "1"}.items():
+        monkeypatch.setenv(name, value)
+    code, shown, record = _gpu_run(tmp_path, checkpoint, monkeypatch, ["cuda:0"])
+    assert code == 0, shown
+    unit = record["units"][1]
+    assert (unit["status"], unit["attempts"], unit["errors"]) == ("done", 1, [])
+    assert record["devices"][0]["micro_batch"] == 1
 
 
 # ------------------------------------------------------------------------------------------ 8. --compile
@@ -451,9 +468,10 @@ def test_compiled_encoder_runs_one_fixed_batch_shape(model, monkeypatch):
     shapes = []
 
     def fake_compile(module, dynamic=None):
-        def run(x):
-            shapes.append(x.shape[0])
-            return module(x)
+        def run(*args):  # the head is compiled too (tests/test_recovery.py checks its shape)
+            if isinstance(args[0], torch.Tensor):
+                shapes.append(args[0].shape[0])
+            return module(*args)
 
         return run
 
@@ -505,5 +523,5 @@ def test_fp32_on_cuda_switches_tf32_off_and_restores_it():
 
 def test_the_fake_has_the_calls_torch_cuda_has():
     """A call renamed in torch.cuda would leave the fakes above passing on a name the real module lacks."""
-    for name in ("is_available", "get_device_capability", "get_device_name", "current_stream", "Event"):
+    for name in ("is_available", "get_device_capability", "get_device_name", "current_stream", "Event", "empty_cache"):
         assert callable(getattr(torch.cuda, name)) and callable(getattr(FakeCuda(), name))

@@ -15,6 +15,9 @@ environment.
 | `VDA_WORKER_DELAY` | fault rehearsal: `SLOT:SECONDS` slows worker SLOT by SECONDS per unit (a slow device) |
 | `VDA_SIMULATE_MS_PER_FRAME` | simulated device: no model; a window holds the device MS ms per output frame |
 | `VDA_MERGE_DELAY` | fault rehearsal: a merge run as a Ray task waits SECONDS before it starts (lose its node) |
+| `VDA_CUDNN_DETERMINISTIC` | `1`: cuDNN's deterministic algorithms on GPU workers (measured by `make gpu-check`) |
+| `VDA_COMPILE_CACHE` | `--compile`'s inductor and Triton caches, shared by all workers (`~/.cache/vda/compile`) |
+| `VDA_STAGE_TIMES` | `vda work RUN_DIR`: per-window stage times (decode wait, batch, compute, ...) as JSON there |
 """
 
 from __future__ import annotations
@@ -37,6 +40,11 @@ FAIL_ENV, FAIL_TIMES_ENV, FAIL_MODE_ENV, DELAY_ENV, SIMULATE_ENV = (
 )
 MERGE_DELAY_ENV = "VDA_MERGE_DELAY"
 FAULT_ENV = (FAIL_ENV, FAIL_TIMES_ENV, FAIL_MODE_ENV, DELAY_ENV, SIMULATE_ENV, MERGE_DELAY_ENV)
+CUDNN_DETERMINISTIC_ENV, COMPILE_CACHE_ENV, STAGE_TIMES_ENV = (
+    "VDA_CUDNN_DETERMINISTIC",
+    "VDA_COMPILE_CACHE",
+    "VDA_STAGE_TIMES",
+)
 FAIL_MODES = ("raise", "exit", "kill", "oom")
 # The checkout's models/ folder (an editable install, told by the pyproject.toml beside it); a wheel installed elsewhere
 # looks in ./models instead (site-packages/models could be another package's).
@@ -79,6 +87,9 @@ class Config:
     faults: Faults = field(default_factory=Faults)
     verbose: bool = False
     debug: bool = False
+    cudnn_deterministic: bool = False
+    compile_cache: Path = field(default_factory=lambda: Path.home() / ".cache" / "vda" / "compile")
+    stage_times: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ, *, verbose: bool = False, debug: bool = False):
@@ -100,7 +111,20 @@ class Config:
         _check_spec(FAIL_ENV, faults.at_unit, "U or NAME:U, U a unit number", lambda s: s.rpartition(":")[2].isdigit())
         _check_spec(DELAY_ENV, faults.delay, "SLOT:SECONDS", _is_delay)
         _check_spec(MERGE_DELAY_ENV, faults.merge_delay, "SECONDS", lambda s: _is_delay(f"0:{s}"))
-        return cls(_whole(environ, THREADS_ENV, 1), models, faults, verbose, debug)
+        deterministic = environ.get(CUDNN_DETERMINISTIC_ENV, "")
+        if deterministic not in ("", "0", "1"):
+            raise UsageError(f"{CUDNN_DETERMINISTIC_ENV}={deterministic!r} is not 0 or 1; fix or unset it")
+        cache = environ.get(COMPILE_CACHE_ENV, "")
+        return cls(
+            _whole(environ, THREADS_ENV, 1),
+            models,
+            faults,
+            verbose,
+            debug,
+            cudnn_deterministic=deterministic == "1",
+            compile_cache=Path(cache).expanduser() if cache else Path.home() / ".cache" / "vda" / "compile",
+            stage_times=environ.get(STAGE_TIMES_ENV, ""),
+        )
 
 
 def _check_spec(name: str, value: str, form: str, valid) -> None:

@@ -30,6 +30,7 @@ class Assign:
     run_dir: str  # the video's run folder, as the worker sees it
     input: str  # the video (or image folder), as the worker sees it; verified against the plan by size and hash
     unit: int
+    micro_batch: int = 0  # the micro-batch that worked on this device after an out-of-memory (0: the worker's own)
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ class Done:
     computed: int  # frames the encoder ran on (warm-up and window overlap included)
     seconds: float  # from the unit's start to its last piece stored
     fp32_recomputes: int = 0  # windows (stream mode: frames) not finite in fp16/bf16, recomputed in fp32
+    micro_batch: int = 0  # the micro-batch the unit was computed with (halved after an out-of-memory)
+    fp32_switch: str = ""  # set on the unit during which the worker switched to fp32 for good: the one line why
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ class Failed:
     unit: int
     reason: str  # the one-line error, as `vda: error:` would print it
     device_bound: bool = False  # out of memory: the same device and settings would fail again
+    retire: bool = False  # the worker cannot go on (its model did not fit): retire the device, the unit runs elsewhere
 
 
 KINDS = {cls.__name__.lower(): cls for cls in (Assign, Stop, Ready, Done, Failed)}

@@ -399,9 +399,10 @@ class VideoDepthAnything(nn.Module):
         parts = [self.pretrained(x[i : i + step]) for i in range(0, x.shape[0], step)]
         return [torch.cat(level) for level in zip(*parts)] if len(parts) > 1 else parts[0]
 
-    def decode(self, feats, grid, frames, cache=None, micro_batch=None):
-        """Depth [(B T), 14h, 14w] for features of B clips of `frames` frames, and the fresh cache."""
-        depth, fresh = self.head(feats, grid, frames, cache, micro_batch)
+    def decode(self, feats, grid, frames, cache=None, micro_batch=None, head=None):
+        """Depth [(B T), 14h, 14w] for features of B clips of `frames` frames, and the fresh cache; `head` is the head
+        to run them through (a compiled one; default: self.head)."""
+        depth, fresh = (head or self.head)(feats, grid, frames, cache, micro_batch)
         return F.relu(depth).squeeze(1), fresh
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ from vda.errors import EXIT_ERROR, InputError, VdaError
 from vda.io.rundir import RunDir
 from vda.io.video import IMAGE_EXTS
 from vda.orchestrator.backends.base import Backend, MergeRequest, VideoRun
-from vda.orchestrator.launch import WorkerOptions
+from vda.orchestrator.launch import WorkerOptions, compile_shape_warning
 from vda.orchestrator.planning import check_precision, choose_model, create_plan
 from vda.orchestrator.progress import BatchProgress
 from vda.orchestrator.queue import QueuedVideo, WorkQueue
@@ -341,6 +341,8 @@ def _run_planned(request: DepthRequest, backend: Backend, planner: Planner, say,
     videos = [v for v, _ in first]
     outs.update((v.name, out) for v, out in first)
     _say_start(request, backend, planner, videos, space, say)
+    shapes = _CompileShapes(backend.options.compile, say)
+    shapes.add(videos)
     log.info(
         "vda depth: %d input(s) on %s (%s backend)", len(planner.entries), ", ".join(request.devices), backend.name
     )
@@ -367,7 +369,7 @@ def _run_planned(request: DepthRequest, backend: Backend, planner: Planner, say,
             )
             work.refused = _refused(planner)
             following = follower if backend.merges_here else None
-            work.incoming = lambda: _arrivals(planner, space, outs, following, work, say)
+            work.incoming = lambda: shapes.add(_arrivals(planner, space, outs, following, work, say))
             try:
                 work.run()
             except KeyboardInterrupt:  # stop now: no merge waits for another, and a running merge container goes
@@ -383,6 +385,26 @@ def _run_planned(request: DepthRequest, backend: Backend, planner: Planner, say,
     return _report(
         work.videos if work else videos, planner.refused, merges.errors if merges else {}, outs, say, root.path
     )
+
+
+class _CompileShapes:
+    """With --compile: the batch's network shapes so far, and one line when they pass dynamo's recompile limit (each
+    new shape past it would run uncompiled)."""
+
+    def __init__(self, compile: bool, say):
+        self.on, self.say, self.shapes = compile, say, set()
+
+    def add(self, videos: list[QueuedVideo] | None) -> list[QueuedVideo] | None:
+        """Count `videos`' shapes (warning once); `videos` is handed back, so this can wrap a call."""
+        if self.on and videos:
+            from vda.pipeline.compat import dynamo_recompile_limit
+
+            self.shapes |= {(v.plan.settings.net_height, v.plan.settings.net_width) for v in videos}
+            warning = compile_shape_warning(self.shapes, dynamo_recompile_limit())
+            if warning:
+                self.say(warning)
+                self.on = False
+        return videos
 
 
 def _refused(planner: Planner) -> list[dict]:

@@ -8,11 +8,20 @@ through the host changing its own environment.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from vda import config
-from vda.config import THREADS_ENV, Config
+from vda.config import CUDNN_DETERMINISTIC_ENV, THREADS_ENV, Config
 from vda.system import usable_cpus
+
+ALLOC_ENV = "PYTORCH_CUDA_ALLOC_CONF"
+# Expandable segments let torch's allocator grow a block instead of failing on fragmentation, which a worker computing
+# windows of several shapes (a batch of videos) meets; a user's own setting wins.
+GPU_ALLOC_CONF = "expandable_segments:True"
+COMPILE_CACHE_MOUNT = "/vda-compile-cache"  # where a container sees the host's compile cache (vda.config)
 
 
 @dataclass(frozen=True)
@@ -54,11 +63,45 @@ def worker_threads(devices: list[str], device: str, cpus: int) -> int:
     return max(1, cpus // max(1, same_kind))
 
 
-def worker_env(devices: list[str], device: str, options: WorkerOptions, settings: Config | None = None):
+def compile_cache_env(folder: Path | str) -> dict[str, str]:
+    """Where torch.compile keeps what it built (inductor's kernels, Triton's binaries): one folder shared by every
+    worker of a host and by later runs, so only the first worker of the first run pays for the compilation."""
+    return {"TORCHINDUCTOR_CACHE_DIR": f"{folder}/inductor", "TRITON_CACHE_DIR": f"{folder}/triton"}
+
+
+def worker_env(
+    devices: list[str],
+    device: str,
+    options: WorkerOptions,
+    settings: Config | None = None,
+    parent_env: Mapping[str, str] = os.environ,
+    compile_cache: Path | str | None = None,
+):
     """The variables every worker gets, on top of what its backend adds: unbuffered output, its thread count, and the
-    host's fault rehearsal (vda.config.Faults) when it has one, so that failures can be rehearsed anywhere."""
+    host's fault rehearsal (vda.config.Faults) when it has one, so that failures can be rehearsed anywhere. GPU
+    workers get expandable allocator segments (unless `parent_env` has its own PYTORCH_CUDA_ALLOC_CONF, which is
+    passed on) and the cuDNN setting; --compile gets the shared compile cache (`compile_cache` as the worker sees
+    it, default the host's folder)."""
     settings = settings or config.current()
     env = {"PYTHONUNBUFFERED": "1"}
     env[THREADS_ENV] = str(options.threads or worker_threads(devices, device, usable_cpus()))
     env.update(settings.faults.env())
+    if device.startswith("cuda"):
+        env[ALLOC_ENV] = parent_env.get(ALLOC_ENV, GPU_ALLOC_CONF)
+        if settings.cudnn_deterministic:
+            env[CUDNN_DETERMINISTIC_ENV] = "1"
+    if options.compile:
+        env.update(compile_cache_env(compile_cache or settings.compile_cache))
     return env
+
+
+def compile_shape_warning(shapes: set[tuple[int, int]], limit: int | None) -> str | None:
+    """One line when a batch under --compile has more network shapes than dynamo keeps graphs for: past the limit
+    dynamo stops compiling and those windows run eagerly, which --compile would otherwise hide."""
+    if limit is None or len(shapes) <= limit:
+        return None
+    return (
+        f"vda: warning: --compile: this batch has {len(shapes)} network shapes (one per video resolution), more than "
+        f"torch.compile's recompile limit ({limit}); videos past it run uncompiled: batch videos of one resolution, "
+        "or set --max-res so that they share one"
+    )

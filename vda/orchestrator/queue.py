@@ -13,8 +13,12 @@ Failures stay as small as they can be:
 - A unit out of retries fails its video only: the video's other units are dropped, every other video goes on.
 - A worker that dies is restarted on its device. A death during a unit is charged to that unit (an attempt, so a
   video whose units crash workers fails alone); a unit it had only been handed ahead, and not begun, goes back to the
-  queue without counting. A device whose worker dies RESTARTS times in a row outside any unit, or cannot start at
-  all (START_FAILED), is retired, and the others carry on.
+  queue without counting. A device whose worker dies RESTARTS times in a row outside any unit, or inside RESTARTS
+  different units in a row (a sticky CUDA error, Xid, ECC), or cannot start at all (START_FAILED), or whose model
+  does not fit (events.Failed with retire: that unit is not charged), is retired, and the others carry on.
+- Out of memory is first retried by the worker itself, with half the micro-batch; the micro-batch that worked is
+  recorded per device and sent with every later unit (a restarted worker keeps it). A worker that switched to fp32
+  (fp16 overflowing window after window) says why once, and its device's record keeps it.
 
 The backend is only asked to start, message and stop workers (vda.orchestrator.backends.base). Everything the queue saw
 is in RUN_DIR/processing_results.json: per device, per video and per unit, written when something changed, at most
@@ -109,6 +113,8 @@ class DeviceRecord:
     worker_starts: int = 0
     exit_codes: list[int] = field(default_factory=list)
     retired: str | None = None  # why this device takes no more work
+    micro_batch: int | None = None  # the micro-batch its units were last computed with (halved after out of memory)
+    fp32_switch: str | None = None  # why its worker computes in fp32 for the rest of the run
 
 
 Key = tuple[int, int]  # (video's position in the batch, unit index)
@@ -207,6 +213,7 @@ class WorkQueue:
         self._generation = dict.fromkeys(range(len(devices)), 0)
         self._streak = dict.fromkeys(range(len(devices)), 0)  # deaths in a row, outside any unit, per slot
         self._saved, self._changed, self._save_cost = 0.0, True, 0.0
+        self._died_in: dict[int, set] = {slot: set() for slot in range(len(devices))}  # units, since its last Done
 
     def _index(self, vi: int, video: QueuedVideo) -> None:
         """Its units, pending unless an earlier run stored them."""
@@ -304,6 +311,8 @@ class WorkQueue:
                 self._assign()  # at once: the worker decodes its next unit ahead only if it comes in time
             elif isinstance(message, events.Done):
                 self._done(slot, message)
+            elif isinstance(message, events.Failed) and message.retire:
+                self._retire_on_failure(slot, message)
             elif isinstance(message, events.Failed):
                 self._failed(slot, message.video, message.unit, message.reason, message.device_bound)
 
@@ -313,6 +322,12 @@ class WorkQueue:
         if key is None:
             return
         self._streak[slot] = 0
+        self._died_in[slot].clear()
+        if message.micro_batch:
+            record.micro_batch = message.micro_batch
+        if message.fp32_switch and not record.fp32_switch:
+            record.fp32_switch = message.fp32_switch
+            print(f"\nvda: {record.device}: {message.fp32_switch}", file=self.stream)
         unit, video = self.units[key], self.videos[key[0]]
         if unit.status not in ("running", "dropped"):
             return
@@ -342,6 +357,25 @@ class WorkQueue:
         key = self._settle(slot, video_name, unit_index)
         if key is not None:
             self._retry(key, self.records[slot], reason, device_bound)
+
+    def _retire_on_failure(self, slot: int, message: events.Failed) -> None:
+        """The worker cannot compute anything (its model did not fit): retire its device, in one line; the unit was
+        never begun, so it goes back to the queue uncharged. The worker exits by itself."""
+        record = self.records[slot]
+        key = self._settle(slot, message.video, message.unit)
+        if key is not None and self.units[key].status == "running":
+            self._unassign(key)
+        if not record.retired:
+            record.retired = message.reason
+            print(f"\nvda: {record.device}: {record.retired}; the other devices go on", file=self.stream)
+
+    def _unassign(self, key: Key) -> None:
+        """A unit handed to a worker that never began it: back to the front of the queue, not an attempt."""
+        unit = self.units[key]
+        unit.status, unit.attempts = "pending", unit.attempts - 1
+        unit.devices.pop()
+        del unit.nodes[len(unit.devices) :]
+        self.pending.push_front(key)
 
     def _settle(self, slot: int, video_name: str, unit_index: int) -> Key | None:
         """The unit a worker reports on, no longer held by it; None if it holds no such unit."""
@@ -411,20 +445,21 @@ class WorkQueue:
             why = f"exit {code}: {worker.handle.reason}" if worker.handle.reason else f"exit {code}"
             for key in reversed(worker.running):
                 if key in worker.started:
+                    self._died_in[slot].add(key)
                     self._retry(key, record, f"the worker on {record.device} stopped ({why})", False)
                 elif self.units[key].status == "running":  # handed ahead and never begun: not an attempt
-                    unit = self.units[key]
-                    unit.status, unit.attempts = "pending", unit.attempts - 1
-                    unit.devices.pop()
-                    del unit.nodes[len(unit.devices) :]
-                    self.pending.push_front(key)
+                    self._unassign(key)
             if not worker.started:  # it died outside any unit: the device, not a unit, is the suspect
                 record.failures += 1
                 self._streak[slot] += 1
+            if record.retired:  # already retired, and said so (its model did not fit)
+                continue
             if code == START_FAILED:
                 record.retired = f"the worker could not start ({why})"
             elif self._streak[slot] >= RESTARTS:
                 record.retired = f"its worker stopped {self._streak[slot]} times in a row outside any unit ({why})"
+            elif len(self._died_in[slot]) >= RESTARTS:
+                record.retired = f"its worker died inside {len(self._died_in[slot])} different units in a row ({why})"
             if record.retired:
                 print(f"\nvda: {record.device}: {record.retired}; the other devices go on", file=self.stream)
             else:  # _staff starts another while there is work
@@ -449,7 +484,11 @@ class WorkQueue:
             worker.running.append(key)
             path = video.run
             message = events.Assign(
-                video.name, self.backend.worker_path(path.run.path), self.backend.worker_path(path.input), key[1]
+                video.name,
+                self.backend.worker_path(path.run.path),
+                self.backend.worker_path(path.input),
+                key[1],
+                self.records[slot].micro_batch or 0,
             )
             worker.handle.send(message)
             log.debug("unit %s:%d -> worker %d on %s", video.name, key[1], slot, device)

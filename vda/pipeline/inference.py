@@ -10,9 +10,11 @@ window shares with the previous one (8 overlap frames, 2 keyframes) are reused i
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import sysconfig
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -20,12 +22,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vda import config
 from vda.core import stitch
 from vda.core.plan import AUTO, MODES, PRECISION_CHOICES, PRECISION_NAMES
 from vda.core.preprocess import network_shape, preprocess
 from vda.errors import DeviceError as DeviceKind
 from vda.errors import InputError, RunError, UsageError
 from vda.model.network import PATCH, VideoDepthAnything
+from vda.pipeline.compat import ieee_fp32
 
 PRECISIONS = dict(zip(PRECISION_NAMES, (torch.float32, torch.float16, torch.bfloat16)))
 BF16_MIN_CAPABILITY = (8, 0)  # bf16 tensor cores arrived with Ampere; older GPUs emulate it slowly or not at all
@@ -33,6 +37,10 @@ BF16_MIN_CAPABILITY = (8, 0)  # bf16 tensor cores arrived with Ampere; older GPU
 # frames for the temporal layers; only memory changes (the head's last layers hold 32 full-size maps).
 DEFAULT_MICRO_BATCH = 4
 STREAM_CACHE = 2 * stitch.STRIDE - stitch.ALIGN  # 42 cached frames: frame 0, then a sliding 41-frame reach
+# Windows (stream mode: frames) in a row that need an fp32 recompute before a worker computes in fp32 for the rest of
+# its run: one bad window is a fluke worth a recompute; three in a row is a card that overflows on everything (GTX 16xx
+# in fp16), where computing twice costs more than fp32 once.
+FP32_AFTER = 3
 
 
 class FrameError(InputError, ValueError):
@@ -163,20 +171,6 @@ class FrameFeed:
             i += 1
 
 
-@contextlib.contextmanager
-def ieee_fp32():
-    """fp32 that is fp32 on CUDA: torch runs fp32 convolutions through cuDNN in TF32 by default on Ampere and newer
-    (a 10-bit mantissa), which alone moves depth by more than the 1e-4 parity we hold CUDA fp32 to against CPU fp32.
-    Process-wide flags, so they are restored on exit."""
-    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
-    saved = conv.fp32_precision, matmul.fp32_precision
-    conv.fp32_precision = matmul.fp32_precision = "ieee"
-    try:
-        yield
-    finally:
-        conv.fp32_precision, matmul.fp32_precision = saved
-
-
 @dataclass(frozen=True)
 class Runtime:
     """Where and how the model runs; shared by the single pass, the device worker and the benchmarks."""
@@ -184,11 +178,14 @@ class Runtime:
     device: torch.device
     precision: str = "fp32"
     micro_batch: int | None = DEFAULT_MICRO_BATCH  # frames per encoder / head-tail batch (None: the whole window)
-    compile: bool = False  # torch.compile the encoder (most of the compute); pays a compile on the first window
+    compile: bool = False  # torch.compile the encoder and the head; pays a compile on the first window
 
     @classmethod
     def create(cls, device="cpu", precision="fp32", micro_batch=None, compile=False, cuda=torch.cuda) -> Runtime:
-        """Check the combination before any work. `cuda` is torch.cuda; tests pass a fake (no GPU on CI)."""
+        """Check the combination before any work. `cuda` is torch.cuda; tests pass a fake (no GPU on CI).
+
+        On CUDA, cuDNN's deterministic algorithms are used when VDA_CUDNN_DETERMINISTIC=1 (vda.config), to be measured
+        on a GPU host by `make gpu-check` (README, "What is bitwise")."""
         micro_batch = micro_batch or DEFAULT_MICRO_BATCH  # the CLI and infer_video default to 4, not to None
         device = torch.device(device)
         if precision not in PRECISION_CHOICES:
@@ -209,7 +206,16 @@ class Runtime:
                 )
         if compile:
             check_compiler(gpu=device.type == "cuda")
+        if device.type == "cuda" and config.current().cudnn_deterministic:
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
         return cls(device, precision, micro_batch, compile)
+
+    def fp32(self) -> Runtime:
+        """The same runtime in fp32: where a device's reduced precision keeps overflowing (FP32_AFTER)."""
+        return dataclasses.replace(self, precision="fp32")
+
+    def with_micro_batch(self, micro_batch: int) -> Runtime:
+        return dataclasses.replace(self, micro_batch=micro_batch)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -240,6 +246,15 @@ class Runtime:
 
         return encode
 
+    def decoder(self, model: VideoDepthAnything):
+        """model.decode for window mode, its head compiled when asked: the head always sees one 32-frame window (the
+        window's features, no cache) of one network shape per video, so one graph serves every window; it is about a
+        third of the compute. Stream mode (one frame and a growing cache) stays eager."""
+        if not self.compile:
+            return model.decode
+        head = torch.compile(model.head, dynamic=False)
+        return lambda feats, grid, frames, micro_batch=None: model.decode(feats, grid, frames, None, micro_batch, head)
+
     def autocast(self, precision: str | None = None):
         """The context the model runs in: autocast for fp16/bf16; for fp32 on CUDA, true fp32 (see ieee_fp32)."""
         precision = precision or self.precision
@@ -262,71 +277,201 @@ def upsample(depth: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(depth.float()[:, None], size=size, mode="bilinear", align_corners=True)[:, 0]
 
 
+STAGES = ("decode wait", "batch", "compute", "finite sync", "store hand-off")
+
+
+class StageClock:
+    """Seconds per window of the worker path's stages (issue 20), for `make gpu-check`; off unless asked for
+    (VDA_STAGE_TIMES), and then only perf_counter calls and two CUDA events per window.
+
+    Host stages are laps of perf_counter: waiting for the decoder, building the batch (stack, pinned copy, upload,
+    preprocessing), compute (the encoder and head as the host sees them: launches on CUDA, the work itself on CPU),
+    the finiteness sync (on CUDA, the host waiting for the GPU) and the hand-off to the store. On CUDA, "gpu" is the
+    device time between two events around the window's work, read after the finiteness sync (no sync of its own).
+    `cuda` is torch.cuda; tests pass a fake.
+    """
+
+    def __init__(self, enabled: bool = False, cuda=torch.cuda):
+        self.enabled, self.cuda = enabled, cuda
+        self.rows: list[dict] = []
+        self._row: dict = {}
+        self._mark = self._start = 0.0
+        self._events: list = []
+
+    def start(self, window: int) -> None:
+        if self.enabled:
+            self._row, self._events = {"window": window, **dict.fromkeys(STAGES, 0.0)}, []
+            self._mark = self._start = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        if self.enabled and self._row:
+            now = time.perf_counter()
+            self._row[stage] += now - self._mark
+            self._mark = now
+
+    def device_mark(self, device: torch.device) -> None:
+        if self.enabled and device.type == "cuda":
+            event = self.cuda.Event(enable_timing=True)
+            event.record(self.cuda.current_stream(device))
+            self._events.append(event)
+
+    def end(self) -> None:
+        if self.enabled and self._row:
+            self._row["total"] = time.perf_counter() - self._start
+            first, last = (self._events[0], self._events[-1]) if len(self._events) > 1 else (None, None)
+            self._row["gpu"] = first.elapsed_time(last) / 1000 if first is not None else None
+            self.rows.append(self._row)
+            self._row = {}
+
+
+@dataclass
+class PrecisionGuard:
+    """Counts the windows (stream mode: frames) in a row that needed an fp32 recompute, across every unit a worker
+    computes; after FP32_AFTER of them the worker computes in fp32 for the rest of its run (`switched`)."""
+
+    after: int = FP32_AFTER
+    streak: int = 0
+    switched: str = ""  # why it switched, one line naming --precision fp32; empty while it has not
+
+    def record(self, recomputed: bool, precision: str, what: str) -> bool:
+        """Count one window; True when the device must switch to fp32 now (once)."""
+        self.streak = self.streak + 1 if recomputed else 0
+        if self.switched or self.streak < self.after:
+            return False
+        self.switched = (
+            f"depth was not finite in {precision} for {self.streak} {what} in a row; computing in fp32 from here on "
+            "(this GPU overflows in reduced precision: run it with --precision fp32)"
+        )
+        return True
+
+
+def as_stored(depth: torch.Tensor, precision: str, recomputed: bool = False) -> torch.Tensor:
+    """A window's raw depth rounded as a worker stores it (store_dtype; a recomputed window is fp32), so that the
+    single pass, which rounds the same way, equals N devices in every precision."""
+    return depth.to(store_dtype("fp32" if recomputed else precision))
+
+
+def _reduced(feats: list[torch.Tensor], dtype: torch.dtype) -> list[list[torch.Tensor]]:
+    """Per frame, fp32 features cast to `dtype` where every value stays finite, else kept in fp32 (fp16 overflows
+    past 65504): feats are per level [n, ...]; one sync per level, on the recompute path only."""
+    out: list[list[torch.Tensor]] = [[] for _ in range(feats[0].shape[0])]
+    for level in feats:
+        cast = level.to(dtype)
+        finite = torch.isfinite(cast.flatten(1)).all(1).tolist()
+        for k, ok in enumerate(finite):
+            out[k].append((cast[k] if ok else level[k]).clone())
+    return out
+
+
 class WindowRunner:
-    """Computes raw window depths [32, h, w] (network resolution, float32) in window order.
+    """Computes raw window depths [32, h, w] (network resolution, float32, rounded as stored) in window order.
 
     Keeps encoder features per source frame and evicts those the next window does not read. They are compact copies
     in the compute dtype: slices of the batch tensor would keep the whole batch alive (frame 0's features would pin
-    all of window 0), and on CUDA autocast's layer norm returns them in float32, twice the memory.
+    all of window 0), and on CUDA autocast's layer norm returns them in float32, twice the memory. Frames are taken,
+    uploaded, preprocessed and encoded one micro-batch at a time, so no whole window is ever held in fp32 at frame
+    resolution (3.2 GB at 4K with --max-res 0).
 
     fp16 guard: a window whose depth is not finite in fp16 or bf16 (a known failure on some GPUs, e.g. GTX 16xx) is
     recomputed once from its frames in fp32. So the frames of the current window are kept too (raw uint8, one
-    window at most) when not in fp32. `recomputed` lists the windows that needed it; if fp32 is not finite either,
-    NonFiniteDepth is raised: NaN depth is never handed on.
+    window at most) when not in fp32. The recompute heals the cache: the features later windows reuse (frame 0, the
+    keyframe, the overlap) are replaced by the fp32 ones, cast down where that stays finite, so one fault costs one
+    window. `recomputed` lists the windows that needed it, `fp32_frames` counts the frames encoded again; if fp32 is
+    not finite either, NonFiniteDepth is raised: NaN depth is never handed on. After `guard.after` recomputes in a
+    row the runner (and, through the shared guard, the worker) computes in fp32.
     """
 
-    def __init__(self, model: VideoDepthAnything, runtime: Runtime, shape: tuple[int, int]):
-        self.model, self.rt, self.shape = model, runtime, shape
+    def __init__(
+        self,
+        model: VideoDepthAnything,
+        runtime: Runtime,
+        shape: tuple[int, int],
+        guard: PrecisionGuard | None = None,
+        clock: StageClock | None = None,
+    ):
+        self.model, self.shape = model, shape
+        self.rt = runtime.fp32() if guard is not None and guard.switched else runtime
+        self.guard, self.clock = guard or PrecisionGuard(), clock or StageClock()
         self.grid = (shape[0] // PATCH, shape[1] // PATCH)
         self._features: dict[int, list[torch.Tensor]] = {}
         self._frames: dict[int, np.ndarray] = {}  # raw frames of the current window, for the fp32 recompute
-        self._encode = runtime.encoder(model)
+        self._encode, self._decoder = runtime.encoder(model), runtime.decoder(model)
         self.recomputed: list[int] = []
+        self.fp32_frames = 0
 
     @torch.inference_mode()
     def run(self, w: int, feed: FrameFeed, n_frames: int) -> torch.Tensor:
         inputs = stitch.window_inputs(w, n_frames)
         new = sorted(set(inputs) - self._features.keys())
+        self.clock.start(w)
+        self.clock.device_mark(self.rt.device)
         with self.rt.autocast():
-            if new:
-                feats = self._encode(preprocess(self._take(feed, new), self.shape), self.rt.micro_batch)
-                for k, i in enumerate(new):
-                    self._features[i] = [level[k].to(self.rt.dtype, copy=True) for level in feats]
+            self._encode_new(feed, new)
             depth = self._decode([torch.stack([self._features[i][lv] for i in inputs]) for lv in range(4)])
-        if self.rt.precision != "fp32" and not bool(torch.isfinite(depth).all()):
+            self.clock.lap("compute")
+        self.clock.device_mark(self.rt.device)
+        finite = self.rt.precision == "fp32" or bool(torch.isfinite(depth).all())
+        self.clock.lap("finite sync")
+        if not finite:
             depth = self._recompute_fp32(w, inputs)
+        precision = self.rt.precision
+        if self.guard.record(not finite, precision, "windows"):
+            self._switch_to_fp32()
         keep = set(stitch.window_inputs(w + 1, max(n_frames, (w + 1) * stitch.STRIDE + stitch.WINDOW)))
         keep |= {min(i, n_frames - 1) for i in keep}
         self._features = {i: f for i, f in self._features.items() if i in keep}
         self._frames = {i: f for i, f in self._frames.items() if i in keep}
-        return depth.float()  # [32, h, w]
+        return as_stored(depth, precision, not finite).float()  # [32, h, w], rounded as a worker stores it
 
-    def _take(self, feed: FrameFeed, new: list[int]) -> torch.Tensor:
-        """The new frames as one uint8 batch on the device. The decoded frames are let go here, before preprocessing
-        (which makes float copies of the batch), unless the fp32 recompute may need them."""
-        frames = [feed.take(i) for i in new]
-        if self.rt.precision != "fp32":
-            self._frames.update(zip(new, frames))
-        return self.rt.to_device(frames)
+    def _encode_new(self, feed: FrameFeed, new: list[int]) -> None:
+        """Encode the window's new frames one micro-batch at a time, into the cache (in the compute dtype). Decoded
+        frames are let go as soon as they are uploaded, unless the fp32 recompute may need them."""
+        step = self.rt.micro_batch or max(1, len(new))
+        for start in range(0, len(new), step):
+            chunk = new[start : start + step]
+            frames = [feed.take(i) for i in chunk]
+            self.clock.lap("decode wait")
+            if self.rt.precision != "fp32":
+                self._frames.update(zip(chunk, frames))
+            x = preprocess(self.rt.to_device(frames), self.shape)
+            self.clock.lap("batch")
+            feats = self._encode(x, step)
+            for k, i in enumerate(chunk):
+                self._features[i] = [level[k].to(self.rt.dtype, copy=True) for level in feats]
+            self.clock.lap("compute")
 
     def _decode(self, window: list[torch.Tensor]) -> torch.Tensor:
-        depth, _ = self.model.decode(window, self.grid, stitch.WINDOW, micro_batch=self.rt.micro_batch)
+        depth, _ = self._decoder(window, self.grid, stitch.WINDOW, micro_batch=self.rt.micro_batch)
         return depth
 
     def _recompute_fp32(self, w: int, inputs: list[int]) -> torch.Tensor:
+        """The window again in fp32, eager (the fallback path); its frames' features replace the cached ones."""
         self.recomputed.append(w)
         unique = sorted(set(inputs))
-        x = preprocess(self.rt.to_device([self._frames[i] for i in unique]), self.shape)
+        step = self.rt.micro_batch or len(unique)
+        chunks = []
         with self.rt.autocast("fp32"):
-            feats = self.model.encode(x, self.rt.micro_batch)  # eager and in fp32: this is the fallback path
-            row = {i: k for k, i in enumerate(unique)}
-            depth = self._decode([level[[row[i] for i in inputs]] for level in feats])
+            for start in range(0, len(unique), step):
+                chunk = unique[start : start + step]
+                x = preprocess(self.rt.to_device([self._frames[i] for i in chunk]), self.shape)
+                chunks.append((chunk, self.model.encode(x)))
+            self.fp32_frames += len(unique)
+            row = {i: [level[k] for level in feats] for chunk, feats in chunks for k, i in enumerate(chunk)}
+            window = [torch.stack([row[i][lv] for i in inputs]) for lv in range(4)]
+            depth, _ = self.model.decode(window, self.grid, stitch.WINDOW, micro_batch=self.rt.micro_batch)
         if not bool(torch.isfinite(depth).all()):
             raise NonFiniteDepth(
                 f"window {w} gives non-finite depth even in fp32; the checkpoint or the frames are broken "
                 "(check the checkpoint file and the input)"
             )
+        for chunk, feats in chunks:
+            self._features.update(zip(chunk, _reduced(feats, self.rt.dtype)))
         return depth
+
+    def _switch_to_fp32(self) -> None:
+        self.rt = self.rt.fp32()
+        self._features = {i: [f.float() for f in feats] for i, feats in self._features.items()}
+        self._frames.clear()
 
 
 CHAIN_OUTPUTS = [0, 1, stitch.KEYFRAME]  # the outputs of a window the alignment chain reads
@@ -404,13 +549,18 @@ def stream_depths(
     pairs: Iterable[tuple[int, np.ndarray]],
     shape: tuple[int, int],
     recomputed: list[int] | None = None,
+    guard: PrecisionGuard | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
-    """(index, depth [h, w]) per frame, in network resolution, carrying the cache through `pairs`.
+    """(index, depth [h, w]) per frame, in network resolution, carrying the cache through `pairs`; each depth is
+    rounded as a worker stores it (as_stored), so the single pass and the workers agree in every precision.
 
     A frame whose depth is not finite in fp16/bf16 is recomputed once in fp32 (with the same cache, upcast) and its
-    index appended to `recomputed`; NonFiniteDepth if fp32 does not help either.
+    index appended to `recomputed`; its fresh cache entries are cast down where that stays finite (else kept in
+    fp32), so one fault costs one frame. NonFiniteDepth if fp32 does not help either. After `guard.after` frames in
+    a row needed it, the rest is computed in fp32.
     """
-    cache = StreamCache()
+    cache, guard = StreamCache(), guard or PrecisionGuard()
+    runtime = runtime.fp32() if guard.switched else runtime
     grid = (shape[0] // PATCH, shape[1] // PATCH)
     encode = runtime.encoder(model)
     for i, frame in pairs:
@@ -418,18 +568,24 @@ def stream_depths(
         context = cache.context()
         with runtime.autocast():
             depth, fresh = model.decode(encode(x), grid, 1, cache=context)
-        if runtime.precision != "fp32" and not bool(torch.isfinite(depth).all()):
+        bad = runtime.precision != "fp32" and not bool(torch.isfinite(depth).all())
+        if bad:
             dtype = fresh[0].dtype
             upcast = None if context is None else [c.float() for c in context]
             with runtime.autocast("fp32"):
                 depth, fresh = model.decode(model.encode(x), grid, 1, cache=upcast)
             if not bool(torch.isfinite(depth).all()):
                 raise NonFiniteDepth(f"frame {i} gives non-finite depth even in fp32; check the checkpoint and input")
-            fresh = [f.to(dtype) for f in fresh]  # the cache stays in one dtype
+            fresh = _reduced([f[None] for f in fresh], dtype)[0]  # one "frame": each tensor cast where finite
             if recomputed is not None:
                 recomputed.append(i)
+        precision = runtime.precision
+        if guard.record(bad, runtime.precision, "frames"):
+            runtime = runtime.fp32()
+            cache.entries = [[t.float() for t in entry] for entry in cache.entries]
+            fresh = [f.float() for f in fresh]
         cache.push(fresh)
-        yield i, depth[0].float()
+        yield i, as_stored(depth[0], precision, bad).float()
 
 
 def infer_video(
@@ -448,7 +604,10 @@ def infer_video(
     """Yield one float32 depth map per input frame, in order: at the frame's resolution, or at `out_size` ((H, W), or
     "net": the network's, no upsampling); as tensors on the device with `tensors`. The alignment is fitted at the
     frame's resolution whatever `out_size` is, as the merge does, so every size holds the same depth. `precision` "auto"
-    is the CLI's rule: fp16 on a GPU, fp32 on a CPU."""
+    is the CLI's rule: fp16 on a GPU, fp32 on a CPU.
+
+    Raw depth is rounded exactly as the workers store it (fp16 in fp16, a recomputed window in fp32), and the same
+    fp32 fallback applies, so `vda depth` on any number of devices equals this single pass in every precision."""
     if mode not in MODES:
         raise UsageError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     runtime = Runtime.create(device, precision, micro_batch, compile)

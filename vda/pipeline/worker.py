@@ -36,11 +36,15 @@ from vda.io.rundir import RunDir
 from vda.io.video import FrameSource, Prefetch, VideoError, check_frame_count, head_hash, read_frames, threaded
 from vda.io.writers import atomic_file, write_json
 from vda.model.network import load_model
+from vda.pipeline.compat import free_device_memory, out_of_memory_error
 from vda.pipeline.inference import (
+    STAGES,
     FrameError,
     FrameFeed,
     NonFiniteDepth,
+    PrecisionGuard,
     Runtime,
+    StageClock,
     WindowRunner,
     resolve_precision,
     store_dtype,
@@ -55,6 +59,7 @@ DECODE_AHEAD = 2 * stitch.STRIDE
 # 20 frames back from that unit's last (the keyframe at (w-1)*22+12, the last decoded (w-1)*22+31), and the overlap.
 REREAD = stitch.WINDOW - 1 - stitch.KEYFRAME + 1
 PREFETCH_WAIT_S = 0.05  # how long a worker waits for its next unit before it computes without decoding it ahead
+OOM_ERROR = out_of_memory_error()  # torch.OutOfMemoryError, or torch.cuda's on an older torch (vda.pipeline.compat)
 
 
 class InjectedFault(RunError):
@@ -64,9 +69,15 @@ class InjectedFault(RunError):
 class DeviceOutOfMemory(OutOfMemory):
     """The device ran out of memory: expected, one line naming what to lower, and not retried with the same settings.
 
-    Retrying the same unit on the same device with the same settings would fail the same way: the worker reports it as
-    device-bound (events.Failed), and the queue hands the unit to a device that has not tried it, or gives it up.
+    The worker first retries the unit once itself with half the micro-batch (DeviceWorker._compute); when that fails
+    too, retrying on the same device would fail the same way: the worker reports it as device-bound (events.Failed),
+    and the queue hands the unit to a device that has not tried it, or gives it up.
     """
+
+
+class ModelOutOfMemory(DeviceOutOfMemory):
+    """The model itself did not fit (vitl on two workers of one GPU): the worker reports it (events.Failed, retire)
+    and exits, and the queue retires its device, since every unit it is handed would fail alike."""
 
 
 # What fails a unit and not the worker: the worker reports it (events.Failed) and goes on with the next unit.
@@ -248,10 +259,11 @@ class UnitStore:
 def _out_of_memory(s, runtime: Runtime, doing: str) -> DeviceOutOfMemory:
     """The one line for an OOM. It does not name the device: an isolated worker sees its GPU as cuda:0, and the
     queue, which knows which GPU that is, names it."""
+    mb = runtime.micro_batch
+    lower = f"--micro-batch (e.g. {max(1, mb // 2)}), --input-size" if mb > 1 else "--input-size"
     return DeviceOutOfMemory(
         f"the GPU ran out of memory {doing} {s.encoder} at input size {s.input_size} ({s.net_width}x{s.net_height}) "
-        f"with micro-batch {runtime.micro_batch} in {runtime.precision}; lower --micro-batch "
-        f"(e.g. {max(1, runtime.micro_batch // 2)}), --input-size or --max-res, or use a GPU with more memory"
+        f"with micro-batch {mb} in {runtime.precision}; lower {lower} or --max-res, or use a GPU with more memory"
     )
 
 
@@ -277,7 +289,7 @@ def _maybe_fail(run: RunDir, video: str, unit: int) -> None:
     if mode == "exit":
         os._exit(3)
     if mode == "oom":
-        raise torch.OutOfMemoryError(f"CUDA out of memory (injected by {config.FAIL_ENV}={spec})")
+        raise OOM_ERROR(f"CUDA out of memory (injected by {config.FAIL_ENV}={spec})")
     raise InjectedFault(f"injected fault ({config.FAIL_ENV}={spec}) at {video}, unit {unit}")
 
 
@@ -309,8 +321,14 @@ class DeviceWorker:
     load_plan: Callable[[str], Plan] = Plan.load
     unfinished: Callable[[RunDir, Plan, Unit], list[int]] = RunDir.unfinished_pieces
     source: FrameSource = field(default_factory=lambda: FrameSource(keep=REREAD))  # decoders kept from unit to unit
+    # Shared by every unit: fp32 recomputes in a row (after FP32_AFTER the worker computes in fp32), and the stage
+    # times of `vda work` (VDA_STAGE_TIMES, read by gpu_check.py).
+    guard: PrecisionGuard = field(default_factory=PrecisionGuard)
+    clock: StageClock = field(default_factory=StageClock)
+    cuda: object = torch.cuda  # tests pass a fake (no GPU here)
     _videos: dict[str, _Video] = field(default_factory=dict)
     _models: dict[tuple, tuple] = field(default_factory=dict)  # (encoder, metric, sha, precision) -> (model, runtime)
+    _switch_said: bool = False
 
     def serve(self, lines: Iterable[str]) -> None:
         """Compute every unit assigned on `lines` until Stop or the end of input; stores finish before it returns.
@@ -366,6 +384,9 @@ class DeviceWorker:
         """Compute one unit; a unit error (UNIT_ERRORS) is reported as Failed, anything else ends the worker."""
         try:
             self._compute(task, frames)
+        except ModelOutOfMemory as err:  # every unit would fail alike: say so, and end the worker
+            self.emit(events.Failed(task.video, task.unit, str(err).strip(), False, retire=True))
+            raise
         except UNIT_ERRORS as err:
             device_bound = isinstance(err, DeviceOutOfMemory)
             self.emit(events.Failed(task.video, task.unit, str(err).strip(), device_bound))
@@ -381,7 +402,9 @@ class DeviceWorker:
             self._videos[task.run_dir] = _Video(plan, RunDir(task.run_dir))
         return self._videos[task.run_dir]
 
-    def _model(self, plan: Plan) -> tuple[torch.nn.Module, Runtime]:
+    def _model(self, plan: Plan, micro_batch: int = 0) -> tuple[torch.nn.Module, Runtime]:
+        """The plan's model and runtime, loaded once; `micro_batch` is the one that worked here after an out of memory
+        (from the queue: a restarted worker keeps it)."""
         from vda.model.registry import resolve
 
         s = plan.settings
@@ -397,12 +420,22 @@ class DeviceWorker:
             runtime = Runtime.create(self.device, s.precision, self.micro_batch, self.compile)  # auto: fp16 on GPUs
             try:
                 model = load_model(ckpt, encoder=s.encoder, metric=s.metric, device=runtime.device)
-            except torch.OutOfMemoryError:
-                raise _out_of_memory(s, runtime, "loading the weights") from None
+            except OOM_ERROR:
+                free_device_memory(runtime.device, self.cuda)
+                raise ModelOutOfMemory(
+                    f"the GPU ran out of memory loading the {s.encoder} weights, before any unit; this device takes no "
+                    "more work: run fewer workers per GPU, a smaller --encoder, or use a GPU with more memory"
+                ) from None
             self._models = {key: (model, runtime)}  # one model per device: a new one replaces the old
-        return self._models[key]
+        model, runtime = self._models[key]
+        if 0 < micro_batch < runtime.micro_batch:
+            self.micro_batch, runtime = micro_batch, runtime.with_micro_batch(micro_batch)
+            self._models[key] = (model, runtime)
+        return model, runtime
 
     def _compute(self, task: events.Assign, frames: Prefetch | None) -> None:
+        """One unit. Out of memory: the device's cached blocks are freed and the unit is retried here once with half
+        the micro-batch (down to 1), which the worker then keeps; only if that fails too does the unit move on."""
         video = self._video(task)
         plan, run, s = video.plan, video.run, video.plan.settings
         if not 0 <= task.unit < len(plan.units):
@@ -413,38 +446,68 @@ class DeviceWorker:
         if not todo:  # stored by an earlier run or attempt
             self.emit(events.Done(task.video, unit.index, unit.produced_frames, 0, 0.0))
             return
+        time.sleep(config.current().faults.delay_of(self.slot))
+        model, runtime = self._model(plan, task.micro_batch)
+        try:
+            recomputed = self._attempt(task, video, model, runtime, todo, started, frames)
+        except OOM_ERROR:
+            free_device_memory(runtime.device, self.cuda)
+            if runtime.micro_batch <= 1:
+                raise _out_of_memory(s, runtime, "running") from None
+            half = max(1, runtime.micro_batch // 2)
+            say(
+                f"{task.video} unit {unit.index}: out of memory at micro-batch {runtime.micro_batch}; "
+                f"retrying here at {half}"
+            )
+            model, runtime = self._model(plan, half)
+            try:
+                recomputed = self._attempt(task, video, model, runtime, todo, started, None)
+            except OOM_ERROR:
+                free_device_memory(runtime.device, self.cuda)
+                raise _out_of_memory(s, runtime, "running") from None
+        switch = self.guard.switched if self.guard.switched and not self._switch_said else ""
+        self._switch_said = self._switch_said or bool(switch)
+        done = events.Done(
+            task.video, unit.index, unit.produced_frames, unit.computed_frames, 0.0, recomputed, runtime.micro_batch,
+            switch,
+        )  # fmt: skip
+        self.store.submit(lambda: self.emit(_stamped(done, started)))
+
+    def _attempt(self, task, video: _Video, model, runtime: Runtime, todo: set[int], started: float, frames) -> int:
+        """Compute the unit's pieces still in `todo` (each leaves it as it is handed to the store); the number of fp32
+        recomputes. An out of memory propagates, so that `_compute` can retry."""
+        plan, run = video.plan, video.run
+        unit = plan.units[task.unit]
+        recomputed: list[int] = []  # windows (or frames) recomputed in fp32 because fp16/bf16 gave NaN or inf
+        frames = frames or _frames(plan, unit)
         try:
             _maybe_fail(run, task.video, unit.index)
-        except torch.OutOfMemoryError:  # injected (VDA_FAIL_MODE=oom): reported as a real one is, below
-            raise _out_of_memory(s, self._model(plan)[1], "running") from None
-        time.sleep(config.current().faults.delay_of(self.slot))
-        model, runtime = self._model(plan)
-        recomputed: list[int] = []  # windows (or frames) recomputed in fp32 because fp16/bf16 gave NaN or inf
+        except BaseException:
+            frames.close()
+            raise
 
         def save(piece: int, depth: torch.Tensor, fresh: int) -> None:
             if piece not in todo:
                 return
-            precision = "fp32" if fresh else runtime.precision  # a recomputed piece stays fp32
-            rows = _extremes_to_host(depth, precision)
-            host, event = _to_host(depth, precision)
+            todo.discard(piece)
+            stored = "fp32" if fresh or self.guard.switched else runtime.precision  # recomputed pieces stay fp32
+            rows = _extremes_to_host(depth, stored)
+            host, event = _to_host(depth, stored)
             if fresh:
                 say(f"{task.video} piece {piece}: depth not finite in {runtime.precision}; recomputed in fp32")
-            path = run.piece(s.mode, piece)
+            path = run.piece(plan.settings.mode, piece)
             self.store.submit(lambda: _store(path, host, event, started, piece, self.store_piece, rows))
 
         count_check = _Checked(check_frame_count, plan.input) if unit.index == len(plan.units) - 1 else None
         try:
-            _compute_unit(plan, unit, model, runtime, save, recomputed, frames or _frames(plan, unit))
-        except torch.OutOfMemoryError:
-            raise _out_of_memory(s, runtime, "running") from None
+            _compute_unit(plan, unit, model, runtime, save, recomputed, frames, self.guard, self.clock)
         except (VideoError, FrameError):
             if count_check is not None:  # a video shorter than planned: the count, not the decoder, is what failed
                 count_check.result()
             raise
         if count_check is not None:
             count_check.result()  # a count from packets that decoding contradicts fails the video (FrameCountMismatch)
-        done = events.Done(task.video, unit.index, unit.produced_frames, unit.computed_frames, 0.0, len(recomputed))
-        self.store.submit(lambda: self.emit(_stamped(done, started)))
+        return len(recomputed)
 
 
 class _Checked:
@@ -498,19 +561,27 @@ def _read_messages(lines: Iterable[str], inbox: queue.Queue) -> None:
         inbox.put(events.Stop())
 
 
-def _compute_unit(plan: Plan, unit: Unit, model, runtime: Runtime, save, recomputed: list[int], frames) -> None:
-    """Compute one unit from its own start, calling save(piece, depth [k, h, w], fp32_recomputes) per piece."""
+def _compute_unit(
+    plan: Plan, unit: Unit, model, runtime: Runtime, save, recomputed: list[int], frames, guard=None, clock=None
+) -> None:
+    """Compute one unit from its own start, calling save(piece, depth [k, h, w], fp32_recomputes) per piece.
+
+    `guard` carries the fp32 recomputes in a row across units (vda.pipeline.inference.PrecisionGuard), `clock` the
+    stage times of window mode (StageClock)."""
     s, n = plan.settings, plan.frame_count
     shape = (s.net_height, s.net_width)
     simulated = isinstance(model, SimulatedDevice)
+    clock = clock or StageClock()
     try:
         if s.mode == "window":
             feed = FrameFeed(frames, total=n)
-            runner = SimulatedWindows(model, shape) if simulated else WindowRunner(model, runtime, shape)
+            runner = SimulatedWindows(model, shape) if simulated else WindowRunner(model, runtime, shape, guard, clock)
             for w in range(*unit.span):
                 before = len(runner.recomputed)
                 depth = runner.run(w, feed, n)
                 save(w, depth, len(runner.recomputed) - before)
+                clock.lap("store hand-off")
+                clock.end()
             recomputed.extend(runner.recomputed)
             return
         first, stop = unit.span
@@ -518,7 +589,7 @@ def _compute_unit(plan: Plan, unit: Unit, model, runtime: Runtime, save, recompu
         depths = (
             simulated_stream(model, frames, shape)
             if simulated
-            else stream_depths(model, runtime, frames, shape, recomputed)
+            else stream_depths(model, runtime, frames, shape, recomputed, guard)
         )
         for i, depth in depths:
             if i < first:
@@ -561,8 +632,12 @@ def work_runs(run_dirs: list[str], device: str, *, input_path: str | None = None
     def emit(message: events.Message) -> None:
         if isinstance(message, events.Failed):
             failures.append(message)
+        if isinstance(message, events.Done) and message.fp32_switch:
+            say(f"vda: {device}: {message.fp32_switch}")
 
     worker = DeviceWorker(device, emit, **options)
+    stage_times = config.current().stage_times
+    worker.clock = StageClock(enabled=bool(stage_times))
     count = 0
     with UnitStore() as worker.store:
         for run_dir in run_dirs:
@@ -574,4 +649,9 @@ def work_runs(run_dirs: list[str], device: str, *, input_path: str | None = None
                     error = DeviceOutOfMemory if failures[0].device_bound else PlanError
                     raise error(failures[0].reason)
                 count += 1
+    if stage_times:  # after the store thread: every hand-off is timed
+        write_json(
+            Path(stage_times),
+            {"device": device, "stages": ["window", *STAGES, "total", "gpu"], "rows": worker.clock.rows},
+        )
     return count

@@ -19,11 +19,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from vda import events
+from vda import config, events
 from vda.errors import BackendError
 from vda.model.registry import models_dir
 from vda.orchestrator.backends.base import START_FAILED, Backend, LinePump, MergeRequest
-from vda.orchestrator.launch import worker_command, worker_env
+from vda.orchestrator.launch import COMPILE_CACHE_MOUNT, worker_command, worker_env
 from vda.system import owner, process_alive
 
 RUN_MOUNT, OUT_MOUNT, INPUT_MOUNT, MODELS_MOUNT, CKPT_MOUNT = "/work/run", "/work/out", "/input", "/models", "/ckpt"
@@ -201,12 +201,16 @@ class DockerBackend(Backend):
             mounts.append(Mount(CKPT_MOUNT, str(self.checkpoint.parent), type="bind", read_only=True))
         elif models_dir().is_dir():
             mounts.append(Mount(MODELS_MOUNT, str(models_dir().resolve()), type="bind", read_only=True))
+        if self.options.compile:  # the host's compile cache, shared by its containers and later runs
+            cache = config.current().compile_cache
+            cache.mkdir(parents=True, exist_ok=True)
+            mounts.append(Mount(COMPILE_CACHE_MOUNT, str(cache), type="bind"))
         for target, source in (extra or {}).items():
             mounts.append(Mount(target, str(source), type="bind"))
         return mounts
 
     def _env(self, device: str) -> dict:
-        env = worker_env(self.devices, device, self.options)
+        env = worker_env(self.devices, device, self.options, compile_cache=COMPILE_CACHE_MOUNT)
         if device.startswith("cuda"):
             env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
         return env

@@ -75,7 +75,7 @@ class LocalBackend(Backend):
 
     def environment(self, device: str, parent_env=os.environ) -> dict[str, str]:
         settings = Config.from_env(parent_env)  # the environment the worker inherits, read as the host reads its own
-        env = {**parent_env, **worker_env(self.devices, device, self.options, settings)}
+        env = {**parent_env, **worker_env(self.devices, device, self.options, settings, parent_env)}
         if settings.threads and not self.options.threads:
             env[THREADS_ENV] = str(settings.threads)  # a thread count set here wins over the default share
         if device.startswith("cuda"):
