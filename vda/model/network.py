@@ -402,7 +402,7 @@ class VideoDepthAnything(nn.Module):
     def decode(self, feats, grid, frames, cache=None, micro_batch=None, head=None):
         """Depth [(B T), 14h, 14w] for features of B clips of `frames` frames, and the fresh cache; `head` is the head
         to run them through (a compiled one; default: self.head)."""
-        depth, fresh = (head or self.head)(feats, grid, frames, cache, micro_batch)
+        depth, fresh = (self.head if head is None else head)(feats, grid, frames, cache, micro_batch)
         return F.relu(depth).squeeze(1), fresh
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
