@@ -19,6 +19,7 @@ import torch
 from conftest import ROOT, TOL, one_thread_env, rel_err, run_vda, synthetic_frames, write_video
 
 import vda
+from vda import config
 from vda.core import stitch
 from vda.core.plan import Plan
 from vda.io.video import probe, read_frames
@@ -87,9 +88,11 @@ def _merged(cli_out, fmt, **kw):
     return out
 
 
-def test_run_is_silent_and_reports_each_video(tmp_path, cli_out, video, checkpoint, capfd):
+def test_run_is_silent_and_reports_each_video(tmp_path, cli_out, video, checkpoint, capfd, monkeypatch):
     """vda.run prints nothing, equals the CLI bit for bit (here as an npy-stack), and reports a bad input beside the
-    good one; with nothing that can run it raises VdaError."""
+    good one; with nothing that can run it raises VdaError. At one thread, as the CLI's run (bits depend on it)."""
+    monkeypatch.setenv("VDA_THREADS", "1")
+    monkeypatch.setattr(config, "_loaded", None)  # a library user's process: settings read from the environment
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"not a video")
     out = tmp_path / "out"

@@ -385,10 +385,11 @@ def test_compile_without_a_compiler_is_refused_before_any_work(tmp_path, checkpo
 
 def test_out_of_memory_is_one_line_and_not_retried_on_the_same_device(tmp_path, checkpoint, video):
     """torch's OutOfMemoryError, raised by the fault injection as a GPU would raise it, through the real CLI. Both
-    workers run on the one device `cpu`: out of memory there is not retried by the other, the video fails at once."""
+    workers run on the one device `cpu`: the worker first retries the unit itself at half the micro-batch (4, then
+    2: issue 20), and out of memory there too is not retried by the other worker; the video fails at once."""
     out = tmp_path / "o"
     env = {"VDA_FAIL_AT_UNIT": "clip:1", "VDA_FAIL_MODE": "oom"}
-    code, _, err = vda(*depth_args(video, out, checkpoint), "--micro-batch", "2", env=env)
+    code, _, err = vda(*depth_args(video, out, checkpoint), "--micro-batch", "4", env=env)
     assert code == 2 and "Traceback" not in err, err
     (line,) = error_lines(err)
     assert line.startswith(
@@ -396,6 +397,8 @@ def test_out_of_memory_is_one_line_and_not_retried_on_the_same_device(tmp_path, 
     )
     assert "micro-batch 2" in line and "lower --micro-batch (e.g. 1)" in line
     assert re.search(r"; log: .*worker_[01]\.log$", line), line
+    log = Path(line.rsplit("; log: ", 1)[1]).read_text()
+    assert "clip unit 1: out of memory at micro-batch 4; retrying here at 2" in log, log
     units = results(out)["units"]
     assert (units[1]["status"], units[1]["attempts"], units[1]["device_bound"]) == ("failed", 1, True)
     assert len(units[1]["errors"]) == 1 and "lower --micro-batch" in units[1]["errors"][0]
