@@ -16,7 +16,16 @@ from vda.io.writers import STACK, frame_name
 from vda.pipeline.inference import resolve_precision, store_dtype
 
 NPY_HEADER = 128
-MARKER = 4096  # a piece's .done marker with its per-row [min, max] (about 2 kB): one filesystem block
+# A piece's .done marker: shape, dtype and each row's raw [min, max] as JSON. Measured on stream segments of 8, 10 and
+# 32 rows: 499, 597 and 1682 bytes, so 256 + 64 per row covers them with room (tests/test_space.py holds it to 1%).
+MARKER_BASE, MARKER_PER_ROW = 256, 64
+
+
+def marker_bytes(rows: int) -> int:
+    """Bytes of the .done marker of a piece of `rows` maps (an upper bound)."""
+    return MARKER_BASE + MARKER_PER_ROW * rows
+
+
 # Bytes per pixel of a written frame, as an estimate. PNG: depth maps are smooth, and bench_stages.py measured
 # 2.53 MB for a 1080p png16 frame (0.61 of the 4.15 MB raw); 0.75 leaves room for less smooth scenes.
 OUTPUT_BYTES_PER_PIXEL = {"png16": 2 * 0.75, "png8": 1 * 0.75, "npy": 4, "npz": 4, "exr": 4 * 1.01, "npy-stack": 4}
@@ -40,7 +49,7 @@ def unit_bytes(plan: Plan, piece: int, devices: list[str]) -> int:
         frames = min(SEGMENT, stop - piece)
     kinds = {"cuda" if d.startswith("cuda") else "cpu" for d in devices}
     itemsize = max(store_dtype(resolve_precision(s.precision, kind)).itemsize for kind in kinds)
-    return frames * s.net_height * s.net_width * itemsize + NPY_HEADER + MARKER
+    return frames * s.net_height * s.net_width * itemsize + NPY_HEADER + marker_bytes(frames)
 
 
 def estimate(plan: Plan, fmt: str, pending_pieces: list[int], pending_frames: int, devices: list[str]) -> SpaceNeed:
