@@ -86,6 +86,19 @@ def test_piece_sizes_come_from_one_pass_over_the_units(finished_run):
         assert np.load(run.piece(plan.settings.mode, piece), mmap_mode="r").shape[0] == n
 
 
+def test_frames_are_counted_at_the_size_written(finished_run):
+    """--output-size: the frames take the bytes of the size they are written at, not the frame's."""
+    _, plan, _ = finished_run
+    s, pieces = plan.settings, plan.all_pieces()
+    source = estimate(plan, "npy", pieces, 10, CPU)
+    net = estimate(plan, "npy", pieces, 10, CPU, "net")
+    big = estimate(plan, "npy", pieces, 10, CPU, "640x480")
+    assert source.run_bytes == net.run_bytes == big.run_bytes  # the pieces do not depend on it
+    assert source.out_bytes == 10 * (4 * s.frame_width * s.frame_height + NPY_HEADER)
+    assert net.out_bytes == 10 * (4 * s.net_width * s.net_height + NPY_HEADER)
+    assert big.out_bytes == 10 * (4 * 640 * 480 + NPY_HEADER)
+
+
 def test_half_precision_pieces_take_half(finished_run):
     """fp16 stores float16; auto computes fp16 on a GPU and fp32 on a CPU, and a piece may go to either device."""
     _, plan, _ = finished_run

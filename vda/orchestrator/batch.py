@@ -342,7 +342,7 @@ def _run_planned(request: DepthRequest, backend: Backend, planner: Planner, say,
     first = planner.take(wait=True)
     while backend.plans_first and not planner.finished:
         first += planner.take(wait=True)
-    space = SpaceLedger(request.fmt, request.devices) if request.space_check else None
+    space = SpaceLedger(request.fmt, request.devices, request.output_size) if request.space_check else None
     first = [(v, out) for v, out in first if _fits(space, v, out, planner, say)]
     videos = [v for v, _ in first]
     outs.update((v.name, out) for v, out in first)

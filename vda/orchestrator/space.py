@@ -12,7 +12,7 @@ from pathlib import Path
 
 from vda.core.plan import SEGMENT, Plan, PlanError
 from vda.io.rundir import RunDir
-from vda.io.writers import FORMATS, STACK, frame_digits
+from vda.io.writers import FORMATS, STACK, frame_digits, output_shape
 from vda.pipeline.inference import resolve_precision, store_dtype
 
 NPY_HEADER = 128
@@ -58,10 +58,19 @@ def piece_frames(plan: Plan) -> dict[int, int]:
     return {p: min(SEGMENT, u.span[1] - p) for u in plan.units for p in plan.pieces(u)}
 
 
-def estimate(plan: Plan, fmt: str, pending_pieces: list[int], pending_frames: int, devices: list[str]) -> SpaceNeed:
-    """Space still needed for `pending_pieces` and `pending_frames` output frames in format `fmt`."""
+def estimate(
+    plan: Plan,
+    fmt: str,
+    pending_pieces: list[int],
+    pending_frames: int,
+    devices: list[str],
+    output_size: str = "source",
+) -> SpaceNeed:
+    """Space still needed for `pending_pieces` and `pending_frames` output frames in format `fmt`, written at
+    `output_size` (--output-size: the frame's size, the network's, or WxH)."""
     s = plan.settings
-    per_frame = int(s.frame_width * s.frame_height * OUTPUT_BYTES_PER_PIXEL[fmt]) + NPY_HEADER
+    h, w = output_shape(output_size, (s.frame_height, s.frame_width), (s.net_height, s.net_width))
+    per_frame = int(w * h * OUTPUT_BYTES_PER_PIXEL[fmt]) + NPY_HEADER
     frames = piece_frames(plan)
     run_bytes = sum(unit_bytes(plan, p, devices, frames[p]) for p in pending_pieces)
     return SpaceNeed(run_bytes, pending_frames * per_frame)
@@ -87,10 +96,12 @@ def human_size(n: float) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
-def check_space(runs: list[tuple[Plan, RunDir, Path]], fmt: str, devices: list[str]) -> SpaceNeed:
+def check_space(
+    runs: list[tuple[Plan, RunDir, Path]], fmt: str, devices: list[str], output_size: str = "source"
+) -> SpaceNeed:
     """Refuse to start when the disks cannot hold what is left to write for every (plan, run folder, output folder)
     of a batch (one line: sizes, where, and the fix): a SpaceLedger that every input is added to."""
-    ledger = SpaceLedger(fmt, devices)
+    ledger = SpaceLedger(fmt, devices, output_size)
     for plan, run, out_dir in runs:
         ledger.add(plan, run, out_dir)
     return ledger.need
@@ -100,14 +111,14 @@ class SpaceLedger:
     """check_space for a batch whose inputs arrive one by one (planned in the background): each input's need is
     added to what the ones before it need, per filesystem, against the free space each had when first seen."""
 
-    def __init__(self, fmt: str, devices: list[str]):
-        self.fmt, self.devices = fmt, devices
+    def __init__(self, fmt: str, devices: list[str], output_size: str = "source"):
+        self.fmt, self.devices, self.output_size = fmt, devices, output_size
         self.need = SpaceNeed(0, 0)  # what the inputs added so far still need, in all
         self._disks: dict[int, tuple[Path, int, dict[str, int]]] = {}  # st_dev -> (folder, free then, needs by kind)
 
     def add(self, plan: Plan, run: RunDir, out_dir: Path) -> None:
         """Count this input in, or refuse it (PlanError, check_space's line) when the disks cannot hold it too."""
-        need = estimate(plan, self.fmt, run.missing_pieces(plan), plan.frame_count, self.devices)
+        need = estimate(plan, self.fmt, run.missing_pieces(plan), plan.frame_count, self.devices, self.output_size)
         out_bytes = max(0, need.out_bytes - written_bytes(out_dir, self.fmt, plan.frame_count))
         disks = {dev: (folder, free, dict(parts)) for dev, (folder, free, parts) in self._disks.items()}
         for folder, size, what in ((run.path, need.run_bytes, "windows"), (out_dir, out_bytes, f"{self.fmt} frames")):
