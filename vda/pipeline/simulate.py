@@ -44,8 +44,12 @@ def fake_depth(frame: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     h, w = shape
     rows = (np.arange(h) * frame.shape[0]) // h
     cols = (np.arange(w) * frame.shape[1]) // w
-    green = frame[rows[:, None], cols[None, :], 1]
-    return green.astype(np.float32) * np.float32(1 / 255) + np.float32(OFFSET)
+    # rows, then columns, then widened in place: the values of frame[rows[:, None], cols, 1] at half its cost (0.99
+    # against 2.1 ms for 1280x720 to 518x924); a real worker does none of this on the host, so it must stay small
+    out = frame[:, :, 1].take(rows, axis=0).take(cols, axis=1).astype(np.float32)
+    out *= np.float32(1 / 255)
+    out += np.float32(OFFSET)
+    return out
 
 
 class SimulatedWindows:
