@@ -37,15 +37,16 @@ CPU_IMAGE = "vda:cpu"
 # on a 1920x1080 x264 input at the defaults: decoded and resized to 1280x720 (max-res 1280), windows of 518x924
 # stored in fp16 as a GPU stores them, and rendered + written at 1280x720 on one core. Each stage's cost is taken as
 # proportional to the pixels it works on: the source's (decode), the network's (store, pass 1), the output's (render).
-# Measured at commit f0558f7 on the loaded 2-core build machine (so on the high side): decode 15.15, store 1.15,
-# pass 1 2.91, render + write npy 22.46 and png16 29.72 ms. png8, npz and exr were not run by bench_host.py: they are
+# Measured at commit 66f96ad on the 2-core build machine, rendering at one thread as a render process does (earlier
+# figures rendered with torch's default threads, whose idle spinning tripled the CPU time): decode 15.21, store 1.74,
+# pass 1 2.96, render + write npy 9.51 and png16 12.18 ms. png8, npz and exr were not run by bench_host.py: they are
 # npy's render plus the difference of their writer's own cost from npy's at 1080p (bench_stages.py, "write <format>
 # (1 core)": npy 562, png8 154, npz 3.1, exr 59.5 frames/s), scaled to 1280x720.
-STAGE_MS = {"decode": 15.15, "store": 1.15, "pass 1": 2.91}
-RENDER_MS = {"npy": 22.46, "png16": 29.72}
+STAGE_MS = {"decode": 15.21, "store": 1.74, "pass 1": 2.96}
+RENDER_MS = {"npy": 9.51, "png16": 12.18}
 RENDER_MS.update(
     {
-        f: 22.46 + (1000 / fps - 1000 / 562.0) * (1280 * 720) / (1920 * 1080)
+        f: 9.51 + (1000 / fps - 1000 / 562.0) * (1280 * 720) / (1920 * 1080)
         for f, fps in {"png8": 154.4, "npz": 3.1, "exr": 59.5}.items()
     }
 )
