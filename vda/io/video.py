@@ -71,6 +71,22 @@ def head_hash(path: Path) -> str:
     return h.hexdigest()
 
 
+NOT_FOUND = "not found"
+
+
+def identity_mismatch(path: Path, info: VideoInfo) -> str | None:
+    """Why `path` is not the input `info` was probed from (NOT_FOUND, "its size differs", "its content differs"),
+    or None when it is: what a worker checks before it computes a planned video, and each Ray node before the run."""
+    path = Path(path)
+    if not path.exists():
+        return NOT_FOUND
+    if path.is_file() and path.stat().st_size != info.size_bytes:
+        return "its size differs"
+    if head_hash(path) != info.head_sha256:
+        return "its content differs"
+    return None
+
+
 def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
 

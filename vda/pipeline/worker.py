@@ -33,7 +33,16 @@ from vda.core import stitch
 from vda.core.plan import SEGMENT, Plan, PlanError, Unit
 from vda.errors import OutOfMemory, RunError
 from vda.io.rundir import RunDir
-from vda.io.video import FrameSource, Prefetch, VideoError, check_frame_count, head_hash, read_frames, threaded
+from vda.io.video import (
+    NOT_FOUND,
+    FrameSource,
+    Prefetch,
+    VideoError,
+    check_frame_count,
+    identity_mismatch,
+    read_frames,
+    threaded,
+)
 from vda.io.writers import atomic_file, write_json
 from vda.model.network import load_model
 from vda.pipeline.compat import free_device_memory, out_of_memory_error
@@ -95,11 +104,11 @@ def file_sha256(path: Path) -> str:
 def verify_input(plan: Plan, input_path: str | None) -> None:
     """Refuse to mix results: the input must be the one that was planned."""
     path = Path(input_path or plan.input.path)
-    if not path.exists():
+    why = identity_mismatch(path, plan.input)
+    if why == NOT_FOUND:
         raise VideoError(f"input {path} not found; it was planned as {plan.input.path}")
-    size = path.stat().st_size if path.is_file() else None
-    if (size is not None and size != plan.input.size_bytes) or head_hash(path) != plan.input.head_sha256:
-        raise PlanError(f"input {path} changed since it was planned; plan again into a new run folder")
+    if why:
+        raise PlanError(f"input {path} changed since it was planned ({why}); plan again into a new run folder")
     plan.input.path = str(path)
 
 

@@ -155,18 +155,15 @@ def _answer(probe: Probe, node: str) -> bool:
 
 def unusable_inputs(plans: list[Plan]) -> list[tuple[str, str]]:
     """On one node: (path, why) for each input it cannot use as planned (the worker verifies the same, per video)."""
-    from vda.io.video import head_hash
+    from vda.io.video import NOT_FOUND, identity_mismatch
 
     bad = []
     for plan in plans:
         path = Path(plan.input.path)
         try:
-            if not path.exists():
-                bad.append((str(path), "not found there"))
-            elif path.is_file() and path.stat().st_size != plan.input.size_bytes:
-                bad.append((str(path), "another file there: its size differs"))
-            elif head_hash(path) != plan.input.head_sha256:
-                bad.append((str(path), "another file there: its content differs"))
+            why = identity_mismatch(path, plan.input)
         except OSError as err:
-            bad.append((str(path), err.strerror or type(err).__name__))
+            why = err.strerror or type(err).__name__
+        if why:
+            bad.append((str(path), "not found there" if why == NOT_FOUND else f"another file there: {why}"))
     return bad
