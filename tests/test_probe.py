@@ -16,7 +16,7 @@ from conftest import numbered_frames, portrait_phone_video, read_output, run_vda
 from media import trim_edit_list
 
 from vda.io.rundir import RunDir
-from vda.io.video import COUNT_MISMATCH, FrameCountMismatch, check_frame_count, decode_count, probe, read_frames
+from vda.io.video import COUNT_MISMATCH, FrameCountMismatch, FrameSource, check_frame_count, decode_count, probe, read_frames
 from vda.orchestrator.planning import create_plan, probe_input
 from vda.pipeline.merge import merge
 from vda.pipeline.worker import work_runs
@@ -65,6 +65,23 @@ def test_the_last_unit_check_finds_a_wrong_count(tmp_path):
         info.frame_count = wrong
         with pytest.raises(FrameCountMismatch, match=f"^{COUNT_MISMATCH}: .* planned with {wrong} frames .* finds 45;"):
             check_frame_count(info)
+
+
+def test_a_keyframe_off_its_planned_index_fails_the_decode(tmp_path):
+    """A packet in the middle that decoded to no frame: the count from packets is one short from there on. The last
+    unit's check, from the last keyframe on, agrees with such a plan; the decode that passes the shifted keyframe
+    does not, in the seeking reader and in the workers' FrameSource alike."""
+    info = probe(write_video(tmp_path / "v.mp4", synthetic_frames(45), gop=10))
+    key = info.keyframes[2][0]  # shifted from the third keyframe on
+    assert len(info.keyframes) > 3 and key > info.keyframes[1][0] + 2
+    info.keyframes = [(k if k < key else k - 1, pts) for k, pts in info.keyframes]
+    info.frame_count -= 1
+    check_frame_count(info)  # the tail alone looks right
+    assert len(list(read_frames(info, range(0, key - 1)))) == key - 1  # nothing passed yet
+    shifted = f"^{COUNT_MISMATCH}: .* keyframe {key - 1} of the plan .* as frame {key};"
+    for frames in (read_frames(info, range(key - 2, key + 2)), FrameSource().read(info, range(key - 2, key + 2))):
+        with pytest.raises(FrameCountMismatch, match=shifted):
+            list(frames)
 
 
 def test_a_resume_reads_the_probe_back(tmp_path, monkeypatch):

@@ -109,14 +109,26 @@ def fit_scale_shift(pred: np.ndarray, target: np.ndarray) -> tuple[np.float32, n
     return np.float32((a11 * b0 - a01 * b1) / det), np.float32((-a01 * b0 + a00 * b1) / det)
 
 
-def apply_scale_shift(depth: np.ndarray, scale: np.float32, shift: np.float32) -> np.ndarray:
-    out = depth * scale + shift  # float32 arithmetic, as the reference
+def apply_scale_shift(depth: np.ndarray, scale: np.float32, shift: np.float32, inplace: bool = False) -> np.ndarray:
+    """depth * scale + shift in float32, as the reference, negatives set to 0. `inplace` writes into `depth` (a numpy
+    array the caller owns): the same bits, without two full-size temporaries per frame."""
+    if inplace:
+        out = np.multiply(depth, scale, out=depth)
+        np.add(out, shift, out=out)
+    else:
+        out = depth * scale + shift
     out[out < 0] = 0
     return out
 
 
-def blend(older: np.ndarray, newer: np.ndarray, weight: float) -> np.ndarray:
-    return older * (1 - weight) + newer * weight
+def blend(older: np.ndarray, newer: np.ndarray, weight: float, inplace: bool = False) -> np.ndarray:
+    """older * (1 - weight) + newer * weight; `inplace` overwrites both numpy arrays (the result is `older`), with the
+    same bits."""
+    if not inplace:
+        return older * (1 - weight) + newer * weight
+    np.multiply(older, 1 - weight, out=older)
+    np.multiply(newer, weight, out=newer)
+    return np.add(older, newer, out=older)
 
 
 @dataclass

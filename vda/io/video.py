@@ -456,6 +456,10 @@ class _SeekingReader:
     """Decodes spans in increasing order, seeking forward to a keyframe only when that skips frames.
 
     Frames come out upright and at `size` (w, h): swscale converts the decoder's YUV to RGB and resizes in one pass.
+    Where the plan counted frames from packets, every planned keyframe a decode passes is checked to come out at its
+    planned index (FrameCountMismatch): a packet in the middle that decodes to two frames or none shifts every later
+    frame, which the last unit's check (check_frame_count, from the last keyframe on) cannot see. Units overlap (a
+    window's context), so the decodes of a video's units pass every keyframe after its first.
     """
 
     def __init__(self, info: VideoInfo, size: tuple[int, int] | None = None, threads: int | None = None):
@@ -469,6 +473,7 @@ class _SeekingReader:
         self._scaled = None if upright is None else (upright[::-1] if turned else upright)
         self._scaler = av.video.reformatter.VideoReformatter()
         self._threads = threads or config.current().threads or 0
+        self._planned = {pts: index for index, pts in info.keyframes} if info.counted == "packets" else {}
 
     def close(self) -> None:
         self.container.close()
@@ -515,6 +520,12 @@ class _SeekingReader:
                         f"{stop - 1}; it is truncated"
                     )
                 index, self.next_index = self.next_index, self.next_index + 1  # first: a caller may stop at the yield
+                if self._planned.get(frame.pts, index) != index:
+                    raise FrameCountMismatch(
+                        f"{COUNT_MISMATCH}: {self.info.path}: keyframe {self._planned[frame.pts]} of the plan (counted "
+                        f"from packets) decodes as frame {index}; run the same command again: it plans this video by "
+                        "decoding it"
+                    )
                 if index >= start:
                     yield index, self._rgb(frame)
         except av.error.FFmpegError as err:

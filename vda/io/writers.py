@@ -153,6 +153,16 @@ def dequantize(stored: np.ndarray, lo: float, hi: float, levels: int) -> np.ndar
     return (lo + stored.astype(np.float64) * ((hi - lo) / levels)).astype(np.float32)
 
 
+def write_frame(path: Path, depth: np.ndarray, fmt: str, lo: float = 0.0, hi: float = 1.0) -> None:
+    """One depth map as a file in `fmt`, atomically. npy goes from the array straight to the file (np.save writes a
+    contiguous array with one write), not through encode's in-memory copies; the bytes are encode's."""
+    if fmt != "npy":
+        write_atomic(path, encode(depth, fmt, lo, hi))
+        return
+    with atomic_file(path) as fh:
+        np.save(fh, np.asarray(depth, dtype=np.float32))
+
+
 def encode(depth: np.ndarray, fmt: str, lo: float = 0.0, hi: float = 1.0) -> bytes:
     """One depth map as the bytes of a file in `fmt`."""
     if fmt in LEVELS:

@@ -494,21 +494,33 @@ class WindowAligner:
     """Turns raw windows and their scale/shift into final full-resolution frames (the authors' stitching).
 
     Holds the last two windows only, at network resolution. `host=False` keeps the frames as tensors where the
-    windows are (on the device), for a caller that goes on computing there.
+    windows are (on the device), for a caller that goes on computing there. On the host, each frame is aligned and
+    blended in place in its freshly upsampled array (the same bits as the reference's expressions, without their
+    full-size temporaries: issue 22's render cost).
     """
 
     def __init__(self, size: tuple[int, int], host: bool = True):
         self.size, self.host = size, host
-        self._windows: dict[int, tuple[torch.Tensor, np.float32, np.float32]] = {}
+        self._windows: dict[int, tuple[torch.Tensor, np.float32, np.float32, dict[int, int] | None]] = {}
 
-    def add(self, w: int, depth: torch.Tensor, scale: np.float32, shift: np.float32) -> None:
-        self._windows[w] = (depth, scale, shift)
+    def add(
+        self, w: int, depth: torch.Tensor, scale: np.float32, shift: np.float32, rows: list[int] | None = None
+    ) -> None:
+        """Window w's raw depth [k, h, w]: all 32 outputs, or only the outputs `rows` (in order), as the merge reads
+        them (the 8 rows of w-1 that w's frames blend with, not the whole window)."""
+        at = None if rows is None else {r: k for k, r in enumerate(rows)}
+        self._windows[w] = (depth, scale, shift, at)
         self._windows.pop(w - 2, None)
 
     def aligned(self, w: int, i: int) -> np.ndarray:
-        depth, scale, shift = self._windows[w]
-        up = upsample(depth[i : i + 1], self.size)[0]
-        return stitch.apply_scale_shift(up.cpu().numpy() if self.host else up, scale, shift)
+        depth, scale, shift, at = self._windows[w]
+        k = i if at is None else at[i]
+        up = upsample(depth[k : k + 1], self.size)[0]
+        if not self.host:
+            return stitch.apply_scale_shift(up, scale, shift)
+        if up.device.type == "cpu" and tuple(depth.shape[-2:]) == tuple(self.size):
+            up = up.clone()  # not resampled: `up` may be the window's own memory, which stays as it is
+        return stitch.apply_scale_shift(up.cpu().numpy(), scale, shift, inplace=True)
 
     def frames(self, w: int, n_frames: int) -> Iterator[tuple[int, np.ndarray]]:
         """(frame index, depth) for the frames window w makes final."""
@@ -518,7 +530,8 @@ class WindowAligner:
             if src.weight == 1.0:
                 yield f, newer
             else:
-                yield f, stitch.blend(self.aligned(src.w - 1, src.i + stitch.STRIDE), newer, src.weight)
+                older = self.aligned(src.w - 1, src.i + stitch.STRIDE)
+                yield f, stitch.blend(older, newer, src.weight, inplace=self.host)
 
 
 class StreamCache:

@@ -25,7 +25,7 @@ from vda.io.rundir import RunDir
 from vda.io.writers import colorize
 from vda.pipeline.inference import WindowAligner, upsample
 from vda.pipeline.merge.sinks import frame_writer
-from vda.system import limit_threads, usable_cpus
+from vda.system import keep_freed_memory, limit_threads, usable_cpus
 
 # A pool of spawned render processes takes seconds to start (each imports torch): 5.7 s against 0.07 s for rendering a
 # 100-frame 128x72 video in the calling process (bench_queue.py, on a loaded 2-core machine). At about 40 png16 1080p
@@ -66,19 +66,15 @@ def job_for(plan: Plan, run_dir: Path, out_dir: Path, fmt: str, create_video: bo
     return Job(str(run_dir), str(out_dir), fmt, s.mode, plan.frame_count, size, 0.0, 1.0, pieces, {}, create_video)
 
 
-def load_piece(job: Job, unit: int, rows: list[int] | None = None) -> torch.Tensor:
-    """A stored piece as float32, or only its outputs `rows`: read through a memory map, so only those are read."""
+def load_piece(job: Job, unit: int, rows: list[int] | None = None, widen: bool = True) -> torch.Tensor:
+    """A stored piece, or only its outputs `rows`: read through a memory map, so only those are read. As float32, or
+    with `widen=False` as stored (fp16 from a GPU run), for a caller that widens one row at a time (the renderer:
+    a row is 1.9 MB at 518x924, which the allocator reuses, where a whole window's 46 MB is mapped and faulted in
+    afresh each time)."""
     path = RunDir(job.run_dir).piece(job.mode, unit)
     data = np.load(path, mmap_mode="r")
-    return torch.from_numpy(np.array(data if rows is None else data[rows], dtype=np.float32))
-
-
-def _sparse_piece(job: Job, w: int, rows: list[int]) -> torch.Tensor:
-    """Window w with only `rows` read (through the memory map) and filled in; the other rows are never touched."""
-    picked = load_piece(job, w, rows)
-    full = torch.empty((stitch.WINDOW, *picked.shape[1:]), dtype=picked.dtype)  # untouched rows cost no memory
-    full[rows] = picked
-    return full
+    picked = torch.from_numpy(np.array(data) if rows is None else np.asarray(data[rows]))  # a fancy index copies
+    return picked.float() if widen else picked
 
 
 def _rendered(job: Job, unit: int) -> Iterable[tuple[int, np.ndarray]]:
@@ -87,12 +83,12 @@ def _rendered(job: Job, unit: int) -> Iterable[tuple[int, np.ndarray]]:
         aligner = WindowAligner(job.render_size)
         # only the rows of w-1 that w's frames blend with (the 8 overlap rows), not the whole previous window
         for w, rows in sorted(stitch.rows_of(stitch.window_outputs(unit, job.n_frames), job.n_frames).items()):
-            aligner.add(
-                w, _sparse_piece(job, w, sorted(rows)), np.float32(job.params[w][0]), np.float32(job.params[w][1])
-            )
+            rows = sorted(rows)
+            scale, shift = job.params[w]
+            aligner.add(w, load_piece(job, w, rows, widen=False), np.float32(scale), np.float32(shift), rows)
         return aligner.frames(unit, job.n_frames)
-    seg = upsample(load_piece(job, unit), job.render_size).numpy()
-    return zip(range(unit, unit + len(seg)), seg)
+    raw = load_piece(job, unit, widen=False)  # a frame at a time: never the segment at full resolution at once
+    return ((unit + k, upsample(raw[k : k + 1], job.render_size)[0].numpy()) for k in range(len(raw)))
 
 
 def render_unit(job: Job, unit: int) -> list[np.ndarray] | None:
@@ -126,6 +122,7 @@ RENDER_NICE = 10
 def _render_process() -> None:
     """A render process: one thread (one process per core: threads inside would only oversubscribe), low priority."""
     limit_threads(1)
+    keep_freed_memory()
     os.nice(RENDER_NICE)
 
 

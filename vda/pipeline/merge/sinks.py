@@ -17,7 +17,7 @@ from typing import Protocol
 
 import numpy as np
 
-from vda.io.writers import STACK, STACK_NAME, create_stack, encode, frame_name, write_atomic, write_stack_frames
+from vda.io.writers import STACK, STACK_NAME, create_stack, frame_name, write_frame, write_stack_frames
 
 
 class Sink(Protocol):
@@ -48,7 +48,7 @@ class FrameFiles:
         """Write each (frame index, depth map) as its own file."""
         for f, depth in frames:
             name = frame_name(f, self.fmt, self.frame_count)
-            write_atomic(Path(self.out_dir) / name, encode(depth, self.fmt, self.lo, self.hi))
+            write_frame(Path(self.out_dir) / name, depth, self.fmt, self.lo, self.hi)
 
     def close(self) -> None:
         """Nothing to finish: each file is complete once written."""
