@@ -100,6 +100,49 @@ def test_one_encoder_fault_costs_one_window_recompute(model, encoder_fault):
     assert rel_err(np.stack(depths[1:]), np.stack(clean[1:])) <= 0.05
 
 
+@pytest.mark.parametrize("fault", ["window 1", "always"])
+def test_a_fault_read_one_window_late_gives_what_reading_it_at_once_gives(model, encoder_fault, fault):
+    """Issue 22: the worker reads window w's finiteness only once w + 1 is launched (launch_settled). A fault in w
+    then recomputes w in fp32 (healing the cache) and launches w + 1 again: decoded from the healed features, its own
+    new frames kept (re-encoded only after a switch to fp32). The depths, recomputes and frames encoded again equal
+    reading each window at once (`run`), bit for bit; `redone` names the windows launched twice."""
+    frames = synthetic_frames(120, 32, 24)
+    encoder_fault["at"], encoder_fault["always"] = {9}, fault == "always"  # call 9: window 1's first new frames
+    at_once, depths = _windows(model, Runtime.create("cpu", "bf16"), frames, PrecisionGuard())
+    encoder_fault["calls"] = 0
+    late = WindowRunner(model, Runtime.create("cpu", "bf16"), SHAPE, PrecisionGuard())
+    feed = FrameFeed(enumerate(frames), total=120)
+    settled = list(inference.launch_settled(late, range(6), feed, 120))
+    assert [w for w, *_ in settled] == list(range(6)) and all(
+        torch.equal(a, b) for a, (_, b, *_) in zip(depths, settled)
+    )
+    assert late.recomputed == at_once.recomputed == ([1] if fault == "window 1" else [0, 1, 2])
+    assert [w for w, _, fresh, _ in settled if fresh] == late.recomputed
+    assert late.fp32_frames == at_once.fp32_frames and late.redone == [r + 1 for r in late.recomputed]
+    assert (late.rt.precision == "fp32") == (fault == "always")
+
+
+@pytest.mark.parametrize("fault", ["frame 5", "always"])
+def test_stream_mode_gives_the_same_depth_however_late_finiteness_is_read(model, encoder_fault, monkeypatch, fault):
+    """Stream mode reads finiteness in groups (STREAM_CHECK frames, a group after the next is launched): a fault
+    found late relaunches the frames after it from the healed cache. Groups of 1, 4 and 20 frames (the whole video
+    launched before any read) give the same depths and recomputes bit for bit: the relaunch gives what computing
+    frame by frame gives."""
+    frames = synthetic_frames(20, 32, 24)
+    runs = []
+    for group in (1, 4, 20):
+        monkeypatch.setattr(inference, "STREAM_CHECK", group)
+        encoder_fault.update(at={6}, always=fault == "always", calls=0)
+        recomputed: list[int] = []
+        runtime = Runtime.create("cpu", "bf16")
+        out = list(inference.stream_depths(model, runtime, enumerate(frames), SHAPE, recomputed, PrecisionGuard()))
+        runs.append((recomputed, out))
+    expected = [5] if fault == "frame 5" else list(range(inference.FP32_AFTER))
+    for recomputed, out in runs:
+        assert recomputed == expected and [i for i, _ in out] == list(range(20))
+        assert all(torch.equal(a, b) for (_, a), (_, b) in zip(out, runs[0][1]))
+
+
 def test_a_feature_that_overflows_the_reduced_dtype_stays_fp32():
     big = torch.tensor([[1.0, 2.0], [1.0, 1e6]])  # frame 1 does not fit fp16 (max 65504)
     (f0,), (f1,) = inference._reduced([big], torch.float16)
