@@ -430,6 +430,7 @@ def test_stage_clock_reads_gpu_time_from_events_after_the_sync():
 
     def event(enable_timing=False):
         made = types.SimpleNamespace(t=next(made_at), record=lambda stream: cuda.calls.append(("record", stream)))
+        made.synchronize = lambda: cuda.calls.append(("synchronize", made.t))  # rows are read after the last event
         made.elapsed_time = lambda other: 1000.0 * (other.t - made.t)
         return made
 
@@ -440,8 +441,10 @@ def test_stage_clock_reads_gpu_time_from_events_after_the_sync():
     clock.lap("compute")
     clock.device_mark(torch.device("cuda:0"))
     clock.end()
+    assert not [c for c in cuda.calls if c[0] == "synchronize"]  # issue 22: no wait at a row's end
     (row,) = clock.rows
     assert row["window"] == 3 and row["gpu"] == 1.0 and row["total"] >= row["compute"] >= 0
+    assert cuda.calls[-1] == ("synchronize", 1)  # the rows are read once the last event has completed
     off = StageClock()
     off.start(0)
     off.lap("batch")
