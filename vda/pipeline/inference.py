@@ -549,8 +549,8 @@ class WindowRunner:
         self.clock.device_mark(self.rt.device)
         with self.rt.autocast():
             self._encode_new(feed.take, new)
-            pending = self._decode_pending(w, n_frames, inputs, new, stage)
-            self.clock.lap("compute")
+        pending = self._decode_pending(w, n_frames, inputs, new, stage)
+        self.clock.lap("compute")
         self.clock.device_mark(self.rt.device)
         return pending
 
@@ -582,12 +582,12 @@ class WindowRunner:
     def _redo(self, after: PendingWindow, fp32: bool, stage) -> PendingWindow:
         """`after` launched again from the healed cache; its own new frames encoded again only if now in fp32."""
         self.redone.append(after.w)
-        with self.rt.autocast():
-            if fp32:
-                for i in after.new:
-                    del self._features[i]
+        if fp32:
+            for i in after.new:
+                del self._features[i]
+            with self.rt.autocast():
                 self._encode_new(self._frames.__getitem__, after.new)
-            return self._decode_pending(after.w, after.n_frames, after.inputs, after.new, stage)
+        return self._decode_pending(after.w, after.n_frames, after.inputs, after.new, stage)
 
     def _encode_new(self, take, new: list[int]) -> None:
         """Encode a window's new frames (`take(i)` gives frame i) one micro-batch at a time, into the cache (in the
@@ -607,8 +607,11 @@ class WindowRunner:
             self.clock.lap("compute")
 
     def _decode_pending(self, w: int, n_frames: int, inputs: list[int], new: list[int], stage) -> PendingWindow:
-        window = [torch.stack([self._features[i][lv] for i in inputs]) for lv in range(4)]
-        raw, _ = self._decoder(window, self.grid, stitch.WINDOW, micro_batch=self.rt.micro_batch)
+        """The head over the window's cached features (in autocast), then, outside it, the depth as stored, the
+        caller's `stage` and the finiteness flag queued behind it."""
+        with self.rt.autocast():
+            window = [torch.stack([self._features[i][lv] for i in inputs]) for lv in range(4)]
+            raw, _ = self._decoder(window, self.grid, stitch.WINDOW, micro_batch=self.rt.micro_batch)
         precision = self.rt.precision
         depth = as_stored(raw, precision).float()
         staged = None if stage is None else stage(depth, precision)
