@@ -122,6 +122,32 @@ def test_a_fault_read_one_window_late_gives_what_reading_it_at_once_gives(model,
     assert (late.rt.precision == "fp32") == (fault == "always")
 
 
+def test_the_worker_stores_a_late_found_fault_as_reading_it_at_once_would(
+    tmp_path, checkpoint, model, encoder_fault, monkeypatch
+):
+    """The worker (DeviceWorker.serve, bf16 on the CPU) settles each window after the next is launched: with a fault
+    in window 1, its pieces equal the runner's read-at-once depths bit for bit (window 1 in fp32, window 2 redone),
+    and each window's copy to the host is queued once, at its launch: again only for window 1 (its recompute is new
+    depth) and window 2 (launched again). Queued: windows 0, 1, 2, 2 again, 1's recompute (fp32), 3: 6 for 4."""
+    frames = synthetic_frames(70, 32, 24)
+    src = write_images(tmp_path / "imgs", frames)
+    create_plan(src, tmp_path / "run", checkpoint=str(checkpoint), input_size=28, precision="bf16")
+    staged = []
+    stage = worker._stage
+    monkeypatch.setattr(worker, "_stage", lambda depth, precision: staged.append(precision) or stage(depth, precision))
+    encoder_fault["at"] = {9}  # window 1's first new frames
+    said: list[events.Message] = []
+    work = DeviceWorker("cpu", said.append, checkpoint=str(checkpoint))
+    work.serve([events.encode(events.Assign("imgs", str(tmp_path / "run"), str(src), 0)), events.encode(events.Stop())])
+    (done,) = [m for m in said if isinstance(m, events.Done)]
+    assert done.fp32_recomputes == 1 and staged == ["bf16"] * 4 + ["fp32", "bf16"]
+    encoder_fault["calls"] = 0
+    at_once, depths = _windows(model, Runtime.create("cpu", "bf16"), frames)
+    assert at_once.recomputed == [1]
+    for w, depth in enumerate(depths):
+        assert np.array_equal(np.load(RunDir(tmp_path / "run").piece("window", w)), depth.numpy())
+
+
 @pytest.mark.parametrize("fault", ["frame 5", "always"])
 def test_stream_mode_gives_the_same_depth_however_late_finiteness_is_read(model, encoder_fault, monkeypatch, fault):
     """Stream mode reads finiteness in groups (STREAM_CHECK frames, a group after the next is launched): a fault
