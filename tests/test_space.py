@@ -13,7 +13,15 @@ from conftest import ROOT, synthetic_frames, write_images
 
 from vda.io.rundir import RunDir
 from vda.orchestrator.planning import create_plan
-from vda.orchestrator.space import NPY_HEADER, check_space, estimate, marker_bytes, unit_bytes
+from vda.orchestrator.space import (
+    NPY_HEADER,
+    check_space,
+    estimate,
+    marker_bytes,
+    piece_frames,
+    unit_bytes,
+    written_bytes,
+)
 from vda.pipeline.merge import merge
 from vda.pipeline.worker import work_runs
 
@@ -51,6 +59,44 @@ def test_the_estimate_covers_the_stored_pieces_and_frames(finished_run):
     assert stored <= need.run_bytes <= stored * 1.01
     written = sum(p.stat().st_size for p in (tmp / "out").glob("depth_*.npy"))
     assert need.out_bytes == written  # npy frames: the estimate is exact
+
+
+def test_frames_written_are_counted_from_one_listing(finished_run):
+    """A rerun replaces the frames in place: what is there already is not needed again, and only those frames count
+    (not depth_meta.json, another width of name, or a frame past the video's end)."""
+    tmp, plan, _ = finished_run
+    out = tmp / "out"
+    frames = sum(p.stat().st_size for p in out.glob("depth_*.npy"))
+    assert written_bytes(out, "npy", plan.frame_count) == frames > 0
+    (out / "depth_0000000.npy").write_bytes(b"x" * 10)  # 7 digits: not a name of this video
+    (out / f"depth_{plan.frame_count:06d}.npy").write_bytes(b"x" * 10)
+    try:
+        assert written_bytes(out, "npy", plan.frame_count) == frames
+        assert written_bytes(out, "png16", plan.frame_count) == written_bytes(tmp / "nowhere", "npy", 5) == 0
+    finally:
+        (out / "depth_0000000.npy").unlink()
+        (out / f"depth_{plan.frame_count:06d}.npy").unlink()
+
+
+def test_piece_sizes_come_from_one_pass_over_the_units(finished_run):
+    _, plan, run = finished_run
+    frames = piece_frames(plan)
+    assert list(frames) == plan.all_pieces()
+    for piece, n in frames.items():  # each as stored: the .npy's first axis
+        assert np.load(run.piece(plan.settings.mode, piece), mmap_mode="r").shape[0] == n
+
+
+def test_frames_are_counted_at_the_size_written(finished_run):
+    """--output-size: the frames take the bytes of the size they are written at, not the frame's."""
+    _, plan, _ = finished_run
+    s, pieces = plan.settings, plan.all_pieces()
+    source = estimate(plan, "npy", pieces, 10, CPU)
+    net = estimate(plan, "npy", pieces, 10, CPU, "net")
+    big = estimate(plan, "npy", pieces, 10, CPU, "640x480")
+    assert source.run_bytes == net.run_bytes == big.run_bytes  # the pieces do not depend on it
+    assert source.out_bytes == 10 * (4 * s.frame_width * s.frame_height + NPY_HEADER)
+    assert net.out_bytes == 10 * (4 * s.net_width * s.net_height + NPY_HEADER)
+    assert big.out_bytes == 10 * (4 * 640 * 480 + NPY_HEADER)
 
 
 def test_half_precision_pieces_take_half(finished_run):

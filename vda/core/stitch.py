@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -93,20 +93,41 @@ def rows_of(frames: Iterable[int], n_frames: int) -> dict[int, set[int]]:
     return rows
 
 
-def fit_scale_shift(pred: np.ndarray, target: np.ndarray) -> tuple[np.float32, np.float32]:
+def fit_scale_shift(pred, target, scratch: list[np.ndarray] | None = None) -> tuple[np.float32, np.float32]:
     """Least-squares s, t minimising |s * pred + t - target|^2 over all pixels.
 
     Sums are accumulated in float64 (the reference uses float32 sums; the results agree to float32
-    precision). A degenerate system keeps the identity, as the reference does.
+    precision). A degenerate system keeps the identity, as the reference does. `pred` and `target` are arrays, or
+    lists of maps taken as one (stacked); `scratch` is a list the caller keeps from call to call, where the float64
+    copies are made: a full-resolution pair is 15 MB each, which a fresh array faults in anew every window.
     """
-    p = pred.astype(np.float64).ravel()
-    t = target.astype(np.float64).ravel()
+    p, t = (_as_float64(x, scratch, k) for k, x in enumerate((pred, target)))
     a00, a01, a11 = p @ p, p.sum(), float(p.size)
     b0, b1 = p @ t, t.sum()
     det = a00 * a11 - a01 * a01
     if det == 0:
         return np.float32(1.0), np.float32(0.0)
     return np.float32((a11 * b0 - a01 * b1) / det), np.float32((-a01 * b0 + a00 * b1) / det)
+
+
+def _as_float64(maps, scratch: list[np.ndarray] | None, k: int) -> np.ndarray:
+    """`maps` (an array, or a list of maps taken as stacked) as one flat float64 vector: the same values in the same
+    order as np.stack(maps).astype(np.float64).ravel(), in scratch[k] when given (grown to fit, kept there)."""
+    parts = [maps] if isinstance(maps, np.ndarray) else list(maps)
+    size = sum(m.size for m in parts)
+    if scratch is None:
+        out = np.empty(size)
+    else:
+        while len(scratch) <= k:
+            scratch.append(np.empty(0))
+        if scratch[k].size != size:
+            scratch[k] = np.empty(size)
+        out = scratch[k]
+    at = 0
+    for m in parts:
+        out[at : at + m.size] = m.ravel()
+        at += m.size
+    return out
 
 
 def apply_scale_shift(depth: np.ndarray, scale: np.float32, shift: np.float32, inplace: bool = False) -> np.ndarray:
@@ -143,6 +164,7 @@ class AlignmentChain:
     _ref0: np.ndarray | None = None
     _ref_key: np.ndarray | None = None
     windows_seen: int = 0
+    _scratch: list[np.ndarray] = field(default_factory=list, repr=False, compare=False)  # fit_scale_shift's copies
 
     def step(self, first: np.ndarray, second: np.ndarray, keyframe: np.ndarray) -> tuple[np.float32, np.float32]:
         """Outputs 0, 1 and KEYFRAME of the next window (full resolution, raw) -> its scale and shift."""
@@ -152,7 +174,7 @@ class AlignmentChain:
         elif self.metric:
             scale, shift = np.float32(1.0), np.float32(0.0)
         else:
-            scale, shift = fit_scale_shift(np.stack([first, second]), np.stack([self._ref0, self._ref_key]))
+            scale, shift = fit_scale_shift([first, second], [self._ref0, self._ref_key], self._scratch)
         self._ref_key = apply_scale_shift(keyframe, scale, shift)
         self.windows_seen += 1
         return scale, shift

@@ -10,6 +10,7 @@ both are the same folder, which is the layout a single video has always had.
     RUN_DIR/windows/win_000012.npy    window 12, raw network-resolution depth; `.done` marker beside it
     RUN_DIR/segments/seg_000416.npy   stream mode: frames 416..447
     RUN_DIR/first_pass.json           the merge's pass 1, kept while it follows the workers
+    RUN_DIR/rendered_ahead.json       units whose frames were written while the workers computed the later ones
     RUN_DIR/logs/worker_<slot>.log    one long-lived worker's output (batch level)
     RUN_DIR/logs/video.log            what went wrong with this video's units, with the worker log to read
     RUN_DIR/processing_results.json   per device, per video and per unit (batch level)
@@ -37,6 +38,7 @@ from vda.errors import RunError
 
 WINDOWS_DIR, SEGMENTS_DIR, LOGS_DIR, FAULTS_DIR = "windows", "segments", "logs", "faults"
 FIRST_PASS_NAME = "first_pass.json"
+RENDERED_AHEAD_NAME = "rendered_ahead.json"
 PROBE_NAME = "probe.json"
 LOCK_NAME = ".lock"
 
@@ -95,6 +97,10 @@ class RunDir:
     @property
     def first_pass(self) -> Path:
         return self.path / FIRST_PASS_NAME
+
+    @property
+    def rendered_ahead(self) -> Path:
+        return self.path / RENDERED_AHEAD_NAME
 
     def worker_log(self, slot: int) -> Path:
         return self.logs / f"worker_{slot}.log"
@@ -170,3 +176,4 @@ class RunDir:
         shutil.rmtree(self.path / SEGMENTS_DIR, ignore_errors=True)
         shutil.rmtree(self.path / FAULTS_DIR, ignore_errors=True)
         self.first_pass.unlink(missing_ok=True)
+        self.rendered_ahead.unlink(missing_ok=True)

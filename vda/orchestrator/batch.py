@@ -33,6 +33,7 @@ from vda.orchestrator.progress import BatchProgress
 from vda.orchestrator.queue import QueuedVideo, WorkQueue
 from vda.orchestrator.space import SpaceLedger, human_size
 from vda.pipeline.merge.first_pass import Follower
+from vda.pipeline.merge.output import Output
 
 # What a folder of videos may hold (anything FFmpeg reads would do; these are the names users give video files).
 VIDEO_EXTS = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".mts", ".wmv", ".flv", ".y4m"}
@@ -75,6 +76,11 @@ class DepthRequest:
     def merge(self) -> dict:
         """The merge settings beyond the format, as MergeRequest takes them."""
         return {"output_size": self.output_size, "png_scale": self.png_scale}
+
+    def output(self, out: Path) -> Output:
+        """What the merge of a video writes into `out`: what its frames rendered ahead must match."""
+        r = self
+        return Output(out, r.fmt, r.output_size, r.png_scale, r.create_video, r.overwrite, r.merge_workers)
 
 
 @dataclass(frozen=True)
@@ -202,7 +208,7 @@ class Planner:
     def __init__(self, request: DepthRequest, say):
         sources = expand_inputs(request.inputs)
         self.entries = layout(request, sources, name_inputs(sources, say))
-        self.say, self.refused = say, []
+        self.request, self.say, self.refused = request, say, []
         precision = check_precision(request.precision, request.devices)
         model = choose_model(request.checkpoint, request.encoder, request.metric)
         # What a backend needs before the plans: each input's run folder and file (Docker mounts every input).
@@ -336,7 +342,7 @@ def _run_planned(request: DepthRequest, backend: Backend, planner: Planner, say,
     first = planner.take(wait=True)
     while backend.plans_first and not planner.finished:
         first += planner.take(wait=True)
-    space = SpaceLedger(request.fmt, request.devices) if request.space_check else None
+    space = SpaceLedger(request.fmt, request.devices, request.output_size) if request.space_check else None
     first = [(v, out) for v, out in first if _fits(space, v, out, planner, say)]
     videos = [v for v, _ in first]
     outs.update((v.name, out) for v, out in first)
@@ -355,7 +361,7 @@ def _run_planned(request: DepthRequest, backend: Backend, planner: Planner, say,
         if videos or later:  # every input refused: nothing for the backend to prepare (nor to fail at)
             backend.open(root, [v.run for v in videos] + later)
         followed = [v.run.run.path for v in videos] if backend.merges_here else []  # else pass 1 is in the merge
-        with Follower(followed) as follower:
+        with Follower(followed, outputs={v.run.run.path: request.output(outs[v.name]) for v in videos}) as follower:
             merges = MergeLine(backend, request, outs, follower, progress)
             work = WorkQueue(
                 videos,
@@ -419,7 +425,7 @@ def _arrivals(planner: Planner, space, outs: dict, follower: Follower | None, wo
     for video, out in new:
         outs[video.name] = out
         if follower is not None:
-            follower.follow(video.run.run.path)
+            follower.follow(video.run.run.path, planner.request.output(out))
     work.progress.planned(planner.planned)
     work.refused = _refused(planner)
     return [v for v, _ in new]

@@ -15,22 +15,18 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from vda.core.plan import Plan, PlanError
-from vda.errors import UsageError, VdaError
+from vda.errors import UsageError
 from vda.io.rundir import RunDir
 from vda.io.video import read_frames
 from vda.io.writers import (
     FORMATS,
     LEVELS,
-    META_NAME,
     STACK,
-    STACK_NAME,
     VIDEO_KINDS,
     DepthMeta,
     check_png_scale,
@@ -40,10 +36,10 @@ from vda.io.writers import (
     write_atomic,
 )
 from vda.pipeline.merge.first_pass import FirstPass
+from vda.pipeline.merge.output import MERGED_MARKER, PREVIEW_NAME, Output, prepare_output
 from vda.pipeline.merge.render import Job, job_for, map_ordered, render_processes
 from vda.pipeline.merge.sinks import SideBySideSink, Sink, StackFile, VideoSink
 
-MERGED_MARKER = ".merged"
 logger = logging.getLogger(__name__)
 SIDE_BY_SIDE = VIDEO_KINDS[1]  # --create-video side-by-side: RGB left, colourised depth right
 
@@ -72,9 +68,8 @@ def merge(
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     plan = _mergeable_plan(run_dir, fmt)
     check_png_scale(png_scale, fmt, plan.settings.metric)
-    _refuse_foreign_output(out_dir, plan, overwrite)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / MERGED_MARKER).unlink(missing_ok=True)
+    output = Output(out_dir, fmt, output_size, png_scale, create_video, overwrite, workers)
+    rendered = prepare_output(run_dir, plan, output)  # units whose frames were written ahead (RenderAhead)
     job = job_for(plan, run_dir, out_dir, fmt, bool(create_video))
     s = plan.settings
     out_size = output_shape(output_size, job.size, (s.net_height, s.net_width))
@@ -84,14 +79,15 @@ def merge(
     job = dataclasses.replace(job, out_size=out_size, quant=_quantization(job, png_scale))
     sinks = _open_sinks(plan, job, create_video, input_path)
     workers = render_processes(workers, plan.frame_count * out_size[0] * out_size[1], len(first.units))
-    _render(job, first.units, workers, sinks)
+    _render(job, first.units[rendered:], workers, sinks)
     meta = _depth_meta(plan, fmt, job, output_size, png_scale)
     meta.save(out_dir)
     write_atomic(out_dir / MERGED_MARKER, plan.run_id.encode())
+    RunDir(run_dir).rendered_ahead.unlink(missing_ok=True)  # complete: a later merge writes every frame again
     seconds = time.perf_counter() - started
     log(
         f"merged {plan.frame_count} frames into {out_dir} ({fmt}) in {seconds:.1f} s; "
-        f"pass 1 had {ahead}/{len(first.units)} units done ahead"
+        f"pass 1 had {ahead}/{len(first.units)} units done ahead, and {rendered} were rendered ahead"
     )
     return meta
 
@@ -109,42 +105,6 @@ def _mergeable_plan(run_dir: Path, fmt: str) -> Plan:
             f"compute them with `vda depth` (or `vda work {run_dir} --device ...`) and merge again"
         )
     return plan
-
-
-def _refuse_foreign_output(out_dir: Path, plan: Plan, overwrite: bool) -> None:
-    """Never mix frames of two runs in one folder: another run's output is replaced only with --overwrite, and then
-    deleted first, so that a shorter video leaves no frames of a longer one behind."""
-    if overwrite:
-        _clear_output(out_dir)
-        return
-    if not (out_dir / META_NAME).is_file():
-        return
-    try:
-        other = DepthMeta.load(out_dir).settings.get("run_id")
-    except (VdaError, AttributeError):  # unreadable, from another version, or settings of another shape
-        other = "unknown"
-    if other != plan.run_id:
-        raise PlanError(
-            f"{out_dir} already holds the output of another run ({other}); "
-            "choose another output folder or pass --overwrite"
-        )
-
-
-OUTPUT_FILE = re.compile(r"depth_\d{6,}(" + "|".join(re.escape(ext) for ext in FORMATS.values()) + ")")
-PREVIEW_NAME = "depth_vis.mp4"
-
-
-def _clear_output(out_dir: Path) -> None:
-    """Delete what a merge writes (its marker and depth_meta.json first, so that a folder half cleared never reads as
-    complete), and nothing else a user keeps there."""
-    if not out_dir.is_dir():
-        return
-    for name in (MERGED_MARKER, META_NAME, PREVIEW_NAME, STACK_NAME):
-        (out_dir / name).unlink(missing_ok=True)
-    with os.scandir(out_dir) as entries:
-        for entry in entries:
-            if OUTPUT_FILE.fullmatch(entry.name) and entry.is_file():
-                os.unlink(entry.path)
 
 
 def _finish_first_pass(first: FirstPass, job: Job) -> Job:

@@ -8,8 +8,11 @@ workers (`Follower`), and keeps it in RUN_DIR/first_pass.json; the merge resumes
 from __future__ import annotations
 
 import json
+import logging
 import threading
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,7 +23,12 @@ from vda.io.writers import write_json
 from vda.pipeline.inference import CHAIN_OUTPUTS, chain_maps
 from vda.pipeline.merge.render import Job, job_for, load_piece
 
+if TYPE_CHECKING:
+    from vda.pipeline.merge.ahead import RenderAhead
+    from vda.pipeline.merge.output import Output
+
 FIRST_PASS_SCHEMA = 1
+log = logging.getLogger(__name__)
 
 
 class FirstPass:
@@ -113,16 +121,20 @@ class FirstPass:
 
 
 class Follower:
-    """Runs pass 1 of every run while the workers compute, as far as stored pieces allow, in a thread.
+    """Runs pass 1 of every run while the workers compute, as far as stored pieces allow, in a thread; and renders
+    ahead (`ahead.RenderAhead`) the units it passes, for the runs `outputs` gives an output that allows it.
 
     Only a head start: a run whose pass fails here is left for its merge, which redoes what is missing and reports
-    it. `release(run_dir)` hands a run over to its merge: it returns once the thread no longer touches that run.
+    it. `release(run_dir)` hands a run over to its merge: it returns once the thread no longer touches that run (the
+    render tasks in flight have finished and are recorded).
     """
 
-    def __init__(self, run_dirs: list[Path], poll_s: float = 0.5):
+    def __init__(self, run_dirs: list[Path], poll_s: float = 0.5, outputs: Mapping[Path, Output] | None = None):
         self.poll_s, self._lock, self._stop = poll_s, threading.RLock(), threading.Event()
         self._runs = [Path(r) for r in run_dirs]
         self._passes: dict[Path, FirstPass] = {}
+        self._ahead: dict[Path, RenderAhead] = {}
+        self._outputs = {Path(r): o for r, o in (outputs or {}).items()}  # run -> the output its merge writes
         self._thread = threading.Thread(target=self._loop, name="vda-first-pass", daemon=True)
 
     def __enter__(self) -> Follower:
@@ -132,16 +144,25 @@ class Follower:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+        with self._lock:
+            for ahead in self._ahead.values():
+                ahead.stop()
+            self._ahead.clear()
 
-    def follow(self, run_dir: Path) -> None:
-        """One more run to follow: a video planned after the batch began."""
+    def follow(self, run_dir: Path, output: Output | None = None) -> None:
+        """One more run to follow: a video planned after the batch began (and the output its merge writes)."""
         with self._lock:
             self._runs.append(Path(run_dir))
+            if output is not None:
+                self._outputs[Path(run_dir)] = output
 
     def release(self, run_dir: Path) -> None:
         with self._lock:
             self._runs = [r for r in self._runs if r != Path(run_dir)]
             self._passes.pop(Path(run_dir), None)
+            ahead = self._ahead.pop(Path(run_dir), None)
+            if ahead is not None:
+                ahead.stop()
 
     def _first_pass(self, run_dir: Path) -> FirstPass | None:
         if run_dir not in self._passes:
@@ -151,10 +172,22 @@ class Follower:
             except Exception:  # noqa: BLE001 - see the class docstring
                 self._runs.remove(run_dir)
                 return None
+            self._start_ahead(run_dir, plan)
         return self._passes[run_dir]
 
+    def _start_ahead(self, run_dir: Path, plan: Plan) -> None:
+        from vda.pipeline.merge.ahead import RenderAhead
+
+        output = self._outputs.get(run_dir)
+        if output is None or not RenderAhead.worth_it(plan, output):
+            return
+        try:
+            self._ahead[run_dir] = RenderAhead(run_dir, plan, output)
+        except Exception as err:  # noqa: BLE001 - another run's output there, say: the merge refuses it in one line
+            log.info("%s: not rendering ahead: %s", run_dir, err)
+
     def _step(self, run_dir: Path) -> bool:
-        """Step one run as far as its stored pieces allow; whether it moved."""
+        """Step one run as far as its stored pieces allow, and its rendering ahead; whether it moved."""
         first = self._first_pass(run_dir)
         if first is None:
             return False
@@ -168,10 +201,12 @@ class Follower:
         except Exception:  # noqa: BLE001 - see the class docstring
             self.release(run_dir)
             return False
-        if first.finished:
+        ahead = self._ahead.get(run_dir)
+        rendered = ahead is not None and ahead.step(first)
+        if first.finished and ahead is None:
             self._runs.remove(run_dir)
             del self._passes[run_dir]
-        return steps > 0
+        return steps > 0 or rendered
 
     def _loop(self) -> None:
         while not self._stop.is_set():

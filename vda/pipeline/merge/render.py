@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures as cf
+import dataclasses
 import multiprocessing as mp
 import os
 import threading
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,7 @@ from vda.system import keep_freed_memory, limit_threads, usable_cpus
 POOL_MIN_PIXELS = 120 * 1920 * 1080
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Job:
     """Everything a render task needs, picklable for worker processes."""
 
@@ -50,6 +50,13 @@ class Job:
     video: bool
     out_size: tuple[int, int] | None = None  # (H, W) written (--output-size); None: `size`, the frame's
     quant: tuple[float, float] | None = None  # the png range of the files (a fixed --png-scale); None: (lo, hi)
+
+    def for_unit(self, unit: int) -> Job:
+        """This job as one render task needs it: the (scale, shift) of the two windows it reads, not every window's,
+        and no list of pieces; a task is pickled for its process, and an hour's 4,500 windows would make each task
+        carry them all."""
+        params = {w: self.params[w] for w in (unit - 1, unit) if w in self.params}
+        return dataclasses.replace(self, pieces=(), params=params)
 
     @property
     def render_size(self) -> tuple[int, int]:
@@ -175,7 +182,7 @@ def map_ordered(job: Job, units: list[int], workers: int) -> Iterator[list[np.nd
             while len(pending) >= 2 * workers:
                 yield pending.pop(units[nxt]).result()
                 nxt += 1
-            pending[u] = pool.submit(render_unit, job, u)
+            pending[u] = pool.submit(render_unit, job.for_unit(u), u)
         while nxt < len(units):
             yield pending.pop(units[nxt]).result()
             nxt += 1
