@@ -8,6 +8,7 @@ GPUs to move a unit between, real worker processes compute on the CPU under the 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -55,11 +56,26 @@ from vda.system import gpu_env, usable_cpus
 pytestmark = pytest.mark.gpu_logic
 
 
+class FakeStream(str):
+    """A stream of the fake torch.cuda: its name (what the asserts compare) and the events it is told to wait for."""
+
+    def __new__(cls, name: str, cuda: FakeCuda):
+        stream = super().__new__(cls, name)
+        stream.cuda = cuda
+        return stream
+
+    def wait_event(self, event):
+        self.cuda.calls.append(("wait_event", str(self), event.name))
+
+
 class FakeCuda:
-    """Stands in for torch.cuda (no GPU here): records which stream events are recorded on."""
+    """Stands in for torch.cuda (no GPU here): records which stream events are recorded on, which stream is current
+    (`stream(s)` sets it, as torch.cuda.stream does), what waits for which event, and every host wait."""
 
     def __init__(self, capability=(8, 0), available=True):
         self.capability, self.available, self.calls = capability, available, []
+        self.active: FakeStream | None = None  # the stream a `with stream(s)` made current
+        self.made = 0
 
     def is_available(self):
         return self.available
@@ -72,20 +88,37 @@ class FakeCuda:
 
     def current_stream(self, device):
         self.calls.append(("current_stream", torch.device(device)))
-        return f"stream-of-{device}"
+        return self.active or FakeStream(f"stream-of-{device}", self)
+
+    def Stream(self, device=None):  # noqa: N802 (torch's name)
+        self.calls.append(("Stream", str(device)))
+        return FakeStream(f"side-of-{device}", self)
+
+    @contextlib.contextmanager
+    def stream(self, stream):
+        before, self.active = self.active, stream
+        try:
+            yield
+        finally:
+            self.active = before
 
     def empty_cache(self):
         self.calls.append(("empty_cache",))
 
-    def Event(self, blocking=False):  # noqa: N802 (torch's name)
+    def Event(self, blocking=False, enable_timing=False):  # noqa: N802 (torch's name)
         cuda = self
+        cuda.made += 1
 
         class Event:
+            name = f"event-{cuda.made}"
+            stream = None
+
             def record(self, stream):
+                self.stream = stream
                 cuda.calls.append(("record", stream, blocking))
 
             def synchronize(self):
-                cuda.calls.append(("synchronize",))
+                cuda.calls.append(("synchronize", self.name, self.stream))
 
         return Event()
 
@@ -523,5 +556,137 @@ def test_fp32_on_cuda_switches_tf32_off_and_restores_it():
 
 def test_the_fake_has_the_calls_torch_cuda_has():
     """A call renamed in torch.cuda would leave the fakes above passing on a name the real module lacks."""
-    for name in ("is_available", "get_device_capability", "get_device_name", "current_stream", "Event", "empty_cache"):
+    names = ("is_available", "get_device_capability", "get_device_name", "current_stream", "Event", "empty_cache")
+    for name in (*names, "Stream", "stream"):
         assert callable(getattr(torch.cuda, name)) and callable(getattr(FakeCuda(), name))
+
+
+# ------------------------------------------------------------------------------------------ 11. no host sync (22)
+
+
+class FakeUploader(inference.Uploader):
+    """The real Uploader with its one GPU-only call, the copy itself, replaced (no GPU here): it records which stream
+    is current when the copy is queued and which stream the batch is for, and hands back a copy of the rows."""
+
+    def _transfer(self, rows, compute):
+        self.cuda.calls.append(("transfer", self.cuda.active, compute))
+        return rows.clone()
+
+
+@pytest.fixture
+def pinned(monkeypatch):
+    """The shapes of the pinned buffers asked for; plain host memory stands in (a CPU build of torch cannot pin)."""
+    shapes: list[tuple] = []
+
+    def pinned_empty(shape, dtype):
+        shapes.append(tuple(shape))
+        return torch.empty(shape, dtype=dtype)
+
+    monkeypatch.setattr(inference, "pinned_empty", pinned_empty)
+    return shapes
+
+
+def test_frames_reach_the_gpu_through_reused_pinned_buffers_on_a_side_stream(pinned):
+    """Fake torch.cuda and a fake copy (no GPU here). Frames are copied once into one of 3 pinned buffers, reused
+    round-robin; each copy is queued on the side stream, the compute stream waits for its event (on the device), and a
+    buffer is filled again only after the host waited for the copy that last read it; the host waits for no other
+    event. What only `make gpu-check` on a GPU proves: that the copies overlap the compute, and that the caching
+    allocator (record_stream) keeps each batch's memory until the compute stream is done with it."""
+    cuda = FakeCuda()
+    upload = FakeUploader(torch.device("cuda:0"), 2, cuda)
+    frames = [np.full((4, 6, 3), k, np.uint8) for k in range(9)]
+    chunks = [frames[0:2], frames[2:4], frames[4:6], frames[6:8], frames[8:9]]  # the last batch is short
+    batches = [upload(chunk) for chunk in chunks]
+    assert pinned == [(2, 4, 6, 3)] * 3  # allocated once each, reused after
+    assert all(torch.equal(b, torch.from_numpy(np.stack(c))) for b, c in zip(batches, chunks))
+    transfers = [c for c in cuda.calls if c[0] == "transfer"]
+    assert transfers == [("transfer", "side-of-cuda:0", "stream-of-cuda:0")] * 5
+    records = [c for c in cuda.calls if c[0] == "record"]
+    waits = [c for c in cuda.calls if c[0] == "wait_event"]
+    assert records == [("record", "side-of-cuda:0", True)] * 5
+    assert waits == [("wait_event", "stream-of-cuda:0", f"event-{k}") for k in range(1, 6)]
+    syncs = [(k, c) for k, c in enumerate(cuda.calls) if c[0] == "synchronize"]
+    assert [c for _, c in syncs] == [
+        ("synchronize", "event-1", "side-of-cuda:0"),
+        ("synchronize", "event-2", "side-of-cuda:0"),
+    ]
+    # buffer 0 is waited for after the third copy and before the fourth is queued; buffer 1 before the fifth
+    at = [k for k, c in enumerate(cuda.calls) if c[0] == "transfer"]
+    assert at[2] < syncs[0][0] < at[3] < syncs[1][0] < at[4]
+    assert [c for c in cuda.calls if c[0] == "Stream"] == [("Stream", "cuda:0")]  # one side stream, kept
+
+
+def test_the_finiteness_flag_is_copied_without_a_host_wait(pinned):
+    """Fake torch.cuda (no GPU here): the flag goes to pinned memory with an event on the device's stream, and
+    nothing waits for it until it is read (PendingWindow.finite). On CPU the flag is the tensor itself."""
+    cuda = FakeCuda()
+    flag = torch.tensor(False)
+    host, done = inference.flag_to_host(flag, torch.device("cuda:1"), cuda)
+    assert pinned == [()] and not host and done.name == "event-1"
+    assert cuda.calls == [("current_stream", torch.device("cuda:1")), ("record", "stream-of-cuda:1", True)]
+    pending = inference.PendingWindow(3, 70, [], [], "fp16", torch.zeros(1), host, done)
+    assert not pending.finite() and cuda.calls[-1] == ("synchronize", "event-1", "stream-of-cuda:1")
+    assert inference.flag_to_host(flag, torch.device("cpu"), cuda) == (flag, None) and len(cuda.calls) == 3
+
+
+@pytest.fixture
+def host_reads(monkeypatch):
+    """Every read of a tensor's value by the host (bool, item, tolist, float, int), in a log that the tests add their
+    launches to: on a GPU each of these waits for the device (a sync); on the CPU they are what the code would wait
+    on there."""
+    log: list[tuple] = []
+    for name in ("__bool__", "item", "tolist", "__float__", "__int__"):
+        original = getattr(torch.Tensor, name)
+
+        def read(self, *args, _original=original, _name=name):
+            log.append(("read", _name))
+            return _original(self, *args)
+
+        monkeypatch.setattr(torch.Tensor, name, read)
+    return log
+
+
+def test_no_host_sync_between_launching_a_window_and_the_next(model, host_reads, monkeypatch):
+    """The runner in bf16 on the CPU (autocast runs there; no GPU here) with every host read of a tensor logged:
+    window w's finiteness is read only once w + 1 is launched, its copy to the host (`stage`) is queued inside its
+    own launch, and no other read happens between two launches. What only `make gpu-check` on a GPU proves: that
+    torch itself hides no sync in the launches (an allocator stall, a CPU fallback), as the GPU timeline shows."""
+    launch = WindowRunner.launch
+    monkeypatch.setattr(
+        WindowRunner, "launch", lambda self, w, *a: host_reads.append(("launch", w)) or launch(self, w, *a)
+    )
+    runner = WindowRunner(model, Runtime.create("cpu", "bf16"), (28, 42))
+    feed = FrameFeed(enumerate(synthetic_frames(92, 32, 24)), total=92)  # 4 windows
+
+    def stage(depth, precision):
+        host_reads.append(("stage",))
+
+    out = [(w, fresh) for w, _, fresh, _ in inference.launch_settled(runner, range(4), feed, 92, stage)]
+    assert out == [(0, 0), (1, 0), (2, 0), (3, 0)]
+    assert host_reads == [
+        ("launch", 0), ("stage",), ("launch", 1), ("stage",), ("read", "__bool__"),
+        ("launch", 2), ("stage",), ("read", "__bool__"), ("launch", 3), ("stage",), ("read", "__bool__"),
+        ("read", "__bool__"),
+    ]  # fmt: skip
+
+
+def test_stream_mode_reads_finiteness_once_per_group_of_frames(model, host_reads, monkeypatch):
+    """Stream mode in bf16 on the CPU (no GPU here), host reads logged: one read per group of STREAM_CHECK frames,
+    a group read only once the next group is launched; none per frame. `make gpu-check` alone shows the timeline."""
+    launch = inference._Stream.launch
+    monkeypatch.setattr(
+        inference._Stream, "launch", lambda self, i, *a: host_reads.append(("launch", i)) or launch(self, i, *a)
+    )
+    k = inference.STREAM_CHECK
+    out = list(
+        inference.stream_depths(model, Runtime.create("cpu", "bf16"), enumerate(synthetic_frames(12, 32, 24)), (28, 42))
+    )
+    assert [i for i, _ in out] == list(range(12))
+    reads = [n for n, entry in enumerate(host_reads) if entry[0] == "read"]
+    assert [host_reads[n] for n in reads] == [("read", "tolist")] * (12 // k)
+    launched_before = [sum(e[0] == "launch" for e in host_reads[:n]) for n in reads]
+    assert launched_before == [
+        2 * k,
+        3 * k,
+        3 * k,
+    ]  # group g is read after group g + 1 is launched (the last: at the end)

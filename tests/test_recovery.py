@@ -100,6 +100,75 @@ def test_one_encoder_fault_costs_one_window_recompute(model, encoder_fault):
     assert rel_err(np.stack(depths[1:]), np.stack(clean[1:])) <= 0.05
 
 
+@pytest.mark.parametrize("fault", ["window 1", "always"])
+def test_a_fault_read_one_window_late_gives_what_reading_it_at_once_gives(model, encoder_fault, fault):
+    """Issue 22: the worker reads window w's finiteness only once w + 1 is launched (launch_settled). A fault in w
+    then recomputes w in fp32 (healing the cache) and launches w + 1 again: decoded from the healed features, its own
+    new frames kept (re-encoded only after a switch to fp32). The depths, recomputes and frames encoded again equal
+    reading each window at once (`run`), bit for bit; `redone` names the windows launched twice."""
+    frames = synthetic_frames(120, 32, 24)
+    encoder_fault["at"], encoder_fault["always"] = {9}, fault == "always"  # call 9: window 1's first new frames
+    at_once, depths = _windows(model, Runtime.create("cpu", "bf16"), frames, PrecisionGuard())
+    encoder_fault["calls"] = 0
+    late = WindowRunner(model, Runtime.create("cpu", "bf16"), SHAPE, PrecisionGuard())
+    feed = FrameFeed(enumerate(frames), total=120)
+    settled = list(inference.launch_settled(late, range(6), feed, 120))
+    assert [w for w, *_ in settled] == list(range(6)) and all(
+        torch.equal(a, b) for a, (_, b, *_) in zip(depths, settled)
+    )
+    assert late.recomputed == at_once.recomputed == ([1] if fault == "window 1" else [0, 1, 2])
+    assert [w for w, _, fresh, _ in settled if fresh] == late.recomputed
+    assert late.fp32_frames == at_once.fp32_frames and late.redone == [r + 1 for r in late.recomputed]
+    assert (late.rt.precision == "fp32") == (fault == "always")
+
+
+def test_the_worker_stores_a_late_found_fault_as_reading_it_at_once_would(
+    tmp_path, checkpoint, model, encoder_fault, monkeypatch
+):
+    """The worker (DeviceWorker.serve, bf16 on the CPU) settles each window after the next is launched: with a fault
+    in window 1, its pieces equal the runner's read-at-once depths bit for bit (window 1 in fp32, window 2 redone),
+    and each window's copy to the host is queued once, at its launch: again only for window 1 (its recompute is new
+    depth) and window 2 (launched again). Queued: windows 0, 1, 2, 2 again, 1's recompute (fp32), 3: 6 for 4."""
+    frames = synthetic_frames(70, 32, 24)
+    src = write_images(tmp_path / "imgs", frames)
+    create_plan(src, tmp_path / "run", checkpoint=str(checkpoint), input_size=28, precision="bf16")
+    staged = []
+    stage = worker._stage
+    monkeypatch.setattr(worker, "_stage", lambda depth, precision: staged.append(precision) or stage(depth, precision))
+    encoder_fault["at"] = {9}  # window 1's first new frames
+    said: list[events.Message] = []
+    work = DeviceWorker("cpu", said.append, checkpoint=str(checkpoint))
+    work.serve([events.encode(events.Assign("imgs", str(tmp_path / "run"), str(src), 0)), events.encode(events.Stop())])
+    (done,) = [m for m in said if isinstance(m, events.Done)]
+    assert done.fp32_recomputes == 1 and staged == ["bf16"] * 4 + ["fp32", "bf16"]
+    encoder_fault["calls"] = 0
+    at_once, depths = _windows(model, Runtime.create("cpu", "bf16"), frames)
+    assert at_once.recomputed == [1]
+    for w, depth in enumerate(depths):
+        assert np.array_equal(np.load(RunDir(tmp_path / "run").piece("window", w)), depth.numpy())
+
+
+@pytest.mark.parametrize("fault", ["frame 5", "always"])
+def test_stream_mode_gives_the_same_depth_however_late_finiteness_is_read(model, encoder_fault, monkeypatch, fault):
+    """Stream mode reads finiteness in groups (STREAM_CHECK frames, a group after the next is launched): a fault
+    found late relaunches the frames after it from the healed cache. Groups of 1, 4 and 20 frames (the whole video
+    launched before any read) give the same depths and recomputes bit for bit: the relaunch gives what computing
+    frame by frame gives."""
+    frames = synthetic_frames(20, 32, 24)
+    runs = []
+    for group in (1, 4, 20):
+        monkeypatch.setattr(inference, "STREAM_CHECK", group)
+        encoder_fault.update(at={6}, always=fault == "always", calls=0)
+        recomputed: list[int] = []
+        runtime = Runtime.create("cpu", "bf16")
+        out = list(inference.stream_depths(model, runtime, enumerate(frames), SHAPE, recomputed, PrecisionGuard()))
+        runs.append((recomputed, out))
+    expected = [5] if fault == "frame 5" else list(range(inference.FP32_AFTER))
+    for recomputed, out in runs:
+        assert recomputed == expected and [i for i, _ in out] == list(range(20))
+        assert all(torch.equal(a, b) for (_, a), (_, b) in zip(out, runs[0][1]))
+
+
 def test_a_feature_that_overflows_the_reduced_dtype_stays_fp32():
     big = torch.tensor([[1.0, 2.0], [1.0, 1e6]])  # frame 1 does not fit fp16 (max 65504)
     (f0,), (f1,) = inference._reduced([big], torch.float16)
@@ -387,6 +456,7 @@ def test_stage_clock_reads_gpu_time_from_events_after_the_sync():
 
     def event(enable_timing=False):
         made = types.SimpleNamespace(t=next(made_at), record=lambda stream: cuda.calls.append(("record", stream)))
+        made.synchronize = lambda: cuda.calls.append(("synchronize", made.t))  # rows are read after the last event
         made.elapsed_time = lambda other: 1000.0 * (other.t - made.t)
         return made
 
@@ -397,8 +467,10 @@ def test_stage_clock_reads_gpu_time_from_events_after_the_sync():
     clock.lap("compute")
     clock.device_mark(torch.device("cuda:0"))
     clock.end()
+    assert not [c for c in cuda.calls if c[0] == "synchronize"]  # issue 22: no wait at a row's end
     (row,) = clock.rows
     assert row["window"] == 3 and row["gpu"] == 1.0 and row["total"] >= row["compute"] >= 0
+    assert cuda.calls[-1] == ("synchronize", 1)  # the rows are read once the last event has completed
     off = StageClock()
     off.start(0)
     off.lap("batch")

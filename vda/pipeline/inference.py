@@ -9,6 +9,7 @@ window shares with the previous one (8 overlap frames, 2 keyframes) are reused i
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import os
@@ -262,11 +263,88 @@ class Runtime:
             return ieee_fp32() if self.device.type == "cuda" else contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=PRECISIONS[precision])
 
-    def to_device(self, frames: list[np.ndarray]) -> torch.Tensor:
-        batch = torch.from_numpy(np.stack(frames))
-        if self.device.type == "cuda":
-            batch = batch.pin_memory()
-        return batch.to(self.device, non_blocking=True)
+
+def pinned_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """Page-locked host memory, which a copy from or to a GPU needs to run asynchronously; tests with a fake
+    torch.cuda replace it (a CPU build of torch cannot pin)."""
+    return torch.empty(shape, dtype=dtype, pin_memory=True)
+
+
+def copy_done_event(device: torch.device, cuda=torch.cuda):
+    """A blocking CUDA event after the work queued so far on `device`'s current stream.
+
+    A copy from a tensor on cuda:K is queued on cuda:K's current stream, whatever the current device is; an event
+    recorded on the current device's stream (cuda:0 unless someone called set_device) could complete before the copy
+    lands, and the store thread would read a half-filled buffer: silent garbage on every GPU but the first. Blocking,
+    so that waiting for it sleeps instead of spinning a core. `cuda` is torch.cuda; tests pass a fake (no GPU on CI).
+    """
+    event = cuda.Event(blocking=True)
+    event.record(cuda.current_stream(device))
+    return event
+
+
+def flag_to_host(flag: torch.Tensor, device: torch.device, cuda=torch.cuda) -> tuple[torch.Tensor, object]:
+    """Queue the copy of flags computed on the device (torch.isfinite(depth).all()) to host memory, without waiting:
+    (host flags, event after their copy). On CUDA the host reads them only after waiting for the event, one window
+    later (PendingWindow.finite, stream mode's _Flags); on CPU they are there already (event None)."""
+    if device.type != "cuda":
+        return flag, None
+    host = pinned_empty(tuple(flag.shape), torch.bool)
+    host.copy_(flag, non_blocking=True)
+    return host, copy_done_event(device, cuda)
+
+
+# Pinned batches an Uploader cycles through: one being filled by the host while the one before is copied to the
+# device, and one spare, so that the host rarely finds the buffer it wants still being read by its copy.
+UPLOAD_BUFFERS = 3
+
+
+class Uploader:
+    """Frames to the device, one batch at a time, uint8 [n, H, W, 3] (issue 22: no batch building in the GPU's way).
+
+    On CUDA each frame is copied once, from the decoder's array into a pre-allocated pinned buffer [rows, H, W, 3] of
+    a small pool reused round-robin (no np.stack, no second copy to pin it); the copy to the device is queued on a
+    side stream, and the compute stream waits for it on the device (an event), never the host. A buffer is filled
+    again only once the copy that last read it has landed: the host waits on that copy's event, which the copy engine
+    completes whatever the compute stream is doing. On CPU: one stacked batch, nothing pinned, no stream.
+    `cuda` is torch.cuda; tests pass a fake and replace `_transfer` (no GPU on CI).
+    """
+
+    def __init__(self, device: torch.device, rows: int, cuda=torch.cuda, buffers: int = UPLOAD_BUFFERS):
+        self.device, self.rows, self.cuda = device, rows, cuda
+        self._pool: list[list] = [[None, None] for _ in range(buffers)]  # [pinned buffer, event of its last copy]
+        self._turn = 0
+        self._side = None
+
+    def __call__(self, frames: list[np.ndarray]) -> torch.Tensor:
+        if self.device.type != "cuda":
+            return torch.from_numpy(np.stack(frames))
+        slot = self._pool[self._turn]
+        self._turn = (self._turn + 1) % len(self._pool)
+        if slot[1] is not None:
+            slot[1].synchronize()  # the copy that last read this buffer has landed (a copy, never the compute)
+        shape = (max(self.rows, len(frames)), *frames[0].shape)
+        if slot[0] is None or tuple(slot[0].shape) != shape:
+            slot[0] = pinned_empty(shape, torch.uint8)
+        rows = slot[0][: len(frames)]
+        view = rows.numpy()
+        for k, frame in enumerate(frames):
+            view[k] = frame  # the one host copy: decoder's array -> pinned buffer
+        self._side = self._side or self.cuda.Stream(self.device)
+        compute = self.cuda.current_stream(self.device)
+        with self.cuda.stream(self._side):
+            batch = self._transfer(rows, compute)
+            slot[1] = self.cuda.Event(blocking=True)
+            slot[1].record(self._side)
+        compute.wait_event(slot[1])  # the compute stream, not the host, waits for the batch
+        return batch
+
+    def _transfer(self, rows: torch.Tensor, compute) -> torch.Tensor:
+        """The copy to the device, queued on the current (side) stream; the batch is used on `compute`, which the
+        caching allocator is told, so that it does not hand the memory out again before compute is done with it."""
+        batch = rows.to(self.device, non_blocking=True)
+        batch.record_stream(compute)
+        return batch
 
 
 def upsample(depth: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -284,21 +362,37 @@ class StageClock:
     """Seconds per window of the worker path's stages (issue 20), for `make gpu-check`; off unless asked for
     (VDA_STAGE_TIMES), and then only perf_counter calls and two CUDA events per window.
 
-    Host stages are laps of perf_counter: waiting for the decoder, building the batch (stack, pinned copy, upload,
-    preprocessing), compute (the encoder and head as the host sees them: launches on CUDA, the work itself on CPU),
-    the finiteness sync (on CUDA, the host waiting for the GPU) and the hand-off to the store. On CUDA, "gpu" is the
-    device time between two events around the window's work, read after the finiteness sync (no sync of its own).
+    Host stages are laps of perf_counter: waiting for the decoder, building the batch (the copy into a pinned buffer,
+    the upload queued, preprocessing), compute (the encoder and head as the host sees them: launches on CUDA, the work
+    itself on CPU), the finiteness sync (on CUDA, the host waiting for the flag of the window before, launched one
+    window earlier: WindowRunner.settle) and the hand-off to the store; a row is one launch. On CUDA, "gpu" is the
+    device time between two events around the window's work, read when the rows are (no sync per window).
     `cuda` is torch.cuda; tests pass a fake.
     """
 
     def __init__(self, enabled: bool = False, cuda=torch.cuda):
         self.enabled, self.cuda = enabled, cuda
-        self.rows: list[dict] = []
+        self._rows: list[dict] = []
+        self._unread: list[tuple] = []  # (row, first event, last event): device time not read yet
         self._row: dict = {}
         self._mark = self._start = 0.0
         self._events: list = []
 
+    @property
+    def rows(self) -> list[dict]:
+        """The rows so far, "gpu" read here: at a row's end its window's work may still be queued (its finiteness is
+        read one window later), and reading the events then would make the host wait for it."""
+        for row, first, last in self._unread:
+            last.synchronize()
+            row["gpu"] = first.elapsed_time(last) / 1000
+        self._unread = []
+        return self._rows
+
     def start(self, window: int) -> None:
+        """A new row; one still open ends first (the worker ends the last: a row is one launch, with the settling of
+        the window before it and its hand-off to the store, WindowRunner.settle)."""
+        if self.enabled and self._row:
+            self.end()
         if self.enabled:
             self._row, self._events = {"window": window, **dict.fromkeys(STAGES, 0.0)}, []
             self._mark = self._start = time.perf_counter()
@@ -318,9 +412,10 @@ class StageClock:
     def end(self) -> None:
         if self.enabled and self._row:
             self._row["total"] = time.perf_counter() - self._start
-            first, last = (self._events[0], self._events[-1]) if len(self._events) > 1 else (None, None)
-            self._row["gpu"] = first.elapsed_time(last) / 1000 if first is not None else None
-            self.rows.append(self._row)
+            self._row["gpu"] = None
+            if len(self._events) > 1:
+                self._unread.append((self._row, self._events[0], self._events[-1]))
+            self._rows.append(self._row)
             self._row = {}
 
 
@@ -363,6 +458,40 @@ def _reduced(feats: list[torch.Tensor], dtype: torch.dtype) -> list[list[torch.T
     return out
 
 
+@dataclass
+class PendingWindow:
+    """A window launched on the device whose finiteness the host has not read yet (issue 22).
+
+    The flag (torch.isfinite(depth).all()) is computed on the device and its copy to the host queued right behind
+    the window's work (after what `stage` queued: the worker's copy of the depth to the host), so that the host reads
+    it only once the next window is launched (WindowRunner.settle): the device never waits for the host in between.
+    """
+
+    w: int
+    n_frames: int
+    inputs: list[int]
+    new: list[int]  # the frames first encoded for it, in the order they were (encoded again if the runner goes fp32)
+    precision: str
+    depth: torch.Tensor  # [32, h, w], rounded as stored, float32, on the device
+    flag: torch.Tensor | None  # host bool, filled by the copy that `done` marks; None in fp32 (nothing to check)
+    done: object = None  # the CUDA event after the flag's copy; None on CPU
+    staged: object = None  # what the caller's `stage` queued for this depth (the worker: its copy to the host)
+
+    def finite(self) -> bool:
+        """Whether its depth is finite: waits for the flag's copy on CUDA (one window later than it was queued)."""
+        if self.flag is None:
+            return True
+        if self.done is not None:
+            self.done.synchronize()
+        return bool(self.flag)
+
+
+def _next_inputs(w: int, n_frames: int) -> set[int]:
+    """The frames window w + 1 reads (those of a longer video too: `n_frames` may be a lower bound)."""
+    keep = set(stitch.window_inputs(w + 1, max(n_frames, (w + 1) * stitch.STRIDE + stitch.WINDOW)))
+    return keep | {min(i, n_frames - 1) for i in keep}
+
+
 class WindowRunner:
     """Computes raw window depths [32, h, w] (network resolution, float32, rounded as stored) in window order.
 
@@ -373,11 +502,13 @@ class WindowRunner:
     resolution (3.2 GB at 4K with --max-res 0).
 
     fp16 guard: a window whose depth is not finite in fp16 or bf16 (a known failure on some GPUs, e.g. GTX 16xx) is
-    recomputed once from its frames in fp32. So the frames of the current window are kept too (raw uint8, one
-    window at most) when not in fp32. The recompute heals the cache: the features later windows reuse (frame 0, the
+    recomputed once from its frames in fp32. So raw frames (uint8) are kept too when not in fp32: those of the window
+    not yet settled and of the one launched after it (issue 22: finiteness is read one window late, `launch` then
+    `settle`), two windows at most. The recompute heals the cache: the features later windows reuse (frame 0, the
     keyframe, the overlap) are replaced by the fp32 ones, cast down where that stays finite, so one fault costs one
-    window. `recomputed` lists the windows that needed it, `fp32_frames` counts the frames encoded again; if fp32 is
-    not finite either, NonFiniteDepth is raised: NaN depth is never handed on. After `guard.after` recomputes in a
+    window; the window launched after it from the unhealed features is decoded again from the healed ones
+    (`redone`). `recomputed` lists the windows that needed it, `fp32_frames` counts the frames encoded again; if fp32
+    is not finite either, NonFiniteDepth is raised: NaN depth is never handed on. After `guard.after` recomputes in a
     row the runner (and, through the shared guard, the worker) computes in fp32.
     """
 
@@ -388,61 +519,106 @@ class WindowRunner:
         shape: tuple[int, int],
         guard: PrecisionGuard | None = None,
         clock: StageClock | None = None,
+        cuda=torch.cuda,
     ):
         self.model, self.shape = model, shape
         self.rt = runtime.fp32() if guard is not None and guard.switched else runtime
-        self.guard, self.clock = guard or PrecisionGuard(), clock or StageClock()
+        self.guard, self.clock, self.cuda = guard or PrecisionGuard(), clock or StageClock(), cuda
         self.grid = (shape[0] // PATCH, shape[1] // PATCH)
         self._features: dict[int, list[torch.Tensor]] = {}
-        self._frames: dict[int, np.ndarray] = {}  # raw frames of the current window, for the fp32 recompute
+        self._frames: dict[int, np.ndarray] = {}  # raw frames of the windows not settled, for the fp32 recompute
         self._encode, self._decoder = runtime.encoder(model), runtime.decoder(model)
+        self._upload = Uploader(runtime.device, runtime.micro_batch or stitch.WINDOW, cuda)
         self.recomputed: list[int] = []
+        self.redone: list[int] = []  # windows launched again because the one before them was not finite
         self.fp32_frames = 0
 
-    @torch.inference_mode()
     def run(self, w: int, feed: FrameFeed, n_frames: int) -> torch.Tensor:
+        """Window w, launched and settled at once (the single pass); the worker overlaps them (`launch`, `settle`)."""
+        depth, _, _ = self.settle(self.launch(w, feed, n_frames))
+        return depth
+
+    @torch.inference_mode()
+    def launch(self, w: int, feed: FrameFeed, n_frames: int, stage=None) -> PendingWindow:
+        """Queue window w's work on the device, with no host sync: its new frames encoded, the head, the finiteness
+        flag, and `stage(depth, precision)` (a copy the caller queues behind it). Windows are launched in order."""
         inputs = stitch.window_inputs(w, n_frames)
+        self._features = {i: f for i, f in self._features.items() if i in inputs}  # no later window reads the rest
         new = sorted(set(inputs) - self._features.keys())
         self.clock.start(w)
         self.clock.device_mark(self.rt.device)
         with self.rt.autocast():
-            self._encode_new(feed, new)
-            depth = self._decode([torch.stack([self._features[i][lv] for i in inputs]) for lv in range(4)])
-            self.clock.lap("compute")
+            self._encode_new(feed.take, new)
+        pending = self._decode_pending(w, n_frames, inputs, new, stage)
+        self.clock.lap("compute")
         self.clock.device_mark(self.rt.device)
-        finite = self.rt.precision == "fp32" or bool(torch.isfinite(depth).all())
-        self.clock.lap("finite sync")
-        if not finite:
-            depth = self._recompute_fp32(w, inputs)
-        precision = self.rt.precision
-        if self.guard.record(not finite, precision, "windows"):
-            self._switch_to_fp32()
-        keep = set(stitch.window_inputs(w + 1, max(n_frames, (w + 1) * stitch.STRIDE + stitch.WINDOW)))
-        keep |= {min(i, n_frames - 1) for i in keep}
-        self._features = {i: f for i, f in self._features.items() if i in keep}
-        self._frames = {i: f for i, f in self._frames.items() if i in keep}
-        return as_stored(depth, precision, not finite).float()  # [32, h, w], rounded as a worker stores it
+        return pending
 
-    def _encode_new(self, feed: FrameFeed, new: list[int]) -> None:
-        """Encode the window's new frames one micro-batch at a time, into the cache (in the compute dtype). Decoded
-        frames are let go as soon as they are uploaded, unless the fp32 recompute may need them."""
+    @torch.inference_mode()
+    def settle(
+        self, pending: PendingWindow, after: PendingWindow | None = None, stage=None
+    ) -> tuple[torch.Tensor, int, PendingWindow | None]:
+        """(depth, 1 if it was recomputed in fp32 else 0, `after` or its redo) for `pending`, once its flag is read.
+
+        The host blocks on the flag's copy only, with `after` (the next window, if launched) queued behind it. Not
+        finite: `pending` is recomputed in fp32, which heals the cache, and `after`, launched from the unhealed
+        features, is launched again (`stage` its copy): decoded from the healed features, or, if the guard switched
+        to fp32 now, its new frames encoded again in fp32, as they would have been had it been launched after."""
+        finite = pending.finite()
+        self.clock.lap("finite sync")
+        depth = pending.depth
+        if not finite:
+            depth = as_stored(self._recompute_fp32(pending.w, pending.inputs), "fp32").float()
+        switch = self.guard.record(not finite, pending.precision, "windows")
+        if switch:
+            self.rt = self.rt.fp32()
+            self._features = {i: [f.float() for f in feats] for i, feats in self._features.items()}
+        if not finite and after is not None:
+            after = self._redo(after, switch, stage)
+        keep = _next_inputs(pending.w, pending.n_frames)  # `after` holds its new frames too: they are in it
+        self._frames = {} if self.rt.precision == "fp32" else {i: f for i, f in self._frames.items() if i in keep}
+        return depth, int(not finite), after
+
+    def _redo(self, after: PendingWindow, fp32: bool, stage) -> PendingWindow:
+        """`after` launched again from the healed cache; its own new frames encoded again only if now in fp32."""
+        self.redone.append(after.w)
+        if fp32:
+            for i in after.new:
+                del self._features[i]
+            with self.rt.autocast():
+                self._encode_new(self._frames.__getitem__, after.new)
+        return self._decode_pending(after.w, after.n_frames, after.inputs, after.new, stage)
+
+    def _encode_new(self, take, new: list[int]) -> None:
+        """Encode a window's new frames (`take(i)` gives frame i) one micro-batch at a time, into the cache (in the
+        compute dtype). Frames are let go once uploaded, unless the fp32 recompute may need them."""
         step = self.rt.micro_batch or max(1, len(new))
         for start in range(0, len(new), step):
             chunk = new[start : start + step]
-            frames = [feed.take(i) for i in chunk]
+            frames = [take(i) for i in chunk]
             self.clock.lap("decode wait")
             if self.rt.precision != "fp32":
                 self._frames.update(zip(chunk, frames))
-            x = preprocess(self.rt.to_device(frames), self.shape)
+            x = preprocess(self._upload(frames), self.shape)
             self.clock.lap("batch")
             feats = self._encode(x, step)
             for k, i in enumerate(chunk):
                 self._features[i] = [level[k].to(self.rt.dtype, copy=True) for level in feats]
             self.clock.lap("compute")
 
-    def _decode(self, window: list[torch.Tensor]) -> torch.Tensor:
-        depth, _ = self._decoder(window, self.grid, stitch.WINDOW, micro_batch=self.rt.micro_batch)
-        return depth
+    def _decode_pending(self, w: int, n_frames: int, inputs: list[int], new: list[int], stage) -> PendingWindow:
+        """The head over the window's cached features (in autocast), then, outside it, the depth as stored, the
+        caller's `stage` and the finiteness flag queued behind it."""
+        with self.rt.autocast():
+            window = [torch.stack([self._features[i][lv] for i in inputs]) for lv in range(4)]
+            raw, _ = self._decoder(window, self.grid, stitch.WINDOW, micro_batch=self.rt.micro_batch)
+        precision = self.rt.precision
+        depth = as_stored(raw, precision).float()
+        staged = None if stage is None else stage(depth, precision)
+        flag = done = None
+        if precision != "fp32":  # the flag stays on the device; its copy is read one window later (settle)
+            flag, done = flag_to_host(torch.isfinite(raw).all(), self.rt.device, self.cuda)
+        return PendingWindow(w, n_frames, inputs, new, precision, depth, flag, done, staged)
 
     def _recompute_fp32(self, w: int, inputs: list[int]) -> torch.Tensor:
         """The window again in fp32, eager (the fallback path); its frames' features replace the cached ones."""
@@ -453,7 +629,7 @@ class WindowRunner:
         with self.rt.autocast("fp32"):
             for start in range(0, len(unique), step):
                 chunk = unique[start : start + step]
-                x = preprocess(self.rt.to_device([self._frames[i] for i in chunk]), self.shape)
+                x = preprocess(self._upload([self._frames[i] for i in chunk]), self.shape)
                 chunks.append((chunk, self.model.encode(x)))
             self.fp32_frames += len(unique)
             row = {i: [level[k] for level in feats] for chunk, feats in chunks for k, i in enumerate(chunk)}
@@ -468,10 +644,23 @@ class WindowRunner:
             self._features.update(zip(chunk, _reduced(feats, self.rt.dtype)))
         return depth
 
-    def _switch_to_fp32(self) -> None:
-        self.rt = self.rt.fp32()
-        self._features = {i: [f.float() for f in feats] for i, feats in self._features.items()}
-        self._frames.clear()
+
+def launch_settled(
+    runner: WindowRunner, windows: Iterable[int], feed: FrameFeed, n_frames: int, stage=None
+) -> Iterator[tuple[int, torch.Tensor, int, object]]:
+    """(w, depth, recomputed, staged) per window, in order, each window settled only after the next one is launched:
+    the host waits for window w's finiteness while w + 1 is queued on the device (issue 22). `staged` is what
+    `stage(depth, precision)` queued for that depth, None where the window was recomputed (its depth is new)."""
+    pending = None
+    for w in windows:
+        launched = runner.launch(w, feed, n_frames, stage)
+        if pending is not None:
+            depth, fresh, launched = runner.settle(pending, launched, stage)
+            yield pending.w, depth, fresh, None if fresh else pending.staged
+        pending = launched
+    if pending is not None:
+        depth, fresh, _ = runner.settle(pending)
+        yield pending.w, depth, fresh, None if fresh else pending.staged
 
 
 CHAIN_OUTPUTS = [0, 1, stitch.KEYFRAME]  # the outputs of a window the alignment chain reads
@@ -555,6 +744,112 @@ class StreamCache:
             del self.entries[1]
 
 
+# Stream mode's finiteness flags are copied to the host in groups of STREAM_CHECK frames, and a group is read only once
+# the next one is launched: one wait per 4 frames, never with the device idle (issue 22). A fault found late redoes
+# the frames launched after it (decoded again, at most 2 x 4 - 1), so 4 keeps that cheap and what is held small.
+STREAM_CHECK = 4
+
+
+class _Flags:
+    """The finiteness flags of a group of frames, in one copy to the host; the host waits for it once, when read."""
+
+    def __init__(self, flags: list[torch.Tensor], device: torch.device, cuda):
+        self._host, self._done = flag_to_host(torch.stack(flags), device, cuda)
+        self._values: list[bool] | None = None
+
+    def read(self, k: int) -> bool:
+        if self._values is None:
+            if self._done is not None:
+                self._done.synchronize()
+            self._values = self._host.tolist()
+        return self._values[k]
+
+
+@dataclass
+class _Launched:
+    """A frame of stream mode launched on the device and not yet settled: what redoing it needs."""
+
+    i: int
+    x: torch.Tensor  # its preprocessed input (encoded again if the runner switches to fp32)
+    feats: list[torch.Tensor]  # its encoder features
+    before: list  # the cache entries it was decoded after
+    depth: torch.Tensor
+    fresh: list[torch.Tensor]
+    precision: str
+    flag: torch.Tensor | None  # on the device; None in fp32
+    copied: tuple[_Flags, int] | None = None  # its group's flags on the host, and its place in them
+
+
+class _Stream:
+    """stream_depths' state: the authors' cache, and the frames launched but not settled (their finiteness unread).
+
+    A frame found not finite is recomputed in fp32 from the cache it was decoded after, and the frames launched after
+    it are decoded again after its healed entries (their features kept: only the cache changed), or encoded again in
+    fp32 if the guard switched now: each depth is then exactly what computing frame by frame gives."""
+
+    def __init__(self, model, runtime: Runtime, shape, recomputed: list[int] | None, guard: PrecisionGuard, cuda):
+        self.model, self.guard, self.cuda = model, guard, cuda
+        self.rt = runtime.fp32() if guard.switched else runtime
+        self.grid, self.recomputed = (shape[0] // PATCH, shape[1] // PATCH), recomputed
+        self.encode, self.cache, self.pending = runtime.encoder(model), StreamCache(), collections.deque()
+
+    def launch(self, i: int, x: torch.Tensor, feats: list[torch.Tensor] | None = None) -> None:
+        """Queue frame i (no host sync): encoded (unless `feats`), decoded after the cache, flagged, pushed."""
+        before, context = self.cache.entries, self.cache.context()
+        with self.rt.autocast():
+            feats = self.encode(x) if feats is None else feats
+            depth, fresh = self.model.decode(feats, self.grid, 1, cache=context)
+        flag = None if self.rt.precision == "fp32" else torch.isfinite(depth).all()
+        self.pending.append(_Launched(i, x, feats, before, depth, fresh, self.rt.precision, flag))
+        self.cache.push(fresh)
+        unread = [f for f in self.pending if f.flag is not None and f.copied is None]
+        if len(unread) >= STREAM_CHECK:
+            self.copy_flags(unread)
+
+    def copy_flags(self, unread: list[_Launched]) -> None:
+        flags = _Flags([f.flag for f in unread], self.rt.device, self.cuda)
+        for k, f in enumerate(unread):
+            f.copied = (flags, k)
+
+    def settle(self, count: int) -> Iterator[tuple[int, torch.Tensor]]:
+        """(index, depth) of the oldest `count` launched frames (fewer if fewer are launched), once their flags are
+        read; a frame not finite is recomputed and the frames after it launched again."""
+        for _ in range(min(count, len(self.pending))):
+            f = self.pending.popleft()
+            if f.flag is not None and f.copied is None:
+                self.copy_flags([f, *(g for g in self.pending if g.flag is not None and g.copied is None)])
+            bad = f.copied is not None and not f.copied[0].read(f.copied[1])
+            depth, healed = self._recompute(f) if bad else (f.depth, None)
+            if self.guard.record(bad, f.precision, "frames"):
+                self.rt = self.rt.fp32()
+                self.cache.entries = [[t.float() for t in entry] for entry in self.cache.entries]
+            if healed is not None:
+                self._redo(healed)
+            yield f.i, as_stored(depth[0], f.precision, bad).float()
+
+    def _recompute(self, f: _Launched) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Frame f in fp32, after the cache it was decoded after (upcast); the cache goes back to that, plus its
+        fresh entries cast down where that stays finite (one fault costs one frame)."""
+        self.cache.entries = f.before
+        context = self.cache.context()
+        upcast = None if context is None else [c.float() for c in context]
+        with self.rt.autocast("fp32"):
+            depth, fresh = self.model.decode(self.model.encode(f.x), self.grid, 1, cache=upcast)
+        if not bool(torch.isfinite(depth).all()):
+            raise NonFiniteDepth(f"frame {f.i} gives non-finite depth even in fp32; check the checkpoint and input")
+        if self.recomputed is not None:
+            self.recomputed.append(f.i)
+        return depth, _reduced([t[None] for t in fresh], f.fresh[0].dtype)[0]  # one "frame": cast where finite
+
+    def _redo(self, healed: list[torch.Tensor]) -> None:
+        """Push the healed entries (fp32 if the runner switched), then launch again every frame launched after."""
+        fp32 = self.rt.precision == "fp32"
+        self.cache.push([t.float() for t in healed] if fp32 else healed)
+        later, self.pending = list(self.pending), collections.deque()
+        for f in later:
+            self.launch(f.i, f.x, None if fp32 else f.feats)
+
+
 @torch.inference_mode()
 def stream_depths(
     model: VideoDepthAnything,
@@ -563,6 +858,7 @@ def stream_depths(
     shape: tuple[int, int],
     recomputed: list[int] | None = None,
     guard: PrecisionGuard | None = None,
+    cuda=torch.cuda,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """(index, depth [h, w]) per frame, in network resolution, carrying the cache through `pairs`; each depth is
     rounded as a worker stores it (as_stored), so the single pass and the workers agree in every precision.
@@ -570,35 +866,18 @@ def stream_depths(
     A frame whose depth is not finite in fp16/bf16 is recomputed once in fp32 (with the same cache, upcast) and its
     index appended to `recomputed`; its fresh cache entries are cast down where that stays finite (else kept in
     fp32), so one fault costs one frame. NonFiniteDepth if fp32 does not help either. After `guard.after` frames in
-    a row needed it, the rest is computed in fp32.
+    a row needed it, the rest is computed in fp32. No host sync per frame (issue 22): finiteness is read per group
+    of STREAM_CHECK frames, a group after the next is launched, so depths come out up to 2 x 4 - 1 frames late.
     """
-    cache, guard = StreamCache(), guard or PrecisionGuard()
-    runtime = runtime.fp32() if guard.switched else runtime
-    grid = (shape[0] // PATCH, shape[1] // PATCH)
-    encode = runtime.encoder(model)
+    stream = _Stream(model, runtime, shape, recomputed, guard or PrecisionGuard(), cuda)
+    upload = Uploader(runtime.device, 1, cuda)
     for i, frame in pairs:
-        x = preprocess(runtime.to_device([frame]), shape)
-        context = cache.context()
-        with runtime.autocast():
-            depth, fresh = model.decode(encode(x), grid, 1, cache=context)
-        bad = runtime.precision != "fp32" and not bool(torch.isfinite(depth).all())
-        if bad:
-            dtype = fresh[0].dtype
-            upcast = None if context is None else [c.float() for c in context]
-            with runtime.autocast("fp32"):
-                depth, fresh = model.decode(model.encode(x), grid, 1, cache=upcast)
-            if not bool(torch.isfinite(depth).all()):
-                raise NonFiniteDepth(f"frame {i} gives non-finite depth even in fp32; check the checkpoint and input")
-            fresh = _reduced([f[None] for f in fresh], dtype)[0]  # one "frame": each tensor cast where finite
-            if recomputed is not None:
-                recomputed.append(i)
-        precision = runtime.precision
-        if guard.record(bad, runtime.precision, "frames"):
-            runtime = runtime.fp32()
-            cache.entries = [[t.float() for t in entry] for entry in cache.entries]
-            fresh = [f.float() for f in fresh]
-        cache.push(fresh)
-        yield i, as_stored(depth[0], precision, bad).float()
+        stream.launch(i, preprocess(upload([frame]), shape))
+        if stream.rt.precision == "fp32":  # nothing to read: each depth is final at once
+            yield from stream.settle(len(stream.pending))
+        elif len(stream.pending) >= 2 * STREAM_CHECK:
+            yield from stream.settle(STREAM_CHECK)
+    yield from stream.settle(len(stream.pending))
 
 
 def infer_video(

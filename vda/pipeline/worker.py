@@ -55,6 +55,9 @@ from vda.pipeline.inference import (
     Runtime,
     StageClock,
     WindowRunner,
+    copy_done_event,
+    launch_settled,
+    pinned_empty,
     resolve_precision,
     store_dtype,
     stream_depths,
@@ -129,19 +132,6 @@ def verify_checkpoint(plan: Plan, checkpoint: Path) -> None:
         raise PlanError(f"checkpoint {checkpoint} differs from the one planned; plan again into a new run folder")
 
 
-def copy_done_event(device: torch.device, cuda=torch.cuda):
-    """A blocking CUDA event after the work queued so far on `device`'s current stream.
-
-    A copy from a tensor on cuda:K is queued on cuda:K's current stream, whatever the current device is; an event
-    recorded on the current device's stream (cuda:0 unless someone called set_device) could complete before the copy
-    lands, and the store thread would read a half-filled buffer: silent garbage on every GPU but the first. Blocking,
-    so that waiting for it sleeps instead of spinning a core. `cuda` is torch.cuda; tests pass a fake (no GPU on CI).
-    """
-    event = cuda.Event(blocking=True)
-    event.record(cuda.current_stream(device))
-    return event
-
-
 def _to_host(depth: torch.Tensor, precision: str) -> tuple[torch.Tensor, torch.cuda.Event | None]:
     """Start the copy of a unit to host memory without waiting for it; the event marks its end on CUDA (and that of
     every copy queued before it on that stream: `_extremes_to_host`).
@@ -151,7 +141,7 @@ def _to_host(depth: torch.Tensor, precision: str) -> tuple[torch.Tensor, torch.c
     depth = depth.to(store_dtype(precision))
     if depth.device.type != "cuda":
         return depth, None
-    host = torch.empty(depth.shape, dtype=depth.dtype, pin_memory=True)
+    host = pinned_empty(depth.shape, depth.dtype)
     host.copy_(depth, non_blocking=True)
     return host, copy_done_event(depth.device)
 
@@ -167,8 +157,16 @@ def _extremes_to_host(depth: torch.Tensor, precision: str) -> torch.Tensor:
     rows = torch.stack((flat.amin(dim=1), flat.amax(dim=1)), dim=1).to(store_dtype(precision))
     if rows.device.type != "cuda":
         return rows
-    host = torch.empty(rows.shape, dtype=rows.dtype, pin_memory=True)
+    host = pinned_empty(rows.shape, rows.dtype)
     return host.copy_(rows, non_blocking=True)
+
+
+def _stage(depth: torch.Tensor, precision: str) -> tuple[torch.Tensor, torch.Tensor, object]:
+    """Queue a piece's copies to the host without waiting: its per-row extremes, then the piece, whose event covers
+    both. The runner calls it as it launches a window (WindowRunner.launch), before the next window is queued."""
+    rows = _extremes_to_host(depth, precision)
+    host, event = _to_host(depth, precision)
+    return rows, host, event
 
 
 def row_range(array: np.ndarray) -> np.ndarray:
@@ -495,13 +493,12 @@ class DeviceWorker:
             frames.close()
             raise
 
-        def save(piece: int, depth: torch.Tensor, fresh: int) -> None:
+        def save(piece: int, depth: torch.Tensor, fresh: int, staged: tuple | None = None) -> None:
             if piece not in todo:
                 return
             todo.discard(piece)
             stored = "fp32" if fresh or self.guard.switched else runtime.precision  # recomputed pieces stay fp32
-            rows = _extremes_to_host(depth, stored)
-            host, event = _to_host(depth, stored)
+            rows, host, event = staged or _stage(depth, stored)
             if fresh:
                 say(f"{task.video} piece {piece}: depth not finite in {runtime.precision}; recomputed in fp32")
             path = run.piece(plan.settings.mode, piece)
@@ -584,13 +581,16 @@ def _compute_unit(
     try:
         if s.mode == "window":
             feed = FrameFeed(frames, total=n)
-            runner = SimulatedWindows(model, shape) if simulated else WindowRunner(model, runtime, shape, guard, clock)
-            for w in range(*unit.span):
-                before = len(runner.recomputed)
-                depth = runner.run(w, feed, n)
-                save(w, depth, len(runner.recomputed) - before)
+            if simulated:
+                runner = SimulatedWindows(model, shape)
+                settled = ((w, runner.run(w, feed, n), 0, None) for w in range(*unit.span))
+            else:  # window w is settled (its finiteness read) once w + 1 is launched: no host sync in between
+                runner = WindowRunner(model, runtime, shape, guard, clock)
+                settled = launch_settled(runner, range(*unit.span), feed, n, _stage)
+            for w, depth, fresh, staged in settled:
+                save(w, depth, fresh, staged)
                 clock.lap("store hand-off")
-                clock.end()
+            clock.end()
             recomputed.extend(runner.recomputed)
             return
         first, stop = unit.span
