@@ -16,7 +16,15 @@ from conftest import numbered_frames, portrait_phone_video, read_output, run_vda
 from media import trim_edit_list
 
 from vda.io.rundir import RunDir
-from vda.io.video import COUNT_MISMATCH, FrameCountMismatch, FrameSource, check_frame_count, decode_count, probe, read_frames
+from vda.io.video import (
+    COUNT_MISMATCH,
+    FrameCountMismatch,
+    FrameSource,
+    check_frame_count,
+    decode_count,
+    probe,
+    read_frames,
+)
 from vda.orchestrator.planning import create_plan, probe_input
 from vda.pipeline.merge import merge
 from vda.pipeline.worker import work_runs
