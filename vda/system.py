@@ -59,8 +59,9 @@ def keep_freed_memory(threshold: int = MMAP_THRESHOLD_MAX) -> bool:
     A renderer allocates a few full-size frames per output frame (3.7 MB each at 1280x720 float32) and frees them at
     once. glibc's default trims the heap top back to the kernel whenever 2x its mmap threshold lies free, so each new
     frame is faulted in and zeroed again by the kernel. Fixing both thresholds keeps the process's peak as it is (the
-    same blocks come back) and spends no system time on faults. False where this is not glibc (musl, macOS): nothing
-    changes there.
+    same blocks come back) and spares most of that system time: rendering 858 frames of 1280x720 npy on one core took
+    78,517 minor faults and 3.8 s of system time with it, against 99,366 and 6.1 s without (the process's whole run,
+    imports included; 2-core build machine). False where this is not glibc (musl, macOS): nothing changes there.
     """
     try:
         mallopt = ctypes.CDLL(None).mallopt
