@@ -1,12 +1,14 @@
 """The simulated device (issue 21, VDA_SIMULATE_MS_PER_FRAME): the host's real path with the model replaced by a wait.
 
 What it returns is not depth and nothing here checks depth: these tests check that a simulated worker loads no model,
-holds its device for the time asked without using the CPU, stores pieces the merge turns into finite positive frames,
-gives the same bits on any split, and that simulated and real pieces never mix.
+holds its device for the time asked without using the CPU, stores pieces as a GPU run would (float16 at auto, with
+each row's extremes) that the merge turns into finite positive frames, gives the same bits on any split, and that
+simulated and real pieces never mix.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -23,7 +25,7 @@ from vda.orchestrator.launch import WorkerOptions, worker_env
 from vda.orchestrator.planning import create_plan
 from vda.pipeline.merge import merge
 from vda.pipeline.simulate import fake_depth
-from vda.pipeline.worker import work_runs
+from vda.pipeline.worker import row_range, work_runs
 
 MS = 20.0
 FRAMES = 90
@@ -58,6 +60,8 @@ def test_fake_depth_is_a_finite_positive_function_of_the_frame():
     assert np.isfinite(depth).all() and depth.min() > 0
     assert np.array_equal(depth, fake_depth(a.copy(), (28, 42)))
     assert not np.array_equal(depth, fake_depth(b, (28, 42)))
+    half = fake_depth(a, (28, 42), np.float16)  # built from its bits: the same values, exactly
+    assert half.dtype == np.float16 and np.array_equal(half.astype(np.float32), depth)
 
 
 def test_a_simulated_worker_loads_no_model_and_waits_without_cpu(tmp_path, video, checkpoint, simulated):
@@ -70,6 +74,11 @@ def test_a_simulated_worker_loads_no_model_and_waits_without_cpu(tmp_path, video
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     assert wall >= FRAMES * MS / 1000  # every output frame held the device MS ms
     assert cpu < 0.5 * wall, (cpu, wall)  # as a sleep: the host's cores stay free
+    for w in plan.all_pieces():  # as a GPU run at auto stores them; the extremes the simulated device gave are exact
+        piece = np.load(run.piece("window", w))
+        marker = json.loads(run.piece("window", w).with_suffix(".done").read_text())
+        assert piece.dtype == np.float16 and marker["dtype"] == "float16"
+        assert np.array_equal(np.array(marker["rows"]), row_range(piece).astype(np.float64))
     merge(run.path, tmp_path / "out", "npy", workers=1)
     depth = read_output(tmp_path / "out")
     assert depth.shape == (FRAMES, 48, 64) and np.isfinite(depth).all() and depth.min() > 0

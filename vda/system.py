@@ -61,7 +61,9 @@ def keep_freed_memory(threshold: int = MMAP_THRESHOLD_MAX) -> bool:
     frame is faulted in and zeroed again by the kernel. Fixing both thresholds keeps the process's peak as it is (the
     same blocks come back) and spares most of that system time: rendering 858 frames of 1280x720 npy on one core took
     78,517 minor faults and 3.8 s of system time with it, against 99,366 and 6.1 s without (the process's whole run,
-    imports included; 2-core build machine). False where this is not glibc (musl, macOS): nothing changes there.
+    imports included; 2-core build machine). A worker (`vda work`, a Ray actor) allocates a decoded frame per frame and
+    a piece per window: on one simulated device over 2,000 frames of 1080p its minor faults fell from 271k to 136k and
+    its system time from 5.2 to 3.8 s. False where this is not glibc (musl, macOS): nothing changes there.
     """
     try:
         mallopt = ctypes.CDLL(None).mallopt

@@ -239,11 +239,12 @@ def cmd_plan(args) -> int:
 
 def cmd_work(args) -> int:
     from vda.pipeline.worker import serve_stdin, work_runs
-    from vda.system import limit_threads
+    from vda.system import keep_freed_memory, limit_threads
 
     threads = config.current().threads
     if threads:
         limit_threads(threads)
+    keep_freed_memory()  # decoded frames and pieces come and go by the thousand: reuse their memory
     options = {"checkpoint": args.checkpoint, "micro_batch": args.micro_batch, "compile": args.compile}
     if args.run_dirs:
         work_runs(args.run_dirs, args.device, input_path=args.input, slot=args.slot, **options)

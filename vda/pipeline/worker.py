@@ -418,8 +418,8 @@ class DeviceWorker:
         key = (s.encoder, s.metric, s.checkpoint_sha256, s.precision)
         simulate_ms = config.current().faults.simulate_ms
         if simulate_ms is not None and key not in self._models:  # no model, no CUDA: the host is what is measured
-            device = torch.device(self.device)
-            runtime = Runtime(device, resolve_precision(s.precision, device.type), self.micro_batch)
+            # it stands for a GPU, so it stores what a GPU run stores (float16 at auto), whatever device it names
+            runtime = Runtime(torch.device(self.device), resolve_precision(s.precision, "cuda"), self.micro_batch)
             self._models = {key: (SimulatedDevice(simulate_ms), runtime)}
         if key not in self._models:
             ckpt = resolve(s.encoder, s.metric, self.checkpoint)
@@ -582,8 +582,8 @@ def _compute_unit(
         if s.mode == "window":
             feed = FrameFeed(frames, total=n)
             if simulated:
-                runner = SimulatedWindows(model, shape)
-                settled = ((w, runner.run(w, feed, n), 0, None) for w in range(*unit.span))
+                runner = SimulatedWindows(model, shape, store_dtype(runtime.precision))
+                settled = runner.settled(range(*unit.span), feed, n)
             else:  # window w is settled (its finiteness read) once w + 1 is launched: no host sync in between
                 runner = WindowRunner(model, runtime, shape, guard, clock)
                 settled = launch_settled(runner, range(*unit.span), feed, n, _stage)
@@ -596,7 +596,7 @@ def _compute_unit(
         first, stop = unit.span
         segment, seg_start, before = [], first, 0
         depths = (
-            simulated_stream(model, frames, shape)
+            simulated_stream(model, frames, shape, store_dtype(runtime.precision))
             if simulated
             else stream_depths(model, runtime, frames, shape, recomputed, guard)
         )

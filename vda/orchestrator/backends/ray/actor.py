@@ -90,11 +90,13 @@ class DeviceActor:
         import torch
 
         from vda.pipeline.worker import DeviceWorker, write_piece
+        from vda.system import keep_freed_memory
 
         sys.stdout = OutboxLines(self.outbox)
         code, line = 0, ""
         try:
             torch.set_num_threads(self.threads)
+            keep_freed_memory()  # as `vda work` does: the actor's process is its worker's
             checkpoint, fetched = cached_weights(*self.weights)
             how = "fetched from the object store into this node's cache" if fetched else "in this node's cache"
             print(f"checkpoint {checkpoint} ({how})")
