@@ -34,6 +34,7 @@ from vda.orchestrator.queue import QueuedVideo, WorkQueue
 from vda.orchestrator.space import SpaceLedger, human_size
 from vda.pipeline.merge.first_pass import Follower
 from vda.pipeline.merge.output import Output
+from vda.system import host_threads
 
 # What a folder of videos may hold (anything FFmpeg reads would do; these are the names users give video files).
 VIDEO_EXTS = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".mts", ".wmv", ".flv", ".y4m"}
@@ -322,7 +323,11 @@ def run_depth(request: DepthRequest, backend: Backend, stream=sys.stderr) -> int
 def run_batch(request: DepthRequest, backend: Backend, stream=sys.stderr) -> RunResult:
     """`run_depth`, with what became of each input; the lines it says go to `stream`."""
     root = request.root
-    with root.locked(f"vda depth {' '.join(request.inputs)} -o {request.out}"), logs.run_log(root.host_log):
+    with (
+        root.locked(f"vda depth {' '.join(request.inputs)} -o {request.out}"),
+        logs.run_log(root.host_log),
+        host_threads(),
+    ):
         return _run_batch(request, backend, stream)
 
 

@@ -39,6 +39,7 @@ from vda.pipeline.merge.first_pass import FirstPass
 from vda.pipeline.merge.output import MERGED_MARKER, PREVIEW_NAME, Output, prepare_output
 from vda.pipeline.merge.render import Job, job_for, map_ordered, render_processes
 from vda.pipeline.merge.sinks import SideBySideSink, Sink, StackFile, VideoSink
+from vda.system import host_threads
 
 logger = logging.getLogger(__name__)
 SIDE_BY_SIDE = VIDEO_KINDS[1]  # --create-video side-by-side: RGB left, colourised depth right
@@ -75,7 +76,8 @@ def merge(
     out_size = output_shape(output_size, job.size, (s.net_height, s.net_width))
     first = FirstPass(job, plan)
     ahead = len(first.entries)  # done by `Follower` while the workers ran, or by an interrupted merge
-    job = _finish_first_pass(first, job)
+    with host_threads():
+        job = _finish_first_pass(first, job)
     job = dataclasses.replace(job, out_size=out_size, quant=_quantization(job, png_scale))
     sinks = _open_sinks(plan, job, create_video, input_path)
     workers = render_processes(workers, plan.frame_count * out_size[0] * out_size[1], len(first.units))
