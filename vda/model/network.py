@@ -172,12 +172,19 @@ class DinoV2(nn.Module):
 
 
 def sinusoid_table(length: int, dim: int) -> torch.Tensor:
-    position = torch.arange(length).unsqueeze(1)
-    div = torch.exp(torch.arange(0, dim, 2) * (-math.log(10000.0) / dim))
-    pe = torch.zeros(1, length, dim)
+    """The temporal positional encoding [1, length, dim], made on the CPU and put on the default device.
+
+    Made on the CPU whatever the default device: under `torch.device("meta")` (the planner's layout check) each op
+    goes through torch's decompositions, whose first use imports torch._dynamo, 2.3 s of every `vda depth`'s start
+    (2-core build machine). The checkpoint overwrites the table, so where it is computed changes no output.
+    """
+    cpu = torch.device("cpu")
+    position = torch.arange(length, device=cpu).unsqueeze(1)
+    div = torch.exp(torch.arange(0, dim, 2, device=cpu) * (-math.log(10000.0) / dim))
+    pe = torch.zeros(1, length, dim, device=cpu)
     pe[0, :, 0::2] = torch.sin(position * div)
     pe[0, :, 1::2] = torch.cos(position * div)
-    return pe
+    return pe.to(torch.get_default_device())
 
 
 class PositionalEncoding(nn.Module):
