@@ -156,7 +156,9 @@ def run(
     **settings,
 ):
     """Compute depth for every input into `out`, as `vda depth` does, and return a RunResult (per video: name,
-    status, output folder, frames, error). Silent unless `progress`; raises VdaError when nothing can run.
+    status, output folder, frames, error). Silent unless `progress`; raises VdaError when nothing can run. While it
+    runs, this process's torch and numpy BLAS threads are bounded to one (the merge's pass 1, vda.system.host_threads)
+    and put back after; the devices compute in worker processes of their own.
 
     `inputs`: a path or a list of them (video files, folders of images, folders of videos). `devices`: "cpu,cpu" or
     a list; `gpus`: a number (the first N) or a list of ids. `settings`: `vda depth`'s flags by name (checkpoint,
