@@ -21,6 +21,7 @@ ratios within one run are the figures to compare.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import resource
@@ -47,6 +48,10 @@ try:
     from vda.system import keep_freed_memory
 except ImportError:  # a tree from before issue 22's second stop
     keep_freed_memory = None
+try:
+    from vda.system import host_threads
+except ImportError:  # a tree from before issue 22's third stop: pass 1 at the libraries' default threads
+    host_threads = contextlib.nullcontext
 
 ROOT = Path(__file__).resolve().parents[1]
 # ../shared beside the checkout (as tests/conftest.py looks for it), or beside the folder of worktrees
@@ -170,9 +175,10 @@ def bench_stages(video: Path, work: Path, checkpoint: Path) -> None:
     RunDir(run).first_pass.unlink(missing_ok=True)
     first = FirstPass(job_for(plan, run, work / "stages_out", "npy", False), plan)
 
-    def pass1():
-        while not first.finished:
-            first.step()
+    def pass1():  # at the threads `vda depth` gives it (host_threads), where the tree measured has them
+        with host_threads():
+            while not first.finished:
+                first.step()
 
     ms, _ = cpu_ms(pass1)
     total += ms

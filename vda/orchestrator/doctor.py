@@ -39,10 +39,11 @@ CPU_IMAGE = "vda:cpu"
 # proportional to the pixels it works on: the source's (decode), the network's (store, pass 1), the output's (render).
 # Measured at commit 66f96ad on the 2-core build machine, rendering at one thread as a render process does (earlier
 # figures rendered with torch's default threads, whose idle spinning tripled the CPU time): decode 15.21, store 1.74,
-# pass 1 2.96, render + write npy 9.51 and png16 12.18 ms. png8, npz and exr were not run by bench_host.py: they are
-# npy's render plus the difference of their writer's own cost from npy's at 1080p (bench_stages.py, "write <format>
-# (1 core)": npy 562, png8 154, npz 3.1, exr 59.5 frames/s), scaled to 1280x720.
-STAGE_MS = {"decode": 15.21, "store": 1.74, "pass 1": 2.96}
+# pass 1 2.96, render + write npy 9.51 and png16 12.18 ms; pass 1 again at ba13975, at one thread of torch and of
+# numpy's BLAS as `vda depth` runs it (vda.system.host_threads): 0.84 ms. png8, npz and exr were not run by
+# bench_host.py: they are npy's render plus the difference of their writer's own cost from npy's at 1080p
+# (bench_stages.py, "write <format> (1 core)": npy 562, png8 154, npz 3.1, exr 59.5 frames/s), scaled to 1280x720.
+STAGE_MS = {"decode": 15.21, "store": 1.74, "pass 1": 0.84}
 RENDER_MS = {"npy": 9.51, "png16": 12.18}
 RENDER_MS.update(
     {
