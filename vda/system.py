@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import socket
-from collections.abc import Iterator, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from vda.errors import UsageError
@@ -50,30 +52,82 @@ def limit_threads(threads: int) -> None:
     cv2.setNumThreads(threads)
 
 
-# (get, set) of an OpenBLAS's thread count, by the names its builds export: plain, and numpy's wheels' scipy-openblas
+# (get, set) of an OpenBLAS's thread count, by the names its builds export: plain, 64-bit integers, and numpy's
+# wheels' scipy-openblas (64- and 32-bit integers)
 _OPENBLAS_THREADS = (
     ("openblas_get_num_threads", "openblas_set_num_threads"),
-    ("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
     ("openblas_get_num_threads64_", "openblas_set_num_threads64_"),
+    ("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
+    ("scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"),
 )
 
 
-def loaded_openblas() -> list[tuple]:
+@functools.cache
+def loaded_openblas() -> tuple[tuple, ...]:
     """(get, set) of the thread count of every OpenBLAS this process has loaded (numpy's, found in /proc/self/maps);
     empty where there is none or this is not Linux. numpy has no call for it, and its environment variables are read
-    once, when the library loads."""
+    once, when the library loads. Looked up once, after numpy is imported (which loads its BLAS)."""
+    import numpy  # noqa: F401
+
     try:
         maps = Path("/proc/self/maps").read_text().splitlines()
     except OSError:
-        return []
+        return ()
+    named = (f[5].removesuffix(" (deleted)") for f in (line.split(maxsplit=5) for line in maps) if len(f) == 6)
+    paths = {path for path in named if "openblas" in path.rsplit("/")[-1].lower()}
     found = []
-    for path in sorted({line.split()[-1] for line in maps if "openblas" in line.rsplit("/", 1)[-1].lower()}):
+    for path in sorted(p for p in paths if os.path.isfile(p)):
         try:
             lib = ctypes.CDLL(path)
         except OSError:
             continue
-        found += [(getattr(lib, get), getattr(lib, put)) for get, put in _OPENBLAS_THREADS if hasattr(lib, get)][:1]
-    return found
+        calls = [
+            (getattr(lib, g), getattr(lib, s)) for g, s in _OPENBLAS_THREADS if hasattr(lib, g) and hasattr(lib, s)
+        ]
+        found += calls[:1]
+    return tuple(found)
+
+
+class _HeldCount:
+    """A process-wide thread count held at one value while any caller is inside `held`, and put back when the last
+    one leaves. Calls from several threads may overlap (two merges, pass 1 beside a single pass): were each to save
+    and restore the count on its own, one ending after another began would leave the held value for good."""
+
+    def __init__(self, read: Callable[[], list[int]], write: Callable[[list[int]], None]):
+        self._read, self._write = read, write
+        self._lock = threading.Lock()
+        self._users, self._saved = 0, []
+
+    @contextlib.contextmanager
+    def held(self, threads: int) -> Iterator[None]:
+        with self._lock:
+            if self._users == 0:
+                self._saved = self._read()
+            self._users += 1
+            self._write([threads] * len(self._saved))
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._users -= 1
+                if self._users == 0:
+                    self._write(self._saved)
+
+
+def _write_blas(counts: list[int]) -> None:
+    for (_, put), count in zip(loaded_openblas(), counts):
+        put(count)
+
+
+_BLAS = _HeldCount(lambda: [get() for get, _ in loaded_openblas()], _write_blas)
+
+
+def one_blas_thread() -> contextlib.AbstractContextManager:
+    """numpy's OpenBLAS at one thread inside, as every fit of the alignment chain runs (FirstPass, infer_video).
+
+    OpenBLAS splits a long dot product between its threads, so its sum, and a fit's scale and shift with it, depend
+    on how many there are: at one thread pass 1 gives the same bits as the single pass, on any host."""
+    return _BLAS.held(1)
 
 
 @contextlib.contextmanager
@@ -81,25 +135,25 @@ def host_threads(threads: int = 1) -> Iterator[None]:
     """torch's and numpy's BLAS threads bounded to `threads` for the host's own work (pass 1 of the merge), and put
     back after.
 
+    torch's count acts per thread (OpenMP: a thread keeps the count it had at its first parallel op, and a new thread
+    takes the last one set, so the Follower thread that `vda depth` starts inside runs pass 1 at `threads`): the
+    thread that bounds it puts its own back. OpenBLAS's count is the process's: it is held while any caller is inside
+    and put back when the last one leaves.
+
     Pass 1 is a chain of small steps, one window after another: each library's idle threads spin between them and
     take the cores the workers' decoders want. On one simulated device at 7.5 ms/frame (2,000 frames of 1080p, 2-core
     build machine) the `vda depth` process used 13.0-13.6 s of CPU at the libraries' defaults and 6.4-6.8 s with one
-    thread each, and the run's wall time fell from 48.1 to 44.6 s. One thread also makes pass 1's sums, and so its
-    bits, the same on every host, whatever its core count.
+    thread each, and the run's wall time fell from 48.1 to 44.6 s.
     """
     import torch
 
-    blas = loaded_openblas()
-    before = torch.get_num_threads(), [get() for get, _ in blas]
+    before = torch.get_num_threads()
     torch.set_num_threads(threads)
-    for _, put in blas:
-        put(threads)
     try:
-        yield
+        with _BLAS.held(threads):
+            yield
     finally:
-        torch.set_num_threads(before[0])
-        for (_, put), count in zip(blas, before[1]):
-            put(count)
+        torch.set_num_threads(before)
 
 
 # glibc's mallopt parameters (malloc.h), and the largest mmap threshold it takes on 64-bit (HEAP_MAX_SIZE / 2)

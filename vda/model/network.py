@@ -184,7 +184,7 @@ def sinusoid_table(length: int, dim: int) -> torch.Tensor:
     pe = torch.zeros(1, length, dim, device=cpu)
     pe[0, :, 0::2] = torch.sin(position * div)
     pe[0, :, 1::2] = torch.cos(position * div)
-    return pe.to(torch.get_default_device())
+    return pe.to(torch.empty(0).device)  # the default device: torch.get_default_device() ignores `with` before 2.8
 
 
 class PositionalEncoding(nn.Module):

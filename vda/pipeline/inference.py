@@ -31,6 +31,7 @@ from vda.errors import DeviceError as DeviceKind
 from vda.errors import InputError, RunError, UsageError
 from vda.model.network import PATCH, VideoDepthAnything
 from vda.pipeline.compat import ieee_fp32
+from vda.system import one_blas_thread
 
 PRECISIONS = dict(zip(PRECISION_NAMES, (torch.float32, torch.float16, torch.bfloat16)))
 BF16_MIN_CAPABILITY = (8, 0)  # bf16 tensor cores arrived with Ampere; older GPUs emulate it slowly or not at all
@@ -674,9 +675,11 @@ def chain_maps(picked: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
 def chain_step(
     chain: stitch.AlignmentChain, picked: torch.Tensor, size: tuple[int, int]
 ) -> tuple[np.float32, np.float32]:
-    """Scale and shift of the next window from its outputs CHAIN_OUTPUTS ([3, h, w], network resolution)."""
+    """Scale and shift of the next window from its outputs CHAIN_OUTPUTS ([3, h, w], network resolution), fitted at
+    one BLAS thread, as the merge's pass 1 fits it: the same sums on any host."""
     first, second, key = chain_maps(picked, size)
-    return chain.step(first, second, key)
+    with one_blas_thread():
+        return chain.step(first, second, key)
 
 
 class WindowAligner:

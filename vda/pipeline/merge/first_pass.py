@@ -22,6 +22,7 @@ from vda.io.rundir import RunDir
 from vda.io.writers import write_json
 from vda.pipeline.inference import CHAIN_OUTPUTS, chain_maps
 from vda.pipeline.merge.render import Job, job_for, load_piece
+from vda.system import one_blas_thread
 
 if TYPE_CHECKING:
     from vda.pipeline.merge.ahead import RenderAhead
@@ -85,7 +86,9 @@ class FirstPass:
         unit = self.units[len(self.entries)]
         entry = {"unit": unit, "scale": 1.0, "shift": 0.0, "lo": None, "hi": None}
         if self.mode == "window":
-            scale, shift = self.chain.step(*self._chain_maps(unit))
+            maps = self._chain_maps(unit)
+            with one_blas_thread():  # the single pass's sums, whatever the host's cores (infer_video's chain_step)
+                scale, shift = self.chain.step(*maps)
             entry["scale"], entry["shift"] = float(scale), float(shift)
             if unit in self.used:  # the last window of a short tail can feed no output frame
                 values = stitch.apply_scale_shift(self._raw_range(unit, sorted(self.used[unit])), scale, shift)
