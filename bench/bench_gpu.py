@@ -31,8 +31,10 @@ import numpy as np
 import torch
 from bench_infer import sliding_frames, synthetic_state
 
+from vda.device.runtime import PRECISIONS
+from vda.device.runtime_torch import TorchNetwork
+from vda.device.single_pass import infer_video
 from vda.model.network import load_model
-from vda.pipeline.inference import PRECISIONS, Runtime, infer_video
 
 ROOT = Path(__file__).resolve().parents[1]
 # The authors' README: one A100, input 1 x 32 x 518 x 518; latency in ms (per frame), VRAM in GB.
@@ -81,7 +83,10 @@ def gib(value: float | None) -> str:
 def forward_ms(model, device: torch.device, precision: str, size: int, repeats: int) -> tuple[float, float | None]:
     """(ms per frame, peak GiB) of model(x) for x [1, 32, 3, size, size], under autocast as the CLI runs it."""
     x = torch.randn(1, 32, 3, size, size, device=device)
-    with torch.inference_mode(), Runtime(device, precision).autocast():  # as infer_video runs it (fp32: no TF32)
+    with (
+        torch.inference_mode(),
+        TorchNetwork(model, device).autocast(precision),
+    ):  # as infer_video runs it (fp32: no TF32)
         model(x)  # warm-up: kernels, cuDNN autotuning
         reset_peak(device)
         t = synced(device)

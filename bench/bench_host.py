@@ -38,11 +38,15 @@ import torch
 from bench_infer import append_results, depth_cmd, synthetic_checkpoint
 
 from vda.core import stitch
-from vda.io.video import probe
+from vda.device.transfer import piece_to_host
+from vda.device.unit import REREAD
+from vda.device.unit import _frames as unit_frames
+from vda.io.frame_source import FrameSource
+from vda.io.pieces import write_piece
+from vda.io.probe import probe
+from vda.merge.first_pass import FirstPass
+from vda.merge.render import job_for, map_ordered
 from vda.orchestrator.planning import choose_model, create_plan
-from vda.pipeline import worker
-from vda.pipeline.merge.first_pass import FirstPass
-from vda.pipeline.merge.render import job_for, map_ordered
 
 try:
     from vda.system import keep_freed_memory
@@ -118,13 +122,10 @@ def cpu_ms(fn) -> tuple[float, float]:
 
 
 def _unit_frames(plan, unit):
-    """A unit's frames as its worker decodes them (the frame source when this tree has one)."""
-    source = getattr(worker, "FrameSource", None)
-    if source is not None:
-        if not hasattr(_unit_frames, "source"):
-            _unit_frames.source = source(keep=worker.REREAD)  # as DeviceWorker makes it
-        return worker._frames(plan, unit, _unit_frames.source)
-    return worker._frames(plan, unit)
+    """A unit's frames as its worker decodes them, from one frame source kept from unit to unit."""
+    if not hasattr(_unit_frames, "source"):
+        _unit_frames.source = FrameSource(keep=REREAD)  # as DeviceWorker makes it
+    return unit_frames(plan, unit, _unit_frames.source)
 
 
 def _window_depth(w: int, shape: tuple[int, int]) -> np.ndarray:
@@ -161,13 +162,12 @@ def bench_stages(video: Path, work: Path, checkpoint: Path) -> None:
     from vda.io.rundir import RunDir
 
     # A worker's store gets each row's [min, max] taken on the device (issue 22): device work, not timed here.
-    extremes = getattr(worker, "_extremes_to_host", None)
-    rows = {w: extremes(torch.from_numpy(d).float(), "fp16").numpy() for w, d in depth.items()} if extremes else {}
+    rows = {w: piece_to_host(torch.from_numpy(d).float(), "fp16")[0].numpy() for w, d in depth.items()}
 
     def store_all():
         for w in plan.all_pieces():
             extra = (rows[w % 2],) if rows else ()
-            worker.write_piece(RunDir(run).piece("window", w), depth[w % 2], w, 0.0, *extra)
+            write_piece(RunDir(run).piece("window", w), depth[w % 2], w, 0.0, *extra)
 
     ms, _ = cpu_ms(store_all)
     total += ms

@@ -27,9 +27,10 @@ import numpy as np
 import torch
 
 from vda.core.preprocess import network_shape
-from vda.model.network import CONFIGS, load_model
+from vda.device.single_pass import infer_video
+from vda.model.configs import CONFIGS
+from vda.model.network import load_model
 from vda.model.synth import save_checkpoint, synth_state_dict
-from vda.pipeline.inference import infer_video
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -113,7 +114,8 @@ def synthetic_video(path: Path, n: int, width: int, height: int, block: int = 1,
 
 def frames_source(args):
     if args.video:
-        from vda.io.video import probe, read_frames
+        from vda.io.decode import read_frames
+        from vda.io.probe import probe
 
         info = probe(args.video)
         n = min(args.frames, info.frame_count)

@@ -19,7 +19,7 @@ from bench_infer import synthetic_checkpoint, synthetic_video
 
 import vda
 from vda.core.plan import Plan
-from vda.pipeline.merge import merge
+from vda.merge import merge
 
 W, H = 1920, 1080
 CASES = [

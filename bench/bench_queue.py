@@ -56,16 +56,21 @@ from vda import events
 from vda.core import stitch
 from vda.core.plan import STREAM_WARMUP, UNIT_WINDOWS, default_unit_size, make_units
 from vda.core.preprocess import network_shape
+from vda.core.video_info import fit_max_res
+from vda.device.transfer import piece_to_host
+from vda.device.unit import DECODE_AHEAD
+from vda.device.worker import _store
+from vda.io.decode import read_frames
+from vda.io.prefetch import Prefetch
+from vda.io.probe import probe
 from vda.io.rundir import RunDir
-from vda.io.video import fit_max_res, probe, read_frames, threaded
 from vda.io.writers import META_NAME
+from vda.merge import merge
 from vda.orchestrator.backends.base import VideoRun
 from vda.orchestrator.backends.local import LocalBackend
 from vda.orchestrator.launch import WorkerOptions
 from vda.orchestrator.planning import create_plan
 from vda.orchestrator.queue import QueuedVideo, WorkQueue
-from vda.pipeline.merge import merge
-from vda.pipeline.worker import DECODE_AHEAD, _store, _to_host
 from vda.system import usable_cpus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -258,7 +263,7 @@ def decode_start(
     for unit in picks:
         wanted = (i for a, b in unit.decode for i in range(a, b))
         if ahead:
-            frames = threaded(read_frames(info, wanted, size), DECODE_AHEAD)
+            frames = Prefetch(read_frames(info, wanted, size), DECODE_AHEAD)
             time.sleep(ahead)  # the current unit computes
             t = time.perf_counter()
         else:
@@ -276,7 +281,7 @@ def store_seconds(shape: tuple[int, ...], precision: str, folder: Path, repeats:
     folder.mkdir(parents=True, exist_ok=True)
     seconds = []
     for k in range(repeats):
-        host, event = _to_host(depth, precision)
+        _, host, event = piece_to_host(depth, precision)
         t = time.perf_counter()
         _store(folder / f"win_{k:06d}.npy", host, event, time.time(), k)
         seconds.append(time.perf_counter() - t)

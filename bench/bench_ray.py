@@ -52,16 +52,16 @@ from vda import config, events  # noqa: E402
 from vda.core import stitch  # noqa: E402
 from vda.core.plan import UNIT_WINDOWS, Plan  # noqa: E402
 from vda.core.preprocess import network_shape  # noqa: E402
+from vda.io.pieces import write_piece  # noqa: E402
 from vda.io.rundir import RunDir  # noqa: E402
 from vda.orchestrator.backends.base import VideoRun  # noqa: E402
 from vda.orchestrator.backends.local import LocalBackend  # noqa: E402
-from vda.orchestrator.backends.ray import RayBackend  # noqa: E402
+from vda.orchestrator.backends.ray.backend import RayBackend  # noqa: E402
 from vda.orchestrator.backends.ray.nodes import Roles  # noqa: E402
 from vda.orchestrator.batch import DepthRequest, run_depth  # noqa: E402
 from vda.orchestrator.launch import WorkerOptions  # noqa: E402
 from vda.orchestrator.planning import create_plan  # noqa: E402
 from vda.orchestrator.queue import QueuedVideo, WorkQueue  # noqa: E402
-from vda.pipeline.worker import write_piece  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MB = 1 << 20

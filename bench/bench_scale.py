@@ -38,8 +38,8 @@ sys.path.insert(0, str(ROOT))
 
 from vda import config  # noqa: E402
 from vda.config import SIMULATE_ENV  # noqa: E402
+from vda.io.probe import decode_count, probe  # noqa: E402
 from vda.io.rundir import RunDir  # noqa: E402
-from vda.io.video import decode_count, probe  # noqa: E402
 from vda.model.synth import synth_state_dict  # noqa: E402
 from vda.orchestrator.backends.base import VideoRun  # noqa: E402
 from vda.orchestrator.backends.local import LocalBackend  # noqa: E402

@@ -28,12 +28,14 @@ import torch
 from bench_infer import append_results, depth_cmd, synthetic_checkpoint, synthetic_state, synthetic_video
 
 from vda.core import stitch
+from vda.core.align import WindowAligner, chain_step
 from vda.core.preprocess import network_shape, preprocess
+from vda.io.decode import read_frames
 from vda.io.pngenc import DEFLATE, encode_gray
-from vda.io.video import probe, read_frames, threaded
+from vda.io.prefetch import Prefetch
+from vda.io.probe import probe
 from vda.io.writers import FORMATS, colorize, encode, quantize
 from vda.model.network import load_model
-from vda.pipeline.inference import WindowAligner, chain_step
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED_VITS_MS = 7.5  # authors' README: vits, fp16, A100, 1x32x518x518, per frame
@@ -63,7 +65,7 @@ def bench_decode(video: Path) -> list[np.ndarray]:
     )
     row(
         "decode, threaded queue",
-        timed(lambda: sum(1 for _ in threaded(read_frames(info, range(info.frame_count)))), info.frame_count),
+        timed(lambda: sum(1 for _ in Prefetch(read_frames(info, range(info.frame_count)))), info.frame_count),
     )
     return frames
 
@@ -74,18 +76,18 @@ def bench_overlap(tmp: Path, compute_ratio: float = 1.25, windows: int = 12) -> 
     The device is simulated by a sleep (it holds no GIL, as CUDA work does not) lasting `compute_ratio` times the
     time the decoder needs for a window's frames; with perfect overlap it is busy 100% of the time.
     """
-    from vda.pipeline.worker import DECODE_AHEAD
+    from vda.device.unit import DECODE_AHEAD
 
     info = probe(synthetic_video(tmp / "overlap.mp4", windows * stitch.STRIDE, W, H, block=8, shift=9))
     t = time.perf_counter()
-    sum(1 for _ in threaded(read_frames(info, range(info.frame_count)), DECODE_AHEAD))
+    sum(1 for _ in Prefetch(read_frames(info, range(info.frame_count)), DECODE_AHEAD))
     window_s = (time.perf_counter() - t) / info.frame_count * stitch.STRIDE * compute_ratio
 
     def full_window(frames) -> bool:
         return len([f for _, f in zip(range(stitch.STRIDE), frames)]) == stitch.STRIDE
 
     for maxsize in (8, DECODE_AHEAD):
-        frames = threaded(read_frames(info, range(info.frame_count)), maxsize)
+        frames = Prefetch(read_frames(info, range(info.frame_count)), maxsize)
         full_window(frames)  # the first window waits for the decoder whatever the queue: time the steady state after
         computed, t = 0, time.perf_counter()
         while True:
@@ -188,7 +190,9 @@ def bench_merge(windows: int = 3) -> float:
 
 def bench_store(windows: int = 4) -> None:
     """The worker's store of one window (network resolution) to the run folder, which overlaps the next window."""
-    from vda.pipeline.worker import UnitStore, _store, _to_host
+    from vda.device.transfer import piece_to_host
+    from vda.device.worker import _store
+    from vda.io.pieces import UnitStore
 
     shape = network_shape(H, W, 518)
     depth = torch.rand(stitch.WINDOW, *shape)
@@ -197,7 +201,7 @@ def bench_store(windows: int = 4) -> None:
             t = time.perf_counter()
             with UnitStore() as store:
                 for w in range(windows):
-                    host, event = _to_host(depth, precision)
+                    _, host, event = piece_to_host(depth, precision)
                     store.submit(lambda w=w, host=host, event=event: _store(Path(tmp) / f"{w}.npy", host, event, 0, w))
             ms = (time.perf_counter() - t) / windows * 1000
             mb = Path(tmp, "0.npy").stat().st_size / 1e6
@@ -257,7 +261,7 @@ def bench_writers() -> dict[str, float]:
 
 def bench_video(n: int = 20) -> None:
     """The merge's colourised video (its own sink: x264 veryfast), colourising included, against x264's default."""
-    from vda.pipeline.merge.sinks import VideoSink as _VideoSink
+    from vda.merge.sinks import VideoSink as _VideoSink
 
     rng = np.random.RandomState(2)
     depth = cv2.resize(rng.rand(H // 16, W // 16).astype(np.float32), (W, H))  # smooth, as depth maps are

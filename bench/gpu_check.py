@@ -69,12 +69,15 @@ from bench_gpu import (
 )
 from bench_infer import depth_cmd, sliding_frames, write_x264
 
+from vda.device.clock import STAGES
+from vda.device.runtime import BF16_MIN_CAPABILITY
+from vda.device.single_pass import infer_video
+from vda.io.decode import read_frames
+from vda.io.probe import probe
 from vda.io.rundir import RunDir
-from vda.io.video import probe, read_frames
 from vda.io.writers import DepthMeta, read_depth
 from vda.model.network import load_model
 from vda.model.synth import save_checkpoint, synth_state_dict, synthetic_scene
-from vda.pipeline.inference import BF16_MIN_CAPABILITY, STAGES, infer_video
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-4  # max |ours - reference| <= TOL * max |reference|, as the test suite compares

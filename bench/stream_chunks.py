@@ -25,13 +25,14 @@ from pathlib import Path
 import numpy as np
 from bench_infer import synthetic_checkpoint, synthetic_video
 
-from vda.io.video import probe, read_frames
+from vda.device.serve import work_runs
+from vda.device.single_pass import infer_video
+from vda.io.decode import read_frames
+from vda.io.probe import probe
 from vda.io.writers import read_depth
+from vda.merge import merge
 from vda.model.network import load_model
 from vda.orchestrator.planning import create_plan
-from vda.pipeline.inference import infer_video
-from vda.pipeline.merge import merge
-from vda.pipeline.worker import work_runs
 
 
 def main() -> None:
@@ -53,7 +54,7 @@ def main() -> None:
         info = probe(video)
         import cv2
 
-        from vda.io.video import fit_max_res
+        from vda.core.video_info import fit_max_res
 
         size = fit_max_res(info.width, info.height, args.max_res)
         for i, f in read_frames(info, range(min(args.frames, info.frame_count)), size):

@@ -84,8 +84,9 @@ def read_output(out: Path) -> np.ndarray:
 
 def single_pass(model, src: Path, input_size: int, **kw) -> np.ndarray:
     """The whole of `src` through vda's own single-pass inference: what a split run must equal."""
-    from vda.io.video import probe, read_frames
-    from vda.pipeline.inference import infer_video
+    from vda.device.single_pass import infer_video
+    from vda.io.decode import read_frames
+    from vda.io.probe import probe
 
     info = probe(src)
     frames = (f for _, f in read_frames(info, range(info.frame_count)))

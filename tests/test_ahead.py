@@ -15,12 +15,12 @@ from conftest import read_output, run_vda, synthetic_frames, write_video
 from vda import config
 from vda.config import SIMULATE_ENV, Config
 from vda.core import stitch
+from vda.device.serve import work_runs
 from vda.io.rundir import RunDir
+from vda.merge import merge
+from vda.merge.early import EarlyMerge
+from vda.merge.output import Output, prepare_output, record_rendered, rendered_ahead
 from vda.orchestrator.planning import create_plan
-from vda.pipeline.merge import merge
-from vda.pipeline.merge.first_pass import Follower
-from vda.pipeline.merge.output import Output, prepare_output, record_rendered, rendered_ahead
-from vda.pipeline.worker import work_runs
 
 FRAMES = 130  # 6 windows
 NPY = ("--format", "npy", "--input-size", 28, "--unit-size", 1)
@@ -60,7 +60,7 @@ def test_units_are_written_as_pass_1_passes_them_and_the_merge_goes_on_after(tmp
     hidden = [run.path / "windows" / f"win_{w:06d}.done" for w in (4, 5)]  # as if windows 4 and 5 were computing
     for marker in hidden:
         marker.rename(marker.with_suffix(".later"))
-    with Follower([run.path], poll_s=0.01, outputs={run.path: output}) as follower:
+    with EarlyMerge([run.path], poll_s=0.01, outputs={run.path: output}) as early:
         _wait(lambda: rendered_ahead(run.path, plan, output) == 4)  # windows 0-3: pass 1 has passed them
         time.sleep(0.3)  # and no further, however long it waits
         assert rendered_ahead(run.path, plan, output) == 4
@@ -69,7 +69,7 @@ def test_units_are_written_as_pass_1_passes_them_and_the_merge_goes_on_after(tmp
         for marker in hidden:
             marker.with_suffix(".later").rename(marker)
         _wait(lambda: rendered_ahead(run.path, plan, output) == 6)
-        follower.release(run.path)
+        early.release(run.path)
     said = []
     merge(run.path, out, "npy", workers=2, log=said.append)
     assert "and 6 were rendered ahead" in said[0]

@@ -21,13 +21,14 @@ from conftest import ROOT, TOL, one_thread_env, rel_err, run_vda, synthetic_fram
 import vda
 from vda import config
 from vda.core import stitch
+from vda.core.align import upsample
 from vda.core.plan import Plan
-from vda.io.video import probe, read_frames
+from vda.io.decode import read_frames
+from vda.io.probe import probe
 from vda.io.writers import LEVELS, STACK_NAME, DepthMeta, dequantize, fixed_range, quantize
-from vda.pipeline.inference import upsample
-from vda.pipeline.merge import merge
-from vda.pipeline.merge.first_pass import FirstPass
-from vda.pipeline.merge.render import job_for, load_piece
+from vda.merge import merge
+from vda.merge.first_pass import FirstPass
+from vda.merge.render import job_for, load_piece
 
 N, W, H, SIZE = 50, 64, 48, 70  # 3 windows; network input 70 (a multiple of 14)
 

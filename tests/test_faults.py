@@ -24,11 +24,12 @@ from conftest import ROOT, synthetic_frames, write_images, write_video
 
 from vda import events
 from vda.core.plan import Plan, PlanError
+from vda.device.serve import work_runs
+from vda.device.worker import DeviceWorker
 from vda.io.rundir import RunDir
 from vda.io.writers import DepthMeta, read_depth
+from vda.merge import merge
 from vda.orchestrator.planning import create_plan
-from vda.pipeline.merge import merge
-from vda.pipeline.worker import DeviceWorker, work_runs
 
 SMALL = ["--input-size", "56"]
 UNIT = 2  # windows per unit: the 90-frame clip is 5 windows, so 3 units ([0, 2), [2, 4), [4, 5))

@@ -1,4 +1,4 @@
-"""The merge's first pass run ahead while workers compute (`Follower`), and resumed from its cache: same bits as in
+"""The merge's first pass run ahead while workers compute (`EarlyMerge`), and resumed from its cache: same bits as in
 one go."""
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ import pytest
 from conftest import synthetic_frames, write_video
 
 from vda.core.plan import Plan
+from vda.device.serve import work_runs
 from vda.io.rundir import RunDir
+from vda.merge import merge
+from vda.merge.early import EarlyMerge
+from vda.merge.first_pass import FirstPass
+from vda.merge.render import job_for as _job
 from vda.orchestrator.planning import create_plan
-from vda.pipeline.merge import merge
-from vda.pipeline.merge.first_pass import FirstPass, Follower
-from vda.pipeline.merge.render import job_for as _job
-from vda.pipeline.worker import work_runs
 
 # 3 units either way: 100 frames in windows 0-1, 2-3, 4; 80 frames in stream frames 0-35 (segments at 0 and 32),
 # 36-71 (36, 68) and 72-79 (72)
@@ -44,11 +45,11 @@ def outputs(out_dir, n):
 
 @pytest.fixture(scope="module", params=["window", "stream"])
 def runs(request, tmp_path_factory, checkpoint):
-    """The same 3-unit run twice: `a` merged in one go, `b` merged after a `Follower` went through the units stored
+    """The same 3-unit run twice: `a` merged in one go, `b` merged after a `EarlyMerge` went through the units stored
     while it watched: unit 0 before it started, unit 1 while it ran, unit 2 only after it stopped.
 
     A real worker computes `a`; `b`'s units arrive as copies of `a`'s stored files (array, then marker, as a worker
-    stores them), so the worker runs once: the follower only sees what is stored."""
+    stores them), so the worker runs once: the early only sees what is stored."""
     mode = request.param
     tmp = tmp_path_factory.mktemp(f"first_pass_{mode}")
     src = write_video(tmp / "v.mp4", synthetic_frames(FRAMES[mode], 64, 48))
@@ -69,8 +70,8 @@ def runs(request, tmp_path_factory, checkpoint):
 
     store(0)
     seen = {}
-    # A run folder without a plan is skipped: the follower goes on with the others.
-    with Follower([tmp / "not_planned", b.path], poll_s=0.01):
+    # A run folder without a plan is skipped: the early goes on with the others.
+    with EarlyMerge([tmp / "not_planned", b.path], poll_s=0.01):
         wait_for(lambda: len(_cached_units(b)) == len(pieces[0]))
         time.sleep(0.5)  # had it gone past unit 0, it would do so now
         seen["after unit 0"] = [e["unit"] for e in _cached_units(b)]
@@ -136,8 +137,8 @@ def test_a_cache_that_does_not_fit_the_run_is_ignored(runs, corrupt):
 def test_the_range_comes_from_the_markers_exactly_and_only_the_chain_rows_are_read(runs, tmp_path, monkeypatch):
     """Markers record each row's raw [min, max]: pass 1 reads only the 3 rows the chain needs (none in stream mode)
     and gets every entry to the last bit as from the rows themselves, which is what it does with older markers."""
-    from vda.pipeline.inference import CHAIN_OUTPUTS
-    from vda.pipeline.merge import first_pass
+    from vda.core.align import CHAIN_OUTPUTS
+    from vda.merge import first_pass
 
     tmp, _, _, _, _ = runs
     plan = Plan.load(tmp / "a")

@@ -27,6 +27,17 @@ from vda import events
 from vda.config import Config
 from vda.core.plan import PlanError
 from vda.core.preprocess import normalisation, preprocess
+from vda.device import stream as stream_mod
+from vda.device import transfer as transfer_mod
+from vda.device import window as window_mod
+from vda.device.compat import ieee_fp32
+from vda.device.feed import FrameFeed
+from vda.device.runtime import Runtime, UnsupportedDevice, check_compiler, resolve_precision, same_device
+from vda.device.runtime_torch import TorchNetwork
+from vda.device.single_pass import infer_video
+from vda.device.transfer import copy_done_event
+from vda.device.window import WindowRunner
+from vda.device.worker import DeviceWorker, _store
 from vda.errors import EXIT_OUT_OF_MEMORY
 from vda.io.rundir import RunDir
 from vda.io.writers import DepthMeta, read_depth
@@ -38,19 +49,6 @@ from vda.orchestrator.launch import WorkerOptions, inner_device, worker_command,
 from vda.orchestrator.planning import check_precision, create_plan, parse_devices
 from vda.orchestrator.progress import BatchProgress
 from vda.orchestrator.queue import QueuedVideo, WorkQueue
-from vda.pipeline import inference
-from vda.pipeline.inference import (
-    DeviceError,
-    FrameFeed,
-    Runtime,
-    WindowRunner,
-    check_compiler,
-    ieee_fp32,
-    infer_video,
-    resolve_precision,
-    same_device,
-)
-from vda.pipeline.worker import DeviceWorker, _store, copy_done_event
 from vda.system import gpu_env, usable_cpus
 
 pytestmark = pytest.mark.gpu_logic
@@ -332,10 +330,10 @@ def test_stream_mode_recomputes_a_non_finite_frame(model, nan_in_half_precision)
     frames = synthetic_frames(12, 32, 24)
     recomputed: list[int] = []
     runtime = Runtime.create("cpu", "bf16")
-    out = list(inference.stream_depths(model, runtime, enumerate(frames), (28, 42), recomputed))
+    out = list(stream_mod.stream_depths(model, runtime, enumerate(frames), (28, 42), recomputed))
     assert recomputed == [4] and all(torch.isfinite(d).all() for _, d in out)
     nan_in_half_precision["poison"] = set()
-    clean = list(inference.stream_depths(model, runtime, enumerate(frames), (28, 42)))
+    clean = list(stream_mod.stream_depths(model, runtime, enumerate(frames), (28, 42)))
     assert all(torch.equal(a, b) for (_, a), (_, b) in zip(out[:4], clean[:4]))  # before it: untouched
     assert rel_err(out[4][1].numpy(), clean[4][1].numpy()) <= 0.05  # fp32 where bf16 would have been: close
     assert rel_err(np.stack([d for _, d in out[5:]]), np.stack([d for _, d in clean[5:]])) <= 0.05
@@ -395,11 +393,11 @@ def test_recomputes_are_said_once_and_counted_per_unit(tmp_path, checkpoint, nan
 
 def test_bf16_is_refused_below_compute_capability_8():
     """Fake torch.cuda reporting a Turing card (7.5)."""
-    with pytest.raises(DeviceError, match="bf16 needs a GPU of compute capability 8.0 .* has 7.5") as err:
+    with pytest.raises(UnsupportedDevice, match="bf16 needs a GPU of compute capability 8.0 .* has 7.5") as err:
         Runtime.create("cuda:0", "bf16", cuda=FakeCuda(capability=(7, 5)))
     assert len(str(err.value).splitlines()) == 1
     assert Runtime.create("cuda:0", "bf16", cuda=FakeCuda(capability=(8, 6))).precision == "bf16"
-    with pytest.raises(DeviceError, match="CUDA is not available"):
+    with pytest.raises(UnsupportedDevice, match="CUDA is not available"):
         Runtime.create("cuda:0", "fp16", cuda=FakeCuda(available=False))
 
 
@@ -516,7 +514,7 @@ def test_compiled_encoder_runs_one_fixed_batch_shape(model, monkeypatch):
 
 
 def test_compile_without_a_compiler_is_refused_in_one_line():
-    with pytest.raises(DeviceError, match="--compile needs a C compiler") as err:
+    with pytest.raises(UnsupportedDevice, match="--compile needs a C compiler") as err:
         check_compiler(which=lambda name: None, environ={})
     assert len(str(err.value).splitlines()) == 1
     check_compiler(which=lambda name: "/usr/bin/gcc" if name == "gcc" else None, environ={})
@@ -544,10 +542,10 @@ def test_normalisation_is_made_once_per_device():
 
 
 def test_fp32_on_cuda_switches_tf32_off_and_restores_it():
-    """A Runtime on a fake cuda:0 (built directly; no GPU is touched): fp32 means IEEE fp32 inside, not TF32."""
+    """The torch runtime on cuda:0 (built directly; no GPU is touched): fp32 means IEEE fp32 inside, not TF32."""
     conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
     before = conv.fp32_precision, matmul.fp32_precision
-    with Runtime(torch.device("cuda:0"), "fp32").autocast():
+    with TorchNetwork(torch.nn.Linear(1, 1), torch.device("cuda:0")).autocast("fp32"):
         assert (conv.fp32_precision, matmul.fp32_precision) == ("ieee", "ieee")
     assert (conv.fp32_precision, matmul.fp32_precision) == before
     with ieee_fp32():
@@ -564,7 +562,7 @@ def test_the_fake_has_the_calls_torch_cuda_has():
 # ------------------------------------------------------------------------------------------ 11. no host sync (22)
 
 
-class FakeUploader(inference.Uploader):
+class FakeUploader(transfer_mod.Uploader):
     """The real Uploader with its one GPU-only call, the copy itself, replaced (no GPU here): it records which stream
     is current when the copy is queued and which stream the batch is for, and hands back a copy of the rows."""
 
@@ -582,7 +580,7 @@ def pinned(monkeypatch):
         shapes.append(tuple(shape))
         return torch.empty(shape, dtype=dtype)
 
-    monkeypatch.setattr(inference, "pinned_empty", pinned_empty)
+    monkeypatch.setattr(transfer_mod, "pinned_empty", pinned_empty)
     return shapes
 
 
@@ -621,12 +619,12 @@ def test_the_finiteness_flag_is_copied_without_a_host_wait(pinned):
     nothing waits for it until it is read (PendingWindow.finite). On CPU the flag is the tensor itself."""
     cuda = FakeCuda()
     flag = torch.tensor(False)
-    host, done = inference.flag_to_host(flag, torch.device("cuda:1"), cuda)
+    host, done = transfer_mod.to_host(flag, torch.device("cuda:1"), cuda)
     assert pinned == [()] and not host and done.name == "event-1"
     assert cuda.calls == [("current_stream", torch.device("cuda:1")), ("record", "stream-of-cuda:1", True)]
-    pending = inference.PendingWindow(3, 70, [], [], "fp16", torch.zeros(1), host, done)
+    pending = window_mod.PendingWindow(3, 70, [], [], "fp16", torch.zeros(1), host, done)
     assert not pending.finite() and cuda.calls[-1] == ("synchronize", "event-1", "stream-of-cuda:1")
-    assert inference.flag_to_host(flag, torch.device("cpu"), cuda) == (flag, None) and len(cuda.calls) == 3
+    assert transfer_mod.to_host(flag, torch.device("cpu"), cuda) == (flag, None) and len(cuda.calls) == 3
 
 
 @pytest.fixture
@@ -661,7 +659,7 @@ def test_no_host_sync_between_launching_a_window_and_the_next(model, host_reads,
     def stage(depth, precision):
         host_reads.append(("stage",))
 
-    out = [(w, fresh) for w, _, fresh, _ in inference.launch_settled(runner, range(4), feed, 92, stage)]
+    out = [(w, fresh) for w, _, fresh, _ in window_mod.launch_settled(runner, range(4), feed, 92, stage)]
     assert out == [(0, 0), (1, 0), (2, 0), (3, 0)]
     assert host_reads == [
         ("launch", 0), ("stage",), ("launch", 1), ("stage",), ("read", "__bool__"),
@@ -673,13 +671,15 @@ def test_no_host_sync_between_launching_a_window_and_the_next(model, host_reads,
 def test_stream_mode_reads_finiteness_once_per_group_of_frames(model, host_reads, monkeypatch):
     """Stream mode in bf16 on the CPU (no GPU here), host reads logged: one read per group of STREAM_CHECK frames,
     a group read only once the next group is launched; none per frame. `make gpu-check` alone shows the timeline."""
-    launch = inference._Stream.launch
+    launch = stream_mod._Stream.launch
     monkeypatch.setattr(
-        inference._Stream, "launch", lambda self, i, *a: host_reads.append(("launch", i)) or launch(self, i, *a)
+        stream_mod._Stream, "launch", lambda self, i, *a: host_reads.append(("launch", i)) or launch(self, i, *a)
     )
-    k = inference.STREAM_CHECK
+    k = stream_mod.STREAM_CHECK
     out = list(
-        inference.stream_depths(model, Runtime.create("cpu", "bf16"), enumerate(synthetic_frames(12, 32, 24)), (28, 42))
+        stream_mod.stream_depths(
+            model, Runtime.create("cpu", "bf16"), enumerate(synthetic_frames(12, 32, 24)), (28, 42)
+        )
     )
     assert [i for i, _ in out] == list(range(12))
     reads = [n for n, entry in enumerate(host_reads) if entry[0] == "read"]

@@ -199,18 +199,22 @@ def test_every_expected_error_kind_is_a_vda_error():
     from vda.analysis.detections import TrackError
     from vda.analysis.pointcloud import PointCloudError
     from vda.core.plan import PlanError
+    from vda.device.feed import FrameError
+    from vda.device.guard import NonFiniteDepth
+    from vda.device.rehearsal import InjectedFault
+    from vda.device.runtime import UnsupportedDevice
+    from vda.device.unit import DeviceOutOfMemory
+    from vda.errors import WeightsError
     from vda.events import ProtocolError
-    from vda.io.video import VideoError
-    from vda.io.writers import DepthFolderError, DiskFullError
+    from vda.files import DiskFullError
+    from vda.io.probe import VideoError
+    from vda.io.writers import DepthFolderError
     from vda.model.network import CheckpointError
-    from vda.model.registry import WeightsError
     from vda.orchestrator.backends.docker import DockerError
     from vda.orchestrator.queue import RunFailed
-    from vda.pipeline.inference import DeviceError, FrameError, NonFiniteDepth
-    from vda.pipeline.worker import DeviceOutOfMemory, InjectedFault
 
     kinds = [IntrinsicsError, TrackError, PointCloudError, PlanError, ProtocolError, VideoError, DepthFolderError]
-    kinds += [DiskFullError, CheckpointError, WeightsError, DockerError, RunFailed, DeviceError, FrameError]
+    kinds += [DiskFullError, CheckpointError, WeightsError, DockerError, RunFailed, UnsupportedDevice, FrameError]
     kinds += [NonFiniteDepth, DeviceOutOfMemory, InjectedFault]
     assert [k.__name__ for k in kinds if not issubclass(k, VdaError)] == []
     assert DeviceOutOfMemory("x").__class__.exit_code == EXIT_OUT_OF_MEMORY

@@ -7,7 +7,9 @@ import pytest
 from conftest import TOL, rel_err, synthetic_frames
 
 from vda.core.preprocess import effective_input_size, network_shape
-from vda.pipeline.inference import FrameError, StreamCache, infer_video
+from vda.device.feed import FrameError
+from vda.device.single_pass import infer_video
+from vda.device.stream import StreamCache
 
 
 @pytest.mark.parametrize("mode", ["window", "stream"])

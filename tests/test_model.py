@@ -12,7 +12,9 @@ from conftest import DATA, TOL, rel_err
 sys.path.insert(0, str(DATA))
 from make_reference import forward_input  # noqa: E402  (the exact input the reference forward saw)
 
-from vda.model.network import CONFIGS, CheckpointError, infer_encoder, interpolate_pos_embed, load_model
+from vda.model.configs import CONFIGS
+from vda.model.dinov2 import interpolate_pos_embed
+from vda.model.network import CheckpointError, infer_encoder, load_model
 
 
 def test_forward_matches_reference(model, parity):
@@ -32,7 +34,8 @@ def test_load_from_file_strict_and_eval(checkpoint):
 @pytest.mark.parametrize("encoder", ["vits", "vitb", "vitl"])
 def test_layout_matches_published_checkpoint(layout, encoder):
     """Our module tree has exactly the published names and shapes, for every encoder."""
-    from vda.model.network import ModelConfig, VideoDepthAnything
+    from vda.model.configs import ModelConfig
+    from vda.model.network import VideoDepthAnything
 
     published = {name: tuple(shape) for name, shape in layout[encoder]["tensors"]}
     with torch.device("meta"):

@@ -18,13 +18,14 @@ from conftest import ROOT, TOL, read_output, rel_err, single_pass, synthetic_fra
 from vda import events
 from vda.core import stitch
 from vda.core.plan import Plan
+from vda.device.serve import work_runs
+from vda.device.worker import DeviceWorker
+from vda.io.probe import probe
 from vda.io.rundir import RunDir
-from vda.io.video import probe
 from vda.io.writers import DepthMeta, read_depth
+from vda.merge import merge
 from vda.model.synth import synthetic_scene
 from vda.orchestrator.planning import create_plan
-from vda.pipeline.merge import merge
-from vda.pipeline.worker import DeviceWorker, work_runs
 
 
 def pipeline(src, run_dir, out_dir, checkpoint, unit_size=None, fmt="npy", input_size=126, **kw):

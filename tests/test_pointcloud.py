@@ -12,7 +12,8 @@ import pytest
 from vda.analysis.camera import Intrinsics, IntrinsicsError
 from vda.analysis.pointcloud import PointCloudError, frame_points, ply_bytes, ply_name, read_ply, write_pointclouds
 from vda.cli import tools as tools_cli
-from vda.io.writers import LEVELS, DepthMeta, encode, frame_name, write_atomic
+from vda.files import write_atomic
+from vda.io.writers import LEVELS, DepthMeta, encode, frame_name
 
 DW, DH = 8, 6  # depth maps
 VW, VH = 16, 12  # video frames: twice the depth size, as after --max-res

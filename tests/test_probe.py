@@ -15,19 +15,13 @@ import torch
 from conftest import numbered_frames, portrait_phone_video, read_output, run_vda, synthetic_frames, write_video
 from media import trim_edit_list
 
+from vda.device.serve import work_runs
+from vda.io.decode import read_frames
+from vda.io.frame_source import FrameSource
+from vda.io.probe import COUNT_MISMATCH, FrameCountMismatch, check_frame_count, decode_count, probe
 from vda.io.rundir import RunDir
-from vda.io.video import (
-    COUNT_MISMATCH,
-    FrameCountMismatch,
-    FrameSource,
-    check_frame_count,
-    decode_count,
-    probe,
-    read_frames,
-)
+from vda.merge import merge
 from vda.orchestrator.planning import create_plan, probe_input
-from vda.pipeline.merge import merge
-from vda.pipeline.worker import work_runs
 
 VFR = [i * 40 + (i % 3) * 7 for i in range(60)]  # ms: 40, 47, 54, ... a variable frame rate
 VIDEOS = {  # name -> (how it is made, how planning counts it)

@@ -32,8 +32,8 @@ from vda import events
 from vda.core import stitch
 from vda.core.plan import STREAM_UNIT_FRAMES, STREAM_WARMUP, UNIT_WINDOWS, Plan, PlanError, make_units
 from vda.errors import InputError
+from vda.io.probe import probe
 from vda.io.rundir import RunDir
-from vda.io.video import probe
 from vda.orchestrator.batch import expand_inputs, name_inputs
 
 SIZE = "28"  # network input: tiny, the queue is what is tested

@@ -100,7 +100,7 @@ def cluster():
 def node_cache(checkpoint):
     """The nodes' weights cache of the test checkpoint (all nodes here share one /tmp): empty at the start, so that
     the first run fetches the weights from the object store, and removed at the end."""
-    from vda.pipeline.worker import file_sha256
+    from vda.files import file_sha256
 
     cached = Path(tempfile.gettempdir()) / f"vda-ray-{os.getuid()}" / f"{file_sha256(checkpoint)}.pth"
     cached.unlink(missing_ok=True)

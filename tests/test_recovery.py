@@ -22,17 +22,28 @@ from test_gpu_logic import FakeCuda, InProcessWorkers
 from vda import events
 from vda.config import Config
 from vda.core import stitch
+from vda.device import compat, worker
+from vda.device import guard as guard_mod
+from vda.device import runtime as runtime_mod
+from vda.device import stream as stream_mod
+from vda.device import unit as unit_mod
+from vda.device import window as window_mod
+from vda.device.clock import StageClock
+from vda.device.compat import OOM_ERROR
+from vda.device.feed import FrameFeed
+from vda.device.guard import PrecisionGuard
+from vda.device.runtime import Runtime
+from vda.device.single_pass import infer_video
+from vda.device.window import WindowRunner
+from vda.device.worker import DeviceWorker
 from vda.io.rundir import RunDir
-from vda.model.network import DinoV2
+from vda.model.dinov2 import DinoV2
 from vda.orchestrator.backends.base import VideoRun
 from vda.orchestrator.batch import DepthRequest, run_depth
 from vda.orchestrator.launch import WorkerOptions, compile_shape_warning, worker_env
 from vda.orchestrator.planning import create_plan
 from vda.orchestrator.progress import BatchProgress
 from vda.orchestrator.queue import QueuedVideo, RunFailed, WorkQueue
-from vda.pipeline import compat, inference, worker
-from vda.pipeline.inference import FrameFeed, PrecisionGuard, Runtime, StageClock, WindowRunner, infer_video
-from vda.pipeline.worker import OOM_ERROR, DeviceWorker
 from vda.system import host_threads
 
 pytestmark = pytest.mark.gpu_logic
@@ -113,7 +124,7 @@ def test_a_fault_read_one_window_late_gives_what_reading_it_at_once_gives(model,
     encoder_fault["calls"] = 0
     late = WindowRunner(model, Runtime.create("cpu", "bf16"), SHAPE, PrecisionGuard())
     feed = FrameFeed(enumerate(frames), total=120)
-    settled = list(inference.launch_settled(late, range(6), feed, 120))
+    settled = list(window_mod.launch_settled(late, range(6), feed, 120))
     assert [w for w, *_ in settled] == list(range(6)) and all(
         torch.equal(a, b) for a, (_, b, *_) in zip(depths, settled)
     )
@@ -134,8 +145,10 @@ def test_the_worker_stores_a_late_found_fault_as_reading_it_at_once_would(
     src = write_images(tmp_path / "imgs", frames)
     create_plan(src, tmp_path / "run", checkpoint=str(checkpoint), input_size=28, precision="bf16")
     staged = []
-    stage = worker._stage
-    monkeypatch.setattr(worker, "_stage", lambda depth, precision: staged.append(precision) or stage(depth, precision))
+    stage = worker.piece_to_host
+    recorded = lambda depth, precision: staged.append(precision) or stage(depth, precision)  # noqa: E731
+    monkeypatch.setattr(worker, "piece_to_host", recorded)
+    monkeypatch.setattr(unit_mod, "piece_to_host", recorded)
     encoder_fault["at"] = {9}  # window 1's first new frames
     said: list[events.Message] = []
     work = DeviceWorker("cpu", said.append, checkpoint=str(checkpoint))
@@ -158,13 +171,13 @@ def test_stream_mode_gives_the_same_depth_however_late_finiteness_is_read(model,
     frames = synthetic_frames(20, 32, 24)
     runs = []
     for group in (1, 4, 20):
-        monkeypatch.setattr(inference, "STREAM_CHECK", group)
+        monkeypatch.setattr(stream_mod, "STREAM_CHECK", group)
         encoder_fault.update(at={6}, always=fault == "always", calls=0)
         recomputed: list[int] = []
         runtime = Runtime.create("cpu", "bf16")
-        out = list(inference.stream_depths(model, runtime, enumerate(frames), SHAPE, recomputed, PrecisionGuard()))
+        out = list(stream_mod.stream_depths(model, runtime, enumerate(frames), SHAPE, recomputed, PrecisionGuard()))
         runs.append((recomputed, out))
-    expected = [5] if fault == "frame 5" else list(range(inference.FP32_AFTER))
+    expected = [5] if fault == "frame 5" else list(range(guard_mod.FP32_AFTER))
     for recomputed, out in runs:
         assert recomputed == expected and [i for i, _ in out] == list(range(20))
         assert all(torch.equal(a, b) for (_, a), (_, b) in zip(out, runs[0][1]))
@@ -172,7 +185,7 @@ def test_stream_mode_gives_the_same_depth_however_late_finiteness_is_read(model,
 
 def test_a_feature_that_overflows_the_reduced_dtype_stays_fp32():
     big = torch.tensor([[1.0, 2.0], [1.0, 1e6]])  # frame 1 does not fit fp16 (max 65504)
-    (f0,), (f1,) = inference._reduced([big], torch.float16)
+    (f0,), (f1,) = guard_mod._reduced([big], torch.float16)
     assert f0.dtype == torch.float16 and f1.dtype == torch.float32 and f1[1] == 1e6
 
 
@@ -180,7 +193,7 @@ def test_stream_mode_one_encoder_fault_costs_one_frame(model, encoder_fault):
     encoder_fault["at"] = {6}  # frame 5
     recomputed: list[int] = []
     runtime = Runtime.create("cpu", "bf16")
-    out = list(inference.stream_depths(model, runtime, enumerate(synthetic_frames(40, 32, 24)), SHAPE, recomputed))
+    out = list(stream_mod.stream_depths(model, runtime, enumerate(synthetic_frames(40, 32, 24)), SHAPE, recomputed))
     assert encoder_fault["fired"] == 1 and recomputed == [5] and all(torch.isfinite(d).all() for _, d in out)
 
 
@@ -191,7 +204,7 @@ def test_after_k_recomputes_in_a_row_the_runner_computes_in_fp32(model, encoder_
     encoder_fault["always"] = True  # a card that always overflows
     guard = PrecisionGuard()
     runner, depths = _windows(model, Runtime.create("cpu", "bf16"), synthetic_frames(120, 32, 24), guard)
-    assert runner.recomputed == list(range(inference.FP32_AFTER)) and runner.rt.precision == "fp32"
+    assert runner.recomputed == list(range(guard_mod.FP32_AFTER)) and runner.rt.precision == "fp32"
     assert "--precision fp32" in guard.switched and len(guard.switched.splitlines()) == 1
     assert all(torch.isfinite(d).all() for d in depths)
     assert WindowRunner(model, Runtime.create("cpu", "bf16"), SHAPE, guard).rt.precision == "fp32"  # next unit too
@@ -403,7 +416,7 @@ def test_compile_covers_the_head_at_its_fixed_window_shape(model, monkeypatch):
         return run
 
     monkeypatch.setattr(torch, "compile", fake_compile)
-    monkeypatch.setattr(inference, "check_compiler", lambda gpu=False: None)
+    monkeypatch.setattr(runtime_mod, "check_compiler", lambda gpu=False: None)
     frames = synthetic_frames(50, 32, 24)
     eager = np.stack(list(infer_video(model, frames, input_size=28, micro_batch=4)))
     compiled = np.stack(list(infer_video(model, frames, input_size=28, micro_batch=4, compile=True)))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from vda.model.registry import CHECKPOINTS, WeightsError, find, resolve
+from vda.errors import WeightsError
+from vda.model.registry import CHECKPOINTS, find, resolve
 
 
 def test_six_published_checkpoints_with_licences():

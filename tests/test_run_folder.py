@@ -14,12 +14,12 @@ from conftest import run_vda, synthetic_frames, write_video
 
 from vda import config
 from vda.config import SIMULATE_ENV, Config
+from vda.device.serve import work_runs
 from vda.io.rundir import RunDir, RunFolderBusy
 from vda.io.writers import DepthMeta, frame_name, read_depth
+from vda.merge import merge
+from vda.merge.sinks import FrameFiles
 from vda.orchestrator.planning import create_plan
-from vda.pipeline.merge import merge
-from vda.pipeline.merge.sinks import FrameFiles
-from vda.pipeline.worker import work_runs
 
 
 def test_a_second_run_on_a_folder_in_use_is_refused_and_removes_nothing(tmp_path, checkpoint):

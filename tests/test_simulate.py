@@ -19,13 +19,14 @@ from conftest import read_output, run_vda, synthetic_frames, write_video
 from vda import config
 from vda.config import SIMULATE_ENV, Config
 from vda.core.plan import PlanError
+from vda.device.serve import work_runs
+from vda.device.simulate import fake_depth
 from vda.errors import UsageError
+from vda.io.pieces import row_range
 from vda.io.rundir import RunDir
+from vda.merge import merge
 from vda.orchestrator.launch import WorkerOptions, worker_env
 from vda.orchestrator.planning import create_plan
-from vda.pipeline.merge import merge
-from vda.pipeline.simulate import fake_depth
-from vda.pipeline.worker import row_range, work_runs
 
 MS = 20.0
 FRAMES = 90

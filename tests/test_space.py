@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from conftest import ROOT, synthetic_frames, write_images
 
+from vda.device.serve import work_runs
 from vda.io.rundir import RunDir
+from vda.merge import merge
 from vda.orchestrator.planning import create_plan
 from vda.orchestrator.space import (
     NPY_HEADER,
@@ -22,8 +24,6 @@ from vda.orchestrator.space import (
     unit_bytes,
     written_bytes,
 )
-from vda.pipeline.merge import merge
-from vda.pipeline.worker import work_runs
 
 CPU = ["cpu"]
 

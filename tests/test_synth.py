@@ -56,7 +56,7 @@ def test_same_bits_as_the_shared_generator(encoder, seed):
 @pytest.mark.shared
 def test_matches_the_shared_reference_outputs(model):
     """Optional: the reference outputs on ../shared's frames (the authors' example clip) still match."""
-    from vda.pipeline.inference import infer_video
+    from vda.device.single_pass import infer_video
 
     ref = np.load(SHARED / "fixtures" / "vda_parity" / "public_vits_seed0.npz")
     with torch.inference_mode():

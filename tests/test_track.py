@@ -30,7 +30,8 @@ from vda.analysis.track import (
 from vda.analysis.track_io import Track, TrackOptions, TrackPoint, TrackResult, plot_path
 from vda.cli import tools as tools_cli
 from vda.errors import InputError
-from vda.io.writers import LEVELS, DepthMeta, encode, frame_name, write_atomic
+from vda.files import write_atomic
+from vda.io.writers import LEVELS, DepthMeta, encode, frame_name
 
 W, H = 64, 48
 K = Intrinsics(fx=50.0, fy=55.0, cx=31.5, cy=23.5, width=W, height=H)

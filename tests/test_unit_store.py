@@ -10,11 +10,13 @@ import torch
 from conftest import synthetic_frames, write_video
 
 from vda import events
+from vda.device.runtime import PRECISIONS
+from vda.device.transfer import piece_to_host
+from vda.device.worker import DeviceWorker, _store
 from vda.errors import StorageError
+from vda.io.pieces import UnitStore
 from vda.io.rundir import RunDir
 from vda.orchestrator.planning import create_plan
-from vda.pipeline.inference import PRECISIONS
-from vda.pipeline.worker import DeviceWorker, UnitStore, _store, _to_host
 
 
 def test_jobs_run_in_submission_order_off_the_calling_thread():
@@ -75,7 +77,7 @@ def test_submitted_work_is_flushed_when_the_caller_fails():
 @pytest.mark.parametrize(("precision", "dtype"), [("fp32", np.float32), ("bf16", np.float32), ("fp16", np.float16)])
 def test_stored_dtype_keeps_every_value_of_its_precision(tmp_path, precision, dtype):
     depth = torch.tensor([[0.5, 70000.0], [1e-3, 3.0]]).to(PRECISIONS[precision]).float()
-    host, event = _to_host(depth, precision)  # on CPU: no copy in flight, so no event
+    _, host, event = piece_to_host(depth, precision)  # on CPU: no copy in flight, so no event
     assert event is None
     _store(tmp_path / "u.npy", host, event, 0.0, 0)
     stored = np.load(tmp_path / "u.npy")

@@ -9,7 +9,10 @@ import pytest
 from conftest import SHARED, numbered_frames, portrait_phone_video, synthetic_frames, write_images, write_video
 from media import frame_number
 
-from vda.io.video import VideoError, fit_max_res, probe, read_frames, threaded
+from vda.core.video_info import fit_max_res
+from vda.io.decode import read_frames
+from vda.io.prefetch import Prefetch
+from vda.io.probe import VideoError, probe
 from vda.model.synth import synthetic_scene
 
 
@@ -34,7 +37,7 @@ def test_seeking_equals_sequential_decoding(tmp_path):
     assert info.frame_count == 45 and len(info.keyframes) > 2
     everything = dict(read_frames(info, range(45)))
     wanted = [0, 12, 13, *range(24, 40)]
-    got = dict(threaded(read_frames(info, wanted)))
+    got = dict(Prefetch(read_frames(info, wanted)))
     assert sorted(got) == wanted
     for i in wanted:
         assert np.array_equal(got[i], everything[i])
@@ -102,7 +105,7 @@ def test_decoder_errors_surface_in_the_consumer():
         yield 1
         raise RuntimeError("decoder exploded")
 
-    it = threaded(broken())
+    it = Prefetch(broken())
     assert next(it) == 1
     with pytest.raises(RuntimeError, match="decoder exploded"):
         next(it)
@@ -184,20 +187,21 @@ def test_a_unit_continues_the_previous_units_decoder(tmp_path, monkeypatch):
     """The worker's FrameSource: consecutive window units of a video read from one decoder, which never seeks back
     (frame 0 and the re-read keyframe and overlap are kept), and give the frames a fresh decoder gives, resized."""
     from vda.core.plan import window_unit_frames
-    from vda.io import video
-    from vda.pipeline.worker import REREAD
+    from vda.device.unit import REREAD
+    from vda.io.decode_pyav import PyAVDecoder
+    from vda.io.frame_source import FrameSource
 
     info = probe(write_video(tmp_path / "bf.mp4", numbered_frames(150, 96, 64), gop=12, bframes=2))
     seeks = []
-    real = video._SeekingReader._seek
-    monkeypatch.setattr(video._SeekingReader, "_seek", lambda self, key: seeks.append(key) or real(self, key))
-    source = video.FrameSource(keep=REREAD)
+    real = PyAVDecoder._seek
+    monkeypatch.setattr(PyAVDecoder, "_seek", lambda self, key: seeks.append(key) or real(self, key))
+    source = FrameSource(keep=REREAD)
     for windows in [(0, 2), (2, 4), (4, 6)]:
         wanted = [i for a, b in window_unit_frames(windows, info.frame_count)[0] for i in range(a, b)]
         fresh = list(read_frames(info, wanted, (48, 32)))
         assert windows == (0, 2) or seeks  # a fresh decoder seeks to the unit's keyframe
         seeks.clear()
-        got = list(threaded(source.read(info, wanted, (48, 32))))
+        got = list(Prefetch(source.read(info, wanted, (48, 32))))
         assert seeks == []
         assert [i for i, _ in got] == wanted and all(np.array_equal(a, b) for (_, a), (_, b) in zip(got, fresh))
     assert len(source._parked) == 1

@@ -78,8 +78,8 @@ def infer_video(
     "net" (the network's resolution, no upsampling, the cheapest) or (width, height) / "WxH". `tensors=True` yields
     torch tensors where the model is, for a caller that goes on computing there. `device`: the model's by default.
     """
+    from vda.device import window as inference
     from vda.io.writers import parse_output_size
-    from vda.pipeline import inference
 
     if not isinstance(output_size, str):
         output_size = "x".join(str(int(v)) for v in output_size)

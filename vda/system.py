@@ -136,7 +136,7 @@ def host_threads(threads: int = 1) -> Iterator[None]:
     back after.
 
     torch's count acts per thread (OpenMP: a thread keeps the count it had at its first parallel op, and a new thread
-    takes the last one set, so the Follower thread that `vda depth` starts inside runs pass 1 at `threads`): the
+    takes the last one set, so the EarlyMerge thread that `vda depth` starts inside runs pass 1 at `threads`): the
     thread that bounds it puts its own back. OpenBLAS's count is the process's: it is held while any caller is inside
     and put back when the last one leaves.
 

@@ -21,9 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from vda.analysis.camera import Intrinsics, resolve_intrinsics
+from vda.core.video_info import VideoInfo
 from vda.errors import InputError
-from vda.io.video import VideoInfo, probe, read_frames
-from vda.io.writers import DepthMeta, read_depth, write_atomic
+from vda.files import write_atomic
+from vda.io.decode import read_frames
+from vda.io.probe import probe
+from vda.io.writers import DepthMeta, read_depth
 
 PLY_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
 PLY_TYPES = {"float": "<f4", "float32": "<f4", "double": "<f8", "uchar": "u1", "uint8": "u1", "int": "<i4"}

@@ -44,7 +44,8 @@ from vda.analysis.track_io import (
     plot_path,
     write_track_files,
 )
-from vda.io.writers import DepthMeta, read_depth, write_atomic
+from vda.files import write_atomic
+from vda.io.writers import DepthMeta, read_depth
 
 MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution times this is its standard deviation
 HAMPEL_REL_FLOOR = 0.005  # sigma >= 0.5% of the local median: quantised (png8) steps are not "outliers"

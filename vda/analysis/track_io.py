@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from vda.analysis.camera import Intrinsics
-from vda.io.writers import DepthMeta, write_atomic, write_json
+from vda.files import write_atomic, write_json
+from vda.io.writers import DepthMeta
 
 OUTPUT_SCHEMA = 1
 CSV_COLUMNS = (

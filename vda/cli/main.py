@@ -238,7 +238,7 @@ def cmd_plan(args) -> int:
 
 
 def cmd_work(args) -> int:
-    from vda.pipeline.worker import serve_stdin, work_runs
+    from vda.device.serve import serve_stdin, work_runs
     from vda.system import keep_freed_memory, limit_threads
 
     threads = config.current().threads
@@ -254,7 +254,7 @@ def cmd_work(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    from vda.pipeline.merge import merge
+    from vda.merge import merge
 
     run = RunDir(Path(args.run_dir))
     # a mistyped RUN_DIR is refused by merge, and gets no logs/ folder made for it

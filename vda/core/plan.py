@@ -15,14 +15,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from vda.core import stitch
+from vda.core.video_info import VideoInfo, spans
 from vda.errors import VdaError
-from vda.io.video import VideoInfo, spans
 
 SCHEMA_VERSION = 2
 PLAN_NAME = "plan.json"
 # Stream mode: frames a unit replays before its range, to warm the temporal cache (README: chunked stream accuracy).
 STREAM_WARMUP = 96
-# Default unit sizes (bench/bench_queue.py, bench/RESULTS.md). A unit costs its device the host's round trip (0.4 ms),
+# Default unit sizes (bench/bench_queue.py). A unit costs its device the host's round trip (0.4 ms),
 # the seek to its first frame (314 ms at 1080p with 250-frame GOPs, hidden by decoding one unit ahead: 0 ms left) and
 # its first window's 10 re-encoded overlap frames: 5.7% of the compute of 8 windows, at any device speed. 5 windows
 # would be the smallest unit under 10%; 8 windows (176 frames) are 1.3 s of vits at the published A100 speed, and
@@ -106,7 +106,7 @@ class Plan:
         return [p for u in self.units for p in self.pieces(u)]
 
     def save(self, run_dir: Path) -> None:
-        from vda.io.writers import write_json
+        from vda.files import write_json
 
         units = [  # by hand: asdict copies each unit's tuples deep, a second at 10,000 units
             {"index": u.index, "span": u.span, "decode": u.decode, "produces": u.produces} for u in self.units

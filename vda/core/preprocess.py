@@ -11,7 +11,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vda.model.network import PATCH
+PATCH = 14  # DINOv2's patch: the network's input sides are multiples of it
+
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)

@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from vda.errors import UsageError
-from vda.model.network import CONFIGS, ModelConfig, VideoDepthAnything
+from vda.model.configs import CONFIGS, ModelConfig
+from vda.model.network import VideoDepthAnything
 
 SEED_STRIDE = 1_000_003  # a prime: (seed, name) pairs of different seeds do not collide for any realistic seed
 OUTPUT_BIAS = 3.0  # the last conv's bias: keeps the final ReLU mostly active, so depth maps are not mostly zero

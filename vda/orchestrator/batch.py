@@ -24,16 +24,16 @@ from pathlib import Path
 from vda import logs
 from vda.core.plan import PlanError
 from vda.errors import EXIT_ERROR, InputError, VdaError
+from vda.io.probe import IMAGE_EXTS
 from vda.io.rundir import RunDir
-from vda.io.video import IMAGE_EXTS
+from vda.merge.early import EarlyMerge
+from vda.merge.output import Output
 from vda.orchestrator.backends.base import Backend, MergeRequest, VideoRun
 from vda.orchestrator.launch import WorkerOptions, compile_shape_warning
 from vda.orchestrator.planning import check_precision, choose_model, create_plan
 from vda.orchestrator.progress import BatchProgress
 from vda.orchestrator.queue import QueuedVideo, WorkQueue
 from vda.orchestrator.space import SpaceLedger, human_size
-from vda.pipeline.merge.first_pass import Follower
-from vda.pipeline.merge.output import Output
 from vda.system import host_threads
 
 # What a folder of videos may hold (anything FFmpeg reads would do; these are the names users give video files).
@@ -260,8 +260,8 @@ class MergeLine:
     after the other in a thread, or `backend.merge_slots` at a time where the backend runs merges on several hosts.
     A merge that fails fails its video only."""
 
-    def __init__(self, backend: Backend, request: DepthRequest, outs: dict[str, Path], follower: Follower, progress):
-        self.backend, self.request, self.outs, self.follower, self.progress = backend, request, outs, follower, progress
+    def __init__(self, backend: Backend, request: DepthRequest, outs: dict[str, Path], early: EarlyMerge, progress):
+        self.backend, self.request, self.outs, self.early, self.progress = backend, request, outs, early, progress
         self.errors: dict[str, Exception] = {}
         self._cancelled = False
         self._queue: queue.Queue = queue.Queue()
@@ -287,7 +287,7 @@ class MergeLine:
 
     def _loop(self) -> None:
         while (video := self._queue.get()) is not None and not self._cancelled:
-            self.follower.release(video.run.run.path)
+            self.early.release(video.run.run.path)
             started, out, r = time.perf_counter(), self.outs[video.name], self.request
             request = MergeRequest(
                 video.run.run,
@@ -366,8 +366,8 @@ def _run_planned(request: DepthRequest, backend: Backend, planner: Planner, say,
         if videos or later:  # every input refused: nothing for the backend to prepare (nor to fail at)
             backend.open(root, [v.run for v in videos] + later)
         followed = [v.run.run.path for v in videos] if backend.merges_here else []  # else pass 1 is in the merge
-        with Follower(followed, outputs={v.run.run.path: request.output(outs[v.name]) for v in videos}) as follower:
-            merges = MergeLine(backend, request, outs, follower, progress)
+        with EarlyMerge(followed, outputs={v.run.run.path: request.output(outs[v.name]) for v in videos}) as early:
+            merges = MergeLine(backend, request, outs, early, progress)
             work = WorkQueue(
                 videos,
                 backend,
@@ -379,7 +379,7 @@ def _run_planned(request: DepthRequest, backend: Backend, planner: Planner, say,
                 stream=stream,
             )
             work.refused = _refused(planner)
-            following = follower if backend.merges_here else None
+            following = early if backend.merges_here else None
             work.incoming = lambda: shapes.add(_arrivals(planner, space, outs, following, work, say))
             try:
                 work.run()
@@ -408,7 +408,7 @@ class _CompileShapes:
     def add(self, videos: list[QueuedVideo] | None) -> list[QueuedVideo] | None:
         """Count `videos`' shapes (warning once); `videos` is handed back, so this can wrap a call."""
         if self.on and videos:
-            from vda.pipeline.compat import dynamo_recompile_limit
+            from vda.device.compat import dynamo_recompile_limit
 
             self.shapes |= {(v.plan.settings.net_height, v.plan.settings.net_width) for v in videos}
             warning = compile_shape_warning(self.shapes, dynamo_recompile_limit())
@@ -422,15 +422,15 @@ def _refused(planner: Planner) -> list[dict]:
     return [{"input": r.source, "status": "refused", "error": r.error} for r in planner.refused]
 
 
-def _arrivals(planner: Planner, space, outs: dict, follower: Follower | None, work: WorkQueue, say) -> list | None:
+def _arrivals(planner: Planner, space, outs: dict, early: EarlyMerge | None, work: WorkQueue, say) -> list | None:
     """The inputs planned since the last call, for the queue (None once every input is planned or refused)."""
     if planner.finished:
         return None
     new = [(v, out) for v, out in planner.take() if _fits(space, v, out, planner, say)]
     for video, out in new:
         outs[video.name] = out
-        if follower is not None:
-            follower.follow(video.run.run.path, planner.request.output(out))
+        if early is not None:
+            early.follow(video.run.run.path, planner.request.output(out))
     work.progress.planned(planner.planned)
     work.refused = _refused(planner)
     return [v for v, _ in new]

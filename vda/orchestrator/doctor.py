@@ -388,7 +388,7 @@ def draft_plan(video: Path, devices: list[str], encoder: str, input_size: int = 
     """The plan `vda depth` would write, in memory only (no checkpoint needed), and the devices it would run on: what
     the space estimate reads."""
     from vda.core.plan import Plan, make_units
-    from vda.io.video import probe
+    from vda.io.probe import probe
     from vda.orchestrator.planning import ModelChoice, build_settings
 
     info = probe(video)
@@ -398,7 +398,7 @@ def draft_plan(video: Path, devices: list[str], encoder: str, input_size: int = 
 
 def video_plan(opts: Options, n_gpus: int):
     """The draft plan for --video on the GPUs (or a CPU), or the ✗ line when the video cannot be read."""
-    from vda.io.video import VideoError
+    from vda.io.probe import VideoError
 
     try:
         return draft_plan(opts.video, [f"cuda:{i}" for i in range(n_gpus)] or ["cpu"], opts.encoder)

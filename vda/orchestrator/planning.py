@@ -16,15 +16,15 @@ from pathlib import Path
 import torch
 
 from vda import config
-from vda.core.plan import PLAN_NAME, STREAM_WARMUP, Plan, PlanError, Settings, default_unit_size, make_units
+from vda.core.plan import AUTO, PLAN_NAME, STREAM_WARMUP, Plan, PlanError, Settings, default_unit_size, make_units
 from vda.core.preprocess import network_shape
+from vda.core.video_info import VideoInfo, fit_max_res
+from vda.files import file_sha256, write_json
+from vda.io.probe import head_hash, probe
 from vda.io.rundir import RunDir
-from vda.io.video import VideoInfo, fit_max_res, head_hash, probe
-from vda.io.writers import write_json
-from vda.model.network import CONFIGS, VideoDepthAnything, checkpoint_filter_fn, infer_encoder, read_state_dict
+from vda.model.configs import CONFIGS
+from vda.model.network import VideoDepthAnything, checkpoint_filter_fn, infer_encoder, read_state_dict
 from vda.model.registry import find, resolve
-from vda.pipeline.inference import AUTO
-from vda.pipeline.worker import file_sha256
 
 log = logging.getLogger(__name__)
 

@@ -44,9 +44,9 @@ from functools import partial
 from vda import events
 from vda.core.plan import Plan
 from vda.errors import RunError
+from vda.files import write_json
+from vda.io.probe import COUNT_MISMATCH
 from vda.io.rundir import RunDir
-from vda.io.video import COUNT_MISMATCH
-from vda.io.writers import write_json
 from vda.orchestrator.backends.base import START_FAILED, Backend, VideoRun, WorkerHandle
 from vda.orchestrator.planning import require_decode
 from vda.orchestrator.progress import BatchProgress

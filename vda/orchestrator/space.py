@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vda.core.plan import SEGMENT, Plan, PlanError
+from vda.device.runtime import resolve_precision, store_dtype
 from vda.io.rundir import RunDir
 from vda.io.writers import FORMATS, STACK, frame_digits, output_shape
-from vda.pipeline.inference import resolve_precision, store_dtype
 
 NPY_HEADER = 128
 # A piece's .done marker: shape, dtype and each row's raw [min, max] as JSON. Measured on stream segments of 8, 10 and

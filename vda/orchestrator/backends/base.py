@@ -125,7 +125,7 @@ class Backend(ABC):
 
 def merge_in_process(request: MergeRequest) -> None:
     """The merge, run in this process: what the local backend does, and the Ray backend where no node can."""
-    from vda.pipeline.merge import merge
+    from vda.merge import merge
 
     merge(
         request.run.path,

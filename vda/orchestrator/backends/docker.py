@@ -256,13 +256,13 @@ class DockerBackend(Backend):
         Otherwise every worker container would fail the same way, on every device.
         """
         import docker
-        from vda.pipeline.inference import DeviceError
+        from vda.device.runtime import UnsupportedDevice
 
         probe = ["sh", "-c", "command -v cc || command -v gcc || command -v clang"]
         try:
             self.client.containers.run(self.image, probe, remove=True, network_mode="none")
         except docker.errors.ContainerError as err:  # the probe ran and found no compiler
-            raise DeviceError(
+            raise UnsupportedDevice(
                 f"--compile needs a C compiler in the image {self.image} (torch.compile builds kernels), and it has "
                 "none; run without --compile, or build an image with gcc"
             ) from err

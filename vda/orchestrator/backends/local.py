@@ -11,9 +11,9 @@ from pathlib import Path
 
 from vda import events
 from vda.config import THREADS_ENV, Config
+from vda.device.runtime import check_compiler
 from vda.orchestrator.backends.base import Backend, LinePump, MergeRequest, merge_in_process
 from vda.orchestrator.launch import worker_command, worker_env
-from vda.pipeline.inference import check_compiler
 from vda.system import gpu_env
 
 STOP_GRACE_S = 10

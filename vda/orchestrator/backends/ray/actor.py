@@ -89,7 +89,8 @@ class DeviceActor:
     def _work(self, store_here: bool) -> None:
         import torch
 
-        from vda.pipeline.worker import DeviceWorker, write_piece
+        from vda.device.worker import DeviceWorker
+        from vda.io.pieces import write_piece
         from vda.system import keep_freed_memory
 
         sys.stdout = OutboxLines(self.outbox)

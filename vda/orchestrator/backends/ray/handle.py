@@ -140,7 +140,7 @@ class RayHandle:
                 self.code = EXIT_BUG
 
     def _take(self, item: tuple) -> Iterator[str]:
-        from vda.pipeline.worker import write_piece
+        from vda.io.pieces import write_piece
 
         kind = item[0]
         if kind == "piece":

@@ -52,7 +52,7 @@ def merge_on_node(request: MergeRequest, cpus: int, delay: float = 0.0) -> str:
     node = ray_module().get_runtime_context().get_node_id()
     note(request, f"merge started on Ray node {node}, pid {os.getpid()}, holding {cpus} CPU(s)")
     time.sleep(delay)
-    from vda.pipeline.merge.render import POOL
+    from vda.merge.render import POOL
 
     torch.set_num_threads(cpus)
     try:

@@ -155,7 +155,7 @@ def _answer(probe: Probe, node: str) -> bool:
 
 def unusable_inputs(plans: list[Plan]) -> list[tuple[str, str]]:
     """On one node: (path, why) for each input it cannot use as planned (the worker verifies the same, per video)."""
-    from vda.io.video import NOT_FOUND, identity_mismatch
+    from vda.io.probe import NOT_FOUND, identity_mismatch
 
     bad = []
     for plan in plans:

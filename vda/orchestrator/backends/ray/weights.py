@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from vda.core.plan import Plan
-from vda.io.writers import write_atomic
+from vda.files import write_atomic
 from vda.orchestrator.backends.ray.cluster import ray_module
 
 CACHE_DIR = "vda-ray"  # the node-local weights cache, under the node's temporary folder
@@ -37,7 +37,7 @@ def cached_weights(sha: str, refs: list) -> tuple[Path, bool]:
     """The run's checkpoint on this node, and whether it was fetched now: from the object store into a node-local
     cache, once per node. The cache is per user (a shared node's other users own theirs), and a cached file whose
     hash is not the run's (damaged, cut short) is fetched again."""
-    from vda.pipeline.worker import file_sha256
+    from vda.files import file_sha256
 
     path = Path(tempfile.gettempdir()) / f"{CACHE_DIR}-{os.getuid()}" / f"{sha}.pth"
     if path.is_file() and file_sha256(path) == sha:

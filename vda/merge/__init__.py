@@ -2,7 +2,7 @@
 
 Pass 1 (`first_pass`, sequential, cheap): replay the alignment chain over the stored windows, reading only the
 three outputs per window it needs, and bound the value range for quantised formats. `vda depth` runs it
-ahead, in a thread that follows the workers (`Follower`), and keeps it in RUN_DIR/first_pass.json.
+ahead, in a thread that follows the workers (`EarlyMerge`), and keeps it in RUN_DIR/first_pass.json.
 Pass 2 (`render`, parallel over CPU processes): each task renders the frames one window makes final, from that
 window and the previous one, and writes them. Memory stays at a few windows per process.
 The rendering is the same code the single pass uses, so the result equals a single pass.
@@ -21,8 +21,9 @@ from pathlib import Path
 
 from vda.core.plan import Plan, PlanError
 from vda.errors import UsageError
+from vda.files import write_atomic
+from vda.io.decode import read_frames
 from vda.io.rundir import RunDir
-from vda.io.video import read_frames
 from vda.io.writers import (
     FORMATS,
     LEVELS,
@@ -33,12 +34,11 @@ from vda.io.writers import (
     fixed_range,
     output_shape,
     parse_output_size,
-    write_atomic,
 )
-from vda.pipeline.merge.first_pass import FirstPass
-from vda.pipeline.merge.output import MERGED_MARKER, PREVIEW_NAME, Output, prepare_output
-from vda.pipeline.merge.render import Job, job_for, map_ordered, render_processes
-from vda.pipeline.merge.sinks import SideBySideSink, Sink, StackFile, VideoSink
+from vda.merge.first_pass import FirstPass
+from vda.merge.output import MERGED_MARKER, PREVIEW_NAME, Output, prepare_output
+from vda.merge.render import Job, job_for, map_ordered, render_processes
+from vda.merge.sinks import SideBySideSink, Sink, StackFile, VideoSink
 from vda.system import host_threads
 
 logger = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def merge(
     s = plan.settings
     out_size = output_shape(output_size, job.size, (s.net_height, s.net_width))
     first = FirstPass(job, plan)
-    ahead = len(first.entries)  # done by `Follower` while the workers ran, or by an interrupted merge
+    ahead = len(first.entries)  # done by `EarlyMerge` while the workers ran, or by an interrupted merge
     with host_threads():
         job = _finish_first_pass(first, job)
     job = dataclasses.replace(job, out_size=out_size, quant=_quantization(job, png_scale))

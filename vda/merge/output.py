@@ -17,8 +17,9 @@ from pathlib import Path
 
 from vda.core.plan import Plan, PlanError
 from vda.errors import VdaError
+from vda.files import write_json
 from vda.io.rundir import RunDir
-from vda.io.writers import FORMATS, LEVELS, META_NAME, STACK_NAME, DepthMeta, write_json
+from vda.io.writers import FORMATS, LEVELS, META_NAME, STACK_NAME, DepthMeta
 
 MERGED_MARKER = ".merged"
 PREVIEW_NAME = "depth_vis.mp4"

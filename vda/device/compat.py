@@ -61,3 +61,6 @@ def free_device_memory(device: torch.device, cuda=None) -> None:
     `cuda` is torch.cuda; tests pass a fake (no GPU here)."""
     if device.type == "cuda":
         (cuda or torch.cuda).empty_cache()
+
+
+OOM_ERROR = out_of_memory_error()  # the class an out of memory raises, on this torch

@@ -20,11 +20,11 @@ import numpy as np
 import torch
 
 from vda.core import stitch
+from vda.core.align import WindowAligner, upsample
 from vda.core.plan import Plan
 from vda.io.rundir import RunDir
 from vda.io.writers import colorize
-from vda.pipeline.inference import WindowAligner, upsample
-from vda.pipeline.merge.sinks import frame_writer
+from vda.merge.sinks import frame_writer
 from vda.system import keep_freed_memory, limit_threads, usable_cpus
 
 # A pool of spawned render processes takes seconds to start (each imports torch): 5.7 s against 0.07 s for rendering a

@@ -2,9 +2,9 @@
 
 Without it a long video's frames are all rendered after its last unit: an hour of 1080p30 is 108,000 frames at about
 9.5 ms of CPU each (bench_host.py, npy at 1280x720, one core), some 64 s on 16 cores after the GPUs are done. With it,
-2,000 frames of 1080p on one simulated device left 0.1 s of merge after the last unit (bench/RESULTS.md). A unit's
+2,000 frames of 1080p on one simulated device left 0.1 s of merge after the last unit (bench/bench_host.py). A unit's
 frames need only its window and the previous one, aligned by pass 1's (scale, shift) for both, so they are final as
-soon as pass 1 has passed the unit: `Follower` steps pass 1 as pieces are stored, and a `RenderAhead` hands each unit it
+soon as pass 1 has passed the unit: `EarlyMerge` steps pass 1 as pieces are stored, and a `RenderAhead` hands each unit it
 passed to the shared render pool. Only for outputs whose files need no value range (`Output.renders_ahead`); the
 range of png's quantisation is known only once every unit is.
 
@@ -22,9 +22,9 @@ from pathlib import Path
 
 from vda.core.plan import Plan
 from vda.io.writers import LEVELS, fixed_range, output_shape
-from vda.pipeline.merge.first_pass import FirstPass
-from vda.pipeline.merge.output import Output, prepare_output, record_rendered
-from vda.pipeline.merge.render import POOL, job_for, render_processes, render_unit
+from vda.merge.first_pass import FirstPass
+from vda.merge.output import Output, prepare_output, record_rendered
+from vda.merge.render import POOL, job_for, render_processes, render_unit
 
 log = logging.getLogger(__name__)
 
