@@ -21,25 +21,24 @@ from vda.report.data import NotARun, ReportError, RunRecord, load_run
 REPORT_NAME = "report.html"
 log = logging.getLogger(__name__)
 
-__all__ = ["REPORT_NAME", "NotARun", "ReportError", "RunRecord", "load_run", "write_report"]
+__all__ = ["REPORT_NAME", "NotARun", "ReportError", "RunRecord", "load_run", "write_report", "write_run_report"]
 
 
 def write_report(folder: str | Path, out: str | Path | None = None, *, finished: bool | None = None) -> Path:
     """Write the report of the run in `folder` (OUT or a run folder) to `out`/report.html (default: the run's
     OUT) and return its path. `finished`: the caller knows the record is final (the run itself, at its end)."""
+    return write_run_report(load_run(Path(folder), finished=finished), out)
+
+
+def write_run_report(run: RunRecord, out: str | Path | None = None) -> Path:
+    """`write_report` of a run already read."""
     from vda.report import charts, html, thumbs  # matplotlib is imported when a report is made, not with vda
 
     began = time.perf_counter()
-    run = load_run(Path(folder), finished=finished)
     target = Path(out or run.out) / REPORT_NAME
     text = html.page(run, charts.timeline(run), thumbs.strips(run.videos))
     target.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(target, text.encode())
-    log.info(
-        "report: %s, %d videos, %.0f KB in %.2f s",
-        target,
-        len(run.videos),
-        len(text) / 1e3,
-        time.perf_counter() - began,
-    )
+    took = time.perf_counter() - began
+    log.info("report: %s, %d videos, %.0f KB in %.2f s", target, len(run.videos), len(text) / 1e3, took)
     return target

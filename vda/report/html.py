@@ -21,6 +21,7 @@ th[data-sort]{cursor:pointer;text-decoration:underline dotted}td.n,th.n{text-ali
 .state{display:inline-block;padding:1px 8px;border-radius:9px;background:#eee}
 .merged{color:#1b6e1b}.failed,.refused{color:#b00020;font-weight:600}.pending,.computed{color:#a06000}
 .error{color:#b00020;max-width:60em}.log{color:#666;font-size:11px;word-break:break-all}
+.row{display:flex;gap:48px;flex-wrap:wrap}.sub{color:#666;font-size:11px}
 img.strip{display:block;height:108px}figure{margin:8px 0}figure svg{max-width:100%;height:auto}
 """
 SCRIPT = """
@@ -80,8 +81,8 @@ def summary(run: RunRecord) -> str:
         ("backend", run.backend),
         ("host CPU per frame", f"{1000 * cpu / frames:.1f} ms" if cpu is not None and frames else "-"),
     ]
-    rows += [(k, v) for k, v in run.settings.items()]
-    return "<h2>Summary</h2>" + _table(rows, "summary")
+    settings = _table(list(run.settings.items()), "settings")
+    return f'<h2>Summary</h2><div class="row">{_table(rows, "summary")}{settings}</div>'
 
 
 def devices(run: RunRecord, timeline: str) -> str:
@@ -116,8 +117,8 @@ def _video_row(v: VideoRow, total: float, jpeg: bytes | None) -> str:
     fps = f"{float(info.fps_fraction):.2f}" if info else "-"
     time_s = v.device_s + (v.merge[1] - v.merge[0] if v.merge else 0.0)
     share = v.device_s / total if total > 0 else 0.0
-    merge = f" + merge {seconds(v.merge[1] - v.merge[0])}" if v.merge else ""
     node = f" @{escape(v.merge_node)}" if v.merge_node else ""
+    merge = f'<div class="sub">merge {seconds(v.merge[1] - v.merge[0])}{node}</div>' if v.merge else ""
     error = ""
     if v.error or v.status in ("failed", "refused"):
         error = f'<div class="error">{escape(v.error or "not computed")}</div>'
@@ -128,5 +129,5 @@ def _video_row(v: VideoRow, total: float, jpeg: bytes | None) -> str:
         f'<tr class="video" {data} data-share="{share:.5f}"><td class="{escape(v.status)}">{escape(v.status)}</td>'
         f'<td><b>{escape(v.name)}</b><div class="log">{escape(v.input)}</div>{error}</td>'
         f"<td class=n>{v.frames}</td><td>{size}</td><td class=n>{fps}</td>"
-        f"<td class=n>{seconds(v.device_s)}{merge}{node}</td><td class=n>{100 * share:.1f}%</td><td>{img}</td></tr>"
+        f"<td class=n>{seconds(v.device_s)}{merge}</td><td class=n>{100 * share:.1f}%</td><td>{img}</td></tr>"
     )
