@@ -1,8 +1,8 @@
 """The report's page: one self-contained HTML file (inline style, inline images, one small inline script).
 
 Nothing is fetched when it opens: the strips are JPEG data URIs, the timeline inline SVG (vda.report.charts), and the
-script only sorts the videos' table (by a column's data-* value, on a click of its header). Every text from the
-records is escaped.
+script only sorts the videos' table (by a column's data-* value, on a click of its header, or on load from the
+address: report.html#sort=status). Every text from the records is escaped.
 """
 
 from __future__ import annotations
@@ -24,13 +24,15 @@ th[data-sort]{cursor:pointer;text-decoration:underline dotted}td.n,th.n{text-ali
 .row{display:flex;gap:48px;flex-wrap:wrap}.sub{color:#666;font-size:11px}
 img.strip{display:block;height:108px}figure{margin:8px 0}figure svg{max-width:100%;height:auto}
 """
-SCRIPT = """
+SCRIPT = r"""
 document.querySelectorAll('#videos th[data-sort]').forEach(function(th){th.addEventListener('click',function(){
 var key=th.dataset.sort,body=document.querySelector('#videos tbody'),rows=Array.from(body.rows);
 var up=th.dataset.dir!=='up';th.dataset.dir=up?'up':'down';
 rows.sort(function(a,b){var x=a.dataset[key],y=b.dataset[key];
 var d=isNaN(x)||isNaN(y)?x.localeCompare(y):x-y;return up?d:-d;});
 rows.forEach(function(r){body.appendChild(r);});});});
+var h=location.hash.match(/sort=(\w+)/),th=h&&document.querySelector('#videos th[data-sort="'+h[1]+'"]');
+if(th)th.click();
 """
 # Status order when sorting by status: the ones to look at first.
 STATUS_RANK = {"failed": 0, "refused": 1, "pending": 2, "computed": 3, "merged": 4}
