@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 
 import matplotlib
 from matplotlib.figure import Figure
@@ -81,6 +82,7 @@ def _svg(fig: Figure) -> str:
     with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "vda"}):  # text as text; stable ids
         fig.savefig(buf, format="svg", metadata={"Date": None})
     text = buf.getvalue()
+    text = re.sub(r"<metadata>.*?</metadata>", "", text, flags=re.S)  # matplotlib's RDF block: bytes, no use here
     return text[text.index("<svg") :]  # the XML prolog and doctype have no place inside HTML
 
 
