@@ -138,3 +138,17 @@ def test_two_hundred_videos_are_reported_within_ten_seconds(failed_run, tmp_path
     assert page.count('<tr class="video"') == 200 and page.count('src="data:image/jpeg;base64,') == 200
     assert page.count('<td class="failed">failed</td>') == 10 and '<figure class="timeline" data-lanes="4"' in page
     assert len(page) < 3e6, f"{len(page) / 1e6:.1f} MB"  # the note: under a few MB per 100 videos (0.8 measured)
+
+
+def test_the_report_reads_files_only():
+    """vda.report imports the core, io, errors and config layers and third-party libraries, never the orchestrator,
+    the devices or the front ends: the batch calls it, not the other way round."""
+    import ast
+
+    allowed = ("vda.core", "vda.io", "vda.errors", "vda.config", "vda.report")
+    for path in (ROOT / "vda" / "report").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            bad = [n for n in names if n.startswith("vda") and not n.startswith(allowed)]
+            assert bad == [], f"{path.name} imports {bad}"
