@@ -81,7 +81,7 @@ class VideoRow:
 class RunRecord:
     run_dir: Path
     out: Path
-    state: str  # "finished", "in progress" (a process holds the run folder) or "stopped" (no final record)
+    state: str  # "finished", "in progress" (a process holds the run folder) or "stopped" (ended before its end)
     started: float | None  # epoch seconds, None in a record of an older vda
     wall_s: float
     host_cpu_s: float | None
@@ -129,8 +129,10 @@ def load_run(folder: Path, finished: bool | None = None) -> RunRecord:
     started, updated = run.get("started"), run.get("updated")
     wall = max(0.0, updated - started) if started is not None and updated is not None else 0.0
     attempts = _attempts(doc.get("units", []), wall)
-    state = "finished" if finished or run.get("finished") else "in progress" if _held(run_dir) else "stopped"
     videos = [_video(v, run_dir, attempts) for v in doc.get("videos", [])]
+    state = "finished" if finished or run.get("finished") else "in progress" if _held(run_dir) else "stopped"
+    if state == "finished" and any(v.status in ("pending", "computed") for v in videos):
+        state = "stopped"  # it ended before every video was settled: interrupted, or out of devices
     return RunRecord(
         run_dir=run_dir,
         out=out,
