@@ -17,7 +17,7 @@ Everything is measured here, for real, with the synthetic vits weights (`vda.mod
       before the unit's first frame, decode up to it) over decoding 32 frames in a running decoder, for units at
       evenly spread positions of a GOP; on the bench clip and on a --seek-size clip with a --gop keyframe interval
       (x264's default is 250), decoded to the size a worker would (--max-res 1280);
-    - store: vda.pipeline.worker's store of one piece (np.save to a temporary name, rename, `.done` marker) at the
+    - store: vda.device.worker's store of one piece (np.save to a temporary name, rename, `.done` marker) at the
       bench's
       network size and for a 1920x1080 frame at input size 518 in fp16 (a GPU run). It runs in the worker's store
       thread, and it is paid per piece (window or stream segment) whatever the unit size.
@@ -246,7 +246,7 @@ def decode_start(
     """(mean, max extra seconds of a unit's first 32 frames over a running decoder, per-frame decode s, GOP).
 
     `ahead`: seconds the unit's decoder runs before its frames are wanted, as a worker starts the decoder of the unit
-    it was handed ahead while the current one computes (vda.pipeline.worker.DeviceWorker.serve); 0 for a decoder
+    it was handed ahead while the current one computes (vda.device.worker.DeviceWorker.serve); 0 for a decoder
     started when the frames are wanted."""
     info = probe(clip)
     t = time.perf_counter()
@@ -276,7 +276,7 @@ def decode_start(
 
 
 def store_seconds(shape: tuple[int, ...], precision: str, folder: Path, repeats: int = 5) -> tuple[float, float]:
-    """(median seconds of vda.pipeline.worker's store of one piece of `shape`, MB on disk)."""
+    """(median seconds of vda.device.worker's store of one piece of `shape`, MB on disk)."""
     depth = torch.rand(*shape)
     folder.mkdir(parents=True, exist_ok=True)
     seconds = []

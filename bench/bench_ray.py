@@ -15,7 +15,7 @@ process attaches as the driver, and one worker node per device, each with its ow
     WINDOW frames at network resolution in fp16, for --transfer-size frames at input size 518, as a GPU run stores
     them) and the driver fetches each (ray.get): MB per unit, ms per unit (the actor's put, the transfer between the
     two nodes' object stores over loopback, the driver's get) and MB/s; then the driver's store of those pieces into a
-    run folder (vda.pipeline.worker.write_piece), which every backend pays somewhere (a local worker in its store
+    run folder (vda.device.worker.write_piece), which every backend pays somewhere (a local worker in its store
     thread, the Ray driver in the stream's reader).
 (c) The driver's cost, for both paths of the pieces (issue 23): a whole `vda depth` batch (run_depth: plan, queue,
     merges) on simulated devices (VDA_SIMULATE_MS_PER_FRAME: the host's real path, the model replaced by a wait), one

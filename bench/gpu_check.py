@@ -11,7 +11,7 @@ synthetic vits weights made on the spot (`vda.model.synth`; nothing is read from
 2. parity: `infer_video` in window mode on CUDA in fp32 against the CPU in fp32 on those frames, as the relative
    max error `max|cuda - cpu| / max|cpu|`: PASS at or below 1e-4. The fp16 and bf16 (where the GPU supports it)
    deviations from CPU fp32 are printed for information, without a threshold. vda computes fp32 on CUDA with TF32
-   off (`vda.pipeline.inference.ieee_fp32`: by default cuDNN runs fp32 convolutions in TF32 on Ampere and newer GPUs,
+   off (`vda.device.ieee_fp32`: by default cuDNN runs fp32 convolutions in TF32 on Ampere and newer GPUs,
    which
    alone may exceed 1e-4); a FAIL line still prints torch's TF32 settings;
 3. depth-local: `vda depth --devices cuda:0,cuda:0 --unit-size 1` (two worker processes on one GPU sharing the queue
@@ -192,7 +192,7 @@ def tf32_note() -> str:
 
 
 def bf16_supported(device: torch.device) -> bool:
-    """bf16 in hardware, as `vda.pipeline.inference.Runtime` requires it (torch would also report emulated bf16)."""
+    """bf16 in hardware, as `vda.device.Runtime` requires it (torch would also report emulated bf16)."""
     if device.type != "cuda":
         return False
     try:

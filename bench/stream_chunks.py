@@ -7,7 +7,7 @@ warm-up, and the error at the first frame of each unit after the first (the seam
     python bench/stream_chunks.py [--video V] [--frames 150] [--unit-size 50] [--input-size 126] [--checkpoint PATH]
 
 The run is planned as `vda depth --mode stream --unit-size N` plans it
-(vda.orchestrator.planning.create_plan), its units are computed in this process (vda.pipeline.worker.work_runs,
+(vda.orchestrator.planning.create_plan), its units are computed in this process (vda.device.worker.work_runs,
 as `vda work RUN_DIR` does) and merged to npy.
 
 Without --video it encodes a synthetic clip (random blocks sliding sideways) on the spot. Without --checkpoint it

@@ -1,6 +1,6 @@
 """Faults and bad input (issues 5 and 13): each test injects the fault for real.
 
-Workers are real `vda work` processes, killed with real signals or by the fault injection of vda.pipeline.worker
+Workers are real `vda work` processes, killed with real signals or by the fault injection of vda.device.worker
 (VDA_FAIL_AT_UNIT, VDA_FAIL_MODE, VDA_FAIL_TIMES); the disk-full test mounts a real tmpfs (root only). Nothing is
 faked here: the tests that need distinct GPUs to move a unit between are in test_gpu_logic.py.
 """

@@ -1,7 +1,7 @@
 """The work queue (issue 13): many videos share one queue of small units on long-lived device workers.
 
 Every run here is real: `vda depth` subprocesses with CPU workers, real encoded videos, and the Docker engine for the
-cross-backend resume. Fault and delay injection (VDA_FAIL_*, VDA_WORKER_DELAY, vda.pipeline.worker) stand for a
+cross-backend resume. Fault and delay injection (VDA_FAIL_*, VDA_WORKER_DELAY, vda.device.worker) stand for a
 crashing or a slow device.
 """
 

@@ -6,9 +6,9 @@ import argparse
 import csv
 import json
 import math
+import struct
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
@@ -125,15 +125,6 @@ def test_tortuosity_definitions():
     closed = np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 0, CLOSED_TOL / 10]])
     value, note = tortuosity(closed)
     assert value is None and "returns to its start" in note
-
-
-def test_plot_ticks_and_aspect():
-    assert plots.nice_ticks(0, 1) == [0, 0.2, 0.4, 0.6, 0.8, 1.0]
-    assert plots.nice_ticks(-3.3, 7.1) == [-2, 0, 2, 4, 6]
-    assert plots.nice_ticks(1e-5, 5e-5) == [1e-5, 2e-5, 3e-5, 4e-5, 5e-5]
-    (x0, x1), (y0, y1) = plots.equal_aspect((0, 1), (0, 4), 200, 200)
-    assert (x1 - x0, y1 - y0) == (4, 4)
-    assert plots.data_range([3.0, 3.0]) == (2.85, 3.15)
 
 
 # --- the command on files -----------------------------------------------------------------------------------------
@@ -313,13 +304,17 @@ def test_cli_writes_json_csv_and_plots(tmp_path, capsys):
     doc = json.loads(target.read_text())
     assert doc["camera"]["fx"] == pytest.approx(32 / math.tan(math.radians(35)))
     assert doc["cleaning"]["method"] == "median"
-    img = cv2.imread(str(plot_path(target, 1)))
-    assert img.shape == (plots.TITLE_H + plots.PANEL_H, 3 * plots.PANEL_W, 3) and (img < 250).any()
+    png = plot_path(target, 1).read_bytes()  # matplotlib's figure: a PNG of the figure's size, with content
+    assert png.startswith(b"\x89PNG") and png[16:24] == struct.pack(">II", *plots_size()) and len(png) > 20_000
     assert len(list(csv.DictReader(target.with_suffix(".csv").open()))) == 9
+
+
+def plots_size() -> tuple[int, int]:
+    return round(plots.SIZE_IN[0] * plots.DPI), round(plots.SIZE_IN[1] * plots.DPI)
 
 
 def test_plot_of_a_track_without_depth_is_still_drawn():
     point = TrackPoint(0, 0.0, 1.0, 1.0, None, 0, None, None, None)
     track = Track(3, summarize(np.zeros((0, 3)), 1, 0, []), (point,))
-    img = plots.trajectory_figure(track, units="relative", title="empty")
-    assert img.dtype == np.uint8 and img.shape[2] == 3
+    png = plots.encode_png(plots.trajectory_figure(track, units="relative", title="empty"))
+    assert png.startswith(b"\x89PNG") and png[16:24] == struct.pack(">II", *plots_size())

@@ -55,7 +55,7 @@ CHECKOUT_MODELS = CHECKOUT / "models" if (CHECKOUT / "pyproject.toml").is_file()
 @dataclass(frozen=True)
 class Faults:
     """Rehearsals (VDA_FAIL_*, VDA_WORKER_DELAY, VDA_SIMULATE_MS_PER_FRAME): what the queue does when a unit, a worker
-    or a device fails, and whether this host can feed its devices (a simulated device: vda.pipeline.simulate).
+    or a device fails, and whether this host can feed its devices (a simulated device: vda.device.simulate).
 
     They travel together to every worker of every backend (vda.orchestrator.launch), so a rehearsal on the host is a
     rehearsal wherever the workers run."""

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from vda import api, config, logs
+from vda.cli import report as report_cli
 from vda.cli import tools
 from vda.core.plan import MODES, PLAN_NAME, PRECISION_CHOICES
 from vda.errors import EXIT_BUG, EXIT_ERROR, EXIT_INTERRUPTED, UsageError, VdaError, one_line
@@ -137,6 +138,7 @@ def parser() -> argparse.ArgumentParser:
     _depth_parser(sub)
     tools.add_parsers(sub)
     doctor.add_parser(sub)
+    report_cli.add_parser(sub)
     for p in {id(p): p for p in sub.choices.values()}.values():  # an alias names the same parser
         _diagnostic_flags(p, argparse.SUPPRESS)
     return ap
@@ -301,6 +303,7 @@ def cmd_depth(args) -> int:
 
 COMMANDS = {"plan": cmd_plan, "work": cmd_work, "merge": cmd_merge, "depth": cmd_depth, **tools.COMMANDS}
 COMMANDS["doctor"] = doctor.cmd_doctor
+COMMANDS["report"] = report_cli.cmd_report
 
 
 def _on_sigterm(signum, frame):

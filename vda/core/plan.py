@@ -33,7 +33,7 @@ UNIT_WINDOWS = 8
 STREAM_UNIT_FRAMES = 400
 SEGMENT = 32  # stream mode: frames per stored file, so that a killed worker leaves most of its unit stored
 MODES = ("window", "stream")
-# "auto" is a per-device choice made where the model runs (vda.pipeline.inference.resolve_precision): fp16 on a GPU,
+# "auto" is a per-device choice made where the model runs (vda.device.resolve_precision): fp16 on a GPU,
 # fp32 on a CPU. A plan over cpu and cuda devices then computes each window in what its device does well, and a unit
 # retried on the other kind still runs (an fp16 unit on a CPU would fail).
 AUTO = "auto"

@@ -1,7 +1,7 @@
 """Window schedule, scale/shift alignment and blending of the authors' long-video inference.
 
 Pure functions over integers and arrays; no IO and no model. The single-pass generator in
-`vda.pipeline.inference` and the multi-device merge in `vda.pipeline.merge` both call these, which is why the two
+`vda.device` and the multi-device merge in `vda.merge` both call these, which is why the two
 agree: there is only one definition of which frames a window reads and writes, and how they blend.
 
 The schedule (32-frame windows, stride 22):

@@ -7,7 +7,7 @@ rendering and the writers all stay real, so what the run costs the host is what 
 
 It stands for a GPU: at the default precision (auto) its pieces are stored in float16, as a GPU run's are, so the
 store, pass 1 and rendering read and write what they would behind a GPU. What a GPU does on the device, the simulated
-device keeps cheap on the host: the per-frame map, the window's array and each row's [min, max] (vda.pipeline.worker
+device keeps cheap on the host: the per-frame map, the window's array and each row's [min, max] (vda.device.worker
 reads them from the device and copies them to the host while the next window computes).
 
 The depth it returns is not depth: a cheap, deterministic, finite and positive map of each frame at network
@@ -26,7 +26,7 @@ import torch
 
 from vda.core import stitch
 
-# The fake depth's dtypes, as the worker stores a piece (vda.pipeline.inference.store_dtype)
+# The fake depth's dtypes, as the worker stores a piece (vda.device.store_dtype)
 NUMPY_DTYPE = {torch.float16: np.float16, torch.float32: np.float32}
 
 

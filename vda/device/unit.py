@@ -136,7 +136,7 @@ def _compute_unit(
 ) -> None:
     """Compute one unit from its own start, calling save(piece, depth [k, h, w], fp32_recomputes) per piece.
 
-    `guard` carries the fp32 recomputes in a row across units (vda.pipeline.inference.PrecisionGuard), `clock` the
+    `guard` carries the fp32 recomputes in a row across units (vda.device.PrecisionGuard), `clock` the
     stage times of window mode (StageClock)."""
     s, n = plan.settings, plan.frame_count
     shape = (s.net_height, s.net_width)

@@ -158,7 +158,7 @@ class RunDir:
         return piece_marker(self.piece(mode, index)) is not None
 
     def marker(self, mode: str, index: int) -> dict | None:
-        """A stored piece's `.done` marker (vda.pipeline.worker.write_piece), or None when it is not stored."""
+        """A stored piece's `.done` marker (vda.device.worker.write_piece), or None when it is not stored."""
         return piece_marker(self.piece(mode, index))
 
     def unfinished_pieces(self, plan: Plan, unit: Unit) -> list[int]:

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from vda import logs
@@ -59,7 +59,7 @@ class DepthRequest:
     mode: str = "window"
     unit_size: int | None = None
     fmt: str = "png16"
-    create_video: bool | str = False  # True or "depth", or "side-by-side" (vda.pipeline.merge.merge)
+    create_video: bool | str = False  # True or "depth", or "side-by-side" (vda.merge.merge)
     retries: int = 2
     overwrite: bool = False
     merge_workers: int | None = None
@@ -109,6 +109,7 @@ class RunResult:
 
     videos: list[VideoResult]
     run_dir: Path
+    report: Path | None = None  # OUT/report.html, written at the run's end (None: it could not be written)
 
     @property
     def ok(self) -> bool:
@@ -192,7 +193,7 @@ def layout(request: DepthRequest, sources: list[Path], names: list[str]) -> list
     return [(n, s, request.out / n, RunDir(root.path / n)) for n, s in zip(names, sources)]
 
 
-# Inputs planned at once. Planning is mostly demuxing (vda.io.video.packet_count: one core, and the disk), so a few at
+# Inputs planned at once. Planning is mostly demuxing (vda.io.probe.packet_count: one core, and the disk), so a few at
 # a time keep a batch's planning ahead of the devices (bench_scale.py: 10 minutes of 720p plan in about a second)
 # without taking the cores the workers decode on.
 PLAN_WORKERS = 2
@@ -210,6 +211,7 @@ class Planner:
         sources = expand_inputs(request.inputs)
         self.entries = layout(request, sources, name_inputs(sources, say))
         self.request, self.say, self.refused = request, say, []
+        self.started = time.time()  # the run's start, for its record (planning is part of its time)
         precision = check_precision(request.precision, request.devices)
         model = choose_model(request.checkpoint, request.encoder, request.metric)
         # What a backend needs before the plans: each input's run folder and file (Docker mounts every input).
@@ -289,6 +291,7 @@ class MergeLine:
         while (video := self._queue.get()) is not None and not self._cancelled:
             self.early.release(video.run.run.path)
             started, out, r = time.perf_counter(), self.outs[video.name], self.request
+            began = time.time()
             request = MergeRequest(
                 video.run.run,
                 out,
@@ -303,10 +306,11 @@ class MergeLine:
                 video.merge_node = self.backend.merge(request)
             except Exception as err:  # noqa: BLE001 - it fails this video only; the batch reports it at the end
                 video.status, video.error, video.log = "failed", f"the merge failed: {err}", str(video.run.run.logs)
+                video.merge_times = (began, time.time())
                 self.errors[video.name] = err
                 self.progress.video_failed(0)
                 continue
-            video.status = "merged"
+            video.status, video.merge_times = "merged", (began, time.time())
             if r.clean:  # only after a successful merge: the pieces are what a re-merge or a resume would need
                 video.run.run.discard_results()
             seconds = time.perf_counter() - started
@@ -328,7 +332,26 @@ def run_batch(request: DepthRequest, backend: Backend, stream=sys.stderr) -> Run
         logs.run_log(root.host_log),
         host_threads(),
     ):
-        return _run_batch(request, backend, stream)
+        try:
+            result = _run_batch(request, backend, stream)
+        except VdaError:  # a run that could not go on: what it did is still worth a look (not after Ctrl-C)
+            _write_report(request, stream)
+            raise
+        return replace(result, report=_write_report(request, stream))
+
+
+def _write_report(request: DepthRequest, stream) -> Path | None:
+    """OUT/report.html from the run's record; a report that cannot be written costs the run one line, not its exit."""
+    from vda.report import write_report
+    from vda.report.data import ReportError
+
+    if not request.root.results.is_file():  # the run stopped before its queue began: nothing to show
+        return None
+    try:
+        return write_report(request.root.path, request.out, finished=True)
+    except (ReportError, OSError) as err:
+        print(f"vda: the report could not be written ({err})", file=stream, flush=True)
+        return None
 
 
 def _run_batch(request: DepthRequest, backend: Backend, stream) -> RunResult:
@@ -379,6 +402,7 @@ def _run_planned(request: DepthRequest, backend: Backend, planner: Planner, say,
                 stream=stream,
             )
             work.refused = _refused(planner)
+            work.started, work.context = planner.started, _context(request, backend, planner)
             following = early if backend.merges_here else None
             work.incoming = lambda: shapes.add(_arrivals(planner, space, outs, following, work, say))
             try:
@@ -392,6 +416,7 @@ def _run_planned(request: DepthRequest, backend: Backend, planner: Planner, say,
     finally:
         backend.close()
         if work is not None:
+            work.finished = True
             work.save()
     return _report(
         work.videos if work else videos, planner.refused, merges.errors if merges else {}, outs, say, root.path
@@ -416,6 +441,13 @@ class _CompileShapes:
                 self.say(warning)
                 self.on = False
         return videos
+
+
+def _context(request: DepthRequest, backend: Backend, planner: Planner) -> dict:
+    """What the run's record says of the run beyond the queue (vda.report reads it)."""
+    r = request
+    return {"backend": backend.name, "devices": list(r.devices), "format": r.fmt, "output_size": r.output_size,
+            "inputs": len(planner.entries), "out": str(r.out)}  # fmt: skip
 
 
 def _refused(planner: Planner) -> list[dict]:

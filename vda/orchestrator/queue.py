@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import resource
 import sys
 import threading
 import time
@@ -77,6 +78,7 @@ class QueuedVideo:
     log: str | None = None
     units_done: int = 0
     merge_node: str | None = None  # where it was merged, where a backend spans hosts (Ray: a node id, or "driver")
+    merge_times: tuple[float, float] | None = None  # its merge's start and end (epoch seconds), for the report
 
     @property
     def name(self) -> str:
@@ -98,6 +100,10 @@ class UnitRecord:
     fp32_recomputes: int = 0
     device_bound: bool = False  # the last failure was out of memory: wait for a device not tried yet
     stored_by: str | None = None  # who wrote its pieces, where a backend spans hosts (Ray: a node id, or "driver")
+    # Per attempt, for the report's timeline: {"slot", "node", "start", "end"} in seconds since the run began (end
+    # None while it runs); the start is when the worker began it (its Ready), or, for a finished unit, its end less
+    # its time.
+    spans: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -208,6 +214,10 @@ class WorkQueue:
             DeviceRecord(s, d, str(root.worker_log(s).relative_to(root.path))) for s, d in enumerate(devices)
         ]
         self.refused: list[dict] = []  # inputs that never reached the queue (batch.Refused), for the record
+        self.started = time.time()  # when the run began (the batch sets its own start, planning included)
+        self.context: dict = {}  # what the batch adds to the record (backend, format, output size), for the report
+        self.finished = False  # set by the batch once every merge is over: the record is final
+        self._cpu0 = _host_cpu()
         self.progress.stored(sum(v.units_done for v in videos))
         self.workers: dict[int, _Worker] = {}
         self._generation = dict.fromkeys(range(len(devices)), 0)
@@ -307,7 +317,10 @@ class WorkQueue:
             if isinstance(message, events.Ready):  # it wants a unit, having begun the oldest one it held
                 worker = self.workers[slot]
                 worker.wants = True
-                worker.started.update(next(([k] for k in worker.running if k not in worker.started), []))
+                begun = next(([k] for k in worker.running if k not in worker.started), [])
+                worker.started.update(begun)
+                for key in begun:
+                    self._span(key, start=True)
                 self._assign()  # at once: the worker decodes its next unit ahead only if it comes in time
             elif isinstance(message, events.Done):
                 self._done(slot, message)
@@ -332,6 +345,7 @@ class WorkQueue:
         if unit.status not in ("running", "dropped"):
             return
         unit.status, unit.seconds = "done", message.seconds
+        self._span(key, start=time.time() - self.started - message.seconds, end=True)
         unit.computed_frames, unit.fp32_recomputes = message.computed, message.fp32_recomputes
         record.units += 1
         record.frames += message.frames
@@ -375,6 +389,7 @@ class WorkQueue:
         unit.status, unit.attempts = "pending", unit.attempts - 1
         unit.devices.pop()
         del unit.nodes[len(unit.devices) :]
+        del unit.spans[len(unit.devices) :]
         self.pending.push_front(key)
 
     def _settle(self, slot: int, video_name: str, unit_index: int) -> Key | None:
@@ -390,6 +405,7 @@ class WorkQueue:
         """A unit failed on `record`'s device: back to the front of the queue, or, out of retries, fail its video."""
         unit, video = self.units[key], self.videos[key[0]]
         record.failures += 1
+        self._span(key, end=True)
         if len(unit.errors) < KEPT_ERRORS:  # bounded: a unit that kills its workers forever does not grow its record
             unit.errors.append(f"{record.device}: {reason}"[:ERROR_CHARS])
         unit.device_bound = device_bound
@@ -478,6 +494,8 @@ class WorkQueue:
             unit, video = self.units[key], self.videos[key[0]]
             unit.status, unit.attempts = "running", unit.attempts + 1
             unit.devices.append(device)
+            node = getattr(worker.handle, "node", None)
+            unit.spans.append({"slot": slot, "node": node, "start": round(time.time() - self.started, 3), "end": None})
             if getattr(worker.handle, "node", None):  # known once the worker said Ready
                 unit.nodes.append(worker.handle.node)
             worker.wants = False
@@ -492,6 +510,16 @@ class WorkQueue:
             )
             worker.handle.send(message)
             log.debug("unit %s:%d -> worker %d on %s", video.name, key[1], slot, device)
+
+    def _span(self, key: Key, start: float | bool = False, end: bool = False) -> None:
+        """Time the current attempt of a unit: its start (now, or the time given), its end (now), for the report."""
+        spans, now = self.units[key].spans, round(time.time() - self.started, 3)
+        if not spans or spans[-1]["end"] is not None:
+            return
+        if start is not False:
+            spans[-1]["start"] = now if start is True else round(max(start, 0.0), 3)
+        if end:
+            spans[-1]["end"] = now
 
     def _slow(self, slot: int) -> bool:
         """Whether a device is so much slower than the fastest that it should not hold a unit ahead (the worker asks
@@ -552,11 +580,23 @@ class WorkQueue:
                 "error": v.error,
                 "log": v.log,
                 "merge_node": v.merge_node,
+                "out": str(v.run.out) if v.run.out else None,
+                "merge": [round(t - self.started, 3) for t in v.merge_times] if v.merge_times else None,
             }
             for v in self.videos
         ]
+        now = time.time()
         return {
             "schema_version": RESULTS_SCHEMA,
+            # When the run began and this record was written (epoch seconds), whether it is final, and the host's CPU
+            # seconds since the queue began (this process and the children it reaped: local workers, merges).
+            "run": {
+                "started": round(self.started, 3),
+                "updated": round(now, 3),
+                "finished": self.finished,
+                "host_cpu_s": round(_host_cpu() - self._cpu0, 3),
+                **self.context,
+            },
             "computed_over_produced": round(computed / produced, 4) if produced else None,
             "devices": [asdict(r) for r in self.records],
             "videos": videos + self.refused,
@@ -575,6 +615,12 @@ class WorkQueue:
             self._changed = False
             write_json(self.root.results, self.results())
             self._saved, self._save_cost = time.time(), time.time() - now
+
+
+def _host_cpu() -> float:
+    """CPU seconds of this process and of its reaped children."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def _stop_all(handles: list[WorkerHandle]) -> None:

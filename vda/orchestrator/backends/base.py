@@ -55,7 +55,7 @@ class MergeRequest:
     create_video: bool | str = False  # True or "depth": colourised depth; "side-by-side": beside the RGB frames
     overwrite: bool = False
     workers: int | None = None  # merge processes (default: the usable cores)
-    output_size: str = "source"  # source, net or WxH (vda.pipeline.merge.merge)
+    output_size: str = "source"  # source, net or WxH (vda.merge.merge)
     png_scale: float | None = None  # metric png at a fixed scale (metres per stored step)
     input: Path | None = None  # the video on the host, for a side-by-side video
 

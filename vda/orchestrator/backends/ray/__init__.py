@@ -1,7 +1,7 @@
 """Ray backend: `vda depth --backend ray`, one long-lived Ray actor per device, anywhere in a Ray cluster.
 
 Each device is an actor (`actor.DeviceActor`) that holds its resource (a GPU, or CPUs for a CPU device) on whichever
-node Ray places it, spread over the nodes. It runs vda.pipeline.worker's DeviceWorker in its own process: it loads the
+node Ray places it, spread over the nodes. It runs vda.device.worker's DeviceWorker in its own process: it loads the
 model once and computes the units the queue (vda.orchestrator.queue) hands it, as a local worker process does, behind
 the same WorkerHandle (`handle.RayHandle`).
 
@@ -10,7 +10,7 @@ What crosses the cluster, and why:
   shares the run folder and the output folder with the driver (it finds a token the driver wrote there, and the
   driver finds its answer). One line says which nodes do what.
 - Results: a node that shares the run folder stores its actors' pieces and markers there itself, with the worker's
-  own writer (vda.pipeline.worker.write_piece); only messages, a few hundred bytes per window, reach the driver. A
+  own writer (vda.device.worker.write_piece); only messages, a few hundred bytes per window, reach the driver. A
   node that does not sends each piece through the object store, and the driver stores it (fetch and store in two
   stages). Resume, merge and the output layout are those of the other backends either way.
 - Merges (`merges`): each video's merge is a Ray task, with its own CPU request, on a node that shares both folders;

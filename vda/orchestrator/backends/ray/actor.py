@@ -1,4 +1,4 @@
-"""DeviceActor: one device's worker (vda.pipeline.worker.DeviceWorker) inside a Ray actor, on whichever node Ray
+"""DeviceActor: one device's worker (vda.device.worker.DeviceWorker) inside a Ray actor, on whichever node Ray
 places it.
 
 It loads the model once and computes the units the queue hands it, as a local worker process does. Messages come in

@@ -2,7 +2,7 @@
 
 Messages go in by actor calls; the actor's items come out of its stream, which a LinePump reads as it reads a local
 worker's stdout. Where pieces cross to the driver, the reader is two stages with a small queue between them: one
-thread fetches items from the object store while another stores the pieces before them (vda.pipeline.worker's
+thread fetches items from the object store while another stores the pieces before them (vda.device.worker's
 `write_piece`), so an actor is no longer held to one thread's fetch plus store per window.
 """
 

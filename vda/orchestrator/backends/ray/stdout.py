@@ -1,4 +1,4 @@
-"""sys.stdout inside a Ray actor: the worker prints its messages and log lines (vda.pipeline.worker.say), and each
+"""sys.stdout inside a Ray actor: the worker prints its messages and log lines (vda.device.worker.say), and each
 whole line goes into the actor's outbox, which its stream (DeviceActor.serve) carries to the driver's worker log."""
 
 from __future__ import annotations
