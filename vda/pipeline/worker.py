@@ -627,8 +627,15 @@ def _emit(message: events.Message) -> None:
 
 
 def serve_stdin(device: str, **options) -> None:
-    """`vda work --device D`: serve the host over stdin and stdout until it says Stop or goes away."""
-    DeviceWorker(device, _emit, **options).serve(sys.stdin)
+    """`vda work --device D`: serve the host over stdin and stdout until it says Stop or goes away. With
+    VDA_STAGE_TIMES, its stage times go to `<VDA_STAGE_TIMES>.<pid>.json` (several workers serve one `vda depth`)."""
+    worker = DeviceWorker(device, _emit, **options)
+    stage_times = config.current().stage_times
+    worker.clock = StageClock(enabled=bool(stage_times))
+    worker.serve(sys.stdin)
+    if stage_times:  # serve returns once every store is done: every hand-off is timed
+        rows = {"device": device, "stages": ["window", *STAGES, "total", "gpu"], "rows": worker.clock.rows}
+        write_json(Path(f"{stage_times}.{os.getpid()}.json"), rows)
 
 
 def work_runs(run_dirs: list[str], device: str, *, input_path: str | None = None, **options) -> int:
