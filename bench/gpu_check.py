@@ -40,7 +40,13 @@ from pathlib import Path
 
 import torch
 from gpu_report import Logged, Report
-from gpu_sections import EXPECTED, PROFILES, SECTIONS, Check, environment
+
+try:
+    from gpu_sections import EXPECTED, PROFILES, SECTIONS, Check, environment
+except ModuleNotFoundError as err:  # vda imports PyAV with its plan types (vda.core.plan -> vda.io.video)
+    if err.name != "av":
+        raise
+    sys.exit("gpu-check: PyAV (av) is not importable and vda needs it; `make gpu-check` installs it (offline: WHEELS=)")
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,7 +1,7 @@
 """The sections of `gpu_check.py` (its docstring says what each checks), sharing frames, models and checkpoints.
 
-Only torch, numpy and OpenCV are needed at import (what a GPU host has); PyAV is imported by the sections that write
-or decode video (depth, worker-path), so the others run where it is missing.
+Needs torch, numpy and OpenCV (what a GPU host has) and PyAV (vda imports it with its plan types); not isal, docker,
+huggingface-hub or ray, which vda imports lazily or optionally (tests/test_gpu_check.py runs it without them).
 """
 
 from __future__ import annotations

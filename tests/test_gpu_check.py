@@ -56,8 +56,8 @@ def table(stdout: str) -> list[list[str]]:
 
 
 def leftovers(folder) -> list:
-    """What the script left in the temporary folder, beside this test's own files."""
-    return [p.name for p in folder.iterdir() if p.name not in ("block", "out") and not p.name.startswith("torch")]
+    """The script's work folders left in the temporary folder (other programs may keep files of their own there)."""
+    return [p.name for p in folder.iterdir() if p.name.startswith("vda-gpu-check-")]
 
 
 @pytest.mark.slow
@@ -85,17 +85,13 @@ def test_every_section_runs_on_cpu_and_ends_with_one_table_and_the_json(tmp_path
     assert leftovers(tmp_path) == []
 
 
-@pytest.mark.slow
-def test_without_pyav_the_video_sections_fail_in_one_row_each_and_the_others_run(tmp_path):
-    done, doc = run_check(tmp_path, "--sections", "env", "fault", "worker-path", absent=("av",))
-    assert done.returncode == 1
-    status = {(r[0], r[1]): (r[2], r[3]) for r in table(done.stdout)}
-    assert status[("fault", "bf16")][0] == "PASS"
-    assert status[("worker-path", "worker-path")] == (
-        "FAIL",
-        "ModuleNotFoundError: import of av halted; None in sys.modules",
-    )
-    assert doc["failed"] == 1 and doc["finished"]
+def test_without_pyav_it_says_so_in_one_line(tmp_path):
+    """vda imports PyAV with its plan types, so every section needs it: one line, not a traceback."""
+    done, doc = run_check(tmp_path, "--sections", "env", absent=("av",))
+    assert done.returncode == 1 and done.stdout == "" and doc == {}
+    assert done.stderr.strip().splitlines() == [
+        "gpu-check: PyAV (av) is not importable and vda needs it; `make gpu-check` installs it (offline: WHEELS=)"
+    ]
 
 
 def test_a_section_past_the_budget_is_skipped_and_recorded(tmp_path, capsys):
