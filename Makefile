@@ -20,12 +20,25 @@ MODEL      ?= vits
 FORMAT     ?= png16
 OUT        ?= $(if $(word 2,$(VIDEO)),out,out/$(basename $(notdir $(VIDEO))))
 BACKEND    ?= docker
+# make gpu-check [PY=/path/to/python] [WHEELS=gpu-wheels] [GPU_OUT=gpu-check-out] [GPU_CHECK_ARGS=...]
+# PY given: that interpreter's torch, numpy and OpenCV are used as they are (never installed); a venv made from it
+# (GPU_VENV, --system-site-packages) gets vda (--no-deps -e .) and GPU_DEPS, from WHEELS with --no-index if given.
+GPU_VENV   ?= .venv-gpu
+GPU_OUT    ?= gpu-check-out
+GPU_CHECK_ARGS ?=
+WHEELS     ?=
+# what bench/gpu_check.py needs beyond torch, numpy and OpenCV: PyAV (x264 in and out); setuptools builds vda's
+# editable install offline. isal, docker, huggingface-hub and ray are not on the check's paths (lazy or optional).
+GPU_DEPS   ?= $(shell grep -E '^av==' requirements.txt | cut -d' ' -f1) setuptools>=64
+# make gpu-wheels PYVER=3.12 [GPU_ARCH=aarch64]: the wheels of GPU_DEPS for that Python, into gpu-wheels/
+PYVER      ?= 3.12
+GPU_ARCH   ?= x86_64
 DEPTH_ARGS ?=
 PYTEST_ARGS ?=
 
 include docker/docker.mk
 
-.PHONY: help setup test lint depth smoke bench bench-gpu gpu-check clean
+.PHONY: help setup test lint depth smoke bench bench-gpu gpu-check gpu-wheels clean
 
 help: ## show this help
 	@echo "usage: make <target> [VAR=value ...]"
@@ -80,8 +93,23 @@ bench: setup ## print throughput and memory figures; RECORD=1 appends them to be
 bench-gpu: setup ## on a GPU host: frames/s and VRAM per encoder, precision and mode; RECORD=1 appends them
 	cd bench && ../$(PY) bench_gpu.py $(if $(RECORD),--record)
 
-gpu-check: setup ## first run on a GPU host: parity, vda depth vs single pass, speed, VRAM; RECORD=1 appends
-	cd bench && ../$(PY) gpu_check.py $(if $(RECORD),--record)
+# PY from the command line (a cluster's or conda's python with a CUDA torch): no `make setup`, nothing downloaded
+# with WHEELS. Without it, .venv (make setup) is the interpreter. The .pth file puts PY's own site-packages on the new
+# venv's path: --system-site-packages alone reaches the base install's, not those of a venv that PY may be.
+gpu-check: $(if $(filter command line,$(origin PY)),,setup) ## first GPU run: make gpu-check PY=/path/to/python [WHEELS=gpu-wheels]
+	@$(PY) -c 'import torch, numpy, cv2' || { echo "make gpu-check: $(PY) needs torch, numpy and cv2 (OpenCV)"; exit 2; }
+	$(PY) -m venv --system-site-packages --clear $(GPU_VENV) || $(PY) -m venv --system-site-packages --clear --without-pip $(GPU_VENV)
+	$(PY) -c 'import site; print("\n".join(site.getsitepackages()))' > "$$($(GPU_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/_vda_parent_site.pth"
+	$(GPU_VENV)/bin/python -m pip install -q --disable-pip-version-check $(if $(WHEELS),--no-index --find-links "$(WHEELS)") $(foreach d,$(GPU_DEPS),"$(d)")
+	$(GPU_VENV)/bin/python -m pip install -q --disable-pip-version-check $(if $(WHEELS),--no-index --find-links "$(WHEELS)") --no-deps -e .
+	cd bench && ../$(GPU_VENV)/bin/python gpu_check.py --out "$(abspath $(GPU_OUT))" $(if $(RECORD),--record) $(GPU_CHECK_ARGS)
+
+gpu-wheels: ## on a networked machine: wheels for an offline gpu-check, make gpu-wheels PYVER=3.12 (no torch)
+	rm -rf gpu-wheels.tmp && mkdir gpu-wheels.tmp
+	$(PYTHON) -m pip download -q --disable-pip-version-check --only-binary=:all: --no-deps --python-version $(PYVER) \
+	    --platform manylinux_2_28_$(GPU_ARCH) --platform manylinux2014_$(GPU_ARCH) -d gpu-wheels.tmp $(foreach d,$(GPU_DEPS),"$(d)")
+	rm -rf gpu-wheels && mv gpu-wheels.tmp gpu-wheels
+	@du -sh gpu-wheels && ls gpu-wheels
 
 clean: ## remove caches and local outputs (keeps .venv and images)
-	rm -rf .pytest_cache .ruff_cache out runs
+	rm -rf .pytest_cache .ruff_cache out runs gpu-check-out .venv-gpu

@@ -17,7 +17,7 @@ environment.
 | `VDA_MERGE_DELAY` | fault rehearsal: a merge run as a Ray task waits SECONDS before it starts (lose its node) |
 | `VDA_CUDNN_DETERMINISTIC` | `1`: cuDNN's deterministic algorithms on GPU workers (measured by `make gpu-check`) |
 | `VDA_COMPILE_CACHE` | `--compile`'s inductor and Triton caches, shared by all workers (`~/.cache/vda/compile`) |
-| `VDA_STAGE_TIMES` | `vda work RUN_DIR`: per-window stage times (decode wait, batch, compute, ...) as JSON there |
+| `VDA_STAGE_TIMES` | per-window stage times as JSON there (`vda work RUN_DIR`), or at `<it>.<pid>.json` (workers) |
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ computing runs without a host."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -18,8 +19,14 @@ from vda.io.rundir import RunDir
 
 
 def serve_stdin(device: str, **options) -> None:
-    """`vda work --device D`: serve the host over stdin and stdout until it says Stop or goes away."""
-    DeviceWorker(device, _emit, **options).serve(sys.stdin)
+    """`vda work --device D`: serve the host over stdin and stdout until it says Stop or goes away. With
+    VDA_STAGE_TIMES, its stage times go to `<VDA_STAGE_TIMES>.<pid>.json` (several workers serve one `vda depth`)."""
+    worker = DeviceWorker(device, _emit, **options)
+    stage_times = config.current().stage_times
+    worker.clock = StageClock(enabled=bool(stage_times))
+    worker.serve(sys.stdin)
+    if stage_times:  # serve returns once every store is done: every hand-off is timed
+        write_stage_times(Path(f"{stage_times}.{os.getpid()}.json"), device, worker.clock)
 
 
 def work_runs(run_dirs: list[str], device: str, *, input_path: str | None = None, **options) -> int:
@@ -50,8 +57,10 @@ def work_runs(run_dirs: list[str], device: str, *, input_path: str | None = None
                     raise error(failures[0].reason)
                 count += 1
     if stage_times:  # after the store thread: every hand-off is timed
-        write_json(
-            Path(stage_times),
-            {"device": device, "stages": ["window", *STAGES, "total", "gpu"], "rows": worker.clock.rows},
-        )
+        write_stage_times(Path(stage_times), device, worker.clock)
     return count
+
+
+def write_stage_times(path: Path, device: str, clock: StageClock) -> None:
+    """The stage times of every window a worker computed, as `make gpu-check` reads them."""
+    write_json(path, {"device": device, "stages": ["window", *STAGES, "total", "gpu"], "rows": clock.rows})
