@@ -146,7 +146,7 @@ class Network(ABC):
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Depth [frames, h, w] of a window's features (stream mode: one frame after `cache`), and the fresh cache."""
 
-    def check_device(self, device: torch.device, asked: str) -> None:
+    def check_device(self, device: torch.device, asked: str) -> None:  # noqa: B027 - optional: most compute anywhere
         """Refuse to compute on `device` (the user asked for `asked`) where the network cannot; default: anywhere."""
 
     def exact(self) -> Network:

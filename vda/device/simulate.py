@@ -115,7 +115,7 @@ class SimulatedWindows:
         return depth, rows
 
     def settled(self, windows: Iterable[int], feed, n_frames: int) -> Iterator[tuple[int, torch.Tensor, int, tuple]]:
-        """(w, depth, recomputed, staged) per window, as launch_settled gives them: staged is (rows, piece, no copy
+        """(w, depth, recomputed, copied) per window, as launch_settled gives them: copied is (rows, piece, no copy
         event), what a GPU's runner has queued to the host by then."""
         for w in windows:
             depth, rows = self.run(w, feed, n_frames)

@@ -31,7 +31,8 @@ def infer_video(
     out_size: tuple[int, int] | str | None = None,
     tensors: bool = False,
 ) -> Iterator[np.ndarray]:
-    """`model`: a torch module (the torch runtime) or any `Network`. Yield one float32 depth map per input frame, in order: at the frame's resolution, or at `out_size` ((H, W), or
+    """`model`: a torch module (the torch runtime) or any `Network`. Yield one float32 depth map per input frame, in
+    order: at the frame's resolution, or at `out_size` ((H, W), or
     "net": the network's, no upsampling); as tensors on the device with `tensors`. The alignment is fitted at the
     frame's resolution whatever `out_size` is, as the merge does, so every size holds the same depth. `precision` "auto"
     is the CLI's rule: fp16 on a GPU, fp32 on a CPU.

@@ -151,8 +151,8 @@ def _compute_unit(
             else:  # window w is settled (its finiteness read) once w + 1 is launched: no host sync in between
                 runner = WindowRunner(model, runtime, shape, guard, clock)
                 settled = launch_settled(runner, range(*unit.span), feed, n, piece_to_host)
-            for w, depth, fresh, staged in settled:
-                save(w, depth, fresh, staged)
+            for w, depth, fresh, copied in settled:
+                save(w, depth, fresh, copied)
                 clock.lap("store hand-off")
             clock.end()
             recomputed.extend(runner.recomputed)

@@ -26,8 +26,8 @@ from vda.device.transfer import Uploader, to_host
 class PendingWindow:
     """A window launched on the device whose finiteness the host has not read yet.
 
-    The flag (torch.isfinite(depth).all()) is computed on the device and its copy to the host queued right behind
-    the window's work (after what `stage` queued: the worker's copy of the depth to the host), so that the host reads
+    The flag (torch.isfinite(depth).all()) is computed on the device and its copy to the host queued right behind the
+    window's work (after what `copy_piece` queued: the worker's copy of the depth to the host), so that the host reads
     it only once the next window is launched (WindowRunner.settle): the device never waits for the host in between.
     """
 
@@ -39,7 +39,7 @@ class PendingWindow:
     depth: torch.Tensor  # [32, h, w], rounded as stored, float32, on the device
     flag: torch.Tensor | None  # host bool, filled by the copy that `done` marks; None in fp32 (nothing to check)
     done: object = None  # the CUDA event after the flag's copy; None on CPU
-    staged: object = None  # what the caller's `stage` queued for this depth (the worker: its copy to the host)
+    copied: object = None  # what the caller's `copy_piece` queued for this depth (the worker: its copy to the host)
 
     def finite(self) -> bool:
         """Whether its depth is finite: waits for the flag's copy on CUDA (one window later than it was queued)."""
@@ -59,21 +59,13 @@ def _next_inputs(w: int, n_frames: int) -> set[int]:
 class WindowRunner:
     """Computes raw window depths [32, h, w] (network resolution, float32, rounded as stored) in window order.
 
-    Keeps encoder features per source frame and evicts those the next window does not read. They are compact copies
-    in the compute dtype: slices of the batch tensor would keep the whole batch alive (frame 0's features would pin
-    all of window 0), and on CUDA autocast's layer norm returns them in float32, twice the memory. Frames are taken,
-    uploaded, preprocessed and encoded one micro-batch at a time, so no whole window is ever held in fp32 at frame
-    resolution (3.2 GB at 4K with --max-res 0).
+    Encoder features are kept per source frame, as compact copies in the compute dtype (a slice would pin its whole
+    batch), and evicted once no later window reads them; frames go through one micro-batch at a time, so no window is
+    ever held in fp32 at frame resolution.
 
-    fp16 guard: a window whose depth is not finite in fp16 or bf16 (a known failure on some GPUs, e.g. GTX 16xx) is
-    recomputed once from its frames in fp32. So raw frames (uint8) are kept too when not in fp32: those of the window
-    not yet settled and of the one launched after it (finiteness is read one window late, `launch` then
-    `settle`), two windows at most. The recompute heals the cache: the features later windows reuse (frame 0, the
-    keyframe, the overlap) are replaced by the fp32 ones, cast down where that stays finite, so one fault costs one
-    window; the window launched after it from the unhealed features is decoded again from the healed ones
-    (`redone`). `recomputed` lists the windows that needed it, `fp32_frames` counts the frames encoded again; if fp32
-    is not finite either, NonFiniteDepth is raised: NaN depth is never handed on. After `guard.after` recomputes in a
-    row the runner (and, through the shared guard, the worker) computes in fp32.
+    fp16/bf16: a window whose depth is not finite is computed again in fp32 (guard.recompute_exact), which heals the
+    features later windows reuse; the window launched after it is decoded again from them (`redone`). So the raw
+    frames of the two windows not yet settled are kept. `recomputed` lists the windows, `fp32_frames` counts frames.
     """
 
     def __init__(
@@ -102,9 +94,9 @@ class WindowRunner:
         return depth
 
     @torch.inference_mode()
-    def launch(self, w: int, feed: FrameFeed, n_frames: int, stage=None) -> PendingWindow:
+    def launch(self, w: int, feed: FrameFeed, n_frames: int, copy_piece=None) -> PendingWindow:
         """Queue window w's work on the device, with no host sync: its new frames encoded, the head, the finiteness
-        flag, and `stage(depth, precision)` (a copy the caller queues behind it). Windows are launched in order."""
+        flag, and `copy_piece(depth, precision)` (a copy the caller queues behind it). Windows are launched in order."""
         inputs = stitch.window_inputs(w, n_frames)
         self._features = {i: f for i, f in self._features.items() if i in inputs}  # no later window reads the rest
         new = sorted(set(inputs) - self._features.keys())
@@ -112,20 +104,20 @@ class WindowRunner:
         self.clock.device_mark(self.rt.device)
         with self.net.autocast(self.rt.precision):
             self._encode_new(feed.take, new)
-        pending = self._decode_pending(w, n_frames, inputs, new, stage)
+        pending = self._decode_pending(w, n_frames, inputs, new, copy_piece)
         self.clock.lap("compute")
         self.clock.device_mark(self.rt.device)
         return pending
 
     @torch.inference_mode()
     def settle(
-        self, pending: PendingWindow, after: PendingWindow | None = None, stage=None
+        self, pending: PendingWindow, after: PendingWindow | None = None, copy_piece=None
     ) -> tuple[torch.Tensor, int, PendingWindow | None]:
         """(depth, 1 if it was recomputed in fp32 else 0, `after` or its redo) for `pending`, once its flag is read.
 
         The host blocks on the flag's copy only, with `after` (the next window, if launched) queued behind it. Not
         finite: `pending` is recomputed in fp32, which heals the cache, and `after`, launched from the unhealed
-        features, is launched again (`stage` its copy): decoded from the healed features, or, if the guard switched
+        features, is launched again (`copy_piece` its copy): decoded from the healed features, or, if the guard switched
         to fp32 now, its new frames encoded again in fp32, as they would have been had it been launched after."""
         finite = pending.finite()
         self.clock.lap("finite sync")
@@ -137,12 +129,12 @@ class WindowRunner:
             self.rt = self.rt.fp32()
             self._features = {i: [f.float() for f in feats] for i, feats in self._features.items()}
         if not finite and after is not None:
-            after = self._redo(after, switch, stage)
+            after = self._redo(after, switch, copy_piece)
         keep = _next_inputs(pending.w, pending.n_frames)  # `after` holds its new frames too: they are in it
         self._frames = {} if self.rt.precision == "fp32" else {i: f for i, f in self._frames.items() if i in keep}
         return depth, int(not finite), after
 
-    def _redo(self, after: PendingWindow, fp32: bool, stage) -> PendingWindow:
+    def _redo(self, after: PendingWindow, fp32: bool, copy_piece) -> PendingWindow:
         """`after` launched again from the healed cache; its own new frames encoded again only if now in fp32."""
         self.redone.append(after.w)
         if fp32:
@@ -150,7 +142,7 @@ class WindowRunner:
                 del self._features[i]
             with self.net.autocast(self.rt.precision):
                 self._encode_new(self._frames.__getitem__, after.new)
-        return self._decode_pending(after.w, after.n_frames, after.inputs, after.new, stage)
+        return self._decode_pending(after.w, after.n_frames, after.inputs, after.new, copy_piece)
 
     def _encode_new(self, take, new: list[int]) -> None:
         """Encode a window's new frames (`take(i)` gives frame i) one micro-batch at a time, into the cache (in the
@@ -169,19 +161,19 @@ class WindowRunner:
                 self._features[i] = [level[k].to(self.rt.dtype, copy=True) for level in feats]
             self.clock.lap("compute")
 
-    def _decode_pending(self, w: int, n_frames: int, inputs: list[int], new: list[int], stage) -> PendingWindow:
+    def _decode_pending(self, w: int, n_frames: int, inputs: list[int], new: list[int], copy_piece) -> PendingWindow:
         """The head over the window's cached features (in autocast), then, outside it, the depth as stored, the
-        caller's `stage` and the finiteness flag queued behind it."""
+        caller's `copy_piece` and the finiteness flag queued behind it."""
         with self.net.autocast(self.rt.precision):
             window = [torch.stack([self._features[i][lv] for i in inputs]) for lv in range(4)]
             raw, _ = self.net.decode(window, self.grid, stitch.WINDOW, micro_batch=self.rt.micro_batch)
         precision = self.rt.precision
         depth = as_stored(raw, precision).float()
-        staged = None if stage is None else stage(depth, precision)
+        copied = None if copy_piece is None else copy_piece(depth, precision)
         flag = done = None
         if precision != "fp32":  # the flag stays on the device; its copy is read one window later (settle)
             flag, done = to_host(torch.isfinite(raw).all(), self.rt.device, self.cuda)
-        return PendingWindow(w, n_frames, inputs, new, precision, depth, flag, done, staged)
+        return PendingWindow(w, n_frames, inputs, new, precision, depth, flag, done, copied)
 
     def _recompute_fp32(self, w: int, inputs: list[int]) -> torch.Tensor:
         """The window again in fp32 (recompute_exact); its frames' features replace the cached ones."""
@@ -207,18 +199,18 @@ class WindowRunner:
 
 
 def launch_settled(
-    runner: WindowRunner, windows: Iterable[int], feed: FrameFeed, n_frames: int, stage=None
+    runner: WindowRunner, windows: Iterable[int], feed: FrameFeed, n_frames: int, copy_piece=None
 ) -> Iterator[tuple[int, torch.Tensor, int, object]]:
-    """(w, depth, recomputed, staged) per window, in order, each window settled only after the next one is launched:
-    the host waits for window w's finiteness while w + 1 is queued on the device. `staged` is what
-    `stage(depth, precision)` queued for that depth, None where the window was recomputed (its depth is new)."""
+    """(w, depth, recomputed, copied) per window, in order, each window settled only after the next one is launched:
+    the host waits for window w's finiteness while w + 1 is queued on the device. `copied` is what
+    `copy_piece(depth, precision)` queued for that depth, None where the window was recomputed (its depth is new)."""
     pending = None
     for w in windows:
-        launched = runner.launch(w, feed, n_frames, stage)
+        launched = runner.launch(w, feed, n_frames, copy_piece)
         if pending is not None:
-            depth, fresh, launched = runner.settle(pending, launched, stage)
-            yield pending.w, depth, fresh, None if fresh else pending.staged
+            depth, fresh, launched = runner.settle(pending, launched, copy_piece)
+            yield pending.w, depth, fresh, None if fresh else pending.copied
         pending = launched
     if pending is not None:
         depth, fresh, _ = runner.settle(pending)
-        yield pending.w, depth, fresh, None if fresh else pending.staged
+        yield pending.w, depth, fresh, None if fresh else pending.copied

@@ -269,12 +269,12 @@ class DeviceWorker:
             frames.close()
             raise
 
-        def save(piece: int, depth: torch.Tensor, fresh: int, staged: tuple | None = None) -> None:
+        def save(piece: int, depth: torch.Tensor, fresh: int, copied: tuple | None = None) -> None:
             if piece not in todo:
                 return
             todo.discard(piece)
             stored = "fp32" if fresh or self.guard.switched else runtime.precision  # recomputed pieces stay fp32
-            rows, host, event = staged or piece_to_host(depth, stored)
+            rows, host, event = copied or piece_to_host(depth, stored)
             if fresh:
                 say(f"{task.video} piece {piece}: depth not finite in {runtime.precision}; recomputed in fp32")
             path = run.piece(plan.settings.mode, piece)
