@@ -1,4 +1,4 @@
-"""A worker's side of the host protocol: messages in on stdin; messages and log lines out on stdout, a whole line each."""
+"""A worker's side of the host protocol: messages in on stdin; messages and log lines out on stdout, one line each."""
 
 from __future__ import annotations
 

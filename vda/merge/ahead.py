@@ -1,15 +1,11 @@
 """Rendering ahead: a video's frames written as pass 1 reaches them, while the workers compute its later units.
 
-Without it a long video's frames are all rendered after its last unit: an hour of 1080p30 is 108,000 frames at about
-9.5 ms of CPU each (bench_host.py, npy at 1280x720, one core), some 64 s on 16 cores after the GPUs are done. With it,
-2,000 frames of 1080p on one simulated device left 0.1 s of merge after the last unit (bench/bench_host.py). A unit's
-frames need only its window and the previous one, aligned by pass 1's (scale, shift) for both, so they are final as
-soon as pass 1 has passed the unit: `EarlyMerge` steps pass 1 as pieces are stored, and a `RenderAhead` hands each unit it
-passed to the shared render pool. Only for outputs whose files need no value range (`Output.renders_ahead`); the
-range of png's quantisation is known only once every unit is.
-
-The merge then starts after the units written (RUN_DIR/rendered_ahead.json, `output.rendered_ahead`), and so does a
-resumed one. The frames are the merge's own: the same render task, on the same pool, with the same alignment.
+Without it an hour of 1080p is rendered after its last unit, about a minute on 16 cores with the GPUs idle. A unit's
+frames need only its window and the previous one, aligned by pass 1's (scale, shift), so they are final once pass 1
+has passed the unit: `EarlyMerge` steps pass 1 as pieces are stored, and a `RenderAhead` hands each unit it passed
+to the shared render pool. Only for outputs that need no value range (`Output.renders_ahead`): png's quantisation
+range is known only once every unit is. The merge, and a resumed one, start after the units written
+(RUN_DIR/rendered_ahead.json); the frames are the merge's own: the same render task, pool and alignment.
 """
 
 from __future__ import annotations
