@@ -9,7 +9,7 @@ input and output names:
 | encoder | frames [n, 3, H, W] (n dynamic) | features_0..3, each [n, h*w, D] | `model.encode(frames)` |
 | head | features_0..3, each [32, h*w, D] | depth [32, H, W] | `model.decode(feats, grid, 32)[0]` |
 | stream_first | features_0..3, each [1, h*w, D] | depth [1, H, W], fresh_0..7 | `model.decode(feats, grid, 1)` |
-| stream | features_0..3 [1, ...], cache_0..7 [S_k, 31, C_k] | depth [1, H, W], fresh_0..7 | `model.decode(feats, grid, 1, cache=cache)` |
+| stream | features_0..3 [1, ...], cache_0..7 [S_k, 31, C_k] | depth [1, H, W], fresh_0..7 | `.. cache=cache)` |
 
 (h, w) = (H / 14, W / 14). The two stream graphs are stream mode's head: the first frame has no cache, every later
 frame sees 31 cached frames (vda's StreamCache: frame 0 twice, then the 29 latest).
