@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from vda.core.stitch import WINDOW
-from vda.errors import DeviceError, UsageError
+from vda.errors import DeviceError, StorageError, UsageError
 from vda.model.network import CONFIGS, PATCH, ModelConfig
 from vda.model.onnx_export import read_model_json
 from vda.model.onnx_graphs import CACHE, FEATURES, STREAM_CONTEXT
@@ -131,6 +131,12 @@ class OnnxNetwork:
             import onnxruntime as ort
         folder = Path(folder)
         self.meta = read_model_json(folder)
+        missing = [name for name in ("encoder", "head") if name not in self.meta["graphs"]]
+        if missing:
+            raise StorageError(
+                f"{folder} has no {' or '.join(missing)} graph; export it with vda.model.onnx_cache.cached_export, "
+                "or `vda export onnx` (all graphs)"
+            )
         self.device = torch.device(device)
         self.config = ModelConfig(**{**CONFIGS[self.meta["encoder"]].__dict__, "metric": bool(self.meta["metric"])})
         self.shape = (self.meta["network"]["height"], self.meta["network"]["width"])
@@ -141,7 +147,7 @@ class OnnxNetwork:
         trt_cache = folder / "trt" if self.device.type == "cuda" else None
         providers = choose_providers(self.device, ort.get_available_providers(), precision, stream, trt_cache)
         self._run = {}
-        for name in self.meta["graphs"]:
+        for name in (g for g in self.meta["graphs"] if g != "window"):  # window.onnx is for other programs
             session = make_session(folder / f"{name}.onnx", providers, threads, ort)
             self._run[name] = HostRunner(session) if self.device.type == "cpu" else self._bound(session, ort)
 
