@@ -109,6 +109,34 @@ def test_full_export_equals_torch_and_describes_itself(full):
     assert not list(folder.parent.glob(".export.part-*"))
 
 
+def test_window_onnx_equals_the_authors_forward(full, parity):
+    """window.onnx of the synthetic vits weights against the authors' implementation (tests/data)."""
+    import sys
+
+    from conftest import DATA, rel_err
+
+    sys.path.insert(0, str(DATA))
+    from make_reference import forward_input
+
+    got = cpu_session(full[0] / "window.onnx").run(None, {"frames": forward_input(parity["frames"])})[0]
+    assert rel_err(got, parity["forward_out"]) <= TOL
+
+
+@pytest.mark.shared
+def test_onnx_equals_the_authors_on_real_frames(tmp_path_factory):
+    """The public fixture (../shared): real video frames, the authors' forward and long-video output at 126x224."""
+    from conftest import SHARED, rel_err
+
+    ref = dict(np.load(SHARED / "fixtures" / "vda_parity" / "public_vits_seed0.npz"))
+    root = tmp_path_factory.mktemp("onnx_shared")
+    ck = checkpoint(root, "vits", False)
+    folder = export_onnx(ck, root / "export", shape=(126, 224), graphs=("window", "encoder", "head")).folder
+    got = cpu_session(folder / "window.onnx").run(None, {"frames": ref["forward_in"]})[0]
+    assert rel_err(got, ref["forward_out"]) <= TOL
+    depth = np.stack(list(infer_video(OnnxNetwork(folder), ref["frames"], input_size=126, device="cpu")))
+    assert rel_err(depth, ref["window_out"]) <= TOL
+
+
 def test_network_encode_decode_equal_torch(full, onnx_net):
     _, _, model = full
     frames = torch.randn(5, 3, *SMALL, generator=torch.Generator().manual_seed(3))
