@@ -26,6 +26,7 @@ sys.path.insert(0, str(BENCH))
 from bench_infer import append_results, synthetic_checkpoint  # noqa: E402
 
 from vda.core.stitch import WINDOW  # noqa: E402
+from vda.model.onnx_graphs import GRAPHS  # noqa: E402
 
 
 def peak_rss_mb() -> float:
@@ -38,9 +39,10 @@ def frames(h: int, w: int):
     return torch.randn(1, WINDOW, 3, h, w, generator=torch.Generator().manual_seed(0))
 
 
-def timed(run, repeats: int) -> float:
-    """Best wall seconds of `repeats` runs after an untimed one (allocators and thread pools warm)."""
-    run()
+def timed(run, repeats: int, warmup: int) -> float:
+    """Best wall seconds of `repeats` runs after `warmup` untimed ones (allocators and thread pools warm)."""
+    for _ in range(warmup):
+        run()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
@@ -58,7 +60,7 @@ def child_torch(args) -> dict:
     model = load_model(args.checkpoint)
     x = frames(args.h, args.w)
     with torch.inference_mode():
-        seconds = timed(lambda: model(x), args.repeats)
+        seconds = timed(lambda: model(x), args.repeats, args.warmup)
     return {"ms_per_frame": 1000 * seconds / WINDOW, "peak_rss_mb": peak_rss_mb()}
 
 
@@ -67,9 +69,10 @@ def child_ort(args) -> dict:
 
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = args.threads, 1
+    options.enable_cpu_mem_arena = False  # one window per run: the arena's rounding up only adds to the peak
     session = ort.InferenceSession(str(args.folder / "window.onnx"), options, providers=["CPUExecutionProvider"])
     x = frames(args.h, args.w).numpy()
-    seconds = timed(lambda: session.run(None, {"frames": x}), args.repeats)
+    seconds = timed(lambda: session.run(None, {"frames": x}), args.repeats, args.warmup)
     return {"ms_per_frame": 1000 * seconds / WINDOW, "peak_rss_mb": peak_rss_mb()}
 
 
@@ -77,9 +80,13 @@ def child_export(args) -> dict:
     from vda.model.onnx_export import export_onnx
 
     start = time.perf_counter()
-    result = export_onnx(args.checkpoint, args.folder, shape=(args.h, args.w), overwrite=True)
+    graphs = tuple(args.graphs.split(","))
+    result = export_onnx(args.checkpoint, args.folder, shape=(args.h, args.w), overwrite=True, graphs=graphs)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "seconds": time.perf_counter() - start,
+        "cpu_seconds": usage.ru_utime + usage.ru_stime,
+        "graphs": args.graphs,
         "peak_rss_mb": peak_rss_mb(),
         "errors": result.meta["check"]["max_relative_error"],
         "stream": result.meta["stream"],
@@ -99,11 +106,14 @@ def in_child(what: str, args) -> dict:
         str(args.folder),
     ]
     cmd += ["--net-size", f"{args.w}x{args.h}", "--threads", str(args.threads), "--repeats", str(args.repeats)]
+    cmd += ["--warmup", str(args.warmup), "--graphs", args.graphs]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if done.returncode:
-        raise SystemExit(f"{what} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    if done.returncode:  # a negative code is a signal: SIGKILL (-9) is the kernel's OOM killer
+        raise SystemExit(f"{what} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"{what}: {result}", flush=True)
+    return result
 
 
 def main() -> None:
@@ -112,6 +122,8 @@ def main() -> None:
     ap.add_argument("--net-size", default="924x518", help="WxH, multiples of 14")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--warmup", type=int, default=1, help="untimed runs first")
+    ap.add_argument("--graphs", default=",".join(GRAPHS), help="graphs the export makes and checks")
     ap.add_argument("--record", action="store_true", help="append the figures to bench/RESULTS.md")
     ap.add_argument("--child", choices=("torch", "ort", "export"), help=argparse.SUPPRESS)
     ap.add_argument("--checkpoint", type=Path, help=argparse.SUPPRESS)
@@ -127,7 +139,6 @@ def main() -> None:
         if args.folder is None:
             args.folder = Path(tmp) / "export"
             export = in_child("export", args)
-            print(f"export + check: {export['seconds']:.1f} s, peak RSS {export['peak_rss_mb']:.0f} MB, {export}")
         torch_row, ort_row = in_child("torch", args), in_child("ort", args)
     report(args, export, torch_row, ort_row)
 
@@ -152,7 +163,7 @@ def report(args, export: dict | None, torch_row: dict, ort_row: dict) -> None:
     if args.record:
         setup = (
             f"{args.encoder} fp32, synthetic weights, one window [1, 32, 3, {args.h}, {args.w}] of random frames, "
-            f"{args.threads} threads each, best of {args.repeats} after a warm-up run; load average "
+            f"{args.threads} threads each, best of {args.repeats} after {args.warmup} warm-up run(s); load average "
             f"{os.getloadavg()[0]:.1f} at the end (the machine is shared)."
         )
         append_results("bench_onnx.py", setup, ("figure", "ms per frame", "note"), rows)
