@@ -25,6 +25,8 @@ IMAGE_WHEELHOUSE ?= off
 # CUDA wheel index of the GPU image's torch: empty = PyPI's wheel (CUDA on Linux x86_64), or a tag of
 # https://download.pytorch.org/whl/<tag> such as cu126, cu124, cu118 (torch only; the rest from PyPI).
 TORCH_INDEX   ?=
+# ONNX Runtime of the GPU image: cpu (requirements.txt's onnxruntime) or gpu (onnxruntime-gpu, same version).
+ONNXRUNTIME   ?= cpu
 # Extra pip flags for `make wheelhouse`. Where PyPI's torch is the CUDA build (any networked host),
 # get the CPU wheel with: TORCH_SPEC=torch==2.13.0+cpu WHEEL_PIP_FLAGS="--extra-index-url https://download.pytorch.org/whl/cpu"
 WHEEL_PIP_FLAGS ?=
@@ -63,6 +65,7 @@ image: ## build the GPU image vda:latest (python:3.11-slim, network, CUDA torch 
 	    --build-arg TORCH_INDEX="$(TORCH_INDEX)" \
 	    --build-arg BUILD_SPEC="$(BUILD_SPEC)" \
 	    --build-arg WHEELHOUSE=$(IMAGE_WHEELHOUSE) \
+	    --build-arg ONNXRUNTIME=$(ONNXRUNTIME) \
 	    --build-arg CHECKPOINT=$(CHECKPOINT) .
 
 image-cpu: engine base-image wheelhouse ## build the CPU image vda:cpu offline (--network none, debootstrap base, wheelhouse, no weights)

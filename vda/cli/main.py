@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 from vda import api, config, logs
+from vda.cli import export, tools
 from vda.cli import report as report_cli
-from vda.cli import tools
 from vda.core.plan import MODES, PLAN_NAME, PRECISION_CHOICES
 from vda.errors import EXIT_BUG, EXIT_ERROR, EXIT_INTERRUPTED, UsageError, VdaError, one_line
 from vda.io.rundir import RunDir
@@ -137,6 +137,7 @@ def parser() -> argparse.ArgumentParser:
     _merge_parser(sub)
     _depth_parser(sub)
     tools.add_parsers(sub)
+    export.add_parsers(sub)
     doctor.add_parser(sub)
     report_cli.add_parser(sub)
     for p in {id(p): p for p in sub.choices.values()}.values():  # an alias names the same parser
@@ -304,6 +305,7 @@ def cmd_depth(args) -> int:
 COMMANDS = {"plan": cmd_plan, "work": cmd_work, "merge": cmd_merge, "depth": cmd_depth, **tools.COMMANDS}
 COMMANDS["doctor"] = doctor.cmd_doctor
 COMMANDS["report"] = report_cli.cmd_report
+COMMANDS.update(export.COMMANDS)
 
 
 def _on_sigterm(signum, frame):
