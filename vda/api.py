@@ -9,6 +9,7 @@ the backends are imported when a function is called, so that `import vda` stays 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import io
 import sys
@@ -25,8 +26,9 @@ BACKENDS = {
     "ray": ("vda.orchestrator.backends.ray", "RayBackend"),
 }
 # vda.run's settings that are not DepthRequest fields of the same name.
-WORKER_SETTINGS = ("micro_batch", "compile")
+WORKER_SETTINGS = ("micro_batch", "compile", "runtime")
 BACKEND_SETTINGS = ("image", "ray_address")
+RUNTIMES = ("torch", "onnx")  # what computes the network: `vda depth --runtime`, `vda.load_model(runtime=)`
 
 
 def backend_class(name: str):
@@ -45,8 +47,11 @@ def default_device() -> str:
     return str(found) if found is not None else "cpu"
 
 
-def load_model(checkpoint=None, *, encoder: str | None = None, metric: bool = False, device: str | None = None):
-    """The network in eval mode on `device` (default: `default_device()`).
+def load_model(
+    checkpoint=None, *, encoder: str | None = None, metric: bool = False, device: str | None = None, runtime="torch"
+):
+    """The network in eval mode on `device` (default: `default_device()`), computed by `runtime`: "torch", or "onnx"
+    (ONNX Runtime; its graphs are exported and checked once per network size, into the export cache).
 
     `checkpoint`: a .pth path or a state dict, whose encoder is read from its tensors unless `encoder` says it; without
     one, the published checkpoint of `encoder` (default vits) and `metric` is found as the CLI finds it (models/,
@@ -54,9 +59,16 @@ def load_model(checkpoint=None, *, encoder: str | None = None, metric: bool = Fa
     """
     from vda.model import network, registry
 
+    if runtime not in RUNTIMES:
+        raise UsageError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     if checkpoint is None:
         checkpoint = registry.resolve(encoder or "vits", metric)
-    return network.load_model(checkpoint, encoder=encoder, metric=metric, device=device or default_device())
+    device = device or default_device()
+    if runtime == "onnx":
+        from vda.device.runtime_onnx import OnnxModel
+
+        return OnnxModel(checkpoint, encoder=encoder, metric=metric, device=device)
+    return network.load_model(checkpoint, encoder=encoder, metric=metric, device=device)
 
 
 def infer_video(
@@ -78,7 +90,7 @@ def infer_video(
     "net" (the network's resolution, no upsampling, the cheapest) or (width, height) / "WxH". `tensors=True` yields
     torch tensors where the model is, for a caller that goes on computing there. `device`: the model's by default.
     """
-    from vda.device import window as inference
+    from vda.device.single_pass import infer_video as single_pass
     from vda.io.writers import parse_output_size
 
     if not isinstance(output_size, str):
@@ -87,9 +99,7 @@ def infer_video(
     size = None if spec == "source" else spec if spec == "net" else tuple(int(v) for v in reversed(spec.split("x")))
     device = device or str(next(model.parameters()).device)
     options = {"input_size": input_size, "mode": mode, "precision": precision, "micro_batch": micro_batch}
-    return inference.infer_video(
-        model, frames, device=device, compile=compile, out_size=size, tensors=tensors, **options
-    )
+    return single_pass(model, frames, device=device, compile=compile, out_size=size, tensors=tensors, **options)
 
 
 def resolve_devices(cls, devices=None, gpus=None, gpu_ids=None, address: str | None = None) -> list[str]:
@@ -141,7 +151,13 @@ def depth_request(inputs: Sequence, out: Path, devices: list[str], **settings):
         settings["checkpoint"] = str(settings["checkpoint"])  # a Path from Python, as the flag gives it
     if settings.get("run_dir") is not None:
         settings["run_dir"] = Path(settings["run_dir"])
+    runtime = worker.get("runtime") or "torch"
+    if runtime not in RUNTIMES:
+        raise UsageError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    if runtime == "onnx" and worker.get("compile"):
+        raise UsageError("--compile compiles torch's graphs and does not apply to --runtime onnx; drop one of them")
     options = WorkerOptions(settings.get("checkpoint"), worker.get("micro_batch"), bool(worker.get("compile")))
+    options = dataclasses.replace(options, runtime=runtime)
     return DepthRequest([str(i) for i in inputs], Path(out), devices, options=options, **settings)
 
 
@@ -163,7 +179,8 @@ def run(
     `inputs`: a path or a list of them (video files, folders of images, folders of videos). `devices`: "cpu,cpu" or
     a list; `gpus`: a number (the first N) or a list of ids. `settings`: `vda depth`'s flags by name (checkpoint,
     encoder, metric, input_size, max_res, precision, mode, unit_size, format, create_video, output_size, png_scale,
-    retries, overwrite, merge_workers, space_check, clean, run_dir, micro_batch, compile, image, ray_address).
+    retries, overwrite, merge_workers, space_check, clean, run_dir, micro_batch, compile, runtime, image,
+    ray_address).
     """
     from vda.orchestrator.batch import run_batch
 

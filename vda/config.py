@@ -17,6 +17,7 @@ environment.
 | `VDA_MERGE_DELAY` | fault rehearsal: a merge run as a Ray task waits SECONDS before it starts (lose its node) |
 | `VDA_CUDNN_DETERMINISTIC` | `1`: cuDNN's deterministic algorithms on GPU workers (measured by `make gpu-check`) |
 | `VDA_COMPILE_CACHE` | `--compile`'s inductor and Triton caches, shared by all workers (`~/.cache/vda/compile`) |
+| `VDA_ONNX_CACHE` | `--runtime onnx`'s graphs, one folder per checkpoint, size and version (`~/.cache/vda/onnx`) |
 | `VDA_STAGE_TIMES` | per-window stage times as JSON there (`vda work RUN_DIR`), or at `<it>.<pid>.json` (workers) |
 """
 
@@ -40,10 +41,11 @@ FAIL_ENV, FAIL_TIMES_ENV, FAIL_MODE_ENV, DELAY_ENV, SIMULATE_ENV = (
 )
 MERGE_DELAY_ENV = "VDA_MERGE_DELAY"
 FAULT_ENV = (FAIL_ENV, FAIL_TIMES_ENV, FAIL_MODE_ENV, DELAY_ENV, SIMULATE_ENV, MERGE_DELAY_ENV)
-CUDNN_DETERMINISTIC_ENV, COMPILE_CACHE_ENV, STAGE_TIMES_ENV = (
+CUDNN_DETERMINISTIC_ENV, COMPILE_CACHE_ENV, STAGE_TIMES_ENV, ONNX_CACHE_ENV = (
     "VDA_CUDNN_DETERMINISTIC",
     "VDA_COMPILE_CACHE",
     "VDA_STAGE_TIMES",
+    "VDA_ONNX_CACHE",
 )
 FAIL_MODES = ("raise", "exit", "kill", "oom")
 # The checkout's models/ folder (an editable install, told by the pyproject.toml beside it); a wheel installed elsewhere
@@ -90,6 +92,7 @@ class Config:
     cudnn_deterministic: bool = False
     compile_cache: Path = field(default_factory=lambda: Path.home() / ".cache" / "vda" / "compile")
     stage_times: str = ""
+    onnx_cache: Path = field(default_factory=lambda: Path.home() / ".cache" / "vda" / "onnx")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ, *, verbose: bool = False, debug: bool = False):
@@ -114,7 +117,7 @@ class Config:
         deterministic = environ.get(CUDNN_DETERMINISTIC_ENV, "")
         if deterministic not in ("", "0", "1"):
             raise UsageError(f"{CUDNN_DETERMINISTIC_ENV}={deterministic!r} is not 0 or 1; fix or unset it")
-        cache = environ.get(COMPILE_CACHE_ENV, "")
+        cache, onnx = environ.get(COMPILE_CACHE_ENV, ""), environ.get(ONNX_CACHE_ENV, "")
         return cls(
             _whole(environ, THREADS_ENV, 1),
             models,
@@ -124,6 +127,7 @@ class Config:
             cudnn_deterministic=deterministic == "1",
             compile_cache=Path(cache).expanduser() if cache else Path.home() / ".cache" / "vda" / "compile",
             stage_times=environ.get(STAGE_TIMES_ENV, ""),
+            onnx_cache=Path(onnx).expanduser() if onnx else Path.home() / ".cache" / "vda" / "onnx",
         )
 
 

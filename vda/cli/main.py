@@ -172,6 +172,7 @@ def _work_parser(sub) -> None:
         action="store_true",
         help="torch.compile the encoder (faster after the first window; needs a C compiler)",
     )
+    _runtime_flag(p)
 
 
 def _merge_parser(sub) -> None:
@@ -208,6 +209,16 @@ def _depth_parser(sub) -> None:
     p.add_argument("--clean", action="store_true", help="delete the stored windows after a successful merge")
     p.add_argument(
         "--compile", action="store_true", help="workers torch.compile the encoder (needs a C compiler where they run)"
+    )
+    _runtime_flag(p)
+
+
+def _runtime_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--runtime",
+        choices=api.RUNTIMES,
+        default="torch",
+        help="what computes the network: torch, or onnx (ONNX Runtime; graphs exported once per size, docs/onnx.md)",
     )
 
 
@@ -248,7 +259,10 @@ def cmd_work(args) -> int:
     if threads:
         limit_threads(threads)
     keep_freed_memory()  # decoded frames and pieces come and go by the thousand: reuse their memory
+    if args.runtime == "onnx" and args.compile:
+        raise UsageError("--compile compiles torch's graphs and does not apply to --runtime onnx; drop one of them")
     options = {"checkpoint": args.checkpoint, "micro_batch": args.micro_batch, "compile": args.compile}
+    options["runtime"] = args.runtime
     if args.run_dirs:
         work_runs(args.run_dirs, args.device, input_path=args.input, slot=args.slot, **options)
     else:
@@ -279,7 +293,7 @@ def cmd_merge(args) -> int:
 # `vda depth` flags that are DepthRequest fields of the same name (the rest: below, in cmd_depth).
 REQUEST_FLAGS = (
     "checkpoint", "encoder", "metric", "input_size", "max_res", "precision", "mode", "unit_size", "format",
-    "retries", "overwrite", "merge_workers", "clean", "micro_batch", "compile", "output_size", "png_scale",
+    "retries", "overwrite", "merge_workers", "clean", "micro_batch", "compile", "runtime", "output_size", "png_scale",
 )  # fmt: skip
 
 

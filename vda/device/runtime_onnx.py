@@ -30,6 +30,7 @@ from vda.core.stitch import WINDOW
 from vda.device.runtime import Network
 from vda.errors import DeviceError, StorageError, UsageError
 from vda.model.configs import CONFIGS, ModelConfig
+from vda.model.network import infer_encoder, read_state_dict
 from vda.model.onnx_export import read_model_json
 from vda.model.onnx_graphs import CACHE, FEATURES, STREAM_CONTEXT
 
@@ -205,3 +206,29 @@ class OnnxNetwork(Network):
             raise UsageError(f"a stream cache of {cache[0].shape[1]} frames, not {STREAM_CONTEXT}")
         depth, *fresh = self._run["stream"]({**inputs, **dict(zip(CACHE, cache))}, 1)
         return depth, fresh
+
+
+class OnnxModel:
+    """A checkpoint computed by ONNX Runtime: what `vda.load_model(runtime="onnx")` returns. Its graphs are fixed in
+    size, so each network shape gets its own `OnnxNetwork`, exported and checked once into the export cache."""
+
+    def __init__(self, checkpoint, *, encoder=None, metric=False, device="cpu", sha256=None, threads=None):
+        if not isinstance(checkpoint, (str, Path)):
+            raise UsageError("the onnx runtime exports from a checkpoint file; give its path, not a state dict")
+        self.checkpoint, self.metric, self.sha256 = Path(checkpoint), metric, sha256
+        self.encoder = encoder or infer_encoder(read_state_dict(self.checkpoint))
+        self.device, self.threads = torch.device(device), threads
+        self._networks: dict[tuple, OnnxNetwork] = {}
+
+    def parameters(self) -> Iterator[torch.Tensor]:
+        """One empty tensor on the model's device: where `next(model.parameters()).device` looks."""
+        yield torch.empty(0, device=self.device)
+
+    def network_for(self, shape: tuple[int, int], precision: str) -> OnnxNetwork:
+        key = (tuple(shape), precision)
+        if key not in self._networks:
+            from vda.model.onnx_cache import cached_export
+
+            folder = cached_export(self.checkpoint, self.encoder, self.metric, key[0], precision, sha256=self.sha256)
+            self._networks[key] = OnnxNetwork(folder, self.device, precision, self.threads)
+        return self._networks[key]

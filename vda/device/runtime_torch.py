@@ -7,7 +7,7 @@ import contextlib
 import torch
 
 from vda.device.compat import ieee_fp32
-from vda.device.runtime import PRECISIONS, Network, Runtime, UnsupportedDevice, same_device
+from vda.device.runtime import PRECISIONS, Network, UnsupportedDevice, same_device
 from vda.model.network import VideoDepthAnything
 
 
@@ -58,10 +58,3 @@ class TorchNetwork(Network):
         if precision == "fp32":
             return ieee_fp32() if self.device.type == "cuda" else contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=PRECISIONS[precision])
-
-
-def as_network(model, runtime: Runtime) -> Network:
-    """`model` as the runners drive it: a torch module in the torch runtime with `runtime`'s settings."""
-    if isinstance(model, Network):
-        return model
-    return TorchNetwork(model, runtime.device, runtime.compile)

@@ -11,8 +11,8 @@ from vda.core.align import CHAIN_OUTPUTS, WindowAligner, chain_step, upsample
 from vda.core.plan import AUTO, MODES
 from vda.core.preprocess import network_shape
 from vda.device.feed import FrameFeed
+from vda.device.networks import as_network
 from vda.device.runtime import Runtime
-from vda.device.runtime_torch import as_network
 from vda.device.stream import stream_depths
 from vda.device.window import WindowRunner
 from vda.errors import UsageError
@@ -42,12 +42,12 @@ def infer_video(
     if mode not in MODES:
         raise UsageError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     runtime = Runtime.create(device, precision, micro_batch, compile)
-    net = as_network(model, runtime)
-    net.check_device(runtime.device, device)
     feed = FrameFeed(enumerate(frames))
     size = feed.first().shape[:2]
     shape = network_shape(*size, input_size)
     out = shape if out_size == "net" else tuple(out_size or size)
+    net = as_network(model, runtime, shape)
+    net.check_device(runtime.device, device)
     if mode == "stream":
         for _, depth in stream_depths(net, runtime, feed.indexed(), shape):
             up = upsample(depth[None], out)[0]

@@ -12,8 +12,8 @@ import torch
 from vda.core import stitch
 from vda.core.preprocess import PATCH, preprocess
 from vda.device.guard import PrecisionGuard, as_stored, recompute_exact
+from vda.device.networks import as_network
 from vda.device.runtime import Network, Runtime
-from vda.device.runtime_torch import as_network
 from vda.device.transfer import Uploader, to_host
 
 STREAM_CACHE = 2 * stitch.STRIDE - stitch.ALIGN  # 42 cached frames: frame 0, then a sliding 41-frame reach
@@ -84,7 +84,7 @@ class _Stream:
     fp32 if the guard switched now: each depth is then exactly what computing frame by frame gives."""
 
     def __init__(self, model, runtime: Runtime, shape, recomputed: list[int] | None, guard: PrecisionGuard, cuda):
-        self.net, self.guard, self.cuda = as_network(model, runtime), guard, cuda
+        self.net, self.guard, self.cuda = as_network(model, runtime, shape), guard, cuda
         self.rt = runtime.fp32() if guard.switched else runtime
         self.grid, self.recomputed = (shape[0] // PATCH, shape[1] // PATCH), recomputed
         self.cache, self.pending = StreamCache(), collections.deque()

@@ -17,8 +17,8 @@ from vda.core.preprocess import PATCH, preprocess
 from vda.device.clock import StageClock
 from vda.device.feed import FrameFeed
 from vda.device.guard import PrecisionGuard, as_stored, recompute_exact
+from vda.device.networks import as_network
 from vda.device.runtime import Network, Runtime
-from vda.device.runtime_torch import as_network
 from vda.device.transfer import Uploader, to_host
 
 
@@ -77,7 +77,7 @@ class WindowRunner:
         clock: StageClock | None = None,
         cuda=torch.cuda,
     ):
-        self.net, self.shape = as_network(model, runtime), shape
+        self.net, self.shape = as_network(model, runtime, shape), shape
         self.rt = runtime.fp32() if guard is not None and guard.switched else runtime
         self.guard, self.clock, self.cuda = guard or PrecisionGuard(), clock or StageClock(), cuda
         self.grid = (shape[0] // PATCH, shape[1] // PATCH)

@@ -96,6 +96,7 @@ class DeviceWorker:
     checkpoint: str | None = None  # default: the plan's, resolved through models/
     micro_batch: int | None = None
     compile: bool = False
+    runtime: str = "torch"  # what computes the network: torch, or onnx (ONNX Runtime)
     slot: int = 0
     # Where pieces go, plans come from and stored pieces are looked up: the run folder by default. A Ray actor sends
     # pieces back to the driver, gets plans from it and computes every piece of a unit it is given (the driver only
@@ -202,7 +203,7 @@ class DeviceWorker:
             verify_checkpoint(plan, ckpt)
             runtime = Runtime.create(self.device, s.precision, self.micro_batch, self.compile)  # auto: fp16 on GPUs
             try:
-                model = load_model(ckpt, encoder=s.encoder, metric=s.metric, device=runtime.device)
+                model = self._load(ckpt, plan, runtime)
             except OOM_ERROR:
                 free_device_memory(runtime.device, self.cuda)
                 raise ModelOutOfMemory(
@@ -215,6 +216,23 @@ class DeviceWorker:
             self.micro_batch, runtime = micro_batch, runtime.with_micro_batch(micro_batch)
             self._models[key] = (model, runtime)
         return model, runtime
+
+    def _load(self, ckpt: Path, plan: Plan, runtime: Runtime):
+        """The model this worker's runtime computes: a torch module, or the ONNX network of the plan's size (exported
+        into the export cache by the first worker that needs it)."""
+        s = plan.settings
+        if self.runtime != "onnx":
+            return load_model(ckpt, encoder=s.encoder, metric=s.metric, device=runtime.device)
+        from vda.device.runtime_onnx import OnnxModel
+
+        model = OnnxModel(ckpt, encoder=s.encoder, metric=s.metric, device=runtime.device, sha256=s.checkpoint_sha256)
+        net = model.network_for((s.net_height, s.net_width), runtime.precision)
+        if s.mode == "stream" and not net.stream:
+            raise PlanError(
+                "stream mode with --runtime onnx needs the stream graphs, which do not export exactly with this torch; "
+                "use --mode window or --runtime torch"
+            )
+        return net
 
     def _compute(self, task: events.Assign, frames: Prefetch | None) -> None:
         """One unit. Out of memory: the device's cached blocks are freed and the unit is retried here once with half

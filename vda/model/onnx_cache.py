@@ -31,8 +31,8 @@ PRECISIONS = ("fp32", "fp16", "bf16")  # the graphs are fp32 for all: the key ke
 
 
 def cache_root() -> Path:
-    """`onnx/` beside the compile cache (VDA_COMPILE_CACHE's parent; default ~/.cache/vda/onnx)."""
-    return config.current().compile_cache.parent / "onnx"
+    """VDA_ONNX_CACHE (default ~/.cache/vda/onnx, beside the compile cache)."""
+    return config.current().onnx_cache
 
 
 def cache_key(sha256: str, encoder: str, metric: bool, shape: tuple[int, int], precision: str) -> str:

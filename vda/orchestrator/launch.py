@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vda import config
-from vda.config import CUDNN_DETERMINISTIC_ENV, THREADS_ENV, Config
+from vda.config import CUDNN_DETERMINISTIC_ENV, ONNX_CACHE_ENV, THREADS_ENV, Config
 from vda.system import usable_cpus
 
 ALLOC_ENV = "PYTORCH_CUDA_ALLOC_CONF"
@@ -22,6 +22,7 @@ ALLOC_ENV = "PYTORCH_CUDA_ALLOC_CONF"
 # windows of several shapes (a batch of videos) meets; a user's own setting wins.
 GPU_ALLOC_CONF = "expandable_segments:True"
 COMPILE_CACHE_MOUNT = "/vda-compile-cache"  # where a container sees the host's compile cache (vda.config)
+ONNX_CACHE_MOUNT = "/vda-onnx-cache"  # where a container sees the host's export cache of --runtime onnx
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class WorkerOptions:
     micro_batch: int | None = None
     compile: bool = False
     threads: int | None = None  # CPU threads per worker (default: the usable cores shared by workers of a kind)
+    runtime: str = "torch"  # what computes the network: torch, or onnx (ONNX Runtime)
 
 
 def inner_device(device: str) -> str:
@@ -50,6 +52,8 @@ def worker_command(
         cmd += ["--micro-batch", str(options.micro_batch)]
     if options.compile:
         cmd += ["--compile"]
+    if options.runtime != "torch":
+        cmd += ["--runtime", options.runtime]
     return cmd
 
 
@@ -76,6 +80,7 @@ def worker_env(
     settings: Config | None = None,
     parent_env: Mapping[str, str] = os.environ,
     compile_cache: Path | str | None = None,
+    onnx_cache: Path | str | None = None,
 ):
     """The variables every worker gets, on top of what its backend adds: unbuffered output, its thread count, and the
     host's fault rehearsal (vda.config.Faults) when it has one, so that failures can be rehearsed anywhere. GPU
@@ -92,6 +97,8 @@ def worker_env(
             env[CUDNN_DETERMINISTIC_ENV] = "1"
     if options.compile:
         env.update(compile_cache_env(compile_cache or settings.compile_cache))
+    if options.runtime == "onnx":  # one export per checkpoint and size, shared by every worker and later runs
+        env[ONNX_CACHE_ENV] = str(onnx_cache or settings.onnx_cache)
     return env
 
 

@@ -23,7 +23,7 @@ from vda import config, events
 from vda.errors import BackendError
 from vda.model.registry import models_dir
 from vda.orchestrator.backends.base import START_FAILED, Backend, LinePump, MergeRequest
-from vda.orchestrator.launch import COMPILE_CACHE_MOUNT, worker_command, worker_env
+from vda.orchestrator.launch import COMPILE_CACHE_MOUNT, ONNX_CACHE_MOUNT, worker_command, worker_env
 from vda.system import owner, process_alive
 
 RUN_MOUNT, OUT_MOUNT, INPUT_MOUNT, MODELS_MOUNT, CKPT_MOUNT = "/work/run", "/work/out", "/input", "/models", "/ckpt"
@@ -205,12 +205,18 @@ class DockerBackend(Backend):
             cache = config.current().compile_cache
             cache.mkdir(parents=True, exist_ok=True)
             mounts.append(Mount(COMPILE_CACHE_MOUNT, str(cache), type="bind"))
+        if self.options.runtime == "onnx":  # the host's export cache: each graph exported once, for every container
+            cache = config.current().onnx_cache
+            cache.mkdir(parents=True, exist_ok=True)
+            mounts.append(Mount(ONNX_CACHE_MOUNT, str(cache), type="bind"))
         for target, source in (extra or {}).items():
             mounts.append(Mount(target, str(source), type="bind"))
         return mounts
 
     def _env(self, device: str) -> dict:
-        env = worker_env(self.devices, device, self.options, compile_cache=COMPILE_CACHE_MOUNT)
+        env = worker_env(
+            self.devices, device, self.options, compile_cache=COMPILE_CACHE_MOUNT, onnx_cache=ONNX_CACHE_MOUNT
+        )
         if device.startswith("cuda"):
             env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
         return env

@@ -53,8 +53,9 @@ class DeviceActor:
         compile: bool,
         weights: Weights,
         store_on: frozenset[str] = frozenset(),
+        runtime: str = "torch",
     ):
-        self.device, self.slot, self.threads = device, slot, threads
+        self.device, self.slot, self.threads, self.runtime = device, slot, threads, runtime
         self.micro_batch, self.compile, self.weights, self.store_on = micro_batch, compile, weights, store_on
         self.inbox: queue.Queue[str] = queue.Queue()
         self.outbox: queue.Queue = queue.Queue(maxsize=IN_FLIGHT)  # a full one holds the worker's store thread
@@ -108,6 +109,7 @@ class DeviceActor:
                 checkpoint=str(checkpoint),
                 micro_batch=self.micro_batch,
                 compile=self.compile,
+                runtime=self.runtime,
                 slot=self.slot,
                 store_piece=write_piece if store_here else self._send_piece,
                 load_plan=self.plans.__getitem__,

@@ -124,7 +124,9 @@ class RayBackend(Backend):
         actor = (
             actor_class()
             .options(**options)
-            .remote(inner_device(device), slot, threads, o.micro_batch, o.compile, self.weights, self.roles.store)
+            .remote(
+                inner_device(device), slot, threads, o.micro_batch, o.compile, self.weights, self.roles.store, o.runtime
+            )
         )
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "a") as log:
