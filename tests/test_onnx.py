@@ -7,10 +7,14 @@ vits at 70x126 (every graph), and window-only exports for the other encoder, kin
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -21,12 +25,12 @@ from vda.model.network import CheckpointError, load_model
 from vda.model.synth import save_checkpoint, synthetic_scene
 
 pytest.importorskip("onnxruntime")
-from vda.pipeline.inference import infer_video  # noqa: E402
-
 from vda.device.runtime import Runtime
 from vda.device.runtime_onnx import CPU, CUDA, TRT, BoundRunner, OnnxNetwork, choose_providers, make_session
+from vda.device.single_pass import infer_video  # noqa: E402
 from vda.device.window import WindowRunner
 from vda.errors import DeviceError, UsageError, WeightsError  # noqa: E402
+from vda.files import file_sha256  # noqa: E402
 from vda.model.onnx_cache import cache_key, cached_export  # noqa: E402
 from vda.model.onnx_check import cpu_session, relative_error  # noqa: E402
 from vda.model.onnx_export import (  # noqa: E402
@@ -34,7 +38,6 @@ from vda.model.onnx_export import (  # noqa: E402
     ExportMismatch,
     ExportRefused,
     export_onnx,
-    file_sha256,
     publish,
 )
 
@@ -369,3 +372,38 @@ def test_missing_checkpoint_refused_in_one_line(tmp_path):
     with pytest.raises(WeightsError, match="checkpoint not found: .*missing.pth; check --checkpoint"):
         export_onnx(tmp_path / "missing.pth", tmp_path / "out", shape=SMALL)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_vda_depth_with_the_onnx_runtime_equals_both_single_passes(tmp_path, monkeypatch):
+    """`vda depth --runtime onnx` on two CPU workers, one unit per window: the torch single pass to 1e-4, and the
+    onnx single pass (`vda.load_model(runtime="onnx")`) bit for bit: the split stays exact with this runtime. The
+    export is made once, into the cache the workers and the single pass all read (VDA_ONNX_CACHE)."""
+    import vda
+    from vda import config
+
+    monkeypatch.setenv("VDA_ONNX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(config, "_loaded", None)
+    ck = checkpoint(tmp_path, "vits", False)
+    frames = list(synthetic_scene(50, 72, 128))
+    src = tmp_path / "frames"
+    src.mkdir()
+    for i, frame in enumerate(frames):
+        cv2.imwrite(str(src / f"{i:04d}.png"), frame[:, :, ::-1])
+    cached_export(ck, "vits", False, SMALL)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "vda", "depth", str(src), "-o", str(out), "--devices", "cpu,cpu", "--runtime", "onnx"]
+    cmd += ["--checkpoint", str(ck), "--input-size", "70", "--unit-size", "1", "--format", "npy"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "VDA_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    got = np.stack(list(vda.read(out)))
+    kw = {"input_size": 70, "device": "cpu", "precision": "fp32"}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the workers compute (VDA_THREADS=1): ONNX Runtime takes torch's count
+    try:
+        onnx = np.stack(list(infer_video(vda.load_model(ck, runtime="onnx", device="cpu"), frames, **kw)))
+        want = np.stack(list(infer_video(load_model(ck), frames, **kw)))
+    finally:
+        torch.set_num_threads(threads)
+    assert got.shape == want.shape == (50, 72, 128)
+    assert np.array_equal(got, onnx)
+    assert relative_error(got, want) <= TOL
