@@ -401,8 +401,9 @@ def _run_planned(request: DepthRequest, backend: Backend, planner: Planner, say,
                 on_computed=merges.submit,
                 stream=stream,
             )
-            work.refused = _refused(planner)
-            work.started, work.context = planner.started, _context(request, backend, planner)
+            record = work.run_record
+            record.refused, record.started = _refused(planner), planner.started
+            record.context = _context(request, backend, planner)
             following = early if backend.merges_here else None
             work.incoming = lambda: shapes.add(_arrivals(planner, space, outs, following, work, say))
             try:
@@ -416,7 +417,7 @@ def _run_planned(request: DepthRequest, backend: Backend, planner: Planner, say,
     finally:
         backend.close()
         if work is not None:
-            work.finished = True
+            work.run_record.finished = True
             work.save()
     return _report(
         work.videos if work else videos, planner.refused, merges.errors if merges else {}, outs, say, root.path
@@ -464,7 +465,7 @@ def _arrivals(planner: Planner, space, outs: dict, early: EarlyMerge | None, wor
         if early is not None:
             early.follow(video.run.run.path, planner.request.output(out))
     work.progress.planned(planner.planned)
-    work.refused = _refused(planner)
+    work.run_record.refused = _refused(planner)
     return [v for v, _ in new]
 
 
