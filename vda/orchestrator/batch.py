@@ -128,6 +128,7 @@ def _run_planned(request: DepthRequest, backend: Backend, planner: Planner, say,
                 raise
             finally:
                 merges.finish()
+                progress.close()
     finally:
         backend.close()
         if work is not None:

@@ -65,6 +65,7 @@ class WorkQueue:
     ):
         self.videos, self.backend, self.devices, self.root = videos, backend, devices, root
         self.retries, self.on_computed, self.poll_interval, self.stream = retries, on_computed, poll_interval, stream
+        self._own_progress = progress is None  # closed at the end of `run`; a batch closes its own after the merges
         self.progress = progress or BatchProgress([v.plan for v in videos], stream=stream)
         self.inbox: queue.Queue = queue.Queue()  # (slot, worker generation, line) from the pump threads
         self.run_record = RunRecord(root, videos, devices)
@@ -133,7 +134,10 @@ class WorkQueue:
         finally:
             _stop_all([w.handle for w in self.workers.values()])
             self.run_record.save(force=True)
-        self.progress.render(final=True)
+        if self._own_progress:
+            self.progress.close()
+        else:
+            self.progress.render(final=True)
 
     def _start(self, slot: int) -> None:
         record = self.records[slot]
