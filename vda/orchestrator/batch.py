@@ -112,12 +112,7 @@ def _run_planned(request: DepthRequest, backend: Backend, planner: Planner, say,
                 on_computed=merges.submit,
                 stream=stream,
             )
-            record = work.run_record
-            record.refused, record.started, record.context = (
-                _refused(planner),
-                planner.started,
-                _context(request, backend, planner),
-            )
+            _describe(work, request, backend, planner)
             following = early if backend.merges_here else None
             work.incoming = lambda: shapes.add(_arrivals(planner, space, outs, following, work, say))
             try:
@@ -164,6 +159,14 @@ def _context(request: DepthRequest, backend: Backend, planner: Planner) -> dict:
     r = request
     return {"backend": backend.name, "devices": list(r.devices), "format": r.fmt, "output_size": r.output_size,
             "inputs": len(planner.entries), "out": str(r.out)}  # fmt: skip
+
+
+def _describe(work: WorkQueue, request: DepthRequest, backend: Backend, planner: Planner) -> None:
+    """What the run's record says beyond the queue: the refused inputs, the run's start (planning included), its
+    settings."""
+    record = work.run_record
+    record.refused, record.started = _refused(planner), planner.started
+    record.context = _context(request, backend, planner)
 
 
 def _refused(planner: Planner) -> list[dict]:
