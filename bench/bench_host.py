@@ -1,6 +1,7 @@
 """Host CPU per output frame, stage by stage and in total, and how well the host feeds a (simulated) device.
 
     python bench/bench_host.py [--video PATH] [--frames 2000] [--only stages|runs|scale ...] [--record LABEL]
+                               [--write-costs vda/orchestrator/host_costs.json]
 
 The input is a 1080p x264 file (GOP 250, B-frames): `--video`, else ../shared's Tokyo-Walk clip (1280x720 real
 footage) upscaled to 1920x1080 and played back and forth to `--frames`, else (a clone without ../shared) the
@@ -14,8 +15,9 @@ runs    `vda depth` at the defaults on one simulated device (VDA_SIMULATE_MS_PER
         efficiency, simulated device time (frames x ms) over wall time.
 scale   5 simulated devices at 40 ms/frame against one, on the same cores: the speed-up, start-up included.
 
-`--record LABEL` appends the tables to bench/RESULTS.md. Absolute times on a shared 2-core machine are noisy; the
-ratios within one run are the figures to compare.
+`--record LABEL` appends the tables to bench/RESULTS.md. `--write-costs PATH` (with stages) renders every format and
+writes the per-stage table that `vda doctor` sizes a host's cores with (vda.orchestrator.capacity). Absolute times
+on a shared 2-core machine are noisy; the ratios within one run are the figures to compare.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import os
+import platform
 import resource
 import shutil
 import subprocess
@@ -64,6 +68,9 @@ SHARED_CLIP = next((p for p in CLIPS if p.is_file()), CLIPS[0])
 W, H = 1920, 1080
 SIM_ENV = "VDA_SIMULATE_MS_PER_FRAME"
 ROWS: dict[str, list[tuple[str, str, str]]] = {"stages": [], "runs": [], "scale": []}
+COSTS: dict = {"stage_ms": {}, "render_ms": {}}  # the stages' figures, as --write-costs writes them
+RENDERED = ("npy", "png16")  # the formats the stages table renders; --write-costs renders every format doctor sizes
+ALL_RENDERED = ("npy", "png16", "png8", "npz", "exr")
 
 
 def row(table: str, name: str, value: str, note: str = "") -> None:
@@ -135,7 +142,7 @@ def _window_depth(w: int, shape: tuple[int, int]) -> np.ndarray:
     return np.stack([base + 0.01 * i for i in range(stitch.WINDOW)]).astype(np.float16)
 
 
-def bench_stages(video: Path, work: Path, checkpoint: Path) -> None:
+def bench_stages(video: Path, work: Path, checkpoint: Path, formats: tuple[str, ...] = RENDERED) -> None:
     n = probe(video).frame_count  # warm the file cache
     ms, _ = cpu_ms(lambda: probe(video))
     row("stages", "plan: probe", f"{ms / n:.2f} ms", "per frame, CPU")
@@ -144,6 +151,11 @@ def bench_stages(video: Path, work: Path, checkpoint: Path) -> None:
     plan, _ = create_plan(video, run, choose_model(str(checkpoint)), precision="auto")
     s = plan.settings
     total = 0.0
+    COSTS["sizes"] = {
+        "source": [plan.input.width, plan.input.height],
+        "network": [s.net_width, s.net_height],
+        "output": [s.frame_width, s.frame_height],
+    }
 
     def decode_all():
         for unit in plan.units:
@@ -152,6 +164,7 @@ def bench_stages(video: Path, work: Path, checkpoint: Path) -> None:
 
     ms, wall = cpu_ms(decode_all)
     total += ms
+    COSTS["stage_ms"]["decode"] = round(ms / n, 2)
     row(
         "stages",
         f"worker: decode to {s.frame_width}x{s.frame_height}",
@@ -171,6 +184,7 @@ def bench_stages(video: Path, work: Path, checkpoint: Path) -> None:
 
     ms, _ = cpu_ms(store_all)
     total += ms
+    COSTS["stage_ms"]["store"] = round(ms / n, 2)
     row("stages", f"worker: store {s.net_width}x{s.net_height} fp16 windows", f"{ms / n:.2f} ms", "per output frame")
     RunDir(run).first_pass.unlink(missing_ok=True)
     first = FirstPass(job_for(plan, run, work / "stages_out", "npy", False), plan)
@@ -182,6 +196,7 @@ def bench_stages(video: Path, work: Path, checkpoint: Path) -> None:
 
     ms, _ = cpu_ms(pass1)
     total += ms
+    COSTS["stage_ms"]["pass 1"] = round(ms / n, 2)
     row("stages", "merge: pass 1", f"{ms / n:.2f} ms", "per output frame")
     params, lo, hi = first.result()
     # One thread, as a render process runs (render._render_process): torch's default of one thread per core spins
@@ -190,15 +205,37 @@ def bench_stages(video: Path, work: Path, checkpoint: Path) -> None:
     torch.set_num_threads(1)
     if keep_freed_memory is not None:  # as a render process does, where the tree measured has it
         keep_freed_memory()
-    for fmt in ("npy", "png16"):
+    for fmt in formats:
         out = work / "stages_out"
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir()
         job = dataclasses.replace(job_for(plan, run, out, fmt, False), params=params, lo=lo, hi=hi)
         ms, _ = cpu_ms(lambda job=job: [None for _ in map_ordered(job, list(job.pieces), 1)])
         row("stages", f"merge: render + write {fmt}", f"{ms / n:.2f} ms", "per output frame, one core")
+        COSTS["render_ms"][fmt] = round(ms / n, 2)
         row("stages", f"total with {fmt}", f"{(total + ms) / n:.2f} ms", "per output frame, the stages above")
     torch.set_num_threads(threads)
+
+
+def write_costs(path: Path, video_what: str) -> None:
+    """The stages' figures as vda.orchestrator.capacity reads them, with the machine and the command."""
+    cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")), "unknown CPU")
+    table = {
+        "command": f"python bench/bench_host.py --only stages --write-costs {path}",
+        "machine": f"{platform.node()}: {os.cpu_count()} cores ({cpu}), one thread per render process",
+        "input": f"{video_what}, at the defaults",
+        **COSTS,
+        "notes": "ms of host CPU per output frame",
+    }
+    path.write_text(json.dumps(table, indent=2) + "\n")
+    print(f"wrote {path}", flush=True)
+
+
+def _cpuinfo() -> list[str]:
+    try:
+        return Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return []
 
 
 def children_cpu_s() -> float:
@@ -260,14 +297,19 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=Path("/tmp/vda-bench-host"))
     ap.add_argument("--only", nargs="+", choices=list(ROWS), default=list(ROWS))
     ap.add_argument("--record", metavar="LABEL")
+    ap.add_argument("--write-costs", type=Path, metavar="PATH", help="write the stages' per-frame table (JSON) here")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     video, what = (args.video, f"{args.video.name}") if args.video else make_video(args.work, args.frames)
     n = probe(video).frame_count
     checkpoint = synthetic_checkpoint(args.work / "models")
     print(f"input: {video}: {what}", flush=True)
+    if args.write_costs and "stages" not in args.only:
+        ap.error("--write-costs needs the stages table (--only stages)")
     if "stages" in args.only:
-        bench_stages(video, args.work, checkpoint)
+        bench_stages(video, args.work, checkpoint, ALL_RENDERED if args.write_costs else RENDERED)
+        if args.write_costs:
+            write_costs(args.write_costs, what)
     if "runs" in args.only:
         bench_runs(video, args.work, checkpoint, n)
     if "scale" in args.only:

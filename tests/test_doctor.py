@@ -18,22 +18,20 @@ import pytest
 import torch
 from conftest import ROOT, synthetic_frames, write_video
 
+from vda.cli.doctor import checks
 from vda.core import stitch
 from vda.core.preprocess import network_shape
 from vda.model.synth import save_checkpoint
-from vda.orchestrator.doctor import (
+from vda.orchestrator.capacity import check_cores, check_disk, draft_plan
+from vda.orchestrator.host_checks import (
     Check,
     Gpu,
     Options,
     Probes,
     check_checkpoint,
-    check_cores,
     check_cuda,
-    check_disk,
     check_gpu_runtime,
     check_gpus,
-    checks,
-    draft_plan,
     query_gpus,
 )
 from vda.orchestrator.space import human_size
@@ -305,7 +303,7 @@ def test_the_driver_must_support_the_cuda_of_the_torch_build(gpu_path):
 def test_too_few_cores_per_gpu_fail(gpu_path):
     """nvidia-smi is a fake (8 GPUs): no GPU exists here. Cores are sized from each stage's measured cost at the real
     sizes (a 1080p input: 1280x720 out, network 518x924), and the line names the stage that binds."""
-    from vda.orchestrator.doctor import DEFAULT_SIZES, VITS_MS_PER_FRAME, host_cost
+    from vda.orchestrator.capacity import DEFAULT_SIZES, VITS_MS_PER_FRAME, host_cost
 
     cost = host_cost("png16", *DEFAULT_SIZES)
     assert set(cost.stages) == {"decode", "store", "pass 1", "render + write png16"} and min(cost.stages.values()) > 0

@@ -1,8 +1,8 @@
-"""The queue's index of pending units (issue 21): the order units are handed out in, without scanning them all."""
+"""The queue's index of pending units: the order units are handed out in, without scanning them all."""
 
 from __future__ import annotations
 
-from vda.orchestrator.queue import PendingUnits
+from vda.orchestrator.policies import PendingUnits
 
 
 def test_units_back_from_a_failure_go_first_to_a_device_that_has_not_tried_them():

@@ -34,7 +34,7 @@ from vda.core.plan import STREAM_UNIT_FRAMES, STREAM_WARMUP, UNIT_WINDOWS, Plan,
 from vda.errors import InputError
 from vda.io.probe import probe
 from vda.io.rundir import RunDir
-from vda.orchestrator.batch import expand_inputs, name_inputs
+from vda.orchestrator.inputs import expand_inputs, name_inputs
 
 SIZE = "28"  # network input: tiny, the queue is what is tested
 

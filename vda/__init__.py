@@ -24,8 +24,8 @@ _LAZY = {
     "read": "vda.api",
     "DepthMeta": "vda.io.writers",
     "DepthFrames": "vda.io.writers",
-    "RunResult": "vda.orchestrator.batch",
-    "VideoResult": "vda.orchestrator.batch",
+    "RunResult": "vda.orchestrator.request",
+    "VideoResult": "vda.orchestrator.request",
 }
 __all__ = ["__version__", "VdaError", *_LAZY]
 

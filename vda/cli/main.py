@@ -16,14 +16,13 @@ import sys
 from pathlib import Path
 
 from vda import api, config, logs
-from vda.cli import export, tools
+from vda.cli import doctor, export, tools
 from vda.cli import report as report_cli
 from vda.core.plan import MODES, PLAN_NAME, PRECISION_CHOICES
 from vda.errors import EXIT_BUG, EXIT_ERROR, EXIT_INTERRUPTED, UsageError, VdaError, one_line
 from vda.io.rundir import RunDir
 from vda.io.writers import FORMATS, VIDEO_KINDS, parse_output_size
 from vda.model.registry import ENCODERS
-from vda.orchestrator import doctor
 
 FORMAT_CHOICES = list(FORMATS)
 log = logging.getLogger(__name__)

@@ -1,66 +1,38 @@
 """The work queue: every unit of every video of a batch, shared by one long-lived worker per device.
 
-A worker asks for work (events.Ready) as it starts a unit and gets the next one, which it starts decoding ahead; a
-fast device therefore takes more units than a slow one, and a run of many short videos keeps every device busy. A
-device much slower than the fastest (SLOW_FACTOR) gets no unit ahead, so that it never sits on one. Units are
-handed out in batch order, so the first video is done first and its merge (`on_computed`) runs on spare CPU while
-the devices go on with the others.
+A worker asks for work (events.Ready) as it starts a unit and gets the next one, which it starts decoding ahead, so a
+fast device takes more units than a slow one. Units are handed out in batch order: the first video is done first and
+its merge (`on_computed`) runs on spare CPU while the devices go on with the others.
 
-Failures stay as small as they can be:
-- A unit that fails (events.Failed) or whose worker dies goes back to the front of the queue and is retried, on a
-  device it has not tried when one is free, at most `retries` more times. Out of memory is device-bound: such a unit
-  waits for a device it has not tried, and fails once every device has.
-- A unit out of retries fails its video only: the video's other units are dropped, every other video goes on.
-- A worker that dies is restarted on its device. A death during a unit is charged to that unit (an attempt, so a
-  video whose units crash workers fails alone); a unit it had only been handed ahead, and not begun, goes back to the
-  queue without counting. A device whose worker dies RESTARTS times in a row outside any unit, or inside RESTARTS
-  different units in a row (a sticky CUDA error, Xid, ECC), or cannot start at all (START_FAILED), or whose model
-  does not fit (events.Failed with retire: that unit is not charged), is retired, and the others carry on.
-- Out of memory is first retried by the worker itself, with half the micro-batch; the micro-batch that worked is
-  recorded per device and sent with every later unit (a restarted worker keeps it). A worker that switched to fp32
-  (fp16 overflowing window after window) says why once, and its device's record keeps it.
-
-The backend is only asked to start, message and stop workers (vda.orchestrator.backends.base). Everything the queue saw
-is in RUN_DIR/processing_results.json: per device, per video and per unit, written when something changed, at most
-every SAVE_INTERVAL_S, and at the end.
-
-Every event costs the same at 10 units or 100,000 (bench/bench_scale.py): pending units are indexed by video (a
-failed video's units leave at once) and kept apart from the few that came back from a failure, which alone carry a
-device constraint (a unit out of memory waits for a device it has not tried), so no turn of the loop scans them all.
+A failure stays as small as it can: a failed unit is retried elsewhere, a unit out of retries fails its video only, a
+dead worker is restarted, and a device that keeps failing is retired while the others carry on. The decisions are
+in vda.orchestrator.policies, the records and their file (processing_results.json) in vda.orchestrator.records; the
+backend is only asked to start, message and stop workers (vda.orchestrator.backends.base).
 """
 
 from __future__ import annotations
 
 import logging
 import queue
-import resource
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from functools import partial
+from dataclasses import dataclass, field
 
 from vda import events
-from vda.core.plan import Plan
 from vda.errors import RunError
-from vda.files import write_json
 from vda.io.probe import COUNT_MISMATCH
 from vda.io.rundir import RunDir
-from vda.orchestrator.backends.base import START_FAILED, Backend, VideoRun, WorkerHandle
+from vda.orchestrator.backends.base import Backend, WorkerHandle
 from vda.orchestrator.planning import require_decode
+from vda.orchestrator.policies import DeviceHealth, PendingUnits, is_slow, may_run, refuse_retry
 from vda.orchestrator.progress import BatchProgress
+from vda.orchestrator.records import DeviceRecord, Key, QueuedVideo, RunRecord, UnitRecord
 
-RESULTS_SCHEMA = 1
+__all__ = ["QueuedVideo", "RunFailed", "WorkQueue"]
 log = logging.getLogger(__name__)
 STOP_WAIT_S = 60  # how long workers get to finish their stores after Stop
-RESTARTS = 3  # a device whose worker dies this many times in a row outside any unit is retired
-SLOW_FACTOR = 1.5  # a device this many times slower per unit than the fastest gets no unit ahead
-# processing_results.json at 10,000 units is about 4 MB and 0.1 s of serialising: written at most this often while
-# the run goes on (and at once at its end), so that a batch of thousands of units spends no real time on its record.
-SAVE_INTERVAL_S = 5.0
-KEPT_ERRORS, ERROR_CHARS = 8, 500  # what a unit's record keeps of its errors: the first ones, each cut to a line
 
 
 class RunFailed(RunError):
@@ -68,118 +40,11 @@ class RunFailed(RunError):
 
 
 @dataclass
-class QueuedVideo:
-    """A video in the queue: its run and plan, and what happened to it."""
-
-    run: VideoRun
-    plan: Plan
-    status: str = "pending"  # pending, computed (every unit stored), merged, failed
-    error: str | None = None
-    log: str | None = None
-    units_done: int = 0
-    merge_node: str | None = None  # where it was merged, where a backend spans hosts (Ray: a node id, or "driver")
-    merge_times: tuple[float, float] | None = None  # its merge's start and end (epoch seconds), for the report
-
-    @property
-    def name(self) -> str:
-        return self.run.name
-
-
-@dataclass
-class UnitRecord:
-    video: str
-    unit: int
-    status: str = "pending"  # pending, running, done, stored (by an earlier run), failed, dropped (its video failed)
-    attempts: int = 0
-    devices: list[str] = field(default_factory=list)  # one entry per attempt
-    nodes: list[str] = field(default_factory=list)  # per attempt, where a backend spans hosts (Ray: the node id)
-    errors: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    frames: int = 0
-    computed_frames: int = 0
-    fp32_recomputes: int = 0
-    device_bound: bool = False  # the last failure was out of memory: wait for a device not tried yet
-    stored_by: str | None = None  # who wrote its pieces, where a backend spans hosts (Ray: a node id, or "driver")
-    # Per attempt, for the report's timeline: {"slot", "node", "start", "end"} in seconds since the run began (end
-    # None while it runs); the start is when the worker began it (its Ready), or, for a finished unit, its end less
-    # its time.
-    spans: list[dict] = field(default_factory=list)
-
-
-@dataclass
-class DeviceRecord:
-    slot: int
-    device: str
-    log: str
-    units: int = 0
-    frames: int = 0
-    computed_frames: int = 0
-    seconds: float = 0.0  # summed unit times (compute and store) of the units it finished
-    failures: int = 0  # units that failed on it, and worker deaths
-    worker_starts: int = 0
-    exit_codes: list[int] = field(default_factory=list)
-    retired: str | None = None  # why this device takes no more work
-    micro_batch: int | None = None  # the micro-batch its units were last computed with (halved after out of memory)
-    fp32_switch: str | None = None  # why its worker computes in fp32 for the rest of the run
-
-
-Key = tuple[int, int]  # (video's position in the batch, unit index)
-
-
-class PendingUnits:
-    """The units waiting for a device, in the order they are handed out: the ones back from a failure or a dead worker
-    first (front first), then the fresh ones in batch order. Fresh units are indexed by video, so taking one and
-    dropping a failed video are O(1); only the units that came back (a handful: failures are rare) are scanned, for
-    the one that suits the asking device."""
-
-    def __init__(self):
-        self._fresh: dict[int, deque[int]] = {}  # video -> its untried units, in order; videos in batch order
-        self.again: deque[Key] = deque()  # back from a failure or a dead worker
-        self._count = 0
-
-    def __len__(self) -> int:
-        return self._count
-
-    def add(self, vi: int, unit: int) -> None:
-        """A fresh unit, after every unit added before it."""
-        self._fresh.setdefault(vi, deque()).append(unit)
-        self._count += 1
-
-    def push_front(self, key: Key) -> None:
-        self.again.appendleft(key)
-        self._count += 1
-
-    def take(self, suits: Callable[[Key], bool], untried: Callable[[Key], bool]) -> Key | None:
-        """The first unit that came back and that `suits` the device and it has not `untried`, else the first fresh
-        one, else the first that came back and suits it; None when none suits."""
-        key = next((k for k in self.again if suits(k) and untried(k)), None)
-        if key is None and self._fresh:
-            vi = next(iter(self._fresh))
-            units = self._fresh[vi]
-            key = (vi, units.popleft())
-            if not units:
-                del self._fresh[vi]
-            self._count -= 1
-            return key
-        key = key or next((k for k in self.again if suits(k)), None)
-        if key is not None:
-            self.again.remove(key)
-            self._count -= 1
-        return key
-
-    def drop_video(self, vi: int) -> None:
-        self._count -= len(self._fresh.pop(vi, ()))
-        kept = deque(k for k in self.again if k[0] != vi)
-        self._count -= len(self.again) - len(kept)
-        self.again = kept
-
-
-@dataclass
 class _Worker:
     handle: WorkerHandle
     wants: bool = False  # said Ready and has not been given a unit since
-    running: list[tuple[int, int]] = field(default_factory=list)  # (video, unit) assigned and not yet Done/Failed
-    started: set[tuple[int, int]] = field(default_factory=set)  # of those, the ones it began (a Ready followed)
+    running: list[Key] = field(default_factory=list)  # (video, unit) assigned and not yet Done/Failed
+    started: set[Key] = field(default_factory=set)  # of those, the ones it began (a Ready followed)
 
 
 class WorkQueue:
@@ -200,30 +65,22 @@ class WorkQueue:
     ):
         self.videos, self.backend, self.devices, self.root = videos, backend, devices, root
         self.retries, self.on_computed, self.poll_interval, self.stream = retries, on_computed, poll_interval, stream
+        self._own_progress = progress is None  # closed at the end of `run`; a batch closes its own after the merges
         self.progress = progress or BatchProgress([v.plan for v in videos], stream=stream)
         self.inbox: queue.Queue = queue.Queue()  # (slot, worker generation, line) from the pump threads
-        self.units: dict[Key, UnitRecord] = {}
+        self.run_record = RunRecord(root, videos, devices)
+        self.units, self.records = self.run_record.units, self.run_record.devices
         self.pending = PendingUnits()
         for vi, video in enumerate(videos):
             self._index(vi, video)
-        # Videos planned after the queue began (vda.orchestrator.batch.Planner): each call returns those planned since
+        # Videos planned after the queue began (vda.orchestrator.inputs.Planner): each call returns those planned since
         # the last one, None once no more will come.
         self.incoming: Callable[[], list[QueuedVideo] | None] = lambda: None
         self._expecting = True
-        self.records = [
-            DeviceRecord(s, d, str(root.worker_log(s).relative_to(root.path))) for s, d in enumerate(devices)
-        ]
-        self.refused: list[dict] = []  # inputs that never reached the queue (batch.Refused), for the record
-        self.started = time.time()  # when the run began (the batch sets its own start, planning included)
-        self.context: dict = {}  # what the batch adds to the record (backend, format, output size), for the report
-        self.finished = False  # set by the batch once every merge is over: the record is final
-        self._cpu0 = _host_cpu()
         self.progress.stored(sum(v.units_done for v in videos))
         self.workers: dict[int, _Worker] = {}
         self._generation = dict.fromkeys(range(len(devices)), 0)
-        self._streak = dict.fromkeys(range(len(devices)), 0)  # deaths in a row, outside any unit, per slot
-        self._saved, self._changed, self._save_cost = 0.0, True, 0.0
-        self._died_in: dict[int, set] = {slot: set() for slot in range(len(devices))}  # units, since its last Done
+        self.health = DeviceHealth(len(devices))
 
     def _index(self, vi: int, video: QueuedVideo) -> None:
         """Its units, pending unless an earlier run stored them."""
@@ -244,7 +101,7 @@ class WorkQueue:
         self._index(vi, video)
         self.progress.add(video.plan)
         self.progress.stored(video.units_done)
-        self._changed = True
+        self.run_record.changed = True
         if video.units_done == len(video.plan.units):
             self._computed(vi)
 
@@ -272,12 +129,15 @@ class WorkQueue:
                 if self.pending and all(r.retired for r in self.records):
                     self._out_of_devices()
                 self._give_up_unrunnable()
-                self._save()
+                self.run_record.save()
             self._shutdown()
         finally:
             _stop_all([w.handle for w in self.workers.values()])
-            self._save(force=True)
-        self.progress.render(final=True)
+            self.run_record.save(force=True)
+        if self._own_progress:
+            self.progress.close()
+        else:
+            self.progress.render(final=True)
 
     def _start(self, slot: int) -> None:
         record = self.records[slot]
@@ -308,7 +168,7 @@ class WorkQueue:
             timeout = 0
             if generation != self._generation[slot] or slot not in self.workers:
                 continue  # from a worker that has since been replaced
-            self._changed = True
+            self.run_record.changed = True
             try:
                 message = events.decode(line)
             except ValueError as err:
@@ -320,7 +180,7 @@ class WorkQueue:
                 begun = next(([k] for k in worker.running if k not in worker.started), [])
                 worker.started.update(begun)
                 for key in begun:
-                    self._span(key, start=True)
+                    self.run_record.span(key, start=True)
                 self._assign()  # at once: the worker decodes its next unit ahead only if it comes in time
             elif isinstance(message, events.Done):
                 self._done(slot, message)
@@ -334,8 +194,7 @@ class WorkQueue:
         record, key = self.records[slot], self._settle(slot, message.video, message.unit)
         if key is None:
             return
-        self._streak[slot] = 0
-        self._died_in[slot].clear()
+        self.health.unit_done(slot)
         if message.micro_batch:
             record.micro_batch = message.micro_batch
         if message.fp32_switch and not record.fp32_switch:
@@ -345,7 +204,7 @@ class WorkQueue:
         if unit.status not in ("running", "dropped"):
             return
         unit.status, unit.seconds = "done", message.seconds
-        self._span(key, start=time.time() - self.started - message.seconds, end=True)
+        self.run_record.span(key, start=time.time() - self.run_record.started - message.seconds, end=True)
         unit.computed_frames, unit.fp32_recomputes = message.computed, message.fp32_recomputes
         record.units += 1
         record.frames += message.frames
@@ -385,11 +244,7 @@ class WorkQueue:
 
     def _unassign(self, key: Key) -> None:
         """A unit handed to a worker that never began it: back to the front of the queue, not an attempt."""
-        unit = self.units[key]
-        unit.status, unit.attempts = "pending", unit.attempts - 1
-        unit.devices.pop()
-        del unit.nodes[len(unit.devices) :]
-        del unit.spans[len(unit.devices) :]
+        self.units[key].undo_attempt()
         self.pending.push_front(key)
 
     def _settle(self, slot: int, video_name: str, unit_index: int) -> Key | None:
@@ -405,9 +260,8 @@ class WorkQueue:
         """A unit failed on `record`'s device: back to the front of the queue, or, out of retries, fail its video."""
         unit, video = self.units[key], self.videos[key[0]]
         record.failures += 1
-        self._span(key, end=True)
-        if len(unit.errors) < KEPT_ERRORS:  # bounded: a unit that kills its workers forever does not grow its record
-            unit.errors.append(f"{record.device}: {reason}"[:ERROR_CHARS])
+        self.run_record.span(key, end=True)
+        unit.note_error(f"{record.device}: {reason}")
         unit.device_bound = device_bound
         log = video.run.run.video_log
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -415,14 +269,11 @@ class WorkQueue:
             fh.write(f"unit {unit.unit} attempt {unit.attempts} on {record.device}: {reason} (see {record.log})\n")
         if unit.status != "running":
             return
-        if reason.startswith(COUNT_MISMATCH):  # the plan is wrong, not the unit: no retry helps, a new plan does
-            require_decode(video.run.run)
-            self._fail_video(key, reason, record)
-            return
-        tried_all = all(d in unit.devices for d in self.devices)
-        if (device_bound and tried_all) or (not device_bound and unit.attempts > self.retries):
-            why = "out of memory on every device" if device_bound and tried_all else f"failed {unit.attempts} time(s)"
-            self._fail_video(key, f"unit {unit.unit} {why}, last on {record.device}: {reason}", record)
+        error = refuse_retry(unit, self.devices, self.retries, record.device, reason)
+        if error is not None:
+            if reason.startswith(COUNT_MISMATCH):  # the plan is wrong: the next run decodes anew
+                require_decode(video.run.run)
+            self._fail_video(key, error, record)
             return
         unit.status = "pending"
         self.pending.push_front(key)
@@ -457,25 +308,19 @@ class WorkQueue:
             log.info("worker %d on %s exited with %s: %s", slot, record.device, code, worker.handle.reason)
             record.exit_codes.append(code)
             del self.workers[slot]
-            self._changed = True
+            self.run_record.changed = True
             why = f"exit {code}: {worker.handle.reason}" if worker.handle.reason else f"exit {code}"
+            self.health.worker_died(slot, worker.started)
             for key in reversed(worker.running):
                 if key in worker.started:
-                    self._died_in[slot].add(key)
                     self._retry(key, record, f"the worker on {record.device} stopped ({why})", False)
                 elif self.units[key].status == "running":  # handed ahead and never begun: not an attempt
                     self._unassign(key)
             if not worker.started:  # it died outside any unit: the device, not a unit, is the suspect
                 record.failures += 1
-                self._streak[slot] += 1
             if record.retired:  # already retired, and said so (its model did not fit)
                 continue
-            if code == START_FAILED:
-                record.retired = f"the worker could not start ({why})"
-            elif self._streak[slot] >= RESTARTS:
-                record.retired = f"its worker stopped {self._streak[slot]} times in a row outside any unit ({why})"
-            elif len(self._died_in[slot]) >= RESTARTS:
-                record.retired = f"its worker died inside {len(self._died_in[slot])} different units in a row ({why})"
+            record.retired = self.health.retire_reason(slot, code, why)
             if record.retired:
                 print(f"\nvda: {record.device}: {record.retired}; the other devices go on", file=self.stream)
             else:  # _staff starts another while there is work
@@ -483,64 +328,31 @@ class WorkQueue:
 
     def _assign(self) -> None:
         for slot, worker in self.workers.items():
-            if not worker.wants or not self.pending or (worker.running and self._slow(slot)):
+            if not worker.wants or not self.pending or (worker.running and is_slow(self.records, slot)):
                 continue
             device = self.records[slot].device
             # A unit that failed here goes to another device when one asks; here only when nothing else is left.
-            key = self.pending.take(partial(self._may_run, device=device), partial(self._untried, device=device))
+            key = self.pending.take(
+                lambda k: may_run(self.units[k], device),  # noqa: B023 - called at once, in this turn
+                lambda k: device not in self.units[k].devices,  # noqa: B023
+            )
             if key is None:
                 continue
-            self._changed = True
+            self.run_record.changed = True
             unit, video = self.units[key], self.videos[key[0]]
-            unit.status, unit.attempts = "running", unit.attempts + 1
-            unit.devices.append(device)
-            node = getattr(worker.handle, "node", None)
-            unit.spans.append({"slot": slot, "node": node, "start": round(time.time() - self.started, 3), "end": None})
-            if getattr(worker.handle, "node", None):  # known once the worker said Ready
-                unit.nodes.append(worker.handle.node)
+            unit.begin_attempt(device, slot, getattr(worker.handle, "node", None), self.run_record.now())
             worker.wants = False
             worker.running.append(key)
-            path = video.run
-            message = events.Assign(
-                video.name,
-                self.backend.worker_path(path.run.path),
-                self.backend.worker_path(path.input),
-                key[1],
-                self.records[slot].micro_batch or 0,
-            )
-            worker.handle.send(message)
+            where = self.backend.worker_path(video.run.run.path), self.backend.worker_path(video.run.input)
+            worker.handle.send(events.Assign(video.name, *where, key[1], self.records[slot].micro_batch or 0))
             log.debug("unit %s:%d -> worker %d on %s", video.name, key[1], slot, device)
-
-    def _span(self, key: Key, start: float | bool = False, end: bool = False) -> None:
-        """Time the current attempt of a unit: its start (now, or the time given), its end (now), for the report."""
-        spans, now = self.units[key].spans, round(time.time() - self.started, 3)
-        if not spans or spans[-1]["end"] is not None:
-            return
-        if start is not False:
-            spans[-1]["start"] = now if start is True else round(max(start, 0.0), 3)
-        if end:
-            spans[-1]["end"] = now
-
-    def _slow(self, slot: int) -> bool:
-        """Whether a device is so much slower than the fastest that it should not hold a unit ahead (the worker asks
-        for its next unit as it starts one, to decode it in time; a slow device would sit on it)."""
-        rates = {r.slot: r.seconds / r.units for r in self.records if r.units}
-        return slot in rates and rates[slot] > SLOW_FACTOR * min(rates.values())
-
-    def _untried(self, key: Key, device: str) -> bool:
-        return device not in self.units[key].devices
-
-    def _may_run(self, key: Key, device: str) -> bool:
-        """A unit that ran out of memory waits for a device it has not tried; others run anywhere."""
-        unit = self.units[key]
-        return not unit.device_bound or device not in unit.devices
 
     def _give_up_unrunnable(self) -> None:
         """Units that ran out of memory on every device not retired cannot run anywhere: fail them. Only units that came
         back from a failure can be device-bound, so only they are looked at."""
         live = [r.device for r in self.records if not r.retired]
         for key in [k for k in self.pending.again if self.units[k].device_bound]:
-            if key in self.pending.again and not any(self._may_run(key, d) for d in live):
+            if key in self.pending.again and not any(may_run(self.units[key], d) for d in live):
                 unit = self.units[key]
                 self._fail_video(key, f"unit {unit.unit} ran out of memory on {', '.join(unit.devices)}", None)
 
@@ -565,62 +377,8 @@ class WorkQueue:
                     del self.workers[slot]
             time.sleep(0.05)
 
-    # -- the record ----------------------------------------------------------------------------------
-    def results(self) -> dict:
-        produced = sum(u.frames for u in self.units.values() if u.status == "done")
-        computed = sum(u.computed_frames for u in self.units.values() if u.status == "done")
-        videos = [
-            {
-                "name": v.name,
-                "input": str(v.run.input),
-                "run_dir": str(v.run.run.path),
-                "status": v.status,
-                "units": len(v.plan.units),
-                "frames": v.plan.frame_count,
-                "error": v.error,
-                "log": v.log,
-                "merge_node": v.merge_node,
-                "out": str(v.run.out) if v.run.out else None,
-                "merge": [round(t - self.started, 3) for t in v.merge_times] if v.merge_times else None,
-            }
-            for v in self.videos
-        ]
-        now = time.time()
-        return {
-            "schema_version": RESULTS_SCHEMA,
-            # When the run began and this record was written (epoch seconds), whether it is final, and the host's CPU
-            # seconds since the queue began (this process and the children it reaped: local workers, merges).
-            "run": {
-                "started": round(self.started, 3),
-                "updated": round(now, 3),
-                "finished": self.finished,
-                "host_cpu_s": round(_host_cpu() - self._cpu0, 3),
-                **self.context,
-            },
-            "computed_over_produced": round(computed / produced, 4) if produced else None,
-            "devices": [asdict(r) for r in self.records],
-            "videos": videos + self.refused,
-            "units": [dict(vars(u)) for u in self.units.values()],  # shallow: asdict deep-copies 10,000 records
-        }
-
     def save(self) -> None:
-        self._save(force=True)
-
-    def _save(self, force: bool = False) -> None:
-        """Write the record when something changed, at most every SAVE_INTERVAL_S, and never more than a twentieth of
-        the loop's time (the record grows with the units: at 10,000 it takes a good part of a second on a loaded
-        host, which would otherwise delay every Ready behind it); `force`: now (the end)."""
-        now = time.time()
-        if force or (self._changed and now - self._saved >= max(SAVE_INTERVAL_S, 20 * self._save_cost)):
-            self._changed = False
-            write_json(self.root.results, self.results())
-            self._saved, self._save_cost = time.time(), time.time() - now
-
-
-def _host_cpu() -> float:
-    """CPU seconds of this process and of its reaped children."""
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+        self.run_record.save(force=True)
 
 
 def _stop_all(handles: list[WorkerHandle]) -> None:

@@ -25,9 +25,9 @@ from vda.orchestrator.backends.ray.cluster import DRIVER, kill, ray_module, shor
 ACTOR_DIED = 137  # the exit code of a worker whose actor died or whose node was lost (as if killed)
 START_TIMEOUT_S = 600.0  # an actor that Ray cannot place for this long (no such resource free) retires its device
 STOP_GRACE_S = 10.0
-# Items fetched and not yet stored. bench_ray.py (2026-11-29): a 1080p window took 50.8 ms to fetch and 25 ms to store,
-# one after the other; two stages overlap them, and a few items between them absorb a slow store without holding
-# more than a few windows (about 30 MB each at 1080p, fp16) in the driver's memory.
+# Items fetched and not yet stored: fetching and storing a window overlap (bench/bench_ray.py measures both), and a
+# few items between them absorb a slow store without holding more than a few windows (about 30 MB each at 1080p,
+# fp16) in the driver's memory.
 STORE_AHEAD = 4
 _END = object()
 log = logging.getLogger(__name__)

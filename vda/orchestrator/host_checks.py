@@ -1,60 +1,23 @@
-"""`vda doctor`: the first command on a new GPU host, before `make depth` spends minutes building an image.
+"""What `vda doctor` checks on a host, each check one pure function of injected probes that returns one `Check`.
 
 A new host fails in a handful of known ways (no engine, no NVIDIA container runtime, a driver older than the CUDA
-torch was built for, no checkpoint, too little disk, too few cores to decode, store and merge), and each one
-otherwise shows up late, as a traceback from deep inside a run. Here each is one pure function of injected probes
-(`Probes`: commands, CPU count, free disk, the venv's torch) that returns one `Check`, and `doctor` prints one line
-per check:
-
-    ✓ <what>            fine
-    ✗ <what>; <fix>     `make depth` would fail (or, for the host's cores, crawl); the fix is ours, one line
-    - <what>            information only (no GPU on this host, an optional checkpoint that is absent)
-
-The exit code is 0 when nothing is ✗, 1 otherwise. Tests pass fakes (an `nvidia-smi` script on PATH, a Probes
-subclass) because the machines they run on have no GPU.
+torch was built for, no checkpoint), each otherwise seen late, as a traceback from deep inside a run. Every outside
+fact goes through `Probes`, so tests replace any of them (no GPU where they run). Disk and cores are checked in
+vda.orchestrator.capacity.
 """
 
 from __future__ import annotations
 
-import argparse
-import math
 import re
 import shutil
 import subprocess
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-from vda.errors import UsageError
-from vda.io.writers import FORMATS
-from vda.model.registry import ENCODERS
 
 GPU_IMAGE = "vda:latest"  # what `make depth GPUS=N` runs (docker/docker.mk VDA_IMAGE)
 CPU_IMAGE = "vda:cpu"
 
-# Host CPU per output frame, stage by stage, from bench/RESULTS.md: bench_host.py's "stages" table (AFTER, issue 22),
-# on a 1920x1080 x264 input at the defaults: decoded and resized to 1280x720 (max-res 1280), windows of 518x924
-# stored in fp16 as a GPU stores them, and rendered + written at 1280x720 on one core. Each stage's cost is taken as
-# proportional to the pixels it works on: the source's (decode), the network's (store, pass 1), the output's (render).
-# Measured at commit 66f96ad on the 2-core build machine, rendering at one thread as a render process does (earlier
-# figures rendered with torch's default threads, whose idle spinning tripled the CPU time): decode 15.21, store 1.74,
-# pass 1 2.96, render + write npy 9.51 and png16 12.18 ms; pass 1 again at ba13975, at one thread of torch and of
-# numpy's BLAS as `vda depth` runs it (vda.system.host_threads): 0.84 ms. png8, npz and exr were not run by
-# bench_host.py: they are npy's render plus the difference of their writer's own cost from npy's at 1080p
-# (bench_stages.py, "write <format> (1 core)": npy 562, png8 154, npz 3.1, exr 59.5 frames/s), scaled to 1280x720.
-STAGE_MS = {"decode": 15.21, "store": 1.74, "pass 1": 0.84}
-RENDER_MS = {"npy": 9.51, "png16": 12.18}
-RENDER_MS.update(
-    {
-        f: 9.51 + (1000 / fps - 1000 / 562.0) * (1280 * 720) / (1920 * 1080)
-        for f, fps in {"png8": 154.4, "npz": 3.1, "exr": 59.5}.items()
-    }
-)
-BENCH_SOURCE, BENCH_NET, BENCH_OUT = 1920 * 1080, 518 * 924, 1280 * 720
-# The authors' published vits latency (their README: fp16, A100, 32 frames at 518x518): 7.5 ms per frame, so one GPU
-# makes about 133 frames/s.
-VITS_MS_PER_FRAME = 7.5
 # Tags of https://download.pytorch.org/whl/<tag>, for the advice to build the image against an older CUDA.
 TORCH_CUDA_TAGS = ("cu118", "cu121", "cu124", "cu126", "cu128", "cu129", "cu130")
 
@@ -381,209 +344,3 @@ def check_checkpoint(encoder: str, metric: bool, required: bool, where_is: Calla
         return Check(name, False, f"{path} does not match the layout of {encoder} ({counts})", replace)
     licence = ck.license + (": non-commercial use only" if "NC" in ck.license else "")
     return Check(name, True, f"{path} ({licence}), layout ok")
-
-
-# -- disk and cores -------------------------------------------------------------------------------------------------
-def draft_plan(video: Path, devices: list[str], encoder: str, input_size: int = 518, max_res: int = 1280):
-    """The plan `vda depth` would write, in memory only (no checkpoint needed), and the devices it would run on: what
-    the space estimate reads."""
-    from vda.core.plan import Plan, make_units
-    from vda.io.probe import probe
-    from vda.orchestrator.planning import ModelChoice, build_settings
-
-    info = probe(video)
-    settings = build_settings(info, ModelChoice(encoder, False, None, ""), input_size, max_res)
-    return Plan(info, settings, make_units(info.frame_count, "window", settings.unit_size), "doctor"), devices
-
-
-def video_plan(opts: Options, n_gpus: int):
-    """The draft plan for --video on the GPUs (or a CPU), or the ✗ line when the video cannot be read."""
-    from vda.io.probe import VideoError
-
-    try:
-        return draft_plan(opts.video, [f"cuda:{i}" for i in range(n_gpus)] or ["cpu"], opts.encoder)
-    except VideoError:
-        return Check(
-            "disk",
-            False,
-            f"{opts.video} cannot be read as a video or image folder",
-            "check the path, or re-encode it (`ffmpeg -i in.mp4 -c:v libx264 out.mp4`)",
-        )
-
-
-def check_disk(p: Probes, plan, opts: Options) -> Check:
-    """What a fresh run of `plan` writes (windows in OUT/_run, frames in OUT) against the free space where OUT goes."""
-    from vda.orchestrator.space import estimate, human_size
-
-    plan, devices = plan
-    need = estimate(plan, opts.fmt, plan.all_pieces(), plan.frame_count, devices)
-    total = need.run_bytes + need.out_bytes
-    out = opts.out or Path("out") / Path(plan.input.path).stem  # make depth's default OUT
-    folder = Path(out).absolute()
-    while not folder.exists():
-        folder = folder.parent
-    free = p.free_bytes(folder)
-    s = plan.settings
-    what = (
-        f"{plan.frame_count} frames at {s.frame_width}x{s.frame_height} need about {human_size(total)} "
-        f"({human_size(need.run_bytes)} of windows + {human_size(need.out_bytes)} of {opts.fmt}) in {out}"
-    )
-    if free < total:
-        return Check(
-            "disk",
-            False,
-            f"{what}, but {folder} has {human_size(free)} free",
-            "free space or choose another output folder (-o OUT; make depth OUT=...), or write png8",
-        )
-    return Check("disk", True, f"{what}; {folder} has {human_size(free)} free")
-
-
-@dataclass(frozen=True)
-class HostCost:
-    """Host CPU per output frame of each stage, in ms, for one video's sizes and format (`host_cost`)."""
-
-    stages: dict[str, float]
-
-    @property
-    def total(self) -> float:
-        return sum(self.stages.values())
-
-    @property
-    def binding(self) -> str:
-        """The stage that takes the most CPU: the one to make cheaper (or give cores) first."""
-        return max(self.stages, key=self.stages.get)
-
-    def cores_per_gpu(self, gpu_ms: float = VITS_MS_PER_FRAME) -> float:
-        return self.total / gpu_ms
-
-
-def host_cost(fmt: str, source: tuple[int, int], out: tuple[int, int], net: tuple[int, int]) -> HostCost:
-    """Each stage's measured cost (STAGE_MS, RENDER_MS) scaled to these sizes: the source frames (w, h), the output
-    frames after --max-res, and the network's maps. Rendering never costs less than the maps every frame reads."""
-    src, net_px = source[0] * source[1], net[0] * net[1]
-    out_px = max(out[0] * out[1], net_px)
-    return HostCost(
-        {
-            "decode": STAGE_MS["decode"] * src / BENCH_SOURCE,
-            "store": STAGE_MS["store"] * net_px / BENCH_NET,
-            "pass 1": STAGE_MS["pass 1"] * net_px / BENCH_NET,
-            f"render + write {fmt}": RENDER_MS[fmt] * out_px / BENCH_OUT,
-        }
-    )
-
-
-DEFAULT_SIZES = ((1920, 1080), (1280, 720), (924, 518))  # a 1080p input at the defaults: source, output, network
-
-
-def check_cores(p: Probes, n_gpus: int, fmt: str, sizes: tuple | None = None) -> Check:
-    """Decoding, storing and merging run on the host's CPU: fewer cores than the GPUs need makes the host the pace.
-
-    sizes: (source, output, network) sizes as (w, h); default a 1080p input at the defaults (DEFAULT_SIZES).
-    """
-    name = "CPU cores"
-    if n_gpus <= 0:
-        return Check(name, None, "not checked: no GPU")
-    source, out, net = sizes or DEFAULT_SIZES
-    cost = host_cost(fmt, source, out, net)
-    per_gpu = cost.cores_per_gpu()
-    need, cpus = math.ceil(n_gpus * per_gpu), p.cpus()
-    parts = ", ".join(f"{k} {v:.1f}" for k, v in cost.stages.items())
-    what = (
-        f"{cpus} usable for {n_gpus} GPU(s); {source[0]}x{source[1]} in, {fmt} at {out[0]}x{out[1]} out, network "
-        f"{net[0]}x{net[1]}: {cost.total:.1f} ms of CPU per frame ({parts}), so about {per_gpu:.1f} per GPU "
-        f"({need}) to keep up with vits at {VITS_MS_PER_FRAME} ms/frame; {cost.binding} binds"
-    )
-    if cpus >= need:
-        return Check(name, True, what)
-    fit = int(cpus / per_gpu)
-    fewer = f"use at most {fit} GPU(s) per host" if fit else "use fewer GPUs per host (these cores keep up with < 1)"
-    cheaper = [
-        f"{f} needs {c:.1f}/GPU"
-        for f in ("png8", "npy")
-        if (c := host_cost(f, source, out, net).cores_per_gpu()) < per_gpu
-    ]
-    formats = f", write a cheaper format ({', '.join(cheaper)})" if cheaper else ""
-    slower = f"accept a run about {need / cpus:.1f}x slower than the GPUs"
-    return Check(name, False, what, f"{fewer}{formats}, or {slower}")
-
-
-# -- the report -----------------------------------------------------------------------------------------------------
-def checks(opts: Options, p: Probes, debug: bool = False) -> Iterator[Check]:
-    """Every check in order, each as soon as it is known (a `docker run` can take seconds).
-
-    A check that breaks unexpectedly becomes one ✗ line of its own and the others still run (--debug: the traceback).
-    """
-
-    def guard(name: str, fn: Callable, *args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except Exception as err:
-            if debug:
-                raise
-            return Check(
-                name, False, f"the check itself failed ({type(err).__name__})", "rerun with --debug to see why"
-            )
-
-    engine = guard("Docker engine", check_engine, p)
-    yield engine
-    yield guard("Docker Compose", check_compose, p, engine)
-    gpus = guard("GPUs", query_gpus, p)
-    if isinstance(gpus, Check):
-        yield gpus
-        gpus = None
-    else:
-        yield guard("NVIDIA container runtime", check_gpu_runtime, p, gpus, engine, opts.image)
-        yield guard("GPUs", check_gpus, gpus, opts.gpus)
-    yield guard("CUDA driver vs torch", check_cuda, p, gpus, opts.image, engine)
-    for metric in sorted({False, opts.metric}):
-        for encoder in ENCODERS:
-            required = (encoder, metric) == (opts.encoder, opts.metric)
-            label = f"{'metric ' if metric else ''}{encoder} checkpoint"
-            yield guard(label, check_checkpoint, encoder, metric, required)
-    n_gpus = opts.gpus or len(gpus or [])
-    plan = guard("disk", video_plan, opts, n_gpus) if opts.video else None
-    if plan is None:
-        yield Check("disk", None, "not checked: give --video PATH (and -o OUT) to compare a run's size with free space")
-    elif isinstance(plan, Check):
-        yield plan
-        plan = None
-    else:
-        yield guard("disk", check_disk, p, plan, opts)
-    s, info = (plan[0].settings, plan[0].input) if plan else (None, None)
-    sizes = ((info.width, info.height), (s.frame_width, s.frame_height), (s.net_width, s.net_height)) if s else None
-    yield guard("CPU cores", check_cores, p, n_gpus, opts.fmt, sizes)
-
-
-def doctor(opts: Options, p: Probes | None = None, out=None, debug: bool = False) -> int:
-    """Print one line per check; 0 when nothing failed, 1 otherwise."""
-    failed = False
-    for check in checks(opts, p or Probes(), debug):
-        failed |= check.ok is False
-        print(check.line(), file=out or sys.stdout, flush=True)
-    return 1 if failed else 0
-
-
-def add_parser(sub) -> None:
-    """The `doctor` subparser, for vda.cli.main."""
-    p = sub.add_parser(
-        "doctor",
-        help="check this host for make depth: Docker, NVIDIA runtime, GPUs and CUDA, checkpoints, disk, cores",
-        description="One line per check: ✓ fine, ✗ what fails and the fix, - information. Exit 0 when nothing "
-        "fails, 1 otherwise.",
-    )
-    p.add_argument("--gpus", type=int, help="GPUs you will use: then a missing GPU fails (default: GPUs only inform)")
-    p.add_argument("--encoder", choices=ENCODERS, default="vits", help="the checkpoint that must exist")
-    p.add_argument("--metric", action="store_true", help="also check the metric checkpoints (and require --encoder's)")
-    p.add_argument("--video", type=Path, help="compare what a run on this video writes with the free disk space")
-    p.add_argument("-o", "--out", type=Path, help="output folder for --video (default: make depth's out/<video>)")
-    p.add_argument("--format", dest="fmt", choices=list(FORMATS), default="png16")
-    p.add_argument(
-        "--image", default=GPU_IMAGE, help=f"GPU image whose torch CUDA build is checked (default {GPU_IMAGE})"
-    )
-
-
-def cmd_doctor(args: argparse.Namespace) -> int:
-    if args.gpus is not None and args.gpus < 1:
-        raise UsageError(f"--gpus must be at least 1, got {args.gpus}")
-    opts = Options(args.gpus, args.encoder, args.metric, args.video, args.out, args.fmt, args.image)
-    return doctor(opts, debug=getattr(args, "debug", False))
