@@ -99,8 +99,8 @@ def _run_planned(request: DepthRequest, backend: Backend, planner: Planner, say,
         later = [r for r in planner.runs[planner.planned :] if r.input.exists()]
         if videos or later:  # every input refused: nothing for the backend to prepare (nor to fail at)
             backend.open(root, [v.run for v in videos] + later)
-        followed = [v.run.run.path for v in videos] if backend.merges_here else []  # else pass 1 is in the merge
-        with EarlyMerge(followed, outputs={v.run.run.path: request.output(outs[v.name]) for v in videos}) as early:
+        followed = [v.run.folder.path for v in videos] if backend.merges_here else []  # else pass 1 is in the merge
+        with EarlyMerge(followed, outputs={v.run.folder.path: request.output(outs[v.name]) for v in videos}) as early:
             merges = MergeLine(backend, request, outs, early, progress)
             work = WorkQueue(
                 videos,
@@ -181,7 +181,7 @@ def _arrivals(planner: Planner, space, outs: dict, early: EarlyMerge | None, wor
     for video, out in new:
         outs[video.name] = out
         if early is not None:
-            early.follow(video.run.run.path, planner.request.output(out))
+            early.follow(video.run.folder.path, planner.request.output(out))
     work.progress.planned(planner.planned)
     work.run_record.refused = _refused(planner)
     return [v for v, _ in new]
@@ -192,7 +192,7 @@ def _fits(space: SpaceLedger | None, video: QueuedVideo, out: Path, planner: Pla
     if space is None:
         return True
     try:
-        space.add(video.plan, video.run.run, out)
+        space.add(video.plan, video.run.folder, out)
         return True
     except PlanError as err:
         if len(planner.entries) == 1:
@@ -227,7 +227,7 @@ def _report(videos: list[QueuedVideo], refused: list[Refused], merge_errors: dic
     for v in videos:
         error, log_path = None, None
         if v.status != "merged":
-            error, log_path = v.error or "not computed", str(v.log or v.run.run.video_log)
+            error, log_path = v.error or "not computed", str(v.log or v.run.folder.video_log)
             say(f"vda: error: {v.run.input}: {error}; log: {log_path}")
         results.append(
             VideoResult(v.name, str(v.run.input), v.status, outs[v.name], v.plan.frame_count, error, log_path)

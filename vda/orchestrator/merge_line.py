@@ -48,11 +48,11 @@ class MergeLine:
 
     def _loop(self) -> None:
         while (video := self._queue.get()) is not None and not self._cancelled:
-            self.early.release(video.run.run.path)
+            self.early.release(video.run.folder.path)
             started, out, r = time.perf_counter(), self.outs[video.name], self.request
             began = time.time()
             request = MergeRequest(
-                video.run.run,
+                video.run.folder,
                 out,
                 r.fmt,
                 r.create_video,
@@ -64,14 +64,14 @@ class MergeLine:
             try:
                 video.merge_node = self.backend.merge(request)
             except Exception as err:  # noqa: BLE001 - it fails this video only; the batch reports it at the end
-                video.status, video.error, video.log = "failed", f"the merge failed: {err}", str(video.run.run.logs)
+                video.status, video.error, video.log = "failed", f"the merge failed: {err}", str(video.run.folder.logs)
                 video.merge_times = (began, time.time())
                 self.errors[video.name] = err
                 self.progress.video_failed(0)
                 continue
             video.status, video.merge_times = "merged", (began, time.time())
             if r.clean:  # only after a successful merge: the pieces are what a re-merge or a resume would need
-                video.run.run.discard_results()
+                video.run.folder.discard_results()
             seconds = time.perf_counter() - started
             self.progress.video_finished(
                 f"vda: {video.name}: merged {video.plan.frame_count} frames into {out} ({r.fmt}) in {seconds:.1f} s"

@@ -84,7 +84,7 @@ class WorkQueue:
 
     def _index(self, vi: int, video: QueuedVideo) -> None:
         """Its units, pending unless an earlier run stored them."""
-        unfinished = {u.index for u in video.run.run.unfinished_units(video.plan)}
+        unfinished = {u.index for u in video.run.folder.unfinished_units(video.plan)}
         for unit in video.plan.units:
             record = UnitRecord(video.name, unit.index, frames=unit.produced_frames)
             self.units[vi, unit.index] = record
@@ -263,7 +263,7 @@ class WorkQueue:
         self.run_record.span(key, end=True)
         unit.note_error(f"{record.device}: {reason}")
         unit.device_bound = device_bound
-        log = video.run.run.video_log
+        log = video.run.folder.video_log
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "a", encoding="utf-8") as fh:
             fh.write(f"unit {unit.unit} attempt {unit.attempts} on {record.device}: {reason} (see {record.log})\n")
@@ -272,7 +272,7 @@ class WorkQueue:
         error = refuse_retry(unit, self.devices, self.retries, record.device, reason)
         if error is not None:
             if reason.startswith(COUNT_MISMATCH):  # the plan is wrong: the next run decodes anew
-                require_decode(video.run.run)
+                require_decode(video.run.folder)
             self._fail_video(key, error, record)
             return
         unit.status = "pending"
@@ -287,7 +287,7 @@ class WorkQueue:
         vi = culprit[0]
         video = self.videos[vi]
         video.status, video.error = "failed", error
-        video.log = str(self.root.path / record.log) if record else str(video.run.run.video_log)
+        video.log = str(self.root.path / record.log) if record else str(video.run.folder.video_log)
         for index in range(len(video.plan.units)):
             unit = self.units[vi, index]
             if unit.status in ("pending", "running"):
@@ -343,7 +343,7 @@ class WorkQueue:
             unit.begin_attempt(device, slot, getattr(worker.handle, "node", None), self.run_record.now())
             worker.wants = False
             worker.running.append(key)
-            where = self.backend.worker_path(video.run.run.path), self.backend.worker_path(video.run.input)
+            where = self.backend.worker_path(video.run.folder.path), self.backend.worker_path(video.run.input)
             worker.handle.send(events.Assign(video.name, *where, key[1], self.records[slot].micro_batch or 0))
             log.debug("unit %s:%d -> worker %d on %s", video.name, key[1], slot, device)
 

@@ -156,7 +156,7 @@ class RunRecord:
         return {
             "name": v.name,
             "input": str(v.run.input),
-            "run_dir": str(v.run.run.path),
+            "run_dir": str(v.run.folder.path),
             "status": v.status,
             "units": len(v.plan.units),
             "frames": v.plan.frame_count,

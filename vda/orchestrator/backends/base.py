@@ -42,7 +42,7 @@ class VideoRun:
     """One input of a batch, as a backend needs it: its run folder and the input on the host."""
 
     name: str
-    run: RunDir
+    folder: RunDir  # its run folder
     input: Path
     out: Path | None = None  # its output folder (a cluster backend checks that its nodes can write there)
 

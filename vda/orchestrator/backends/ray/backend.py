@@ -53,7 +53,7 @@ class RayBackend(Backend):
         a run that cannot work says so at once."""
         super().open(root, videos)
         connect(self.address)
-        self.plans = {self.worker_path(v.run.path): Plan.load(v.run.path) for v in videos}
+        self.plans = {self.worker_path(v.folder.path): Plan.load(v.folder.path) for v in videos}
         nodes = self._worker_nodes()
         self._check_room(nodes)
         run, out = root.path.resolve(), _output_root(videos)
