@@ -85,6 +85,7 @@ def test_a_failed_step_prints_one_line_and_the_others_go_on(tmp_path, monkeypatc
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_the_worker_path_is_timed_per_window_as_one_table(tmp_path, monkeypatch, capsys):
     """`vda work` on a tiny x264 file on CPU: the worker's own stage times, read back and printed as one table (GPU
     time reads "-": no CUDA events on a CPU)."""
