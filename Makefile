@@ -38,7 +38,7 @@ PYTEST_ARGS ?=
 
 include docker/docker.mk
 
-.PHONY: help setup test lint depth smoke bench bench-gpu gpu-check gpu-wheels clean
+.PHONY: help setup test test-fast lint depth smoke bench bench-gpu gpu-check gpu-wheels clean
 
 help: ## show this help
 	@echo "usage: make <target> [VAR=value ...]"
@@ -70,6 +70,9 @@ test: setup ## run the tests in a copy of the repo alone; builds the CPU image f
 	export VDA_REQUIRE_DOCKER=$${VDA_REQUIRE_DOCKER:-$$([ "$$CI" = "true" ] && echo 1)}; \
 	$(PY) tests/alone.py $(PYTEST_ARGS) && \
 	if [ -d ../shared ]; then $(PY) -m pytest -m shared $(PYTEST_ARGS); fi
+
+test-fast: setup ## the edit loop: the suite in place without Docker, slow or `shared` tests (under 3 minutes)
+	$(PY) -m pytest -m "not docker and not slow and not shared" $(PYTEST_ARGS)
 
 depth: setup ## depth for VIDEO on GPUS GPUs, one container each: make depth VIDEO=x.mp4 GPUS=5 [MODEL= FORMAT= OUT=]
 	@test -n "$(VIDEO)" || { echo "make depth: set VIDEO=path/to/video.mp4"; exit 2; }

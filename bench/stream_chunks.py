@@ -37,7 +37,7 @@ from vda.orchestrator.planning import create_plan
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--video", help="a real clip (the README's table used Tokyo-Walk_rgb.mp4); default: synthetic")
+    ap.add_argument("--video", help="a real clip (RESULTS.md's table used Tokyo-Walk_rgb.mp4); default: synthetic")
     ap.add_argument("--frames", type=int, default=150)
     ap.add_argument("--unit-size", type=int, default=50, help="frames per stream unit (vda's default is 400)")
     ap.add_argument("--input-size", type=int, default=126)

@@ -98,6 +98,7 @@ def test_the_record_counts_only_for_its_own_output_and_overwrite_keeps_it(tmp_pa
     assert not (out / "depth_000000.npy").exists() and not run.rendered_ahead.exists()
 
 
+@pytest.mark.slow
 def test_vda_depth_writes_frames_before_its_last_unit_is_stored(tmp_path, video, checkpoint):
     """`vda depth` on the simulated device at 80 ms per frame: about 2 s per window, while pass 1 polls every 0.5 s
     (and the render pool takes seconds to start: each process imports torch)."""

@@ -110,6 +110,7 @@ def hostless_worker(run: RunDir, checkpoint) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
 
 
+@pytest.mark.slow
 def test_sigkilled_worker_resumes_and_matches(tmp_path, video, checkpoint, reference):
     """A hostless `vda work RUN_DIR` killed from outside mid-unit: every file under a final name is whole, and the
     resume stores only what is missing (a half-done unit is recomputed from its start, its stored windows kept)."""
@@ -166,6 +167,7 @@ def test_killed_worker_unit_is_redone_by_the_free_worker_and_recorded(tmp_path, 
     assert np.array_equal(outputs(out), outputs(tmp_path / "clean_out"))
 
 
+@pytest.mark.slow
 def test_failure_after_retries_names_the_log_and_resumes(tmp_path, video, checkpoint, reference):
     out = tmp_path / "out"
     args = [*depth_args(video, out, checkpoint, devices="cpu"), "--retries", "1"]
@@ -187,6 +189,7 @@ def test_failure_after_retries_names_the_log_and_resumes(tmp_path, video, checkp
     assert np.array_equal(outputs(out), reference)
 
 
+@pytest.mark.slow
 def test_sigterm_stops_local_workers_and_resumes(tmp_path, video, checkpoint, reference):
     out = tmp_path / "out"
     args = [sys.executable, "-m", "vda", *depth_args(video, out, checkpoint, devices="cpu")]
@@ -248,6 +251,7 @@ def test_changes_between_plan_and_run_are_refused(tmp_path, checkpoint):
         create_plan(src, tmp_path / "run2", checkpoint=str(checkpoint), input_size=56, unit_size=1)
 
 
+@pytest.mark.slow
 def test_output_folder_of_another_run_is_refused(tmp_path, checkpoint):
     a = write_images(tmp_path / "a", synthetic_frames(3, 64, 48))
     b = write_images(tmp_path / "b", synthetic_frames(4, 64, 48, seed=9))
@@ -384,6 +388,7 @@ def test_compile_without_a_compiler_is_refused_before_any_work(tmp_path, checkpo
     assert not list((tmp_path / "o").rglob("win_*.npy"))
 
 
+@pytest.mark.slow
 def test_out_of_memory_is_one_line_and_not_retried_on_the_same_device(tmp_path, checkpoint, video):
     """torch's OutOfMemoryError, raised by the fault injection as a GPU would raise it, through the real CLI. Both
     workers run on the one device `cpu`: the worker first retries the unit itself at half the micro-batch (4, then
@@ -406,6 +411,7 @@ def test_out_of_memory_is_one_line_and_not_retried_on_the_same_device(tmp_path, 
     assert results(out)["videos"][0]["status"] == "failed"
 
 
+@pytest.mark.slow
 def test_rerun_on_any_device_count_reuses_every_finished_window(tmp_path, video, checkpoint, reference):
     """Windows are stored by window and units do not depend on devices: after units 2 and 0 were computed (finished
     windows on both sides of a gap), a rerun on 1 device computes only unit 1, leaves the finished files alone, and
@@ -448,6 +454,7 @@ def test_rerun_on_any_device_count_reuses_every_finished_window(tmp_path, video,
     assert run.is_stored("window", 3) and np.array_equal(outputs(out), reference)
 
 
+@pytest.mark.slow
 def test_stream_rerun_on_another_device_count_reuses_every_stored_segment(tmp_path, video, checkpoint):
     """Stream units replay their own warm-up, so their segments do not depend on the devices: a worker killed
     mid-unit keeps its finished 32-frame segments, and a rerun on 2 devices reuses them, bit for bit."""

@@ -43,7 +43,7 @@ def outputs(out_dir, n):
     return np.stack([np.load(out_dir / f"depth_{i:06d}.npy") for i in range(n)])
 
 
-@pytest.fixture(scope="module", params=["window", "stream"])
+@pytest.fixture(scope="module", params=["window", pytest.param("stream", marks=pytest.mark.slow)])
 def runs(request, tmp_path_factory, checkpoint):
     """The same 3-unit run twice: `a` merged in one go, `b` merged after a `EarlyMerge` went through the units stored
     while it watched: unit 0 before it started, unit 1 while it ran, unit 2 only after it stopped.

@@ -291,6 +291,7 @@ def nan_in_half_precision(monkeypatch):
     return state
 
 
+@pytest.mark.slow
 def test_non_finite_window_is_recomputed_once_in_fp32(model, nan_in_half_precision):
     nan_in_half_precision["poison"] = {2}  # window 1
     frames = synthetic_frames(70, 32, 24)
@@ -307,6 +308,7 @@ def test_non_finite_window_is_recomputed_once_in_fp32(model, nan_in_half_precisi
         assert all(f.dtype == torch.bfloat16 and f.untyped_storage().nbytes() == f.numel() * 2 for f in feats)
 
 
+@pytest.mark.slow
 def test_non_finite_even_in_fp32_is_an_error_not_a_file(tmp_path, checkpoint, nan_in_half_precision):
     """The worker reports the unit failed (not device-bound: another device would compute the same), stores
     nothing, and goes on with the next unit (here one it cannot have: a second, instant failure)."""
@@ -325,6 +327,7 @@ def test_non_finite_even_in_fp32_is_an_error_not_a_file(tmp_path, checkpoint, na
     assert not list((tmp_path / "run").rglob("win_*.npy"))
 
 
+@pytest.mark.slow
 def test_stream_mode_recomputes_a_non_finite_frame(model, nan_in_half_precision):
     nan_in_half_precision["poison"] = {5}
     frames = synthetic_frames(12, 32, 24)
@@ -494,6 +497,7 @@ def test_out_of_memory_once_is_healed_on_the_same_gpu_at_half_the_micro_batch(tm
 # ------------------------------------------------------------------------------------------ 8. --compile
 
 
+@pytest.mark.slow
 def test_compiled_encoder_runs_one_fixed_batch_shape(model, monkeypatch):
     """torch.compile replaced by a recorder: every batch it sees has micro_batch frames (no recompilation)."""
     shapes = []
@@ -644,6 +648,7 @@ def host_reads(monkeypatch):
     return log
 
 
+@pytest.mark.slow
 def test_no_host_sync_between_launching_a_window_and_the_next(model, host_reads, monkeypatch):
     """The runner in bf16 on the CPU (autocast runs there; no GPU here) with every host read of a tensor logged:
     window w's finiteness is read only once w + 1 is launched, its copy to the host (`stage`) is queued inside its
@@ -668,6 +673,7 @@ def test_no_host_sync_between_launching_a_window_and_the_next(model, host_reads,
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_stream_mode_reads_finiteness_once_per_group_of_frames(model, host_reads, monkeypatch):
     """Stream mode in bf16 on the CPU (no GPU here), host reads logged: one read per group of STREAM_CHECK frames,
     a group read only once the next group is launched; none per frame. `make gpu-check` alone shows the timeline."""

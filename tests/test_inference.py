@@ -12,6 +12,7 @@ from vda.device.single_pass import infer_video
 from vda.device.stream import StreamCache
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["window", "stream"])
 def test_matches_reference(model, parity, mode):
     frames = list(parity["frames"])
@@ -20,7 +21,7 @@ def test_matches_reference(model, parity, mode):
     assert rel_err(out, parity[f"{mode}_out"]) <= TOL
 
 
-@pytest.mark.parametrize("n", [1, 21, 22, 23, 32, 33, 70])
+@pytest.mark.parametrize("n", [1, 21, 22, 23, 32, 33, pytest.param(70, marks=pytest.mark.slow)])
 def test_count_in_equals_count_out(model, n):
     frames = synthetic_frames(n, 32, 24)
     out = list(infer_video(model, iter(frames), input_size=28))
@@ -28,6 +29,7 @@ def test_count_in_equals_count_out(model, n):
     assert all(d.shape == (24, 32) and d.dtype == np.float32 and np.isfinite(d).all() for d in out)
 
 
+@pytest.mark.slow
 def test_frames_are_pulled_lazily(model):
     """Memory is bounded by the window: the generator never reads far ahead of what it yields."""
     pulled = []
@@ -84,6 +86,7 @@ def test_preprocess_size_rules():
     assert h % 14 == 0 and w % 14 == 0 and h < 518
 
 
+@pytest.mark.slow
 def test_compiled_encoder_gives_the_same_depth(model):
     """--compile (torch.compile of the per-frame encoder) is an optimisation only."""
     frames = synthetic_frames(30, 42, 28)

@@ -47,6 +47,7 @@ def fixture_single_pass(model, fixture_frames_dir):
     return single_pass(model, fixture_frames_dir, 126)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("unit_size", [1, 3, 8])
 def test_unit_sizes_match_fixture_and_single_pass(
     tmp_path, checkpoint, parity, fixture_frames_dir, fixture_single_pass, unit_size
@@ -57,6 +58,7 @@ def test_unit_sizes_match_fixture_and_single_pass(
     assert rel_err(out, fixture_single_pass) <= TOL
 
 
+@pytest.mark.slow
 def test_units_dealt_to_several_workers_store_the_same_bits(tmp_path, checkpoint):
     """Three workers, each with its own model, take the units round-robin and backwards: every stored window has
     the bits one worker computing them in order stores, since a unit never depends on the units before it."""
@@ -81,6 +83,7 @@ def test_units_dealt_to_several_workers_store_the_same_bits(tmp_path, checkpoint
         assert np.array_equal(np.load(tmp_path / "out_one" / name), np.load(tmp_path / "out_many" / name)), i
 
 
+@pytest.mark.slow
 def test_small_units_on_a_longer_video(tmp_path, checkpoint, model):
     src = write_video(tmp_path / "v.mp4", synthetic_frames(130, 64, 48))
     plan, out = pipeline(src, tmp_path / "run", tmp_path / "out", checkpoint, 2, input_size=56)
@@ -89,6 +92,7 @@ def test_small_units_on_a_longer_video(tmp_path, checkpoint, model):
     assert rel_err(out, single_pass(model, src, 56)) <= TOL  # same code; batch sizes may move the last bits
 
 
+@pytest.mark.slow
 def test_windows_computed_once_across_units(tmp_path, checkpoint):
     src = write_video(tmp_path / "v.mp4", synthetic_frames(100, 64, 48))
     run = RunDir(tmp_path / "run")
@@ -101,7 +105,7 @@ def test_windows_computed_once_across_units(tmp_path, checkpoint):
     assert run.unfinished_units(plan) == [] and run.missing_pieces(plan) == []
 
 
-@pytest.mark.parametrize("n", [1, 2, 21, 22, 23, 31, 32, 33, 100])
+@pytest.mark.parametrize("n", [1, 2, 21, 22, 23, 32, *(pytest.param(n, marks=pytest.mark.slow) for n in (31, 33, 100))])
 @pytest.mark.parametrize("kind", ["video", "images"])
 def test_frame_counts_in_equal_out(tmp_path, checkpoint, model, n, kind):
     frames = synthetic_frames(n, 32, 24, seed=n)
@@ -113,6 +117,7 @@ def test_frame_counts_in_equal_out(tmp_path, checkpoint, model, n, kind):
     assert rel_err(out, single_pass(model, src, 28)) <= TOL
 
 
+@pytest.mark.slow
 def test_separate_processes_and_float_formats(tmp_path, checkpoint, parity, fixture_frames_dir):
     """`vda depth` with three worker processes sharing four units, then the merge again in every float format."""
     out = tmp_path / "out"
@@ -173,6 +178,7 @@ def test_plan_json_is_versioned_and_complete(tmp_path, checkpoint, fixture_frame
     assert resumed and again == plan
 
 
+@pytest.mark.slow
 def test_worker_rerun_skips_finished_windows(tmp_path, checkpoint, fixture_frames_dir):
     run = RunDir(tmp_path / "run")
     create_plan(fixture_frames_dir, run.path, checkpoint=str(checkpoint), input_size=28, unit_size=2)
@@ -188,6 +194,7 @@ def test_worker_rerun_skips_finished_windows(tmp_path, checkpoint, fixture_frame
     assert run.piece("window", 2).stat().st_mtime_ns == before
 
 
+@pytest.mark.slow
 def test_merge_refuses_unfinished_units(tmp_path, checkpoint, fixture_frames_dir):
     run = RunDir(tmp_path / "run")
     create_plan(fixture_frames_dir, run.path, checkpoint=str(checkpoint), input_size=28, unit_size=2)
