@@ -142,18 +142,6 @@ class Plan:
         return plan
 
 
-def split_even(total: int, parts: int) -> list[tuple[int, int]]:
-    """[start, stop) ranges covering 0..total in `parts` pieces whose sizes differ by at most one."""
-    parts = max(1, min(parts, total))
-    base, extra = divmod(total, parts)
-    out, start = [], 0
-    for k in range(parts):
-        stop = start + base + (k < extra)
-        out.append((start, stop))
-        start = stop
-    return out
-
-
 def split_fixed(total: int, size: int) -> list[tuple[int, int]]:
     """[start, stop) ranges of `size` covering 0..total, the last one shorter: they depend on nothing else."""
     return [(a, min(a + size, total)) for a in range(0, total, size)]
