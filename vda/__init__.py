@@ -4,9 +4,10 @@ The Python API (vda.api, documented in the README): `load_model`, `infer_video`,
 `read` (an output folder as float maps), `VdaError` and `DepthMeta`. They are imported on first use, so that
 `import vda` loads neither torch nor cv2.
 
-Sub-packages, from the bottom up: `core` (pure math and plan types), `model` (network, checkpoints), `io` (video,
-depth files, run folders), `pipeline` (inference, device worker, merge), `analysis` (tracks, point clouds, plots),
-`orchestrator` (planning, queue, backends) and `cli`. `config`, `errors` and `events` are shared by all of them.
+Sub-packages, from the bottom up (docs/design.md, "Package layout"): `core` (pure math and plan types), `model`
+(network, checkpoints, export), `io` (probing, decoding, depth files, run folders), `device` (what runs on a device)
+and `merge` (the host's merge), `analysis` and `report`, `orchestrator` (planning, queue, backends) and `cli`.
+`config`, `errors`, `events`, `files`, `logs` and `system` are shared by all of them.
 """
 
 import os
