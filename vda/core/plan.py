@@ -20,7 +20,7 @@ from vda.errors import VdaError
 
 SCHEMA_VERSION = 2
 PLAN_NAME = "plan.json"
-# Stream mode: frames a unit replays before its range, to warm the temporal cache (README: chunked stream accuracy).
+# Stream mode: frames a unit replays before its range, to warm the temporal cache (docs/stream.md).
 STREAM_WARMUP = 96
 # Default unit sizes (bench/bench_queue.py). A unit costs its device the host's round trip (0.4 ms),
 # the seek to its first frame (314 ms at 1080p with 250-frame GOPs, hidden by decoding one unit ahead: 0 ms left) and
@@ -29,7 +29,7 @@ STREAM_WARMUP = 96
 # keep the last unit of a batch short enough that no device waits long for another.
 UNIT_WINDOWS = 8
 # A stream unit replays 1 + STREAM_WARMUP frames: 400 frames per unit keep frames computed over frames produced at
-# (400 + 97) / 400 = 1.24, under the 1.25 the README promises.
+# (400 + 97) / 400 = 1.24, under the 1.25 docs/stream.md promises.
 STREAM_UNIT_FRAMES = 400
 SEGMENT = 32  # stream mode: frames per stored file, so that a killed worker leaves most of its unit stored
 MODES = ("window", "stream")

@@ -92,7 +92,7 @@ class Runtime:
         """Check the combination before any work. `cuda` is torch.cuda; tests pass a fake (no GPU on CI).
 
         On CUDA, cuDNN's deterministic algorithms are used when VDA_CUDNN_DETERMINISTIC=1 (vda.config), to be measured
-        on a GPU host by `make gpu-check` (README, "What is bitwise")."""
+        on a GPU host by `make gpu-check` (docs/design.md, "What is bitwise")."""
         micro_batch = micro_batch or DEFAULT_MICRO_BATCH  # the CLI and infer_video default to 4, not to None
         device = torch.device(device)
         if precision not in PRECISION_CHOICES:

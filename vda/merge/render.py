@@ -29,7 +29,7 @@ from vda.system import keep_freed_memory, limit_threads, usable_cpus
 
 # A pool of spawned render processes takes seconds to start (each imports torch): 5.7 s against 0.07 s for rendering a
 # 100-frame 128x72 video in the calling process (bench_queue.py, on a loaded 2-core machine). At about 40 png16 1080p
-# frames/s per core (README, Benchmarks), 120 frames at 1080p are 3 s of work: below that the default is one process.
+# frames/s per core (bench/bench_stages.py), 120 frames at 1080p are 3 s of work: below that the default is one process.
 POOL_MIN_PIXELS = 120 * 1920 * 1080
 
 

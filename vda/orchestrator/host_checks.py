@@ -136,7 +136,7 @@ def check_engine(p: Probes) -> Check:
 
 
 def check_compose(p: Probes, engine: Check) -> Check:
-    """Information only: `make depth` drives the engine itself; the by-hand Compose route (README) needs the plugin."""
+    """Information only: `make depth` drives the engine itself; Compose by hand (docs/docker.md) needs the plugin."""
     if engine.ok is not True and "not installed" in engine.detail:
         return Check("Docker Compose", None, "not checked: no docker command")
     code, out = p.run(["docker", "compose", "version", "--short"], timeout=30)
