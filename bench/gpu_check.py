@@ -40,13 +40,7 @@ from pathlib import Path
 
 import torch
 from gpu_report import Logged, Report
-
-try:
-    from gpu_sections import EXPECTED, PROFILES, SECTIONS, Check, environment
-except ModuleNotFoundError as err:  # vda imports PyAV with its plan types (vda.core.plan -> vda.io.video)
-    if err.name != "av":
-        raise
-    sys.exit("gpu-check: PyAV (av) is not importable and vda needs it; `make gpu-check` installs it (offline: WHEELS=)")
+from gpu_sections import EXPECTED, PROFILES, SECTIONS, Check, environment
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,6 +1,6 @@
 """The sections of `gpu_check.py` (its docstring says what each checks), sharing frames, models and checkpoints.
 
-Needs torch, numpy and OpenCV (what a GPU host has) and PyAV (vda imports it with its plan types); not isal, docker,
+Needs torch, numpy and OpenCV (what a GPU host has) and PyAV (for the sections that decode a video); not isal, docker,
 huggingface-hub or ray, which vda imports lazily or optionally (tests/test_gpu_check.py runs it without them).
 """
 
@@ -317,6 +317,8 @@ class Check:
         """The x264 test video (several keyframes: the second worker seeks) and its frames as the workers decode
         them."""
         if self._video is None:
+            if importlib.util.find_spec("av") is None:
+                raise RuntimeError("PyAV (av) is not importable; `make gpu-check` installs it (offline: WHEELS=)")
             from vda.io.decode import read_frames  # PyAV: only the video sections need it
             from vda.io.probe import probe
 

@@ -85,13 +85,11 @@ def test_every_section_runs_on_cpu_and_ends_with_one_table_and_the_json(tmp_path
     assert leftovers(tmp_path) == []
 
 
-def test_without_pyav_it_says_so_in_one_line(tmp_path):
-    """vda imports PyAV with its plan types, so every section needs it: one line, not a traceback."""
+def test_without_pyav_the_sections_that_need_no_video_run(tmp_path):
+    """vda imports without PyAV (its plan types are pure), so the environment section runs on a host without it."""
     done, doc = run_check(tmp_path, "--sections", "env", absent=("av",))
-    assert done.returncode == 1 and done.stdout == "" and doc == {}
-    assert done.stderr.strip().splitlines() == [
-        "gpu-check: PyAV (av) is not importable and vda needs it; `make gpu-check` installs it (offline: WHEELS=)"
-    ]
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert list(doc["sections"]) == ["env"] and "PASS" in done.stdout
 
 
 def test_a_section_past_the_budget_is_skipped_and_recorded(tmp_path, capsys):
