@@ -35,6 +35,15 @@ from media import (  # noqa: E402  (re-exported for the test modules)
 __all__ = ["numbered_frames", "portrait_phone_video", "synthetic_frames", "write_images", "write_video"]
 
 
+@pytest.fixture(autouse=True)
+def _settings_from_each_tests_environment(monkeypatch):
+    """Each test reads the VDA_* settings of its own environment: a command run in this process (`cli.main`) loads
+    them once (vda.config.load), and they would otherwise outlive it into the next test."""
+    from vda import config
+
+    monkeypatch.setattr(config, "_loaded", None)
+
+
 def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
     return float(np.abs(np.asarray(ours, np.float64) - ref).max() / np.abs(ref).max())
 
