@@ -25,6 +25,7 @@ from vda.model.network import CheckpointError, load_model
 from vda.model.synth import save_checkpoint, synthetic_scene
 
 pytest.importorskip("onnxruntime")
+pytestmark = pytest.mark.slow  # every test here exports graphs or shares a module's exports: minutes in all
 from vda.device.runtime import Runtime
 from vda.device.runtime_onnx import CPU, CUDA, TRT, BoundRunner, OnnxNetwork, choose_providers, make_session
 from vda.device.single_pass import infer_video  # noqa: E402

@@ -67,6 +67,7 @@ def failed_run(tmp_path_factory, checkpoint):
     return out, (a, b), first
 
 
+@pytest.mark.slow
 def test_the_report_of_a_run_with_a_failed_input_renders_in_chromium(failed_run, chromium, tmp_path):
     out, _, report = failed_run
     dom = browse(chromium, f"file://{report}#sort=status", "--dump-dom").stdout
@@ -89,6 +90,7 @@ def test_the_report_of_a_run_with_a_failed_input_renders_in_chromium(failed_run,
     assert pixels.shape[:2] == (1400, 1200) and pixels.std() > 20  # rendered: text, chart and thumbnails, not blank
 
 
+@pytest.mark.slow
 def test_a_resumed_run_returns_and_reports_every_video(failed_run, checkpoint, capsys):
     out, inputs, _ = failed_run
     result = vda.run(list(inputs), out, devices="cpu,cpu", checkpoint=checkpoint, input_size=56, unit_size=1)
@@ -99,6 +101,7 @@ def test_a_resumed_run_returns_and_reports_every_video(failed_run, checkpoint, c
     assert f"wrote {out / 'report.html'}: 2 videos (0 failed), run finished" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_vda_report_on_a_run_in_progress(tmp_path, checkpoint, capsys):
     src = write_video(tmp_path / "slow.mp4", synthetic_frames(40, 64, 48))
     out = tmp_path / "out"
@@ -125,6 +128,7 @@ def test_a_folder_that_is_not_a_run_gets_one_line(tmp_path, capsys):
     )
 
 
+@pytest.mark.slow
 def test_two_hundred_videos_are_reported_within_ten_seconds(failed_run, tmp_path):
     out, (a, _), _ = failed_run
     batch = synthetic_batch(tmp_path / "batch", 200, a, out / "_run" / "a", out / "a")
