@@ -25,7 +25,6 @@ from vda.model.network import CheckpointError, load_model
 from vda.model.synth import save_checkpoint, synthetic_scene
 
 pytest.importorskip("onnxruntime")
-pytestmark = pytest.mark.slow  # every test here exports graphs or shares a module's exports: minutes in all
 from vda.device.runtime import Runtime
 from vda.device.runtime_onnx import CPU, CUDA, TRT, BoundRunner, OnnxNetwork, choose_providers, make_session
 from vda.device.single_pass import infer_video  # noqa: E402
@@ -42,6 +41,7 @@ from vda.model.onnx_export import (  # noqa: E402
     publish,
 )
 
+pytestmark = pytest.mark.slow  # every test here exports graphs or shares a module's exports: minutes in all
 TOL = 1e-4  # max |onnx - torch| over torch's range (max - min)
 SMALL = (70, 126)
 WIDE = (98, 182)
