@@ -236,6 +236,7 @@ def _camera_file(kind: str, folder):
     return write_video(folder / "vfr.mkv", frames, pts=[0] + pts[:-1])  # variable frame rate
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["bframes_long_gop", "odd_size", "audio", "vfr"])
 def test_camera_files_split_equals_single_pass(tmp_path, checkpoint, model, kind):
     src = _camera_file(kind, tmp_path)
