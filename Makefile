@@ -58,7 +58,7 @@ test: setup ## run the tests in a copy of the repo alone; builds the CPU image f
 	$(PY) tests/alone.py $(PYTEST_ARGS) && \
 	if [ -d ../shared ]; then $(PY) -m pytest -m shared $(PYTEST_ARGS); fi
 
-test-fast: setup ## the edit loop: the suite in place without Docker, slow or `shared` tests (under 3 minutes)
+test-fast: setup ## the edit loop: the suite in place without Docker, slow or `shared` tests
 	$(PY) -m pytest -m "not docker and not slow and not shared" $(PYTEST_ARGS)
 
 depth: setup ## depth for VIDEO on GPUS GPUs, one container each: make depth VIDEO=x.mp4 GPUS=5 [MODEL= FORMAT= OUT=]
