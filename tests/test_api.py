@@ -56,6 +56,7 @@ def test_import_is_light_and_versioned():
     assert {"load_model", "infer_video", "run", "read", "VdaError", "DepthMeta"} <= set(dir(vda))
 
 
+@pytest.mark.slow
 def test_api_depth_equals_the_cli(cli_out, video, checkpoint):
     """vda.load_model infers vits from the file; vda.infer_video ("auto" is fp32 on a CPU) equals `vda depth`, and
     yields tensors or network-size maps when asked."""
@@ -175,6 +176,7 @@ def test_net_output_is_the_maps_before_upsampling(cli_out):
     assert rel_err(upsample(torch.from_numpy(net), (H, W)).numpy(), source) <= 1e-5
 
 
+@pytest.mark.slow
 def test_metric_png16_at_a_fixed_scale_round_trips_to_a_millimetre(tmp_path, video, tmp_path_factory):
     """--png-scale 0.001: stored value = depth in mm, the same for every video; read back within 0.5 mm."""
     from vda.model.synth import save_checkpoint

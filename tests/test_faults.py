@@ -267,6 +267,7 @@ def test_output_folder_of_another_run_is_refused(tmp_path, checkpoint):
     assert DepthMeta.load(out).frame_count == 4
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="mounting a tmpfs needs root")
 def test_disk_full_is_clean_and_resumable(tmp_path, checkpoint):
     src = write_images(tmp_path / "imgs", synthetic_frames(40, 64, 48))

@@ -449,6 +449,7 @@ def _gpu_run(tmp_path, checkpoint, monkeypatch, devices, retries=2):
     return code, shown.getvalue(), json.loads((out / "_run" / "processing_results.json").read_text())
 
 
+@pytest.mark.slow
 def test_out_of_memory_moves_to_an_untried_gpu(tmp_path, checkpoint, monkeypatch):
     """Unit 1 runs out of memory twice, wherever it runs first (at micro-batch 2, then at 1 in the worker's own
     retry): it is not retried there again but on the other GPU."""

@@ -21,7 +21,7 @@ def test_matches_reference(model, parity, mode):
     assert rel_err(out, parity[f"{mode}_out"]) <= TOL
 
 
-@pytest.mark.parametrize("n", [1, 21, 22, 23, 32, 33, pytest.param(70, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("n", [1, 21, 22, 23, 32, *(pytest.param(n, marks=pytest.mark.slow) for n in (33, 70))])
 def test_count_in_equals_count_out(model, n):
     frames = synthetic_frames(n, 32, 24)
     out = list(infer_video(model, iter(frames), input_size=28))

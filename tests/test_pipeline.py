@@ -105,7 +105,7 @@ def test_windows_computed_once_across_units(tmp_path, checkpoint):
     assert run.unfinished_units(plan) == [] and run.missing_pieces(plan) == []
 
 
-@pytest.mark.parametrize("n", [1, 2, 21, 22, 23, 32, *(pytest.param(n, marks=pytest.mark.slow) for n in (31, 33, 100))])
+@pytest.mark.parametrize("n", [1, 23, *(pytest.param(n, marks=pytest.mark.slow) for n in (2, 21, 22, 31, 32, 33, 100))])
 @pytest.mark.parametrize("kind", ["video", "images"])
 def test_frame_counts_in_equal_out(tmp_path, checkpoint, model, n, kind):
     frames = synthetic_frames(n, 32, 24, seed=n)
@@ -214,6 +214,7 @@ def test_create_video_at_source_fps(tmp_path, checkpoint):
     assert info.frame_count == 30 and info.fps_fraction == Fraction(25)
 
 
+@pytest.mark.slow
 def test_portrait_phone_video_gives_upright_depth(tmp_path, checkpoint, model):
     from conftest import portrait_phone_video
 
@@ -237,6 +238,7 @@ def _camera_file(kind: str, folder):
     return write_video(folder / "vfr.mkv", frames, pts=[0] + pts[:-1])  # variable frame rate
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["bframes_long_gop", "odd_size", "audio", "vfr"])
 def test_camera_files_split_equals_single_pass(tmp_path, checkpoint, model, kind):
     src = _camera_file(kind, tmp_path)

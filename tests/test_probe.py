@@ -102,6 +102,7 @@ def test_a_resume_reads_the_probe_back(tmp_path, monkeypatch):
         probe_input(src, run)
 
 
+@pytest.mark.slow
 def test_a_wrong_count_fails_the_video_and_a_rerun_plans_it_by_decoding(tmp_path, checkpoint):
     """The probe cache is edited to say two frames fewer, as a container whose packets mislead would: the worker of
     the last unit finds the real count, the video fails in one line, and the same command then plans it by decoding

@@ -122,6 +122,7 @@ def test_inputs_folders_and_names(tmp_path, clips):
 
 
 # -- the batch --------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_n_videos_on_m_workers_equal_each_single_pass(tmp_path, clips, checkpoint, model):
     out = tmp_path / "out"
     done = depth(clips, out, checkpoint, "--devices", "cpu,cpu", "--unit-size", "1")
@@ -142,6 +143,7 @@ def test_n_videos_on_m_workers_equal_each_single_pass(tmp_path, clips, checkpoin
     assert "3/3 videos" in done.stderr
 
 
+@pytest.mark.slow
 def test_slow_worker_takes_fewer_units(tmp_path, checkpoint):
     src = write_video(tmp_path / "long.mp4", synthetic_frames(200, 48, 32))  # 10 windows: 10 units of 1
     delay = 5.0
@@ -171,6 +173,7 @@ def test_merge_of_a_finished_video_runs_while_others_compute(tmp_path, clips, ch
     assert merged_a < last_c  # a was merged before the last window of c was stored
 
 
+@pytest.mark.slow
 def test_one_bad_input_costs_the_others_nothing(tmp_path, clips, checkpoint, model):
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a video")
@@ -185,6 +188,7 @@ def test_one_bad_input_costs_the_others_nothing(tmp_path, clips, checkpoint, mod
     assert not (out / "broken").exists()
 
 
+@pytest.mark.slow
 def test_a_video_whose_unit_keeps_failing_fails_alone_with_its_log(tmp_path, clips, checkpoint, model):
     out = tmp_path / "out"
     env = {"VDA_FAIL_AT_UNIT": "b:1", "VDA_FAIL_MODE": "raise"}
@@ -207,6 +211,7 @@ def test_a_video_whose_unit_keeps_failing_fails_alone_with_its_log(tmp_path, cli
     assert {u["video"] for u in fresh} == {"b"} and "3/3 videos" in again.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["window", "stream"])
 def test_rerun_on_another_device_count_reuses_every_stored_piece_bitwise(tmp_path, checkpoint, mode):
     src = write_video(tmp_path / "v.mp4", synthetic_frames(120, 48, 32))
@@ -229,6 +234,7 @@ def test_rerun_on_another_device_count_reuses_every_stored_piece_bitwise(tmp_pat
     np.testing.assert_array_equal(read_output(out), read_output(clean))
 
 
+@pytest.mark.slow
 def test_host_killed_with_sigkill_leaves_no_worker_and_the_same_command_resumes(tmp_path, checkpoint):
     src = write_video(tmp_path / "v.mp4", synthetic_frames(160, 48, 32))  # 8 windows: 8 units of 1
     flags = ["--devices", "cpu,cpu", "--unit-size", "1"]
@@ -256,6 +262,7 @@ def test_host_killed_with_sigkill_leaves_no_worker_and_the_same_command_resumes(
     np.testing.assert_array_equal(read_output(out), read_output(clean))
 
 
+@pytest.mark.slow
 def test_a_crash_does_not_charge_the_unit_handed_ahead(tmp_path, checkpoint, model):
     """The worker holds a unit of b ahead while a's unit crashes it: b's unit is not an attempt, and b is done."""
     a = write_video(tmp_path / "a.mp4", synthetic_frames(20, 48, 32, seed=4))  # one window: one unit

@@ -98,6 +98,7 @@ def _windows(model, runtime, frames, guard=None):
 # ------------------------------------------------------------------------------------------ 1. the cache heals
 
 
+@pytest.mark.slow
 def test_one_encoder_fault_costs_one_window_recompute(model, encoder_fault):
     """Before the fix, one inf in frame 0's features made all 6 windows of 120 frames recompute (170 frames)."""
     frames = synthetic_frames(120, 32, 24)
@@ -112,6 +113,7 @@ def test_one_encoder_fault_costs_one_window_recompute(model, encoder_fault):
     assert rel_err(np.stack(depths[1:]), np.stack(clean[1:])) <= 0.05
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", ["window 1", "always"])
 def test_a_fault_read_one_window_late_gives_what_reading_it_at_once_gives(model, encoder_fault, fault):
     """Issue 22: the worker reads window w's finiteness only once w + 1 is launched (launch_settled). A fault in w
@@ -134,6 +136,7 @@ def test_a_fault_read_one_window_late_gives_what_reading_it_at_once_gives(model,
     assert (late.rt.precision == "fp32") == (fault == "always")
 
 
+@pytest.mark.slow
 def test_the_worker_stores_a_late_found_fault_as_reading_it_at_once_would(
     tmp_path, checkpoint, model, encoder_fault, monkeypatch
 ):
@@ -162,6 +165,7 @@ def test_the_worker_stores_a_late_found_fault_as_reading_it_at_once_would(
         assert np.array_equal(np.load(RunDir(tmp_path / "run").piece("window", w)), depth.numpy())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", ["frame 5", "always"])
 def test_stream_mode_gives_the_same_depth_however_late_finiteness_is_read(model, encoder_fault, monkeypatch, fault):
     """Stream mode reads finiteness in groups (STREAM_CHECK frames, a group after the next is launched): a fault
@@ -200,6 +204,7 @@ def test_stream_mode_one_encoder_fault_costs_one_frame(model, encoder_fault):
 # ------------------------------------------------------------------------------------------ 2. K in a row: fp32
 
 
+@pytest.mark.slow
 def test_after_k_recomputes_in_a_row_the_runner_computes_in_fp32(model, encoder_fault):
     encoder_fault["always"] = True  # a card that always overflows
     guard = PrecisionGuard()
@@ -239,6 +244,7 @@ def oom_above(monkeypatch):
     handle.remove()
 
 
+@pytest.mark.slow
 def test_out_of_memory_retries_here_at_half_the_micro_batch_and_keeps_it(
     tmp_path, checkpoint, model, oom_above, monkeypatch
 ):
