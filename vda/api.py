@@ -47,6 +47,15 @@ def default_device() -> str:
     return str(found) if found is not None else "cpu"
 
 
+def check_runtime(runtime: str, compile: bool = False) -> str:
+    """`runtime` if it is one of RUNTIMES and can run with `compile`; else one line naming the fix."""
+    if runtime not in RUNTIMES:
+        raise UsageError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    if runtime == "onnx" and compile:
+        raise UsageError("--compile compiles torch's graphs and does not apply to --runtime onnx; drop one of them")
+    return runtime
+
+
 def load_model(
     checkpoint=None, *, encoder: str | None = None, metric: bool = False, device: str | None = None, runtime="torch"
 ):
@@ -59,8 +68,7 @@ def load_model(
     """
     from vda.model import network, registry
 
-    if runtime not in RUNTIMES:
-        raise UsageError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    check_runtime(runtime)
     if checkpoint is None:
         checkpoint = registry.resolve(encoder or "vits", metric)
     device = device or default_device()
@@ -151,11 +159,7 @@ def depth_request(inputs: Sequence, out: Path, devices: list[str], **settings):
         settings["checkpoint"] = str(settings["checkpoint"])  # a Path from Python, as the flag gives it
     if settings.get("run_dir") is not None:
         settings["run_dir"] = Path(settings["run_dir"])
-    runtime = worker.get("runtime") or "torch"
-    if runtime not in RUNTIMES:
-        raise UsageError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
-    if runtime == "onnx" and worker.get("compile"):
-        raise UsageError("--compile compiles torch's graphs and does not apply to --runtime onnx; drop one of them")
+    runtime = check_runtime(worker.get("runtime") or "torch", bool(worker.get("compile")))
     options = WorkerOptions(settings.get("checkpoint"), worker.get("micro_batch"), bool(worker.get("compile")))
     options = dataclasses.replace(options, runtime=runtime)
     return DepthRequest([str(i) for i in inputs], Path(out), devices, options=options, **settings)

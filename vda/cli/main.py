@@ -258,8 +258,7 @@ def cmd_work(args) -> int:
     if threads:
         limit_threads(threads)
     keep_freed_memory()  # decoded frames and pieces come and go by the thousand: reuse their memory
-    if args.runtime == "onnx" and args.compile:
-        raise UsageError("--compile compiles torch's graphs and does not apply to --runtime onnx; drop one of them")
+    api.check_runtime(args.runtime, args.compile)
     options = {"checkpoint": args.checkpoint, "micro_batch": args.micro_batch, "compile": args.compile}
     options["runtime"] = args.runtime
     if args.run_dirs:

@@ -1,1 +1,1 @@
-"""What runs on a device: batched inference, the device worker that computes queue units, and the merge."""
+"""What runs on a device: the runtime seam, the window and stream runners, the single pass, the device worker."""

@@ -1,9 +1,8 @@
-"""Video and image-folder input: exact probing, frame-accurate seeking, a threaded decoder.
+"""Probing video and image-folder input exactly, and checking that an input is still the one planned.
 
 Frame counts come from the packets themselves (demuxed, not decoded) where packets and frames match one to one, and
 from decoding everywhere else; never from container metadata (a header's frame count). fps is an exact Fraction.
-Seeking jumps to the last keyframe at or before the wanted frame (positions recorded while probing),
-so a worker decodes only its unit's frames instead of the video from the start.
+The keyframe positions recorded here let a decoder (vda.io.decode) seek to a unit's first frame.
 """
 
 from __future__ import annotations
